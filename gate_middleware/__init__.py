@@ -1,0 +1,36 @@
+"""gate-middleware: safe canary releases inside a Python web app.
+
+The core knows no web framework: the framework adapters live in
+``gate_middleware.integrations`` and are imported only when used.
+"""
+
+from __future__ import annotations
+
+from gate_middleware.config import PromotionConfig, SloConfig
+from gate_middleware.environment import Environment
+from gate_middleware.errors import ConfigError, PromotionError
+from gate_middleware.gate import PromotionGate, PromotionGateManager
+from gate_middleware.health import CanaryHealth
+from gate_middleware.routing import RoutingDecision, compute_bucket
+from gate_middleware.state import GateState, PromotionEvent, RollbackEvent
+from gate_middleware.window import WindowStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CanaryHealth",
+    "ConfigError",
+    "Environment",
+    "GateState",
+    "PromotionConfig",
+    "PromotionError",
+    "PromotionEvent",
+    "PromotionGate",
+    "PromotionGateManager",
+    "RollbackEvent",
+    "RoutingDecision",
+    "SloConfig",
+    "WindowStats",
+    "__version__",
+    "compute_bucket",
+]

@@ -1,0 +1,29 @@
+"""The two errors that gate-middleware raises on misuse.
+
+``ConfigError`` is a ``ValueError``: a configuration value or an argument is
+outside what is valid. ``PromotionError`` means the gate refused a state
+change (an invalid promotion path, or a promotion that its checks do not
+allow). Both leave the gate exactly as it was.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value or argument is not valid.
+
+    ``field`` names what was wrong, ``value`` is what was given and
+    ``expected`` says what would be valid.
+    """
+
+    def __init__(self, field: str, value: Any, expected: str) -> None:
+        self.field = field
+        self.value = value
+        self.expected = expected
+        super().__init__(f"{field} must be {expected}, got {value!r}")
+
+
+class PromotionError(Exception):
+    """The gate refused a promotion, rollback or traffic change; nothing changed."""

@@ -1,0 +1,580 @@
+"""``PromotionGate``: routes sessions, records outcomes, promotes and rolls back.
+
+One gate object is shared by every request of an app. Routing reads an
+immutable snapshot and takes no lock; recording takes one short lock inside
+the window store; state changes go through the state store's
+compare-and-set, so two threads that detect the same failure at the same
+moment make exactly one rollback.
+
+The gate evaluates itself: ``record_request_outcome`` re-checks health and
+SLO at most once every ``evaluation_interval_seconds`` of the injected
+clock (no background thread), so an app that only records outcomes still
+gets its automatic rollback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+from opentelemetry.metrics import MeterProvider
+
+from gate_middleware.config import (
+    PromotionConfig,
+    SloConfig,
+    validate_flag_name,
+    validate_flag_names,
+)
+from gate_middleware.environment import CANARY as CANARY_ENV
+from gate_middleware.environment import PRODUCTION, STAGING, Environment, validate_traffic_percent
+from gate_middleware.errors import ConfigError, PromotionError
+from gate_middleware.health import HEALTHY_SCORE, ROLLBACK_SCORE, CanaryHealth, assess
+from gate_middleware.routing import (
+    BUCKETS,
+    CANARY,
+    STABLE,
+    VARIANTS,
+    RoutingDecision,
+    canary_threshold,
+    compute_bucket,
+)
+from gate_middleware.state import (
+    GateEvent,
+    GateState,
+    InMemoryStateStore,
+    PromotionEvent,
+    RollbackEvent,
+    StateStore,
+)
+from gate_middleware.telemetry import GateTelemetry
+from gate_middleware.window import InMemoryWindowStore, WindowStats, WindowStore
+
+logger = logging.getLogger("gate_middleware")
+
+Callback = TypeVar("Callback", bound=Callable[..., Any])
+Event = TypeVar("Event", RollbackEvent, PromotionEvent, None)
+
+_PROMOTION_PATHS = {(CANARY_ENV, STAGING), (STAGING, PRODUCTION), (CANARY_ENV, PRODUCTION)}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _seconds(duration: float | timedelta) -> float:
+    if isinstance(duration, timedelta):
+        seconds = duration.total_seconds()
+    elif isinstance(duration, (int, float)) and not isinstance(duration, bool):
+        seconds = float(duration)
+    else:
+        raise ConfigError("duration", duration, "a non-negative number of seconds or a timedelta")
+    if not 0.0 <= seconds < math.inf:
+        raise ConfigError("duration", duration, "a non-negative number of seconds or a timedelta")
+    return seconds
+
+
+class _RoutingTable:
+    """What routing needs from one state, computed once per state change."""
+
+    __slots__ = ("threshold", "canary", "stable", "version")
+
+    def __init__(self, state: GateState) -> None:
+        environment = state.environment
+        self.version = state.version
+        self.threshold = canary_threshold(environment.traffic_percent)
+        stable = tuple(sorted(state.stable_flags))
+        canary = tuple(sorted(state.stable_flags | state.release_flags))
+        if environment.name == PRODUCTION:
+            self.threshold = 0
+            reasons = ("production: the release is stable for everyone",) * 2
+        elif environment.name == STAGING:
+            self.threshold = BUCKETS
+            reasons = ("staging: every session takes the canary path",) * 2
+        else:
+            reasons = (
+                f"bucket below {self.threshold} of {BUCKETS}: canary ({environment.traffic_percent:g}%)",
+                f"bucket at or above {self.threshold} of {BUCKETS}: stable",
+            )
+        # (is_canary, target environment, flags, flag set, reason) per path.
+        self.canary = (True, environment, canary, frozenset(canary), reasons[0])
+        self.stable = (False, Environment.PRODUCTION, stable, frozenset(stable), reasons[1])
+
+
+class PromotionGate:
+    """The promotion gate of one rollout (``PromotionGateManager`` is the same class).
+
+    ``clock`` returns seconds (monotonic); tests pass a fake one to move
+    time. ``state_store`` and ``window_store`` default to this process's
+    memory. ``meter_provider`` receives the gate's instruments (the global
+    one by default).
+    """
+
+    def __init__(
+        self,
+        config: PromotionConfig | None = None,
+        slo: SloConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        state_store: StateStore | None = None,
+        window_store: WindowStore | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        config = PromotionConfig() if config is None else config
+        slo = SloConfig() if slo is None else slo
+        if not isinstance(config, PromotionConfig):
+            raise ConfigError("config", config, "a PromotionConfig")
+        if not isinstance(slo, SloConfig):
+            raise ConfigError("slo", slo, "an SloConfig")
+        self.config = config
+        self.slo = slo
+        self.name = config.name
+        self._clock = clock
+        if state_store is None:
+            state_store = InMemoryStateStore(self._initial_state(config))
+        self._store = state_store
+        self._windows = window_store or InMemoryWindowStore(config.rollback_window_seconds)
+        self._state = state_store.load()
+        self._routing = _RoutingTable(self._state)
+        self._rollback_callbacks: list[Callable[[RollbackEvent], Any]] = []
+        self._promotion_callbacks: list[Callable[[PromotionEvent], Any]] = []
+        self._evaluation_lock = threading.Lock()
+        self._next_evaluation = clock() + config.evaluation_interval_seconds
+        self._telemetry = GateTelemetry(self, meter_provider)
+
+    @staticmethod
+    def _initial_state(config: PromotionConfig) -> GateState:
+        flags = frozenset(config.feature_flags)
+        if config.environment.name == PRODUCTION:
+            return GateState(environment=config.environment, stable_flags=flags)
+        return GateState(environment=config.environment, release_flags=flags, release=1)
+
+    # -- state ------------------------------------------------------------
+
+    def _current(self) -> GateState:
+        state = self._store.load()
+        if state.version != self._state.version:
+            self._adopt(state)
+        return state
+
+    def _adopt(self, state: GateState) -> None:
+        self._state = state
+        self._routing = _RoutingTable(state)
+
+    def _transition(
+        self, change: Callable[[GateState], tuple[GateState, Event] | None]
+    ) -> tuple[GateState, Event] | None:
+        """Apply ``change`` atomically; ``None`` from it means nothing to do."""
+        while True:
+            state = self._current()
+            result = change(state)
+            if result is None:
+                return None
+            if self._store.compare_and_set(state.version, result[0]):
+                self._adopt(result[0])
+                return result
+
+    @property
+    def state(self) -> GateState:
+        return self._current()
+
+    @property
+    def environment(self) -> Environment:
+        return self._current().environment
+
+    # -- routing and recording ---------------------------------------------
+
+    def route_request(self, session_id: str) -> RoutingDecision:
+        """Which path ``session_id`` takes and which flags it gets (no lock)."""
+        table = self._routing
+        bucket = compute_bucket(self.name, session_id)
+        is_canary, environment, flags, flag_set, reason = (
+            table.canary if bucket < table.threshold else table.stable
+        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "Session routed to %s (bucket %d)", CANARY if is_canary else STABLE, bucket
+            )
+        return RoutingDecision(is_canary, environment, flags, bucket, reason, flag_set)
+
+    def record_request_outcome(
+        self,
+        session_id: str,
+        success: bool,
+        duration: float | timedelta,
+        *,
+        variant: str | None = None,
+    ) -> None:
+        """Count one request's outcome for the session's variant.
+
+        ``duration`` is in seconds (or a ``timedelta``). Pass ``variant``
+        ("canary" or "stable") when the request was already routed, so the
+        session is not hashed again.
+        """
+        seconds = _seconds(duration)
+        if variant is None:
+            variant = self.route_request(session_id).variant
+        elif variant not in VARIANTS:
+            raise ConfigError("variant", variant, "'canary', 'stable' or None")
+        success = bool(success)
+        good = success and seconds <= self.slo.latency_objective_seconds
+        now = self._clock()
+        self._windows.record(variant, success, good, seconds, now)
+        if now >= self._next_evaluation:
+            self._evaluate_on_schedule(now)
+
+    def _evaluate_on_schedule(self, now: float) -> None:
+        if not self._evaluation_lock.acquire(blocking=False):
+            return  # another thread is evaluating right now
+        try:
+            if now < self._next_evaluation:
+                return
+            self._next_evaluation = now + self.config.evaluation_interval_seconds
+            self._evaluate(act=True)
+        finally:
+            self._evaluation_lock.release()
+
+    # -- evaluation -------------------------------------------------------
+
+    def _windows_for(self, state: GateState) -> tuple[WindowStats, WindowStats, WindowStats]:
+        """(canary, stable, what the canary is compared with)."""
+        now = self._clock()
+        canary = self._windows.stats(CANARY, now)
+        stable = self._windows.stats(STABLE, now)
+        if state.environment.name == STAGING:
+            return canary, stable, state.baseline or WindowStats()
+        return canary, stable, stable
+
+    def _health(self, state: GateState) -> tuple[CanaryHealth, WindowStats, WindowStats]:
+        canary, stable, production = self._windows_for(state)
+        environment = state.environment
+        min_requests = self.config.min_requests
+        if environment.name == PRODUCTION:
+            health = CanaryHealth(
+                traffic_percent=0.0,
+                canary_requests=canary.requests,
+                production_requests=stable.requests,
+                canary_error_rate=canary.error_rate,
+                production_error_rate=stable.error_rate,
+                canary_p99_latency=canary.p99_latency,
+                production_p99_latency=stable.p99_latency,
+                health_score=1.0,
+                recommendation="HEALTHY: no release in progress; production serves every session",
+                canary_slo_compliance=canary.slo_compliance,
+                production_slo_compliance=stable.slo_compliance,
+                sufficient_data=stable.requests >= min_requests,
+            )
+        else:
+            health = assess(environment.traffic_percent, canary, production, self.slo, min_requests)
+        return health, canary, stable
+
+    def health_snapshot(self) -> CanaryHealth:
+        """The current ``CanaryHealth`` without acting on it (for gauges and dashboards)."""
+        return self._health(self._current())[0]
+
+    def _slo_status(
+        self, state: GateState, canary: WindowStats, stable: WindowStats
+    ) -> tuple[float, bool]:
+        """(compliance, enough data): the canary's while a release is in
+        progress, overall in production."""
+        if state.environment.name == PRODUCTION:
+            requests = canary.requests + stable.requests
+            good = canary.good + stable.good
+            compliance = good / requests if requests else 1.0
+        else:
+            requests, compliance = canary.requests, canary.slo_compliance
+        return compliance, requests >= self.config.min_requests
+
+    def _evaluate(self, act: bool) -> tuple[CanaryHealth, float, bool]:
+        state = self._current()
+        health, canary, stable = self._health(state)
+        compliance, enough = self._slo_status(state, canary, stable)
+        in_release = state.environment.name != PRODUCTION
+        if in_release and health.sufficient_data and health.health_score < HEALTHY_SCORE:
+            logger.warning(
+                "Canary health score %.2f below threshold %.1f: %s",
+                health.health_score,
+                HEALTHY_SCORE,
+                health.recommendation,
+            )
+        if act and in_release and self.config.auto_rollback_enabled:
+            reason = None
+            if enough and compliance < self.config.slo_threshold:
+                reason = f"Canary SLO violation: {compliance:.4f} < {self.config.slo_threshold}"
+            elif health.sufficient_data and health.health_score < ROLLBACK_SCORE:
+                reason = (
+                    f"Canary health score {health.health_score:.2f} below {ROLLBACK_SCORE}: "
+                    f"{health.recommendation}"
+                )
+            if reason is not None:
+                self._roll_back(state.release, reason, health, automatic=True)
+        return health, compliance, enough
+
+    def monitor_canary_health(self) -> CanaryHealth:
+        """Evaluate now: compute the health and roll back if a check fails."""
+        return self._evaluate(act=True)[0]
+
+    def check_slo_compliance(self) -> bool:
+        """Evaluate now; ``True`` while the SLO is met or data is still too thin."""
+        _, compliance, enough = self._evaluate(act=True)
+        return not enough or compliance >= self.config.slo_threshold
+
+    # -- state changes ----------------------------------------------------
+
+    def promote(self, target: Environment, *, force: bool = False) -> Environment:
+        """Promote the release to ``target``: Canary -> Staging -> Production.
+
+        Refused with ``PromotionError`` (saying why) for any other path, or
+        while the SLO is not met, the health score is below 0.9 or there is
+        not enough data; ``force=True`` skips the checks (not the path rules).
+        """
+        if not isinstance(target, Environment):
+            raise ConfigError(
+                "target", target, "an Environment (Environment.STAGING or Environment.PRODUCTION)"
+            )
+        state = self._current()
+        source = state.environment
+        if (source.name, target.name) not in _PROMOTION_PATHS:
+            raise PromotionError(self._invalid_path(source, target))
+        health, compliance, enough = self._evaluate(act=False)
+        if not force:
+            self._check_promotable(health, compliance, enough)
+        baseline = self._windows.stats(STABLE, self._clock()) if target.name == STAGING else None
+
+        def change(current: GateState) -> tuple[GateState, PromotionEvent]:
+            if current.environment != source or current.release != state.release:
+                raise PromotionError(
+                    f"cannot promote to {target}: the gate changed to {current.environment} meanwhile"
+                )
+            event = PromotionEvent(source, target, _utcnow(), "promote", force, health)
+            if target.name == STAGING:
+                return current.evolve(event, environment=target, baseline=baseline), event
+            return (
+                current.evolve(
+                    event,
+                    environment=target,
+                    stable_flags=current.stable_flags | current.release_flags,
+                    release_flags=frozenset(),
+                    baseline=None,
+                ),
+                event,
+            )
+
+        result = self._transition(change)
+        if result is None:  # change() never declines; it raises instead
+            return target
+        self._windows.clear()
+        if source.name == CANARY_ENV and target.name == PRODUCTION:
+            logger.warning("Promoted directly from %s to production, skipping staging", source)
+        else:
+            logger.info("Promoted from %s to %s", source, target)
+        self._telemetry.count_promotion(target.name)
+        self._notify(self._promotion_callbacks, result[1])
+        return target
+
+    @staticmethod
+    def _invalid_path(source: Environment, target: Environment) -> str:
+        valid = {
+            CANARY_ENV: "staging or production",
+            STAGING: "production",
+            PRODUCTION: "none (start the next release with start_canary)",
+        }[source.name]
+        hint = ""
+        if source.name == CANARY_ENV and target.name == CANARY_ENV:
+            hint = "; use set_traffic_percent to ramp a canary"
+        return (
+            f"cannot promote from {source} to {target}: "
+            f"valid targets from {source.name} are {valid}{hint}"
+        )
+
+    def _check_promotable(self, health: CanaryHealth, compliance: float, enough: bool) -> None:
+        if not enough or not health.sufficient_data:
+            raise PromotionError(
+                f"Promotion refused: not enough data yet ({health.recommendation})"
+            )
+        if compliance < self.config.slo_threshold:
+            raise PromotionError(
+                f"Promotion refused: SLO compliance below threshold: "
+                f"{compliance:.4f} < {self.config.slo_threshold}"
+            )
+        if health.health_score < HEALTHY_SCORE:
+            raise PromotionError(
+                f"Promotion refused: health score {health.health_score:.2f} below "
+                f"{HEALTHY_SCORE} ({health.recommendation})"
+            )
+
+    def set_traffic_percent(self, traffic_percent: float) -> Environment:
+        """Ramp the canary to ``traffic_percent`` % of sessions (canary only)."""
+        percent = validate_traffic_percent(traffic_percent)
+        target = Environment.canary(percent)
+
+        def change(current: GateState) -> tuple[GateState, PromotionEvent] | None:
+            if current.environment.name != CANARY_ENV:
+                raise PromotionError(
+                    f"cannot set traffic in {current.environment}: only a canary has a traffic "
+                    "share (start one with start_canary)"
+                )
+            if current.environment == target:
+                return None
+            event = PromotionEvent(current.environment, target, _utcnow(), "set_traffic")
+            return current.evolve(event, environment=target), event
+
+        result = self._transition(change)
+        if result is not None:
+            logger.info("Canary traffic set to %g%%", percent)
+        return target
+
+    def start_canary(
+        self, traffic_percent: float, feature_flags: Iterable[str] = ()
+    ) -> Environment:
+        """Begin the next release from production: ``feature_flags`` on for
+        ``traffic_percent`` % of sessions."""
+        percent = validate_traffic_percent(traffic_percent)
+        flags = frozenset(validate_flag_names(feature_flags))
+        target = Environment.canary(percent)
+
+        def change(current: GateState) -> tuple[GateState, PromotionEvent]:
+            if current.environment.name != PRODUCTION:
+                raise PromotionError(
+                    f"cannot start a canary: a release is already in {current.environment}; "
+                    "promote it or roll it back first"
+                )
+            event = PromotionEvent(current.environment, target, _utcnow(), "start_canary")
+            state = current.evolve(
+                event,
+                environment=target,
+                release_flags=flags,
+                baseline=None,
+                release=current.release + 1,
+            )
+            return state, event
+
+        self._transition(change)
+        self._windows.clear()
+        logger.info("Canary started at %g%% with flags %s", percent, sorted(flags))
+        return target
+
+    def rollback(self, reason: str) -> RollbackEvent:
+        """Roll the release in progress back to production (manual)."""
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > 1000:
+            raise ConfigError("reason", reason, "a non-empty text of at most 1000 characters")
+        state = self._current()
+        if state.environment.name == PRODUCTION:
+            raise PromotionError(
+                "cannot roll back: no release in progress (the gate is in production)"
+            )
+        health = self._health(state)[0]
+        event = self._roll_back(state.release, reason, health, automatic=False)
+        if event is None:
+            raise PromotionError("cannot roll back: the release ended meanwhile")
+        return event
+
+    def _roll_back(
+        self, release: int, reason: str, health: CanaryHealth, *, automatic: bool
+    ) -> RollbackEvent | None:
+        def change(current: GateState) -> tuple[GateState, RollbackEvent] | None:
+            if current.release != release or current.environment.name == PRODUCTION:
+                return None  # already rolled back (or promoted) by someone else
+            event = RollbackEvent(reason, _utcnow(), current.environment, "all", health, automatic)
+            state = current.evolve(
+                event, environment=Environment.PRODUCTION, release_flags=frozenset(), baseline=None
+            )
+            return state, event
+
+        result = self._transition(change)
+        if result is None:
+            return None
+        event = result[1]
+        self._windows.clear()
+        if automatic:
+            logger.error("Triggering automatic rollback: %s", reason)
+        else:
+            logger.warning("Manual rollback: %s", reason)
+        self._telemetry.count_rollback(event.environment.name, automatic)
+        self._notify(self._rollback_callbacks, event)
+        return event
+
+    def enable_feature(self, name: str) -> None:
+        """Turn a flag on: for canary sessions while a release is in
+        progress, for everyone in production."""
+        validate_flag_name(name, "feature")
+
+        def change(current: GateState) -> tuple[GateState, None] | None:
+            if name in current.stable_flags or name in current.release_flags:
+                return None
+            if current.environment.name == PRODUCTION:
+                return current.evolve(stable_flags=current.stable_flags | {name}), None
+            return current.evolve(release_flags=current.release_flags | {name}), None
+
+        if self._transition(change) is not None:
+            logger.info("Feature flag enabled: %s", name)
+
+    def disable_feature(self, name: str) -> RollbackEvent:
+        """Take a flag away from every session at once; records a RollbackEvent."""
+        validate_flag_name(name, "feature")
+        health = self.health_snapshot()
+
+        def change(current: GateState) -> tuple[GateState, RollbackEvent]:
+            if name not in current.stable_flags and name not in current.release_flags:
+                enabled = sorted(current.stable_flags | current.release_flags)
+                raise ConfigError("feature", name, f"one of the enabled flags {enabled}")
+            event = RollbackEvent(
+                f"Feature flag disabled: {name}", _utcnow(), current.environment, name, health
+            )
+            state = current.evolve(
+                event,
+                stable_flags=current.stable_flags - {name},
+                release_flags=current.release_flags - {name},
+            )
+            return state, event
+
+        result = self._transition(change)
+        if result is None:  # change() never declines; it raises instead
+            raise PromotionError(f"cannot disable {name!r}")
+        event = result[1]
+        logger.info("Feature flag disabled: %s", name)
+        self._telemetry.count_rollback(event.environment.name, False)
+        self._notify(self._rollback_callbacks, event)
+        return event
+
+    def is_feature_enabled(self, name: str) -> bool:
+        """Whether ``name`` is on for anyone (stable, or for canary sessions)."""
+        state = self._current()
+        return name in state.stable_flags or name in state.release_flags
+
+    # -- history and callbacks -------------------------------------------
+
+    def get_rollback_history(self) -> list[RollbackEvent]:
+        return [e for e in self._current().history if isinstance(e, RollbackEvent)]
+
+    def get_history(self) -> list[GateEvent]:
+        """Every event: starts, traffic changes, promotions and rollbacks."""
+        return list(self._current().history)
+
+    def on_rollback(self, callback: Callback) -> Callback:
+        """Call ``callback(event)`` after every rollback (usable as a decorator)."""
+        self._rollback_callbacks.append(callback)
+        return callback
+
+    def on_promotion(self, callback: Callback) -> Callback:
+        """Call ``callback(event)`` after every promotion (usable as a decorator)."""
+        self._promotion_callbacks.append(callback)
+        return callback
+
+    @staticmethod
+    def _notify(callbacks: list[Callable[[Any], Any]], event: GateEvent) -> None:
+        for callback in list(callbacks):
+            try:
+                callback(event)
+            except Exception:
+                logger.exception("A %s callback raised; the gate carries on", event.kind)
+
+    def __repr__(self) -> str:
+        return f"<PromotionGate {self.name!r} {self._state.environment}>"
+
+
+PromotionGateManager = PromotionGate

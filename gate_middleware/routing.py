@@ -1,0 +1,108 @@
+"""Sticky routing: which sessions take the canary path.
+
+The formula is a published contract, so that any process, machine or
+language puts a session in the same bucket::
+
+    digest = sha256(f"{name}:{session_id}".encode("utf-8")).digest()
+    bucket = int.from_bytes(digest[:8], "big") % 100000
+    on the canary path  <=>  bucket < round(traffic_percent * 1000)
+
+``name`` is the rollout name (``PromotionConfig.name``). The resolution is
+0.001 %. Raising the percentage only adds buckets, so it never moves a
+canary session back to stable. Python's ``hash()`` is never used: it is
+salted per process.
+"""
+
+from __future__ import annotations
+
+from hashlib import sha256
+
+from gate_middleware.environment import Environment
+
+BUCKETS = 100_000
+CANARY = "canary"
+STABLE = "stable"
+VARIANTS = (CANARY, STABLE)
+
+
+def compute_bucket(name: str, session_id: str) -> int:
+    """The session's bucket in ``0 .. 99_999`` for the rollout ``name``."""
+    # surrogatepass: a string with a lone surrogate still hashes (it cannot
+    # come from valid UTF-8, so it never collides with a real session id).
+    data = f"{name}:{session_id}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(sha256(data).digest()[:8], "big") % BUCKETS
+
+
+def canary_threshold(traffic_percent: float) -> int:
+    """Buckets below this number take the canary path."""
+    return round(traffic_percent * 1000)
+
+
+class RoutingDecision:
+    """The answer for one session: which path, and which flags are on.
+
+    ``variant`` is ``"canary"`` or ``"stable"``; ``target_environment`` is
+    the environment that serves the session (the canary environment, staging,
+    or production for the stable path); ``enabled_features`` is the tuple of
+    flag names on for this session. Treat it as read-only.
+    """
+
+    __slots__ = (
+        "is_canary",
+        "variant",
+        "target_environment",
+        "enabled_features",
+        "bucket",
+        "reason",
+        "_feature_set",
+    )
+
+    def __init__(
+        self,
+        is_canary: bool,
+        target_environment: Environment,
+        enabled_features: tuple[str, ...],
+        bucket: int,
+        reason: str,
+        feature_set: frozenset[str] | None = None,
+    ) -> None:
+        self.is_canary = is_canary
+        self.variant = CANARY if is_canary else STABLE
+        self.target_environment = target_environment
+        self.enabled_features = enabled_features
+        self.bucket = bucket
+        self.reason = reason
+        self._feature_set = frozenset(enabled_features) if feature_set is None else feature_set
+
+    def is_enabled(self, name: str) -> bool:
+        """Whether the flag ``name`` is on for this session."""
+        return name in self._feature_set
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "is_canary": self.is_canary,
+            "variant": self.variant,
+            "target_environment": self.target_environment.to_dict(),
+            "enabled_features": list(self.enabled_features),
+            "bucket": self.bucket,
+            "reason": self.reason,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"RoutingDecision(variant={self.variant!r}, target_environment={self.target_environment}, "
+            f"enabled_features={self.enabled_features!r}, bucket={self.bucket}, reason={self.reason!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RoutingDecision):
+            return NotImplemented
+        return (
+            self.is_canary == other.is_canary
+            and self.target_environment == other.target_environment
+            and self.enabled_features == other.enabled_features
+            and self.bucket == other.bucket
+            and self.reason == other.reason
+        )
+
+    __hash__ = None  # type: ignore[assignment]

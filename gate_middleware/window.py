@@ -1,0 +1,194 @@
+"""Sliding windows of request outcomes, one per variant, in fixed memory.
+
+A window covers ``window_seconds`` and is made of ``SLICES`` fixed time
+slices. Each slice keeps its counts (requests, failures, good requests) and
+a latency sketch; the window also keeps their running totals, so reading it
+costs the same after a thousand outcomes or ten million. When time moves on,
+a slice older than the window is subtracted from the totals and reused:
+memory does not grow with traffic.
+
+``WindowStore`` is the small interface the gate uses, so that a store
+shared between processes can replace ``InMemoryWindowStore``.
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gate_middleware.routing import CANARY, STABLE
+from gate_middleware.sketch import bucket_index, new_counts, quantile
+
+SLICES = 10
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """What a window holds: counts and the p99 latency in seconds."""
+
+    requests: int = 0
+    failures: int = 0
+    good: int = 0
+    p99_latency: float = 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return self.failures / self.requests if self.requests else 0.0
+
+    @property
+    def slo_compliance(self) -> float:
+        """good / all; 1.0 for an empty window (no data is no violation)."""
+        return self.good / self.requests if self.requests else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "failures": self.failures,
+            "good": self.good,
+            "error_rate": self.error_rate,
+            "p99_latency": self.p99_latency,
+            "slo_compliance": self.slo_compliance,
+        }
+
+
+class WindowStore(Protocol):
+    """Where the gate keeps its two windows (``"canary"`` and ``"stable"``)."""
+
+    def record(self, variant: str, success: bool, good: bool, duration: float, now: float) -> None:
+        """Count one outcome at time ``now`` (seconds of the gate's clock)."""
+
+    def stats(self, variant: str, now: float) -> WindowStats:
+        """The variant's window as of ``now``."""
+
+    def clear(self) -> None:
+        """Forget every outcome (a release started, was promoted or rolled back)."""
+
+
+class _Counts:
+    __slots__ = ("number", "requests", "failures", "good", "latency", "highest")
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.requests = 0
+        self.failures = 0
+        self.good = 0
+        self.latency = new_counts()
+        self.highest = 0
+
+
+class SlidingWindow:
+    """One variant's outcomes over the last ``window_seconds``. Not locked:
+    ``InMemoryWindowStore`` serialises access."""
+
+    def __init__(self, window_seconds: float, slices: int = SLICES) -> None:
+        self.window_seconds = float(window_seconds)
+        self.slices = slices
+        self.slice_seconds = self.window_seconds / slices
+        self._ring: list[_Counts | None] = [None] * slices
+        self._total = _Counts(0)
+
+    def record(self, success: bool, good: bool, duration: float, now: float) -> None:
+        number = int(now // self.slice_seconds)
+        ring = self._ring
+        slot = ring[number % self.slices]
+        if slot is None or slot.number != number:
+            slot = self._reuse(number)
+        index = bucket_index(duration)
+        total = self._total
+        slot.requests += 1
+        total.requests += 1
+        slot.latency[index] += 1
+        total.latency[index] += 1
+        if index > slot.highest:
+            slot.highest = index
+            if index > total.highest:
+                total.highest = index
+        if not success:
+            slot.failures += 1
+            total.failures += 1
+        if good:
+            slot.good += 1
+            total.good += 1
+
+    def _reuse(self, number: int) -> _Counts:
+        position = number % self.slices
+        old = self._ring[position]
+        if old is not None:
+            if old.number > number:
+                # The clock went backwards past this slice; count into it anyway.
+                return old
+            self._subtract(old)
+            old.number = number
+            return old
+        fresh = _Counts(number)
+        self._ring[position] = fresh
+        return fresh
+
+    def _subtract(self, old: _Counts) -> None:
+        total = self._total
+        total.requests -= old.requests
+        total.failures -= old.failures
+        total.good -= old.good
+        if old.requests:
+            latency = total.latency
+            for index, count in enumerate(old.latency[: old.highest + 1]):
+                if count:
+                    latency[index] -= count
+        old.requests = old.failures = old.good = 0
+        old.latency = new_counts()
+        old.highest = 0
+
+    def expire(self, now: float) -> None:
+        """Drop the slices that lie wholly before ``now - window_seconds``."""
+        oldest = int(now // self.slice_seconds) - self.slices + 1
+        for slot in self._ring:
+            if slot is not None and slot.number < oldest and slot.requests:
+                self._subtract(slot)
+
+    def stats(self, now: float) -> WindowStats:
+        self.expire(now)
+        total = self._total
+        if total.requests == 0:
+            total.highest = 0
+            return WindowStats()
+        return WindowStats(
+            requests=total.requests,
+            failures=total.failures,
+            good=total.good,
+            p99_latency=quantile(total.latency, total.requests, 0.99, total.highest),
+        )
+
+    def clear(self) -> None:
+        self._ring = [None] * self.slices
+        self._total = _Counts(0)
+
+    def latency_counts(self) -> array[int]:
+        """A copy of the window's latency buckets (for merging elsewhere)."""
+        return array(self._total.latency.typecode, self._total.latency)
+
+
+class InMemoryWindowStore:
+    """Both windows in this process, behind one short lock."""
+
+    def __init__(self, window_seconds: float, slices: int = SLICES) -> None:
+        self._lock = threading.Lock()
+        self._windows = {
+            CANARY: SlidingWindow(window_seconds, slices),
+            STABLE: SlidingWindow(window_seconds, slices),
+        }
+
+    def record(self, variant: str, success: bool, good: bool, duration: float, now: float) -> None:
+        window = self._windows[variant]
+        with self._lock:
+            window.record(success, good, duration, now)
+
+    def stats(self, variant: str, now: float) -> WindowStats:
+        with self._lock:
+            return self._windows[variant].stats(now)
+
+    def clear(self) -> None:
+        with self._lock:
+            for window in self._windows.values():
+                window.clear()
