@@ -6,14 +6,18 @@ The core knows no web framework: the framework adapters live in
 
 from __future__ import annotations
 
+from gate_middleware.asgi import GateASGIMiddleware
 from gate_middleware.config import PromotionConfig, SloConfig
+from gate_middleware.context import current_decision
 from gate_middleware.environment import Environment
 from gate_middleware.errors import ConfigError, PromotionError
 from gate_middleware.gate import PromotionGate, PromotionGateManager
 from gate_middleware.health import CanaryHealth
+from gate_middleware.lifecycle import RequestLifecycle
 from gate_middleware.routing import RoutingDecision, compute_bucket
 from gate_middleware.state import GateState, PromotionEvent, RollbackEvent
 from gate_middleware.window import WindowStats
+from gate_middleware.wsgi import GateWSGIMiddleware
 
 __version__ = "0.1.0"
 
@@ -21,16 +25,20 @@ __all__ = [
     "CanaryHealth",
     "ConfigError",
     "Environment",
+    "GateASGIMiddleware",
     "GateState",
+    "GateWSGIMiddleware",
     "PromotionConfig",
     "PromotionError",
     "PromotionEvent",
     "PromotionGate",
     "PromotionGateManager",
+    "RequestLifecycle",
     "RollbackEvent",
     "RoutingDecision",
     "SloConfig",
     "WindowStats",
     "__version__",
     "compute_bucket",
+    "current_decision",
 ]

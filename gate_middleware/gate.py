@@ -201,6 +201,22 @@ class PromotionGate:
             )
         return RoutingDecision(is_canary, environment, flags, bucket, reason, flag_set)
 
+    def decision_for_variant(
+        self, variant: str, *, reason: str, bucket: int = -1
+    ) -> RoutingDecision:
+        """The decision a session on ``variant`` gets now, without hashing.
+
+        The middleware uses it for the QA override and to fail open to the
+        stable path.
+        """
+        if variant not in VARIANTS:
+            raise ConfigError("variant", variant, "'canary' or 'stable'")
+        table = self._routing
+        is_canary, environment, flags, flag_set, _ = (
+            table.canary if variant == CANARY else table.stable
+        )
+        return RoutingDecision(is_canary, environment, flags, bucket, reason, flag_set)
+
     def record_request_outcome(
         self,
         session_id: str,

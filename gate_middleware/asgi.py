@@ -1,0 +1,121 @@
+"""``GateASGIMiddleware``: the gate for any ASGI 3 app.
+
+A plain ASGI middleware (not Starlette's ``BaseHTTPMiddleware``)::
+
+    app = GateASGIMiddleware(app, gate=gate, secret="...")
+
+For each ``http`` request it identifies and routes the session, puts the
+decision in ``scope["state"]["gate"]`` (which Starlette and FastAPI show as
+``request.state.gate``) and behind ``gate_middleware.current_decision()``,
+adds the ``Set-Cookie`` header to ``http.response.start`` when it minted an
+id, and records the outcome when the final ``http.response.body`` message
+has been sent: the time covers the whole response, streamed bodies
+included. An exception from the app is recorded as a failure and re-raised
+unchanged. ``websocket`` connections are routed (the decision is there) but
+not timed; ``lifespan`` and other scopes pass straight through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gate_middleware import context
+from gate_middleware.gate import PromotionGate
+from gate_middleware.lifecycle import (
+    OVERRIDE_TOKEN_HEADER,
+    OVERRIDE_VARIANT_HEADER,
+    RequestLifecycle,
+)
+from gate_middleware.types import ASGIApp, Message, Receive, Scope, Send
+
+_COOKIE = b"cookie"
+_OVERRIDE_VARIANT = OVERRIDE_VARIANT_HEADER.encode("latin-1")
+_OVERRIDE_TOKEN = OVERRIDE_TOKEN_HEADER.encode("latin-1")
+
+
+class GateASGIMiddleware:
+    """Route, inject, time and record every HTTP request of an ASGI app."""
+
+    def __init__(self, app: ASGIApp, *, gate: PromotionGate, **options: Any) -> None:
+        self.app = app
+        self.lifecycle = RequestLifecycle(gate, **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket") or self.lifecycle.is_excluded(scope.get("path", "")):
+            await self.app(scope, receive, send)
+            return
+        lifecycle = self.lifecycle
+        cookie, variant, token = _read_headers(scope.get("headers", ()))
+        request = lifecycle.begin(
+            method=scope.get("method", "GET") if kind == "http" else "GET",
+            cookie_header=cookie,
+            https=scope.get("scheme") in ("https", "wss"),
+            request=self.session_key_input(scope),
+            override_variant=variant,
+            override_token=token,
+            set_cookie=kind == "http",
+        )
+        decision = request.decision
+        if "state" not in scope:
+            scope["state"] = {}
+        scope["state"]["gate"] = decision
+        entered = context.enter(decision)
+        if kind == "websocket":
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                context.leave(entered)
+            return
+
+        set_cookie = request.set_cookie
+
+        async def send_and_time(message: Message) -> None:
+            message_type = message["type"]
+            if message_type == "http.response.start":
+                request.status = message["status"]
+                if set_cookie is not None:
+                    headers = list(message.get("headers", ()))
+                    headers.append((b"set-cookie", set_cookie.encode("latin-1")))
+                    message = {**message, "headers": headers}
+                await send(message)
+            elif message_type == "http.response.body" and not message.get("more_body", False):
+                await send(message)
+                lifecycle.finish(request, route=self.route_template(scope))
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_time)
+        except BaseException as exc:
+            lifecycle.finish(request, exception=exc, route=self.route_template(scope))
+            raise
+        finally:
+            # A client that went away mid-stream: the app returned without a
+            # final body message. Still exactly one outcome.
+            lifecycle.finish(request, route=self.route_template(scope))
+            context.leave(entered)
+
+    def session_key_input(self, scope: Scope) -> Any:
+        """What a ``session_key`` callable receives: the scope (adapters pass their request)."""
+        return scope
+
+    def route_template(self, scope: Scope) -> str | None:
+        """The matched route's template (``/items/{item_id}``), if the router left it in the scope."""
+        path = getattr(scope.get("route"), "path", None)
+        return path if isinstance(path, str) else None
+
+
+def _read_headers(headers: Any) -> tuple[str | None, str | None, str | None]:
+    """(Cookie header, override variant, override token) from raw ASGI headers."""
+    cookies: list[str] = []
+    variant = token = None
+    for name, value in headers:
+        if name == _COOKIE:
+            cookies.append(value.decode("latin-1"))
+        elif name == _OVERRIDE_VARIANT:
+            variant = value.decode("latin-1")
+        elif name == _OVERRIDE_TOKEN:
+            token = value.decode("latin-1")
+    cookie = "; ".join(cookies) if cookies else None
+    return cookie, variant, token

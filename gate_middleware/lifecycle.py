@@ -1,0 +1,285 @@
+"""The request lifecycle, written once for every protocol and framework.
+
+identify the session -> route -> (inject: the caller) -> time -> classify the
+outcome -> record it in the gate -> emit metrics.
+
+``RequestLifecycle.begin`` does the first steps and returns a small
+``GateRequest``; the caller puts ``request.decision`` where its framework
+expects it and adds ``request.set_cookie`` to the response;
+``RequestLifecycle.finish`` does the rest, exactly once. The ASGI and WSGI
+middlewares and the Django middleware only translate their protocol into
+these two calls.
+
+Fail open: an exception inside any step (routing, recording, metrics, a
+user's ``session_key`` or ``is_success``) is caught, counted in
+``gate_middleware.middleware.errors``, logged at most once a minute per
+step, and the request is served on the stable path with the app's own
+response. Only the app's own exceptions propagate, unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from opentelemetry.metrics import MeterProvider
+
+from gate_middleware.environment import Environment
+from gate_middleware.errors import ConfigError
+from gate_middleware.gate import PromotionGate
+from gate_middleware.metrics import RequestMetrics
+from gate_middleware.routing import STABLE, VARIANTS, RoutingDecision
+from gate_middleware.session import SessionCookie
+
+logger = logging.getLogger("gate_middleware")
+
+SessionKey = Callable[[Any], "str | None"]
+IsSuccess = Callable[[int | None, BaseException | None], bool]
+
+OVERRIDE_VARIANT_HEADER = "x-gate-variant"
+OVERRIDE_TOKEN_HEADER = "x-gate-override-token"
+FAULT_LOG_INTERVAL_SECONDS = 60.0
+
+
+def default_is_success(status: int | None, exception: BaseException | None) -> bool:
+    """No exception and a status below 500."""
+    return exception is None and status is not None and status < 500
+
+
+class GateRequest:
+    """One request's trip through the lifecycle."""
+
+    __slots__ = (
+        "decision",
+        "session_id",
+        "cookie_value",
+        "set_cookie",
+        "method",
+        "started",
+        "status",
+        "finished",
+    )
+
+    def __init__(
+        self,
+        decision: RoutingDecision,
+        session_id: str,
+        cookie_value: str | None,
+        set_cookie: str | None,
+        method: str,
+        started: float,
+    ) -> None:
+        self.decision = decision
+        self.session_id = session_id
+        #: The new cookie's value, and the whole ``Set-Cookie`` header value,
+        #: when an id was minted for this request.
+        self.cookie_value = cookie_value
+        self.set_cookie = set_cookie
+        self.method = method
+        self.started = started
+        self.status: int | None = None
+        self.finished = False
+
+
+class RequestLifecycle:
+    """Identify, route, time, classify, record and emit, for one gate.
+
+    Options (the same keywords on every middleware and adapter):
+
+    - ``cookie_name`` (``"gate_session"``), ``secret`` (signs the cookie with
+      HMAC-SHA256; strongly recommended), ``cookie_max_age`` (seconds, one
+      year; ``None`` for a browser-session cookie), ``cookie_secure``
+      (``None``: on for https).
+    - ``session_key``: a callable that derives the identity from the
+      framework's request (a user id, the framework's own session); returning
+      ``None`` falls back to the cookie.
+    - ``override_token``: enables the QA override. A request that sends
+      ``X-Gate-Variant: canary`` (or ``stable``) with
+      ``X-Gate-Override-Token: <token>`` is served that variant. Without a
+      configured token the headers are ignored: nobody picks the canary.
+    - ``is_success(status, exception) -> bool``: the outcome rule (default:
+      no exception and status < 500).
+    - ``exclude_paths``: path prefixes neither routed nor counted (health
+      checks, static files, the metrics endpoint). ``"/healthz"`` excludes
+      ``/healthz`` and ``/healthz/...``.
+    - ``meter_provider``: receives the request instruments (default: the
+      global one).
+    """
+
+    def __init__(
+        self,
+        gate: PromotionGate,
+        *,
+        cookie_name: str = "gate_session",
+        secret: str | bytes | None = None,
+        cookie_max_age: int | None = 365 * 24 * 3600,
+        cookie_secure: bool | None = None,
+        session_key: SessionKey | None = None,
+        override_token: str | None = None,
+        is_success: IsSuccess | None = None,
+        exclude_paths: Iterable[str] = (),
+        meter_provider: MeterProvider | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if not isinstance(gate, PromotionGate):
+            raise ConfigError("gate", gate, "a PromotionGate")
+        if session_key is not None and not callable(session_key):
+            raise ConfigError(
+                "session_key", session_key, "None or a callable(request) -> str | None"
+            )
+        if is_success is not None and not callable(is_success):
+            raise ConfigError(
+                "is_success", is_success, "None or a callable(status, exception) -> bool"
+            )
+        if override_token is not None and (
+            not isinstance(override_token, str) or len(override_token) < 16
+        ):
+            raise ConfigError(
+                "override_token", "<hidden>", "None or a str of at least 16 characters"
+            )
+        self.gate = gate
+        self.cookie = SessionCookie(
+            name=cookie_name, secret=secret, max_age=cookie_max_age, secure=cookie_secure
+        )
+        self._session_key = session_key
+        self._override_token = None if override_token is None else override_token.encode("utf-8")
+        self._is_success = is_success or default_is_success
+        self.exclude_paths = self._prefixes(exclude_paths)
+        self.metrics = RequestMetrics(gate.name, meter_provider)
+        self._clock = clock
+        self._fault_logged: dict[str, float] = {}
+
+    @staticmethod
+    def _prefixes(paths: Iterable[str]) -> tuple[str, ...]:
+        if isinstance(paths, str):
+            raise ConfigError(
+                "exclude_paths", paths, "a list of path prefixes such as ['/healthz']"
+            )
+        prefixes = tuple(paths)
+        for path in prefixes:
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ConfigError("exclude_paths", path, "path prefixes that start with '/'")
+        return tuple(p.rstrip("/") or "/" for p in prefixes)
+
+    def is_excluded(self, path: str) -> bool:
+        for prefix in self.exclude_paths:
+            if path == prefix or path.startswith(prefix + "/") or prefix == "/":
+                return True
+        return False
+
+    # -- begin: identify and route ----------------------------------------
+
+    def begin(
+        self,
+        *,
+        method: str,
+        cookie_header: str | None,
+        https: bool,
+        request: Any,
+        override_variant: str | None = None,
+        override_token: str | None = None,
+        set_cookie: bool = True,
+    ) -> GateRequest:
+        """Identify the session and route it; never raises."""
+        started = self._clock()
+        try:
+            session_id, minted = self._identify(cookie_header, request)
+        except Exception as exc:
+            stage = "session_key" if self._session_key is not None else "session_cookie"
+            return GateRequest(self.fail_open(stage, exc), "", None, None, method, started)
+        value = header = None
+        try:
+            if minted and set_cookie:
+                value = self.cookie.value_for(session_id)
+                header = self.cookie.set_cookie_header(value, https)
+            decision = self.gate.route_request(session_id)
+            expected = self._override_token
+            if override_variant is not None and expected is not None:
+                decision = self._override(decision, override_variant, override_token, expected)
+        except Exception as exc:
+            decision = self.fail_open("route", exc)
+        return GateRequest(decision, session_id, value, header, method, started)
+
+    def _identify(self, cookie_header: str | None, request: Any) -> tuple[str, bool]:
+        """(session id, whether it was minted just now)."""
+        if self._session_key is not None:
+            key = self._session_key(request)
+            if key is not None:
+                return str(key), False
+        session_id = self.cookie.read(cookie_header)
+        if session_id is not None:
+            return session_id, False
+        return self.cookie.mint(), True
+
+    def _override(
+        self, decision: RoutingDecision, variant: str, token: str | None, expected: bytes
+    ) -> RoutingDecision:
+        if token is None or variant not in VARIANTS:
+            return decision
+        if not hmac.compare_digest(expected, token.encode("utf-8", "replace")):
+            return decision
+        return self.gate.decision_for_variant(
+            variant,
+            bucket=decision.bucket,
+            reason=f"override: {variant} requested with the QA token",
+        )
+
+    def fail_open(self, stage: str, exc: BaseException) -> RoutingDecision:
+        """Count and log the fault, and return the stable path's decision."""
+        self.report_fault(stage, exc)
+        reason = f"fail open: {stage} raised {type(exc).__name__}"
+        try:
+            return self.gate.decision_for_variant(STABLE, reason=reason)
+        except Exception:
+            return RoutingDecision(False, Environment.PRODUCTION, (), -1, reason)
+
+    def report_fault(self, stage: str, exc: BaseException) -> None:
+        """Count a fault always; log it at most once a minute per stage."""
+        with contextlib.suppress(Exception):  # the metrics pipeline may be what failed
+            self.metrics.count_error(stage)
+        now = time.monotonic()
+        last = self._fault_logged.get(stage)
+        if last is None or now - last >= FAULT_LOG_INTERVAL_SECONDS:
+            self._fault_logged[stage] = now
+            logger.error(
+                "gate-middleware failed open in %s; the request is served on the stable path",
+                stage,
+                exc_info=exc,
+            )
+
+    # -- finish: time, classify, record, emit --------------------------------
+
+    def finish(
+        self,
+        request: GateRequest,
+        *,
+        status: int | None = None,
+        exception: BaseException | None = None,
+        route: str | None = None,
+    ) -> None:
+        """Record the request's outcome once (later calls do nothing); never raises."""
+        if request.finished:
+            return
+        request.finished = True
+        duration = max(0.0, self._clock() - request.started)
+        status = request.status if status is None else status
+        try:
+            success = bool(self._is_success(status, exception))
+        except Exception as exc:
+            self.report_fault("is_success", exc)
+            success = default_is_success(status, exception)
+        decision = request.decision
+        try:
+            self.gate.record_request_outcome(
+                request.session_id, success, duration, variant=decision.variant
+            )
+        except Exception as exc:
+            self.report_fault("record", exc)
+        try:
+            self.metrics.record(decision, request.method, status, route, exception, duration)
+        except Exception as exc:
+            self.report_fault("metrics", exc)

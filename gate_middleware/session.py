@@ -1,0 +1,133 @@
+"""Session identity: the sticky cookie that pins a visitor to a path.
+
+The cookie (``gate_session`` by default) holds a random id minted with
+``secrets.token_urlsafe(16)``. Unsigned, the value is the id itself: anyone
+can pick their own id, and so their bucket (and with a few tries, the
+canary). With a ``secret`` the value is ``id.issued.signature``, the
+signature an HMAC-SHA256 over ``id.issued`` checked with
+``hmac.compare_digest``, and a cookie older than its ``max_age`` is expired.
+A cookie that is unsigned (when signing), tampered, expired, oversized or
+malformed is treated as absent: a new id is minted. Nothing here raises on
+request data.
+
+Parsing and building use werkzeug (``parse_cookie``, ``dump_cookie``), which
+parse leniently and in linear time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Callable
+
+from werkzeug.http import dump_cookie, parse_cookie
+
+from gate_middleware.errors import ConfigError
+
+MAX_COOKIE_VALUE = 256
+_ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+_SKEW_SECONDS = 300
+
+
+class SessionCookie:
+    """Reads, mints and signs the session cookie."""
+
+    def __init__(
+        self,
+        *,
+        name: str = "gate_session",
+        secret: str | bytes | None = None,
+        max_age: int | None = 365 * 24 * 3600,
+        secure: bool | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(name, str) or not _COOKIE_NAME.fullmatch(name):
+            raise ConfigError("cookie_name", name, "1 to 64 characters valid in a cookie name")
+        if secret is not None:
+            if isinstance(secret, str):
+                secret = secret.encode("utf-8")
+            if not isinstance(secret, bytes) or len(secret) < 16:
+                raise ConfigError("secret", "<hidden>", "None or a str/bytes of at least 16 bytes")
+        if max_age is not None and (
+            isinstance(max_age, bool) or not isinstance(max_age, int) or max_age <= 0
+        ):
+            raise ConfigError(
+                "cookie_max_age", max_age, "None or a positive whole number of seconds"
+            )
+        if secure is not None and not isinstance(secure, bool):
+            raise ConfigError("cookie_secure", secure, "True, False or None (on for https)")
+        self.name = name
+        self.max_age = max_age
+        self.secure = secure
+        self._key = (
+            None
+            if secret is None
+            else hashlib.sha256(b"gate_middleware.session\x00" + secret).digest()
+        )
+        self._wall_clock = wall_clock
+
+    @property
+    def signed(self) -> bool:
+        return self._key is not None
+
+    def read(self, cookie_header: str | None) -> str | None:
+        """The session id carried by a ``Cookie`` header, or ``None``."""
+        if not cookie_header or self.name not in cookie_header:
+            return None
+        value = parse_cookie(cookie_header).get(self.name)
+        if not value or len(value) > MAX_COOKIE_VALUE:
+            return None
+        if self._key is None:
+            return value if _ID.fullmatch(value) else None
+        return self._verify(self._key, value)
+
+    @staticmethod
+    def _signature(key: bytes, payload: str) -> str:
+        digest = hmac.new(key, payload.encode("ascii"), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+    def _verify(self, key: bytes, value: str) -> str | None:
+        parts = value.split(".")
+        if len(parts) != 3:
+            return None
+        session_id, issued, signature = parts
+        if not _ID.fullmatch(session_id) or not issued.isdigit() or len(issued) > 12:
+            return None
+        expected = self._signature(key, f"{session_id}.{issued}")
+        if not hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii", "replace")):
+            return None
+        age = self._wall_clock() - int(issued)
+        if age < -_SKEW_SECONDS or (self.max_age is not None and age > self.max_age):
+            return None
+        return session_id
+
+    def mint(self) -> str:
+        """A new random session id."""
+        return secrets.token_urlsafe(16)
+
+    def value_for(self, session_id: str) -> str:
+        """The cookie value that carries ``session_id`` (signed when a secret is set)."""
+        if self._key is None:
+            return session_id
+        payload = f"{session_id}.{int(self._wall_clock())}"
+        return f"{payload}.{self._signature(self._key, payload)}"
+
+    def secure_for(self, https: bool) -> bool:
+        return https if self.secure is None else self.secure
+
+    def set_cookie_header(self, value: str, https: bool) -> str:
+        """The ``Set-Cookie`` header value that stores ``value`` (from ``value_for``)."""
+        return dump_cookie(
+            self.name,
+            value,
+            max_age=self.max_age,
+            path="/",
+            secure=self.secure_for(https),
+            httponly=True,
+            samesite="Lax",
+        )

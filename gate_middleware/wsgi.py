@@ -1,0 +1,123 @@
+"""``GateWSGIMiddleware``: the gate for any PEP 3333 WSGI app.
+
+::
+
+    app.wsgi_app = GateWSGIMiddleware(app.wsgi_app, gate=gate, secret="...")
+
+For each request it identifies and routes the session, puts the decision in
+``environ["gate_middleware.decision"]`` and behind
+``gate_middleware.current_decision()``, adds ``Set-Cookie`` to the response
+headers when it minted an id, and wraps the response iterable: the outcome
+is recorded when the server has consumed the body and called ``close()``,
+so the time covers the whole response, streamed bodies included. The
+wrapped iterable's own ``close()`` is called exactly once. An exception
+from the app (or from its body) is recorded as a failure and re-raised
+unchanged. A framework that knows the matched route template may put it in
+``environ["gate_middleware.route"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextvars import Token
+from typing import Any
+
+from gate_middleware import context
+from gate_middleware.gate import PromotionGate
+from gate_middleware.lifecycle import GateRequest, RequestLifecycle
+from gate_middleware.routing import RoutingDecision
+from gate_middleware.types import Environ, ExcInfo, Headers, StartResponse, WSGIApp
+
+DECISION_KEY = "gate_middleware.decision"
+ROUTE_KEY = "gate_middleware.route"
+
+
+class GateWSGIMiddleware:
+    """Route, inject, time and record every request of a WSGI app."""
+
+    def __init__(self, app: WSGIApp, *, gate: PromotionGate, **options: Any) -> None:
+        self.app = app
+        self.lifecycle = RequestLifecycle(gate, **options)
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        lifecycle = self.lifecycle
+        if lifecycle.is_excluded(environ.get("PATH_INFO", "")):
+            return self.app(environ, start_response)
+        request = lifecycle.begin(
+            method=environ.get("REQUEST_METHOD", "GET"),
+            cookie_header=environ.get("HTTP_COOKIE"),
+            https=environ.get("wsgi.url_scheme") == "https",
+            request=self.session_key_input(environ),
+            override_variant=environ.get("HTTP_X_GATE_VARIANT"),
+            override_token=environ.get("HTTP_X_GATE_OVERRIDE_TOKEN"),
+        )
+        environ[DECISION_KEY] = request.decision
+        entered = context.enter(request.decision)
+        set_cookie = request.set_cookie
+
+        def start_and_time(status: str, headers: Headers, exc_info: ExcInfo | None = None) -> Any:
+            try:
+                request.status = int(status[:3])
+            except ValueError:
+                request.status = None
+            if set_cookie is not None:
+                headers = [*headers, ("Set-Cookie", set_cookie)]
+            return start_response(status, headers, exc_info)
+
+        try:
+            body = self.app(environ, start_and_time)
+        except BaseException as exc:
+            lifecycle.finish(request, exception=exc, route=environ.get(ROUTE_KEY))
+            context.leave(entered)
+            raise
+        return _TimedBody(body, lifecycle, request, environ, entered)
+
+    def session_key_input(self, environ: Environ) -> Any:
+        """What a ``session_key`` callable receives: the environ (adapters pass their request)."""
+        return environ
+
+
+class _TimedBody:
+    """The app's response iterable; the outcome is recorded in ``close()``."""
+
+    __slots__ = ("_body", "_lifecycle", "_request", "_environ", "_entered", "_error", "_closed")
+
+    def __init__(
+        self,
+        body: Iterable[bytes],
+        lifecycle: RequestLifecycle,
+        request: GateRequest,
+        environ: Environ,
+        entered: Token[RoutingDecision | None],
+    ) -> None:
+        self._body = body
+        self._lifecycle = lifecycle
+        self._request = request
+        self._environ = environ
+        self._entered = entered
+        self._error: BaseException | None = None
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._body
+        except BaseException as exc:
+            self._error = exc
+            raise
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        except BaseException as exc:
+            self._error = self._error or exc
+            raise
+        finally:
+            self._lifecycle.finish(
+                self._request, exception=self._error, route=self._environ.get(ROUTE_KEY)
+            )
+            context.leave(self._entered)

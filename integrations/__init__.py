@@ -1,0 +1,14 @@
+"""Framework adapters for gate-middleware, installed as ``gate_middleware.integrations``.
+
+- ``gate_middleware.integrations.starlette.GateMiddleware`` (Starlette and
+  FastAPI; also ``gate_middleware.integrations.fastapi``):
+  ``app.add_middleware(GateMiddleware, gate=gate)``; ``request.state.gate``.
+- ``gate_middleware.integrations.flask.GateExtension``:
+  ``GateExtension(gate=gate).init_app(app)``; ``flask.g.gate``.
+- ``gate_middleware.integrations.django.GateMiddleware``: one entry in
+  ``MIDDLEWARE`` and a ``GATE_MIDDLEWARE`` setting; ``request.gate``.
+
+Each adapter only translates its framework's details into the core's
+``GateASGIMiddleware``, ``GateWSGIMiddleware`` or ``RequestLifecycle``.
+Importing this package imports no framework.
+"""

@@ -1,0 +1,241 @@
+"""Django: one entry in ``MIDDLEWARE`` and a ``GATE_MIDDLEWARE`` setting.
+
+::
+
+    MIDDLEWARE = ["gate_middleware.integrations.django.GateMiddleware", ...]
+    GATE_MIDDLEWARE = {
+        "GATE": "myproject.rollout.gate",   # a PromotionGate, or its dotted path
+        "SECRET": "...",                     # signs the session cookie
+        "EXCLUDE_PATHS": ["/healthz", "/static"],
+    }
+
+``GATE_MIDDLEWARE`` may also be just the gate (or its dotted path). The
+other keys are the options of ``RequestLifecycle`` in capitals
+(``COOKIE_NAME``, ``COOKIE_MAX_AGE``, ``COOKIE_SECURE``, ``SESSION_KEY``,
+``OVERRIDE_TOKEN``, ``IS_SUCCESS``, ``METER_PROVIDER``); callables may be
+given as dotted paths. A ``session_key`` callable receives the
+``HttpRequest``.
+
+The decision is ``request.gate``, and also ``request.META["gate_middleware.decision"]``
+under WSGI (the environ) and ``request.scope["state"]["gate"]`` under ASGI.
+The middleware is sync- and async-capable: under ASGI with async views it
+stays async. A streamed response is timed to its last chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextvars import Token
+from typing import Any
+
+try:
+    from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+    from django.conf import settings
+    from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+    from django.utils.module_loading import import_string
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        'gate_middleware.integrations.django needs Django: pip install "gate-middleware[django]"'
+    ) from exc
+
+from gate_middleware import context
+from gate_middleware.errors import ConfigError
+from gate_middleware.gate import PromotionGate
+from gate_middleware.lifecycle import GateRequest, RequestLifecycle
+from gate_middleware.routing import RoutingDecision
+from gate_middleware.wsgi import DECISION_KEY
+
+__all__ = ["GateMiddleware"]
+
+_OPTIONS = {
+    "COOKIE_NAME": "cookie_name",
+    "SECRET": "secret",
+    "COOKIE_MAX_AGE": "cookie_max_age",
+    "COOKIE_SECURE": "cookie_secure",
+    "SESSION_KEY": "session_key",
+    "OVERRIDE_TOKEN": "override_token",
+    "IS_SUCCESS": "is_success",
+    "EXCLUDE_PATHS": "exclude_paths",
+    "METER_PROVIDER": "meter_provider",
+}
+_DOTTED = {"GATE", "SESSION_KEY", "IS_SUCCESS", "METER_PROVIDER"}
+_EXCEPTION_KEY = "gate_middleware.exception"
+
+
+def lifecycle_from_settings() -> RequestLifecycle:
+    """Build the lifecycle from ``settings.GATE_MIDDLEWARE``."""
+    raw = getattr(settings, "GATE_MIDDLEWARE", None)
+    if raw is None:
+        raise ConfigError(
+            "GATE_MIDDLEWARE", None, "a setting naming the gate: {'GATE': 'myproject.rollout.gate'}"
+        )
+    values: dict[str, Any] = dict(raw) if isinstance(raw, dict) else {"GATE": raw}
+    unknown = sorted(set(values) - set(_OPTIONS) - {"GATE"})
+    if unknown:
+        raise ConfigError(
+            f"GATE_MIDDLEWARE[{unknown[0]!r}]", values[unknown[0]], f"one of {['GATE', *_OPTIONS]}"
+        )
+    for key in _DOTTED & set(values):
+        if isinstance(values[key], str):
+            try:
+                values[key] = import_string(values[key])
+            except ImportError as exc:
+                raise ConfigError(
+                    f"GATE_MIDDLEWARE[{key!r}]", values[key], f"an importable dotted path ({exc})"
+                ) from exc
+    gate = values.pop("GATE", None)
+    if not isinstance(gate, PromotionGate):
+        raise ConfigError("GATE_MIDDLEWARE['GATE']", gate, "a PromotionGate or its dotted path")
+    return RequestLifecycle(gate, **{_OPTIONS[key]: value for key, value in values.items()})
+
+
+class GateMiddleware:
+    """Django middleware: route, inject ``request.gate``, time and record."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.lifecycle = lifecycle_from_settings()
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        started = self._begin(request)
+        if started is None:
+            return self.get_response(request)
+        gate_request, entered = started
+        try:
+            response = self.get_response(request)
+        except BaseException as exc:
+            self._failed(request, gate_request, entered, exc)
+            raise
+        return self._end(request, gate_request, entered, response)
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        started = self._begin(request)
+        get_response: Callable[[HttpRequest], Awaitable[Any]] = self.get_response
+        if started is None:
+            return await get_response(request)
+        gate_request, entered = started
+        try:
+            response = await get_response(request)
+        except BaseException as exc:
+            self._failed(request, gate_request, entered, exc)
+            raise
+        return self._end(request, gate_request, entered, response)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> None:
+        # Django turns a view's exception into a 500 response before it
+        # reaches us; keep it for the outcome's error.type.
+        request.META[_EXCEPTION_KEY] = exception
+
+    def _begin(
+        self, request: HttpRequest
+    ) -> tuple[GateRequest, Token[RoutingDecision | None]] | None:
+        if self.lifecycle.is_excluded(request.path_info):
+            return None
+        meta = request.META
+        gate_request = self.lifecycle.begin(
+            method=request.method or "GET",
+            cookie_header=meta.get("HTTP_COOKIE"),
+            https=request.is_secure(),
+            request=request,
+            override_variant=meta.get("HTTP_X_GATE_VARIANT"),
+            override_token=meta.get("HTTP_X_GATE_OVERRIDE_TOKEN"),
+        )
+        decision = gate_request.decision
+        request.gate = decision  # type: ignore[attr-defined]
+        scope = getattr(request, "scope", None)
+        if isinstance(scope, dict):
+            scope.setdefault("state", {})["gate"] = decision
+        else:
+            meta[DECISION_KEY] = decision
+        return gate_request, context.enter(decision)
+
+    def _failed(
+        self,
+        request: HttpRequest,
+        gate_request: GateRequest,
+        entered: Token[RoutingDecision | None],
+        exc: BaseException,
+    ) -> None:
+        self.lifecycle.finish(gate_request, exception=exc, route=_route(request))
+        context.leave(entered)
+
+    def _end(
+        self,
+        request: HttpRequest,
+        gate_request: GateRequest,
+        entered: Token[RoutingDecision | None],
+        response: HttpResponseBase,
+    ) -> HttpResponseBase:
+        context.leave(entered)
+        if gate_request.cookie_value is not None:
+            cookie = self.lifecycle.cookie
+            response.set_cookie(
+                cookie.name,
+                gate_request.cookie_value,
+                max_age=cookie.max_age,
+                path="/",
+                secure=cookie.secure_for(request.is_secure()),
+                httponly=True,
+                samesite="Lax",
+            )
+        gate_request.status = response.status_code
+        exception = request.META.get(_EXCEPTION_KEY)
+        route = _route(request)
+        if isinstance(response, StreamingHttpResponse):
+            response.streaming_content = self._timed(response, gate_request, exception, route)
+        else:
+            self.lifecycle.finish(gate_request, exception=exception, route=route)
+        return response
+
+    def _timed(
+        self,
+        response: StreamingHttpResponse,
+        gate_request: GateRequest,
+        exception: BaseException | None,
+        route: str | None,
+    ) -> Iterator[bytes] | AsyncIterator[bytes]:
+        """The streamed body, recorded after its last chunk (or when closed early)."""
+        finish = self.lifecycle.finish
+        if response.is_async:
+            source: Any = response.streaming_content
+
+            async def timed_async() -> AsyncIterator[bytes]:
+                error = exception
+                try:
+                    async for chunk in source:
+                        yield chunk
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    finish(gate_request, exception=error, route=route)
+
+            return timed_async()
+
+        sync_source: Iterator[bytes] = iter(response.streaming_content)  # type: ignore[arg-type]
+
+        def timed() -> Iterator[bytes]:
+            error = exception
+            try:
+                yield from sync_source
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                finish(gate_request, exception=error, route=route)
+
+        return timed()
+
+
+def _route(request: HttpRequest) -> str | None:
+    match = getattr(request, "resolver_match", None)
+    route = getattr(match, "route", None)
+    return route if isinstance(route, str) and route else None
