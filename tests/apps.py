@@ -50,9 +50,10 @@ def describe(decision: RoutingDecision | None, raw: RoutingDecision | None) -> d
 
 
 def starlette_app(gate: PromotionGate, **options: Any) -> Any:
-    from gate_middleware.integrations.starlette import GateMiddleware
     from starlette.applications import Starlette
     from starlette.routing import Route
+
+    from gate_middleware.integrations.starlette import GateMiddleware
 
     async def index(request: Request) -> JSONResponse:
         return JSONResponse(describe(request.state.gate, request.scope["state"]["gate"]))
@@ -101,6 +102,7 @@ def starlette_app(gate: PromotionGate, **options: Any) -> Any:
 
 def fastapi_app(gate: PromotionGate, **options: Any) -> Any:
     from fastapi import FastAPI
+
     from gate_middleware.integrations.fastapi import GateMiddleware
 
     app = FastAPI()
@@ -151,6 +153,7 @@ def fastapi_app(gate: PromotionGate, **options: Any) -> Any:
 
 def flask_app(gate: PromotionGate, **options: Any) -> Any:
     from flask import Flask, Response, g, jsonify, request
+
     from gate_middleware.integrations.flask import GateExtension
 
     app = Flask(__name__)

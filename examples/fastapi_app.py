@@ -1,0 +1,48 @@
+"""FastAPI with gate-middleware: sticky canary routing, a flag, Prometheus metrics.
+
+Run:  python examples/fastapi_app.py        (then open http://127.0.0.1:8000/)
+Or:   uvicorn --app-dir examples fastapi_app:app
+
+Half of the sessions get the new checkout flow; /metrics shows the request
+metrics in Prometheus' format. Set GATE_SECRET to sign the session cookie.
+"""
+
+import os
+
+from fastapi import FastAPI, Request, Response
+from opentelemetry import metrics
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gate_middleware import Environment, PromotionConfig, PromotionGate
+from gate_middleware.integrations.fastapi import GateMiddleware
+
+metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+
+gate = PromotionGate(
+    PromotionConfig(environment=Environment.canary(50.0), feature_flags=["new_checkout_flow"])
+)
+
+app = FastAPI()
+app.add_middleware(
+    GateMiddleware, gate=gate, secret=os.environ.get("GATE_SECRET"), exclude_paths=["/metrics"]
+)
+
+
+@app.get("/")
+async def checkout(request: Request) -> dict[str, str]:
+    decision = request.state.gate
+    flow = "new" if decision.is_enabled("new_checkout_flow") else "old"
+    return {"checkout": flow, "variant": decision.variant}
+
+
+@app.get("/metrics")
+async def prometheus() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+if __name__ == "__main__":
+    import uvicorn
+
+    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))

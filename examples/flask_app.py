@@ -1,0 +1,45 @@
+"""Flask with gate-middleware: sticky canary routing, a flag, Prometheus metrics.
+
+Run:  python examples/flask_app.py          (then open http://127.0.0.1:8000/)
+Or:   gunicorn --chdir examples flask_app:app
+
+Half of the sessions get the new checkout flow; /metrics shows the request
+metrics in Prometheus' format. Set GATE_SECRET to sign the session cookie.
+"""
+
+import os
+
+from flask import Flask, Response, g, jsonify
+from opentelemetry import metrics
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gate_middleware import Environment, PromotionConfig, PromotionGate
+from gate_middleware.integrations.flask import GateExtension
+
+metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+
+gate = PromotionGate(
+    PromotionConfig(environment=Environment.canary(50.0), feature_flags=["new_checkout_flow"])
+)
+
+app = Flask(__name__)
+GateExtension(gate=gate, secret=os.environ.get("GATE_SECRET"), exclude_paths=["/metrics"]).init_app(
+    app
+)
+
+
+@app.get("/")
+def checkout() -> Response:
+    flow = "new" if g.gate.is_enabled("new_checkout_flow") else "old"
+    return jsonify(checkout=flow, variant=g.gate.variant)
+
+
+@app.get("/metrics")
+def prometheus() -> Response:
+    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+
+
+if __name__ == "__main__":
+    app.run(host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))

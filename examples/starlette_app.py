@@ -1,0 +1,49 @@
+"""Starlette with gate-middleware: sticky canary routing, a flag, Prometheus metrics.
+
+Run:  python examples/starlette_app.py      (then open http://127.0.0.1:8000/)
+Or:   uvicorn --app-dir examples starlette_app:app
+
+Half of the sessions get the new checkout flow; /metrics shows the request
+metrics in Prometheus' format. Set GATE_SECRET to sign the session cookie.
+"""
+
+import os
+
+from opentelemetry import metrics
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gate_middleware import Environment, PromotionConfig, PromotionGate
+from gate_middleware.integrations.starlette import GateMiddleware
+
+metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+
+gate = PromotionGate(
+    PromotionConfig(environment=Environment.canary(50.0), feature_flags=["new_checkout_flow"])
+)
+
+
+async def checkout(request: Request) -> JSONResponse:
+    decision = request.state.gate
+    flow = "new" if decision.is_enabled("new_checkout_flow") else "old"
+    return JSONResponse({"checkout": flow, "variant": decision.variant})
+
+
+async def prometheus(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+app = Starlette(routes=[Route("/", checkout), Route("/metrics", prometheus)])
+app.add_middleware(
+    GateMiddleware, gate=gate, secret=os.environ.get("GATE_SECRET"), exclude_paths=["/metrics"]
+)
+
+if __name__ == "__main__":
+    import uvicorn
+
+    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))
