@@ -18,6 +18,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -44,8 +45,11 @@ from gate_middleware.routing import (
     compute_bucket,
 )
 from gate_middleware.state import (
+    MAX_SAMPLES,
     GateEvent,
     GateState,
+    GateStatus,
+    HealthSample,
     InMemoryStateStore,
     PromotionEvent,
     RollbackEvent,
@@ -60,10 +64,6 @@ Callback = TypeVar("Callback", bound=Callable[..., Any])
 Event = TypeVar("Event", RollbackEvent, PromotionEvent, None)
 
 _PROMOTION_PATHS = {(CANARY_ENV, STAGING), (STAGING, PRODUCTION), (CANARY_ENV, PRODUCTION)}
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _seconds(duration: float | timedelta) -> float:
@@ -120,6 +120,7 @@ class PromotionGate:
         slo: SloConfig | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         state_store: StateStore | None = None,
         window_store: WindowStore | None = None,
         meter_provider: MeterProvider | None = None,
@@ -134,6 +135,7 @@ class PromotionGate:
         self.slo = slo
         self.name = config.name
         self._clock = clock
+        self._wall_clock = wall_clock
         if state_store is None:
             state_store = InMemoryStateStore(self._initial_state(config))
         self._store = state_store
@@ -144,6 +146,9 @@ class PromotionGate:
         self._promotion_callbacks: list[Callable[[PromotionEvent], Any]] = []
         self._evaluation_lock = threading.Lock()
         self._next_evaluation = clock() + config.evaluation_interval_seconds
+        samples = math.ceil(config.rollback_window_seconds / config.evaluation_interval_seconds)
+        self._series: deque[HealthSample] = deque(maxlen=min(max(samples, 60), MAX_SAMPLES))
+        self._last_sample = -math.inf
         self._telemetry = GateTelemetry(self, meter_provider)
 
     @staticmethod
@@ -309,6 +314,8 @@ class PromotionGate:
         state = self._current()
         health, canary, stable = self._health(state)
         compliance, enough = self._slo_status(state, canary, stable)
+        if act:
+            self._sample(state, health, compliance)
         in_release = state.environment.name != PRODUCTION
         if in_release and health.sufficient_data and health.health_score < HEALTHY_SCORE:
             logger.warning(
@@ -329,6 +336,53 @@ class PromotionGate:
             if reason is not None:
                 self._roll_back(state.release, reason, health, automatic=True)
         return health, compliance, enough
+
+    def _sample(self, state: GateState, health: CanaryHealth, compliance: float) -> None:
+        """Keep one health sample per evaluation interval (for charts)."""
+        now = self._clock()
+        if now - self._last_sample < self.config.evaluation_interval_seconds / 2:
+            return
+        self._last_sample = now
+        self._series.append(
+            HealthSample(
+                timestamp=self._wall_clock(),
+                environment=state.environment.name,
+                traffic_percent=state.environment.traffic_percent,
+                health_score=health.health_score,
+                canary_error_rate=health.canary_error_rate,
+                production_error_rate=health.production_error_rate,
+                canary_p99_latency=health.canary_p99_latency,
+                production_p99_latency=health.production_p99_latency,
+                canary_requests=health.canary_requests,
+                production_requests=health.production_requests,
+                slo_compliance=compliance,
+            )
+        )
+
+    def get_health_series(self) -> list[HealthSample]:
+        """Health samples taken at the gate's evaluations, oldest first (bounded)."""
+        return list(self._series)
+
+    def status(self, recent_events: int = 20) -> GateStatus:
+        """Everything an operator looks at, computed now without acting on it."""
+        state = self._current()
+        health, canary, stable = self._health(state)
+        compliance, enough = self._slo_status(state, canary, stable)
+        return GateStatus(
+            rollout=self.name,
+            environment=state.environment,
+            stable_flags=tuple(sorted(state.stable_flags)),
+            release_flags=tuple(sorted(state.release_flags)),
+            health=health,
+            slo_compliance=compliance,
+            slo_met=not enough or compliance >= self.config.slo_threshold,
+            canary=canary,
+            stable=stable,
+            baseline=state.baseline,
+            recent_events=state.history[-recent_events:] if recent_events > 0 else (),
+            config=self.config,
+            slo=self.slo,
+        )
 
     def monitor_canary_health(self) -> CanaryHealth:
         """Evaluate now: compute the health and roll back if a check fails."""
@@ -366,7 +420,7 @@ class PromotionGate:
                 raise PromotionError(
                     f"cannot promote to {target}: the gate changed to {current.environment} meanwhile"
                 )
-            event = PromotionEvent(source, target, _utcnow(), "promote", force, health)
+            event = PromotionEvent(source, target, self._utcnow(), "promote", force, health)
             if target.name == STAGING:
                 return current.evolve(event, environment=target, baseline=baseline), event
             return (
@@ -436,7 +490,7 @@ class PromotionGate:
                 )
             if current.environment == target:
                 return None
-            event = PromotionEvent(current.environment, target, _utcnow(), "set_traffic")
+            event = PromotionEvent(current.environment, target, self._utcnow(), "set_traffic")
             return current.evolve(event, environment=target), event
 
         result = self._transition(change)
@@ -459,7 +513,7 @@ class PromotionGate:
                     f"cannot start a canary: a release is already in {current.environment}; "
                     "promote it or roll it back first"
                 )
-            event = PromotionEvent(current.environment, target, _utcnow(), "start_canary")
+            event = PromotionEvent(current.environment, target, self._utcnow(), "start_canary")
             state = current.evolve(
                 event,
                 environment=target,
@@ -495,7 +549,9 @@ class PromotionGate:
         def change(current: GateState) -> tuple[GateState, RollbackEvent] | None:
             if current.release != release or current.environment.name == PRODUCTION:
                 return None  # already rolled back (or promoted) by someone else
-            event = RollbackEvent(reason, _utcnow(), current.environment, "all", health, automatic)
+            event = RollbackEvent(
+                reason, self._utcnow(), current.environment, "all", health, automatic
+            )
             state = current.evolve(
                 event, environment=Environment.PRODUCTION, release_flags=frozenset(), baseline=None
             )
@@ -539,7 +595,7 @@ class PromotionGate:
                 enabled = sorted(current.stable_flags | current.release_flags)
                 raise ConfigError("feature", name, f"one of the enabled flags {enabled}")
             event = RollbackEvent(
-                f"Feature flag disabled: {name}", _utcnow(), current.environment, name, health
+                f"Feature flag disabled: {name}", self._utcnow(), current.environment, name, health
             )
             state = current.evolve(
                 event,
@@ -588,6 +644,9 @@ class PromotionGate:
                 callback(event)
             except Exception:
                 logger.exception("A %s callback raised; the gate carries on", event.kind)
+
+    def _utcnow(self) -> datetime:
+        return datetime.fromtimestamp(self._wall_clock(), timezone.utc)
 
     def __repr__(self) -> str:
         return f"<PromotionGate {self.name!r} {self._state.environment}>"

@@ -12,8 +12,10 @@ the production baseline captured when the canary was promoted)::
             0.9 - 0.25 * (r - 1.1)     if 1.1 < r <= 1.5   (down to 0.8)
             0.8 * 1.5 / r              if r > 1.5          (below 0.8)
 
-``F_e`` and ``F_l`` are ``SloConfig.error_rate_floor`` and
-``latency_floor_seconds``. So the guide's thresholds hold: a canary whose
+``F_l`` is ``SloConfig.latency_floor_seconds``; ``F_e`` is
+``SloConfig.error_rate_floor``, raised to ``3 / n`` when the smaller side has
+only ``n`` requests in the window (the rule of three: fewer than three
+failures in ``n`` requests is no evidence of a rate above ``3 / n``). So the guide's thresholds hold: a canary whose
 error rate or p99 is more than 1.5× production's scores below 0.8
 (ROLLBACK), within 1.1× scores at least 0.9 (HEALTHY), and in between
 0.8..0.9 (MONITOR). Until both sides have ``min_requests`` outcomes in the
@@ -74,7 +76,10 @@ class CanaryHealth:
 
 def worst_ratio(canary: WindowStats, production: WindowStats, slo: SloConfig) -> tuple[float, str]:
     """The larger of the error and latency ratios, and which one it is."""
-    floor_e = slo.error_rate_floor
+    # Fewer than 3 failures in n requests is no evidence of a rate above 3/n
+    # (the rule of three), so thin windows cannot fail on one unlucky error.
+    fewest = min(canary.requests, production.requests)
+    floor_e = max(slo.error_rate_floor, 3.0 / fewest) if fewest else slo.error_rate_floor
     floor_l = slo.latency_floor_seconds
     error_ratio = max(canary.error_rate, floor_e) / max(production.error_rate, floor_e)
     latency_ratio = max(canary.p99_latency, floor_l) / max(production.p99_latency, floor_l)

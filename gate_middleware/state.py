@@ -15,11 +15,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
+from gate_middleware.config import PromotionConfig, SloConfig
 from gate_middleware.environment import Environment
 from gate_middleware.health import CanaryHealth
 from gate_middleware.window import WindowStats
 
 MAX_HISTORY = 1000
+MAX_SAMPLES = 720
 
 
 @dataclass(frozen=True)
@@ -131,3 +133,78 @@ class InMemoryStateStore:
                 return False
             self.state = new_state
             return True
+
+
+@dataclass(frozen=True)
+class HealthSample:
+    """The gate's health at one evaluation (``timestamp`` in Unix seconds)."""
+
+    timestamp: float
+    environment: str
+    traffic_percent: float
+    health_score: float
+    canary_error_rate: float
+    production_error_rate: float
+    canary_p99_latency: float
+    production_p99_latency: float
+    canary_requests: int
+    production_requests: int
+    slo_compliance: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+_NEXT_STAGE = {"canary": "staging", "staging": "production"}
+
+
+@dataclass(frozen=True)
+class GateStatus:
+    """What an operator looks at: ``PromotionGate.status()``."""
+
+    rollout: str
+    environment: Environment
+    stable_flags: tuple[str, ...]
+    release_flags: tuple[str, ...]
+    health: CanaryHealth
+    slo_compliance: float
+    slo_met: bool
+    canary: WindowStats
+    stable: WindowStats
+    baseline: WindowStats | None
+    recent_events: tuple[GateEvent, ...]
+    config: PromotionConfig
+    slo: SloConfig
+
+    @property
+    def next_stage(self) -> str | None:
+        return _NEXT_STAGE.get(self.environment.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rollout": self.rollout,
+            "environment": self.environment.to_dict(),
+            "traffic_percent": self.environment.traffic_percent,
+            "next_stage": self.next_stage,
+            "flags": {"stable": list(self.stable_flags), "release": list(self.release_flags)},
+            "health": self.health.to_dict(),
+            "slo": {
+                "compliance": self.slo_compliance,
+                "threshold": self.config.slo_threshold,
+                "met": self.slo_met,
+                "latency_objective_seconds": self.slo.latency_objective_seconds,
+            },
+            "windows": {
+                "canary": self.canary.to_dict(),
+                "stable": self.stable.to_dict(),
+                "baseline": self.baseline.to_dict() if self.baseline else None,
+            },
+            "config": {
+                "auto_rollback_enabled": self.config.auto_rollback_enabled,
+                "slo_threshold": self.config.slo_threshold,
+                "rollback_window_seconds": self.config.rollback_window_seconds,
+                "min_requests": self.config.min_requests,
+                "evaluation_interval_seconds": self.config.evaluation_interval_seconds,
+            },
+            "recent_events": [event.to_dict() for event in self.recent_events],
+        }

@@ -16,6 +16,11 @@ other keys are the options of ``RequestLifecycle`` in capitals
 given as dotted paths. A ``session_key`` callable receives the
 ``HttpRequest``.
 
+The admin API and dashboard mount as URL patterns (exclude their prefix
+from the gate)::
+
+    urlpatterns = [..., *admin_urls(gate, token=os.environ["GATE_ADMIN_TOKEN"], prefix="gate/")]
+
 The decision is ``request.gate``, and also ``request.META["gate_middleware.decision"]``
 under WSGI (the environ) and ``request.scope["state"]["gate"]`` under ASGI.
 The middleware is sync- and async-capable: under ASGI with async views it
@@ -24,6 +29,7 @@ stays async. A streamed response is timed to its last chunk.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import Token
 from typing import Any
@@ -31,21 +37,24 @@ from typing import Any
 try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
     from django.conf import settings
-    from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+    from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+    from django.urls import URLPattern, re_path
     from django.utils.module_loading import import_string
+    from django.views.decorators.csrf import csrf_exempt
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         'gate_middleware.integrations.django needs Django: pip install "gate-middleware[django]"'
     ) from exc
 
 from gate_middleware import context
+from gate_middleware.admin import AdminAPI
 from gate_middleware.errors import ConfigError
 from gate_middleware.gate import PromotionGate
 from gate_middleware.lifecycle import GateRequest, RequestLifecycle
 from gate_middleware.routing import RoutingDecision
 from gate_middleware.wsgi import DECISION_KEY
 
-__all__ = ["GateMiddleware"]
+__all__ = ["GateMiddleware", "admin_urls"]
 
 _OPTIONS = {
     "COOKIE_NAME": "cookie_name",
@@ -239,3 +248,24 @@ def _route(request: HttpRequest) -> str | None:
     match = getattr(request, "resolver_match", None)
     route = getattr(match, "route", None)
     return route if isinstance(route, str) and route else None
+
+
+def admin_urls(
+    gate: PromotionGate, *, token: str | None, prefix: str = "gate/"
+) -> list[URLPattern]:
+    """URL patterns serving the admin API and dashboard under ``prefix``."""
+    api = AdminAPI(gate, token=token)
+
+    @csrf_exempt
+    def admin(request: HttpRequest, path: str = "") -> HttpResponse:
+        result = api.handle(
+            request.method or "GET", path, request.headers.get("Authorization"), request.body
+        )
+        response = HttpResponse(result.body, status=result.status, content_type=result.content_type)
+        for name, value in result.all_headers():
+            if name not in ("Content-Type", "Content-Length"):
+                response[name] = value
+        return response
+
+    prefix = prefix.strip("/")
+    return [re_path(rf"^{re.escape(prefix)}/(?P<path>.*)$", admin)]

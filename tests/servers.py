@@ -70,3 +70,28 @@ def running(
 
 def python(*args: str) -> list[str]:
     return [sys.executable, *args]
+
+
+@contextmanager
+def serving(app: object, port: int | None = None) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn in a thread of this process (so the
+    test can reach its gate) on 127.0.0.1; yields the base URL."""
+    import threading
+
+    import uvicorn
+
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")  # type: ignore[arg-type]
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

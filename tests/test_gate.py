@@ -499,3 +499,15 @@ def test_custom_slo(clock: FakeClock) -> None:
     feed(gate, "canary", 20, duration=0.06)
     feed(gate, "stable", 20, duration=0.06)
     assert gate.check_slo_compliance() is False
+
+
+def test_one_unlucky_error_in_a_thin_window_is_not_a_rollback(clock: FakeClock) -> None:
+    gate = make_gate(clock, min_requests=40)
+    feed(gate, "stable", 1000, error_every=200)  # 0.5 %
+    feed(gate, "canary", 40)
+    gate.record_request_outcome("c", False, 0.05, variant="canary")  # 1 in 41: 2.4 %
+    health = gate.monitor_canary_health()
+    assert health.recommendation.startswith("HEALTHY")  # 3/41 = 7.3 % is the floor here
+    assert gate.environment == Environment.canary(10)
+    feed(gate, "canary", 40, error_every=4)  # 11 failures in 81: 13.6 %, well over 3/81
+    assert gate.monitor_canary_health().recommendation.startswith("ROLLBACK")

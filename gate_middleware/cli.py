@@ -1,0 +1,291 @@
+"""``gate-middleware``: watch and steer a rollout from the terminal.
+
+It talks to the admin API (``--url``, or ``GATE_MIDDLEWARE_URL``) with a
+bearer token (``--token``, or ``GATE_MIDDLEWARE_TOKEN``)::
+
+    gate-middleware status [--watch] [--json]
+    gate-middleware history [--json]
+    gate-middleware promote [staging|production] [--force]
+    gate-middleware traffic PERCENT
+    gate-middleware canary PERCENT --flag NAME ...
+    gate-middleware rollback --reason TEXT
+    gate-middleware flags enable|disable NAME
+    gate-middleware demo [--scenario healthy|faulty]
+
+Exit codes: 0 done, 1 refused by the gate (the reason is printed), 2 usage
+or connection error. Needs ``pip install "gate-middleware[cli]"`` (click and
+rich); the demo needs ``[demo]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, NoReturn
+
+try:
+    import click
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.table import Table
+    from rich.text import Text
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise SystemExit(
+        f'gate-middleware\'s command line needs click and rich: pip install "gate-middleware[cli]" ({exc})'
+    ) from exc
+
+DEFAULT_URL = "http://127.0.0.1:8000/gate"
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+
+class AdminError(Exception):
+    """The admin API answered with an error status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AdminClient:
+    """A small JSON client for the admin API (standard library only)."""
+
+    def __init__(self, url: str, token: str | None, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(f"{self.url}/{path}", data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("error", exc.reason)
+            except ValueError:
+                message = str(exc.reason)
+            raise AdminError(exc.code, message) from exc
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "status")
+        return result
+
+    def history(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "history")["events"]
+        return result
+
+
+def environment_label(environment: dict[str, Any]) -> str:
+    if environment["name"] == "canary":
+        return f"canary ({environment['traffic_percent']:g}%)"
+    return str(environment["name"])
+
+
+def event_line(event: dict[str, Any]) -> str:
+    when = event["timestamp"].replace("T", " ")[:19]
+    if event["kind"] == "rollback":
+        what = "automatic rollback" if event["automatic"] else "rollback"
+        target = "production" if event["feature"] == "all" else f"flag {event['feature']}"
+        origin = environment_label(event["environment"])
+        return f"{when}  {what}: {origin} -> {target}: {event['reason']}"
+    forced = " (forced)" if event["forced"] else ""
+    origin = environment_label(event["from_environment"])
+    target = environment_label(event["to_environment"])
+    return f"{when}  {event['action']}: {origin} -> {target}{forced}"
+
+
+def render_status(status: dict[str, Any]) -> Group:
+    """A compact view of the rollout (used by ``status`` and the demo)."""
+    health = status["health"]
+    verdict = health["verdict"]
+    colour = {"HEALTHY": "green", "MONITOR": "yellow", "ROLLBACK": "red"}.get(verdict, "white")
+    head = Text.assemble(
+        (f"{status['rollout']}  ", "bold"),
+        (environment_label(status["environment"]), "bold magenta"),
+        f"   health {health['health_score']:.2f} ",
+        (verdict, f"bold {colour}"),
+        f"   SLO {status['slo']['compliance']:.2%} (min {status['slo']['threshold']:.0%})",
+    )
+    table = Table(box=None, pad_edge=False)
+    for column in ("variant", "requests", "error rate", "p99"):
+        table.add_column(column, justify="right" if column != "variant" else "left")
+    table.add_row(
+        Text("canary", "dark_orange"),
+        str(health["canary_requests"]),
+        f"{health['canary_error_rate']:.2%}",
+        f"{health['canary_p99_latency'] * 1000:.1f} ms",
+    )
+    table.add_row(
+        Text("production", "blue"),
+        str(health["production_requests"]),
+        f"{health['production_error_rate']:.2%}",
+        f"{health['production_p99_latency'] * 1000:.1f} ms",
+    )
+    flags = status["flags"]
+    flag_line = Text(
+        f"flags: stable {', '.join(flags['stable']) or '-'}; release {', '.join(flags['release']) or '-'}"
+    )
+    events = [Text(event_line(e), "dim") for e in status["recent_events"][-3:]]
+    return Group(head, table, flag_line, Text(health["recommendation"], "italic"), *events)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(message, err=True)
+    raise SystemExit(code)
+
+
+def call(ctx: click.Context, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    client: AdminClient = ctx.obj
+    try:
+        return client.request(method, path, body)
+    except AdminError as exc:
+        if exc.status == 409:
+            _fail(f"refused by the gate: {exc}", EXIT_REFUSED)
+        _fail(f"error {exc.status}: {exc}", EXIT_USAGE)
+    except (urllib.error.URLError, OSError) as exc:
+        _fail(f"cannot reach the admin API at {client.url}: {exc}", EXIT_USAGE)
+
+
+@click.group()
+@click.option(
+    "--url",
+    envvar="GATE_MIDDLEWARE_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    help="Where the admin API is mounted.",
+)
+@click.option("--token", envvar="GATE_MIDDLEWARE_TOKEN", help="The admin bearer token.")
+@click.pass_context
+def main(ctx: click.Context, url: str, token: str | None) -> None:
+    """Watch and steer a gate-middleware rollout through its admin API."""
+    ctx.obj = AdminClient(url, token)
+
+
+@main.command()
+@click.option("--watch", is_flag=True, help="Redraw a live view until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between redraws.")
+@click.option("--iterations", default=0, help="With --watch: stop after N redraws (0: never).")
+@click.pass_context
+def status(
+    ctx: click.Context, watch: bool, as_json: bool, interval: float, iterations: int
+) -> None:
+    """The rollout now: environment, traffic, health of both variants, SLO, flags."""
+    if as_json:
+        click.echo(json.dumps(call(ctx, "GET", "status"), indent=2))
+        return
+    console = Console()
+    if not watch:
+        console.print(render_status(call(ctx, "GET", "status")))
+        return
+    count = 0
+    with Live(
+        render_status(call(ctx, "GET", "status")), console=console, auto_refresh=False
+    ) as live:
+        try:
+            while iterations <= 0 or count < iterations - 1:
+                time.sleep(interval)
+                live.update(render_status(call(ctx, "GET", "status")), refresh=True)
+                count += 1
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the events as JSON.")
+@click.pass_context
+def history(ctx: click.Context, as_json: bool) -> None:
+    """Every start, ramp, promotion and rollback, oldest first."""
+    events = call(ctx, "GET", "history")["events"]
+    if as_json:
+        click.echo(json.dumps(events, indent=2))
+        return
+    for event in events:
+        click.echo(event_line(event))
+    if not events:
+        click.echo("no events yet")
+
+
+@main.command()
+@click.argument("target", required=False, type=click.Choice(["staging", "production"]))
+@click.option("--force", is_flag=True, help="Skip the health and SLO checks.")
+@click.pass_context
+def promote(ctx: click.Context, target: str | None, force: bool) -> None:
+    """Promote the release (to the next stage when TARGET is left out)."""
+    body: dict[str, Any] = {"force": force}
+    if target:
+        body["target"] = target
+    result = call(ctx, "POST", "promote", body)
+    click.echo(f"promoted: now {environment_label(result['environment'])}")
+
+
+@main.command()
+@click.argument("percent", type=float)
+@click.pass_context
+def traffic(ctx: click.Context, percent: float) -> None:
+    """Ramp the canary to PERCENT % of sessions."""
+    result = call(ctx, "POST", "traffic", {"percent": percent})
+    click.echo(f"traffic set: now {environment_label(result['environment'])}")
+
+
+@main.command()
+@click.argument("percent", type=float)
+@click.option("--flag", "flags", multiple=True, help="A flag of the release (repeatable).")
+@click.pass_context
+def canary(ctx: click.Context, percent: float, flags: tuple[str, ...]) -> None:
+    """Start the next release from production at PERCENT %."""
+    result = call(ctx, "POST", "canary", {"percent": percent, "flags": list(flags)})
+    click.echo(f"canary started: now {environment_label(result['environment'])}")
+
+
+@main.command()
+@click.option("--reason", required=True, help="Why: kept in the history.")
+@click.pass_context
+def rollback(ctx: click.Context, reason: str) -> None:
+    """Roll the release in progress back to production."""
+    result = call(ctx, "POST", "rollback", {"reason": reason})
+    click.echo(f"rolled back from {environment_label(result['event']['environment'])}: {reason}")
+
+
+@main.command()
+@click.argument("action", type=click.Choice(["enable", "disable"]))
+@click.argument("name")
+@click.pass_context
+def flags(ctx: click.Context, action: str, name: str) -> None:
+    """Turn a flag on, or take it from every session."""
+    call(ctx, "POST", f"flags/{urllib.parse.quote(name, safe='')}/{action}")
+    click.echo(f"flag {name} {action}d")
+
+
+@main.command()
+@click.option(
+    "--scenario",
+    type=click.Choice(["healthy", "faulty"]),
+    default="healthy",
+    show_default=True,
+    help="healthy: ramp to production; faulty: watch it roll back.",
+)
+@click.option("--duration", default=60.0, show_default=True, help="Longest run, in seconds.")
+@click.option("--users", default=50, show_default=True, help="Simulated users at a time.")
+@click.option("--keep-serving", is_flag=True, help="Leave the app and dashboard up afterwards.")
+@click.option("--port", default=0, help="Port on 127.0.0.1 (0: a free one).")
+def demo(scenario: str, duration: float, users: int, keep_serving: bool, port: int) -> None:
+    """Run a real app under uvicorn and drive a whole release through the gate."""
+    try:
+        demo_module = importlib.import_module("gate_middleware.integrations.demo")
+    except ImportError as exc:
+        _fail(f'the demo needs: pip install "gate-middleware[demo]" ({exc})', EXIT_USAGE)
+    raise SystemExit(demo_module.run_demo(scenario, duration, users, keep_serving, port))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,414 @@
+"""The demo: a whole release through the gate, in one command.
+
+``gate-middleware demo`` starts a real Starlette app wrapped in the gate's
+middleware under uvicorn on 127.0.0.1 (a free port), with the admin API and
+dashboard mounted at ``/gate``, and drives bounded traffic from many
+simulated users over real HTTP. It steers the release the way an operator
+would, through the admin API:
+
+- ``--scenario healthy`` starts a 5 % canary and ramps 5 % → 10 % → 25 % →
+  staging → production, each step only once the gate reports HEALTHY with
+  enough data;
+- ``--scenario faulty`` starts a 10 % canary whose path has extra errors and
+  latency, and waits for the gate to roll it back by itself.
+
+The app itself is ``create_app()`` (run by uvicorn in its own process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import math
+import os
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+try:
+    import uvicorn  # noqa: F401 - the server the demo runs
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.text import Text
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Mount, Route
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(f'the demo needs: pip install "gate-middleware[demo]" ({exc})') from exc
+
+from gate_middleware import Environment, PromotionConfig, PromotionGate, SloConfig
+from gate_middleware.admin import AdminASGIApp
+from gate_middleware.cli import (
+    AdminClient,
+    AdminError,
+    environment_label,
+    event_line,
+    render_status,
+)
+from gate_middleware.integrations.starlette import GateMiddleware
+
+FLAG = "new_checkout_flow"
+TOKEN_ENV = "GATE_DEMO_TOKEN"
+SCENARIO_ENV = "GATE_DEMO_SCENARIO"
+BASE_LATENCY = 0.008
+BASE_ERRORS = 0.003
+FAULTY_ERRORS = 0.15
+FAULTY_EXTRA_LATENCY = 0.030
+
+
+def create_app() -> Starlette:
+    """The demo shop: ``/checkout`` reads the flag; ``/gate`` is the admin API."""
+    faulty = os.environ.get(SCENARIO_ENV) == "faulty"
+    gate = PromotionGate(
+        PromotionConfig(
+            environment=Environment.PRODUCTION,
+            name="demo-shop",
+            rollback_window_seconds=10,
+            min_requests=40,
+            evaluation_interval_seconds=0.5,
+        ),
+        SloConfig(latency_objective_seconds=0.1),
+    )
+    rng = random.Random()
+
+    async def checkout(request: Request) -> JSONResponse:
+        decision = request.state.gate
+        latency = rng.lognormvariate(math.log(BASE_LATENCY), 0.25)
+        error_rate = BASE_ERRORS
+        if faulty and decision.is_canary:
+            latency += FAULTY_EXTRA_LATENCY
+            error_rate = FAULTY_ERRORS
+        await asyncio.sleep(latency)
+        body = {
+            "variant": decision.variant,
+            "checkout": "new" if decision.is_enabled(FLAG) else "old",
+        }
+        return JSONResponse(body, status_code=500 if rng.random() < error_rate else 200)
+
+    app = Starlette(
+        routes=[
+            Route("/checkout", checkout),
+            Mount("/gate", AdminASGIApp(gate, token=os.environ.get(TOKEN_ENV))),
+        ]
+    )
+    app.add_middleware(GateMiddleware, gate=gate, exclude_paths=["/gate"])
+    return app
+
+
+class Traffic:
+    """Simulated users over real HTTP: each keeps its cookie for a few
+    requests, then leaves and a new one arrives."""
+
+    def __init__(self, port: int, users: int, threads: int = 8) -> None:
+        self.port = port
+        self.users = max(1, users)
+        self.threads = max(1, min(threads, self.users))
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        self._workers = [
+            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(self.threads)
+        ]
+
+    def start(self) -> None:
+        for worker in self._workers:
+            worker.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        for worker in self._workers:
+            worker.join(timeout=10)
+
+    def _run(self, number: int) -> None:
+        rng = random.Random(number)
+        mine = range(number, self.users, self.threads)
+        cookies: dict[int, str | None] = {user: None for user in mine}
+        left: dict[int, int] = {user: rng.randint(3, 12) for user in mine}
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self.stop.is_set():
+            for user in mine:
+                if self.stop.is_set():
+                    break
+                headers = {"Cookie": cookies[user]} if cookies[user] else {}
+                try:
+                    connection.request("GET", "/checkout", headers=headers)
+                    response = connection.getresponse()
+                    body = response.read()
+                except (OSError, http.client.HTTPException):
+                    connection.close()
+                    connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                    with self.lock:
+                        self.counts["connection errors"] += 1
+                    time.sleep(0.05)
+                    continue
+                cookie = response.getheader("set-cookie")
+                if cookie:
+                    cookies[user] = cookie.split(";", 1)[0]
+                variant = "canary" if b'"variant":"canary"' in body else "stable"
+                with self.lock:
+                    self.counts[variant] += 1
+                    if response.status >= 500:
+                        self.counts[f"{variant} errors"] += 1
+                left[user] -= 1
+                if left[user] <= 0:  # this user leaves; a new one arrives
+                    cookies[user] = None
+                    left[user] = rng.randint(3, 12)
+        connection.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(port: int, token: str, scenario: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "gate_middleware.integrations.demo:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env={**os.environ, TOKEN_ENV: token, SCENARIO_ENV: scenario},
+        start_new_session=True,
+    )
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
+
+
+def wait_until_up(client: AdminClient, server: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.poll() is not None:
+            raise RuntimeError(f"the demo server exited with {server.returncode}")
+        try:
+            client.status()
+            return
+        except (OSError, AdminError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+class Progress:
+    """A live view on a terminal; a line every 2 s otherwise."""
+
+    def __init__(self, console: Console, traffic: Traffic) -> None:
+        self.console = console
+        self.traffic = traffic
+        self.step = ""
+        self._live: Live | None = None
+        self._last_line = 0.0
+
+    def __enter__(self) -> Progress:
+        if self.console.is_terminal:
+            self._live = Live(console=self.console, auto_refresh=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+    def show(self, status: dict[str, Any]) -> None:
+        with self.traffic.lock:
+            counts = dict(self.traffic.counts)
+        sent = Text(
+            f"sent: {counts.get('canary', 0)} canary ({counts.get('canary errors', 0)} errors), "
+            f"{counts.get('stable', 0)} stable ({counts.get('stable errors', 0)} errors)",
+            "dim",
+        )
+        if self._live is not None:
+            view = Group(Text(self.step, "bold cyan"), render_status(status), sent)
+            self._live.update(view, refresh=True)
+            return
+        now = time.monotonic()
+        if now - self._last_line >= 2.0:
+            self._last_line = now
+            health = status["health"]
+            self.console.print(
+                f"[{self.step}] {environment_label(status['environment'])}: "
+                f"canary {health['canary_requests']} req, {health['canary_error_rate']:.1%} err, "
+                f"p99 {health['canary_p99_latency'] * 1000:.1f} ms | production "
+                f"{health['production_requests']} req, {health['production_error_rate']:.1%} err, "
+                f"p99 {health['production_p99_latency'] * 1000:.1f} ms | "
+                f"health {health['health_score']:.2f} {health['verdict']}",
+                markup=False,
+                soft_wrap=True,
+            )
+
+
+def _ready(status: dict[str, Any]) -> bool:
+    health = status["health"]
+    return (
+        bool(health["sufficient_data"]) and health["verdict"] == "HEALTHY" and status["slo"]["met"]
+    )
+
+
+def drive_healthy(
+    client: AdminClient, progress: Progress, hold: float, deadline: float
+) -> Callable[[], bool]:
+    """Ramp 5 → 10 → 25 %, then staging, then production, as the checks allow."""
+    client.request("POST", "canary", {"percent": 5, "flags": [FLAG]})
+    steps: list[tuple[str, str, dict[str, Any]]] = [
+        ("ramp to 10%", "traffic", {"percent": 10}),
+        ("ramp to 25%", "traffic", {"percent": 25}),
+        ("promote to staging", "promote", {"target": "staging"}),
+        ("promote to production", "promote", {"target": "production"}),
+    ]
+    progress.step = "canary at 5%: waiting for enough healthy data"
+    stage_started = time.monotonic()
+    for label, path, body in steps:
+        while True:
+            status = client.status()
+            progress.show(status)
+            if status["environment"]["name"] == "production" and path != "promote":
+                return lambda: False  # rolled back underneath us
+            if time.monotonic() > deadline:
+                progress.step = f"out of time before: {label}"
+                return lambda: False
+            if time.monotonic() - stage_started >= hold and _ready(status):
+                try:
+                    client.request("POST", path, body)
+                    break
+                except AdminError as exc:
+                    if exc.status != 409:
+                        raise
+                    progress.step = f"{label}: refused for now ({exc}); waiting"
+            time.sleep(0.25)
+        progress.step = f"{label}: done; waiting for enough healthy data"
+        stage_started = time.monotonic()
+    progress.show(client.status())
+    return lambda: client.status()["environment"]["name"] == "production"
+
+
+def drive_faulty(client: AdminClient, progress: Progress, deadline: float) -> bool:
+    client.request("POST", "canary", {"percent": 10, "flags": [FLAG]})
+    progress.step = "canary at 10% with extra errors and latency: waiting for the gate"
+    while time.monotonic() < deadline:
+        status = client.status()
+        progress.show(status)
+        if status["environment"]["name"] == "production":
+            progress.step = "the gate rolled the canary back"
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def verify_everyone_gets_the_flag(port: int, users: int) -> bool:
+    for _ in range(users):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/checkout")
+        body = connection.getresponse().read()
+        connection.close()
+        if b'"checkout":"new"' not in body:
+            return False
+    return True
+
+
+def run_demo(scenario: str, duration: float, users: int, keep_serving: bool, port: int) -> int:
+    """Run one scenario; 0 when it ended as it should, 1 otherwise."""
+    console = Console(highlight=False, soft_wrap=True)
+    port = port or free_port()
+    token = secrets.token_urlsafe(24)
+    base = f"http://127.0.0.1:{port}"
+    client = AdminClient(f"{base}/gate", token)
+    server = start_server(port, token, scenario)
+    started = time.monotonic()
+    deadline = started + duration
+    traffic = Traffic(port, users)
+    ok = False
+    try:
+        wait_until_up(client, server, timeout=30)
+        console.print(f"gate-middleware demo ({scenario}): the app serves {base}/checkout")
+        console.print(f"dashboard: {base}/gate/#token={token}")
+        traffic.start()
+        with Progress(console, traffic) as progress:
+            if scenario == "healthy":
+                hold = max(1.0, duration / 8)
+                ok = drive_healthy(client, progress, hold, deadline)()
+            else:
+                ok = drive_faulty(client, progress, deadline)
+        traffic.close()
+        ok = summarise(
+            console, client, traffic, scenario, port, users, ok, time.monotonic() - started
+        )
+        if keep_serving:
+            console.print(
+                f"still serving; the dashboard is at {base}/gate/#token={token} (Ctrl-C stops)"
+            )
+            with contextlib.suppress(KeyboardInterrupt):
+                server.wait()
+    finally:
+        traffic.close()
+        stop_server(server)
+    return 0 if ok else 1
+
+
+def summarise(
+    console: Console,
+    client: AdminClient,
+    traffic: Traffic,
+    scenario: str,
+    port: int,
+    users: int,
+    reached: bool,
+    elapsed: float,
+) -> bool:
+    status = client.status()
+    counts = traffic.counts
+    console.print()
+    console.print(f"Summary after {elapsed:.1f} s")
+    console.print(
+        f"  requests sent: {counts['canary']} canary ({counts['canary errors']} errors), "
+        f"{counts['stable']} stable ({counts['stable errors']} errors), "
+        f"{counts['connection errors']} connection errors"
+    )
+    console.print(f"Final environment: {environment_label(status['environment'])}")
+    console.print("History:")
+    for event in client.history():
+        console.print(f"  {event_line(event)}")
+    ok = reached
+    if scenario == "healthy":
+        everyone = (
+            reached
+            and FLAG in status["flags"]["stable"]
+            and verify_everyone_gets_the_flag(port, users)
+        )
+        if everyone:
+            console.print(f"{FLAG} is on for every session")
+        ok = ok and everyone
+    else:
+        rollbacks = [e for e in client.history() if e["kind"] == "rollback" and e["automatic"]]
+        if rollbacks:
+            console.print(f"Rolled back automatically: {rollbacks[-1]['reason']}")
+        ok = ok and bool(rollbacks) and FLAG not in status["flags"]["stable"]
+    console.print("RESULT: OK" if ok else "RESULT: FAILED (the scenario did not end as it should)")
+    return ok

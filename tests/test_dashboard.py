@@ -1,0 +1,158 @@
+"""The dashboard page in a real headless browser (Debian's Chromium, driven by Playwright)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+from playwright.sync_api import Page, sync_playwright
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from gate_middleware import Environment, PromotionConfig, PromotionGate
+from gate_middleware.admin import AdminASGIApp
+
+from .conftest import FakeClock
+from .servers import serving
+
+TOKEN = "browser-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("Chromium is not installed: ./dev test installs it (apt-get install chromium)")
+    return path
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def gate(clock: FakeClock) -> PromotionGate:
+    # The wall clock moves with the fake clock, so samples and events are
+    # seconds apart on the charts, as in a live app.
+    start = time.time() - clock.now - 60
+    gate = PromotionGate(
+        PromotionConfig(
+            environment=Environment.canary(10),
+            feature_flags=["new_checkout_flow"],
+            min_requests=20,
+            auto_rollback_enabled=False,
+        ),
+        clock=clock,
+        wall_clock=lambda: start + clock.now,
+    )
+    gate.enable_feature("dark_mode")
+    for sample in range(8):
+        for i in range(30):
+            gate.record_request_outcome(f"s{i}", i % 20 != 0, 0.020 + i / 1000, variant="stable")
+        for i in range(5):
+            gate.record_request_outcome(f"c{i}", True, 0.025 + sample / 1000, variant="canary")
+        gate.monitor_canary_health()  # one sample for the charts
+        clock.advance(5)
+    return gate
+
+
+@pytest.fixture
+def base(gate: PromotionGate) -> Iterator[str]:
+    app = Starlette(routes=[Mount("/gate", AdminASGIApp(gate, token=TOKEN))])
+    with serving(app) as url:
+        yield url
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1280, "height": 900})
+        finally:
+            browser.close()
+
+
+def shown(page: Page, element: str) -> str | None:
+    return page.get_attribute(f"#{element}", "data-value")
+
+
+def test_the_dashboard_shows_the_api_and_rolls_back(
+    page: Page, base: str, gate: PromotionGate, clock: FakeClock, tmp_path: Path
+) -> None:
+    page.goto(f"{base}/gate/#token={TOKEN}")
+    page.wait_for_function("document.getElementById('environment').dataset.value === 'canary'")
+    assert "token" not in page.url  # the token leaves the address bar
+
+    status = httpx.get(f"{base}/gate/status", headers=AUTH).json()
+    health = status["health"]
+    assert page.text_content("#environment") == "canary (10%)"
+    assert shown(page, "traffic") == "10"
+    for element, key in [
+        ("canary-requests", "canary_requests"),
+        ("production-requests", "production_requests"),
+        ("canary-error-rate", "canary_error_rate"),
+        ("production-error-rate", "production_error_rate"),
+        ("canary-p99", "canary_p99_latency"),
+        ("production-p99", "production_p99_latency"),
+        ("health-score", "health_score"),
+    ]:
+        assert float(shown(page, element) or "nan") == pytest.approx(health[key]), element
+    assert (
+        page.text_content("#production-error-rate")
+        == f"{health['production_error_rate'] * 100:.2f} %"
+    )
+    assert page.text_content("#verdict") == health["verdict"]
+    flags = page.eval_on_selector_all("#flags .flag", "nodes => nodes.map(n => n.dataset.flag)")
+    assert sorted(flags) == ["dark_mode", "new_checkout_flow"]
+    # Both variants are drawn as time series over the window.
+    lines = page.eval_on_selector_all(
+        "#chart-error polyline.series", "nodes => nodes.map(n => n.dataset.key)"
+    )
+    assert lines == ["canary_error_rate", "production_error_rate"]
+    assert page.eval_on_selector("#chart-p99 polyline.series", "n => n.points.length") == 8
+    screenshot = tmp_path / "dashboard.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
+    if os.environ.get("GATE_DASHBOARD_SCREENSHOT"):  # refreshes the README's picture
+        shutil.copy(screenshot, os.environ["GATE_DASHBOARD_SCREENSHOT"])
+
+    page.fill("#rollback-reason", "rolled back from the browser test")
+    page.click("#btn-rollback")
+    page.wait_for_function("document.getElementById('environment').dataset.value === 'production'")
+    assert gate.environment == Environment.PRODUCTION
+    [event] = gate.get_rollback_history()
+    assert event.reason == "rolled back from the browser test"
+    assert "Rolled back" in (page.text_content("#message") or "")
+    assert page.is_disabled("#btn-rollback")
+
+    # The rollback is marked on the charts once the next sample is in.
+    clock.advance(5)
+    gate.monitor_canary_health()
+    page.wait_for_selector("#chart-error line.marker", state="attached", timeout=10_000)
+    rows = page.eval_on_selector_all("#history tr", "rows => rows.map(r => r.dataset.kind)")
+    assert rows == ["rollback"]
+
+
+def test_a_wrong_token_gets_the_login_form(page: Page, base: str) -> None:
+    page.goto(f"{base}/gate/#token=wrong-token-0123456789")
+    page.wait_for_selector("#token-form:not([hidden])")
+    assert page.is_hidden("#main")
+    page.fill("#token-input", TOKEN)
+    page.click("#token-form button")
+    page.wait_for_function("document.getElementById('environment').dataset.value === 'canary'")
