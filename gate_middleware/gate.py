@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
@@ -59,6 +61,17 @@ from gate_middleware.telemetry import GateTelemetry
 from gate_middleware.window import InMemoryWindowStore, WindowStats, WindowStore
 
 logger = logging.getLogger("gate_middleware")
+
+# Every live gate, so a forked child (gunicorn --preload, multiprocessing)
+# can replace the locks it inherited: a lock held by another thread at the
+# moment of the fork would never be released in the child.
+_GATES: weakref.WeakSet[PromotionGate] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for gate in list(_GATES):
+        gate._after_fork()
+
 
 Callback = TypeVar("Callback", bound=Callable[..., Any])
 Event = TypeVar("Event", RollbackEvent, PromotionEvent, None)
@@ -150,6 +163,7 @@ class PromotionGate:
         self._series: deque[HealthSample] = deque(maxlen=min(max(samples, 60), MAX_SAMPLES))
         self._last_sample = -math.inf
         self._telemetry = GateTelemetry(self, meter_provider)
+        _GATES.add(self)
 
     @staticmethod
     def _initial_state(config: PromotionConfig) -> GateState:
@@ -645,6 +659,14 @@ class PromotionGate:
             except Exception:
                 logger.exception("A %s callback raised; the gate carries on", event.kind)
 
+    def _after_fork(self) -> None:
+        """In a forked child: new locks for the gate and its stores."""
+        self._evaluation_lock = threading.Lock()
+        for store in (self._store, self._windows):
+            after_fork = getattr(store, "after_fork", None)
+            if after_fork is not None:
+                after_fork()
+
     def _utcnow(self) -> datetime:
         return datetime.fromtimestamp(self._wall_clock(), timezone.utc)
 
@@ -653,3 +675,6 @@ class PromotionGate:
 
 
 PromotionGateManager = PromotionGate
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -134,6 +134,10 @@ class InMemoryStateStore:
             self.state = new_state
             return True
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (the inherited one may be held)."""
+        self._lock = threading.Lock()
+
 
 @dataclass(frozen=True)
 class HealthSample:

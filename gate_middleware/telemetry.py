@@ -21,6 +21,7 @@ weak reference to the gate, so a discarded gate does not stay alive.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from gate_middleware.health import CanaryHealth
 
 METER_NAME = "gate_middleware"
+logger = logging.getLogger("gate_middleware")
 
 
 class GateTelemetry:
@@ -112,6 +114,20 @@ class GateTelemetry:
         )
 
     def count_rollback(self, environment: str, automatic: bool) -> None:
+        try:
+            self._add_rollback(environment, automatic)
+        except Exception:  # a broken metrics pipeline must not undo a rollback
+            logger.warning("Counting a rollback failed", exc_info=True)
+
+    def count_promotion(self, environment: str) -> None:
+        try:
+            self._promotions.add(
+                1, {"gate.rollout": self._rollout, "gate.environment": environment}
+            )
+        except Exception:  # a broken metrics pipeline must not undo a promotion
+            logger.warning("Counting a promotion failed", exc_info=True)
+
+    def _add_rollback(self, environment: str, automatic: bool) -> None:
         self._rollbacks.add(
             1,
             {
@@ -120,6 +136,3 @@ class GateTelemetry:
                 "gate.automatic": automatic,
             },
         )
-
-    def count_promotion(self, environment: str) -> None:
-        self._promotions.add(1, {"gate.rollout": self._rollout, "gate.environment": environment})

@@ -63,7 +63,11 @@ class WindowStore(Protocol):
         """The variant's window as of ``now``."""
 
     def clear(self) -> None:
-        """Forget every outcome (a release started, was promoted or rolled back)."""
+        """Forget every outcome (a release started, was promoted or rolled back).
+
+        A store may also define ``after_fork()``: the gate calls it in a
+        forked child, to replace locks, threads and connections.
+        """
 
 
 class _Counts:
@@ -192,3 +196,7 @@ class InMemoryWindowStore:
         with self._lock:
             for window in self._windows.values():
                 window.clear()
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (the inherited one may be held)."""
+        self._lock = threading.Lock()

@@ -80,7 +80,16 @@ class GateWSGIMiddleware:
 class _TimedBody:
     """The app's response iterable; the outcome is recorded in ``close()``."""
 
-    __slots__ = ("_body", "_lifecycle", "_request", "_environ", "_entered", "_error", "_closed")
+    __slots__ = (
+        "_body",
+        "_iterator",
+        "_lifecycle",
+        "_request",
+        "_environ",
+        "_entered",
+        "_error",
+        "_closed",
+    )
 
     def __init__(
         self,
@@ -91,6 +100,7 @@ class _TimedBody:
         entered: Token[RoutingDecision | None],
     ) -> None:
         self._body = body
+        self._iterator: Iterator[bytes] | None = None
         self._lifecycle = lifecycle
         self._request = request
         self._environ = environ
@@ -98,9 +108,19 @@ class _TimedBody:
         self._error: BaseException | None = None
         self._closed = False
 
+    # An iterator, not a generator: a generator's ``yield from`` would close
+    # the app's iterable a second time when the server drops it early.
     def __iter__(self) -> Iterator[bytes]:
+        self._iterator = iter(self._body)
+        return self
+
+    def __next__(self) -> bytes:
+        if self._iterator is None:
+            self._iterator = iter(self._body)
         try:
-            yield from self._body
+            return next(self._iterator)
+        except StopIteration:
+            raise
         except BaseException as exc:
             self._error = exc
             raise

@@ -241,26 +241,31 @@ def django_app(gate: PromotionGate, asgi: bool = False, **options: Any) -> Any:
         raise
 
 
-def client_for(framework: str, gate: PromotionGate, **options: Any) -> tuple[httpx.Client, Any]:
-    """(client, cleanup) for the framework's app wrapped with the gate."""
-    from starlette.testclient import TestClient
+def app_for(framework: str, gate: PromotionGate, **options: Any) -> tuple[Any, str, Any]:
+    """(app, "asgi" or "wsgi", cleanup) for the framework's app wrapped with the gate."""
     from werkzeug.middleware.lint import LintMiddleware
 
     if framework == "starlette":
-        return TestClient(starlette_app(gate, **options), raise_server_exceptions=False), None
+        return starlette_app(gate, **options), "asgi", None
     if framework == "fastapi":
-        return TestClient(fastapi_app(gate, **options), raise_server_exceptions=False), None
+        return fastapi_app(gate, **options), "asgi", None
     if framework == "flask":
-        wsgi = LintMiddleware(flask_app(gate, **options))
-        return httpx.Client(
-            transport=httpx.WSGITransport(app=wsgi), base_url="http://testserver"
-        ), None
+        return LintMiddleware(flask_app(gate, **options)), "wsgi", None
     if framework == "django":
         handler, override = django_app(gate, **options)
-        wsgi = LintMiddleware(handler)
-        client = httpx.Client(transport=httpx.WSGITransport(app=wsgi), base_url="http://testserver")
-        return client, override.disable
+        return LintMiddleware(handler), "wsgi", override.disable
     if framework == "django_asgi":
         handler, override = django_app(gate, asgi=True, **options)
-        return TestClient(handler, raise_server_exceptions=False), override.disable
+        return handler, "asgi", override.disable
     raise ValueError(framework)
+
+
+def client_for(framework: str, gate: PromotionGate, **options: Any) -> tuple[httpx.Client, Any]:
+    """(client, cleanup): Starlette's TestClient for ASGI apps, httpx over WSGI otherwise."""
+    from starlette.testclient import TestClient
+
+    app, protocol, cleanup = app_for(framework, gate, **options)
+    if protocol == "asgi":
+        return TestClient(app, raise_server_exceptions=False), cleanup
+    transport = httpx.WSGITransport(app=app)
+    return httpx.Client(transport=transport, base_url="http://testserver"), cleanup

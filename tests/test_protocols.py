@@ -1,0 +1,248 @@
+"""Guarantees 8, 9 and 10: WSGI close(), ASGI streaming and disconnects,
+Django's async path stays async."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+from wsgiref.util import setup_testing_defaults
+from wsgiref.validate import validator
+
+import pytest
+from werkzeug.middleware.lint import LintMiddleware
+
+from gate_middleware import (
+    Environment,
+    GateASGIMiddleware,
+    GateWSGIMiddleware,
+    PromotionConfig,
+    PromotionGate,
+)
+
+from .apps import client_for
+from .conftest import FakeClock, metric_points
+
+
+@pytest.fixture
+def gate(clock: FakeClock, meter_provider: Any) -> PromotionGate:
+    return PromotionGate(
+        PromotionConfig(environment=Environment.canary(50), auto_rollback_enabled=False),
+        clock=clock,
+        meter_provider=meter_provider,
+    )
+
+
+def outcomes(gate: PromotionGate) -> tuple[int, int]:
+    """(requests, failures) recorded in both windows."""
+    health = gate.health_snapshot()
+    requests = health.canary_requests + health.production_requests
+    failures = round(
+        health.canary_error_rate * health.canary_requests
+        + health.production_error_rate * health.production_requests
+    )
+    return requests, failures
+
+
+# -- 8: WSGI close() ----------------------------------------------------------------
+
+
+class Body:
+    """A response iterable that counts its close() calls."""
+
+    def __init__(self, chunks: int, delay: float = 0.0, fail_at: int | None = None) -> None:
+        self.chunks = chunks
+        self.delay = delay
+        self.fail_at = fail_at
+        self.closed = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for i in range(self.chunks):
+            if i == self.fail_at:
+                raise RuntimeError("the body broke")
+            time.sleep(self.delay)
+            yield b"chunk"
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def run_wsgi(app: Any, consume: int | None) -> None:
+    environ: dict[str, Any] = {}
+    setup_testing_defaults(environ)
+    environ["QUERY_STRING"] = ""
+    result = app(environ, lambda status, headers, exc_info=None: None)
+    try:
+        for n, _ in enumerate(result):
+            if consume is not None and n + 1 >= consume:
+                break
+    finally:
+        result.close()
+
+
+@pytest.mark.parametrize("checker", ["wsgiref.validate", "werkzeug lint"])
+@pytest.mark.parametrize(
+    ("case", "chunks", "consume", "fail_at"),
+    [
+        ("fully consumed", 3, None, None),
+        ("closed after one chunk", 3, 1, None),
+        ("raising mid-iteration", 3, None, 1),
+    ],
+)
+def test_wsgi_close_is_called_once_and_one_outcome_is_recorded(
+    gate: PromotionGate,
+    metric_reader: Any,
+    meter_provider: Any,
+    case: str,
+    chunks: int,
+    consume: int | None,
+    fail_at: int | None,
+    checker: str,
+) -> None:
+    body = Body(chunks, fail_at=fail_at)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Body:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return body
+
+    # The checker on both sides of the middleware: what the server sees, and
+    # what the app sees.
+    check: Any = validator if checker == "wsgiref.validate" else LintMiddleware
+    wrapped = check(GateWSGIMiddleware(check(app), gate=gate, meter_provider=meter_provider))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # lint reports by warning
+        if fail_at is None:
+            run_wsgi(wrapped, consume)
+        else:
+            with pytest.raises(RuntimeError, match="the body broke"):
+                run_wsgi(wrapped, consume)
+    assert body.closed == 1
+    assert outcomes(gate) == (1, 1 if fail_at is not None else 0)
+    [point] = metric_points(metric_reader)["gate_middleware.requests"]
+    assert point.value == 1
+
+
+def test_a_slow_wsgi_body_is_timed_whole(
+    gate: PromotionGate, metric_reader: Any, meter_provider: Any
+) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Body:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Body(1, delay=0.2)
+
+    run_wsgi(GateWSGIMiddleware(app, gate=gate, meter_provider=meter_provider), None)
+    [point] = metric_points(metric_reader)["gate_middleware.request.duration"]
+    assert point.sum >= 0.2
+    assert (
+        gate.health_snapshot().canary_p99_latency + gate.health_snapshot().production_p99_latency
+        >= 0.2 * 0.99
+    )
+
+
+# -- 9: ASGI streaming and disconnects -----------------------------------------------
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+
+def http_scope() -> dict[str, Any]:
+    return {"type": "http", "method": "GET", "path": "/", "scheme": "http", "headers": []}
+
+
+async def receive_request() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def test_an_asgi_stream_is_timed_to_its_last_chunk(
+    gate: PromotionGate, metric_reader: Any, meter_provider: Any
+) -> None:
+    seen_after_send: list[str | None] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        request_id.set("r-1")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(5):
+            await asyncio.sleep(0.1)
+            await send({"type": "http.response.body", "body": b"x", "more_body": i < 4})
+            seen_after_send.append(request_id.get())
+
+    async def send(message: Any) -> None:
+        pass
+
+    middleware = GateASGIMiddleware(app, gate=gate, meter_provider=meter_provider)
+    asyncio.run(middleware(http_scope(), receive_request, send))
+    [point] = metric_points(metric_reader)["gate_middleware.request.duration"]
+    assert point.count == 1 and point.sum >= 0.5
+    assert seen_after_send == ["r-1"] * 5  # the endpoint's ContextVar survives our send
+
+
+@pytest.mark.parametrize("how", ["send raises", "app returns early"])
+def test_a_client_that_disconnects_mid_stream_yields_one_outcome(
+    gate: PromotionGate, metric_reader: Any, meter_provider: Any, how: str
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(5):
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+            if how == "app returns early" and (await receive())["type"] == "http.disconnect":
+                return
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+        if how == "send raises" and len(sent) == 2:
+            raise OSError("the client went away")
+
+    messages = iter([{"type": "http.request", "body": b"", "more_body": False}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages, {"type": "http.disconnect"})
+
+    middleware = GateASGIMiddleware(app, gate=gate, meter_provider=meter_provider)
+    if how == "send raises":
+        with pytest.raises(OSError):
+            asyncio.run(middleware(http_scope(), receive, send))
+    else:
+        asyncio.run(middleware(http_scope(), receive, send))
+    assert outcomes(gate)[0] == 1
+    [point] = metric_points(metric_reader)["gate_middleware.requests"]
+    assert point.value == 1
+
+
+# -- 10: Django's async path stays async -----------------------------------------------
+
+
+def test_django_async_stays_async_and_sync_records_the_same(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorded = {}
+    for framework in ("django_asgi", "django"):
+        gate = PromotionGate(
+            PromotionConfig(environment=Environment.canary(50), auto_rollback_enabled=False),
+            clock=clock,
+        )
+        client, cleanup = client_for(framework, gate)
+        try:
+            with caplog.at_level(logging.DEBUG, logger="django.request"):
+                caplog.clear()
+                for _ in range(5):
+                    client.cookies.clear()
+                    assert client.get("/").status_code == 200
+                assert client.get("/boom").status_code == 500
+                adapted = [
+                    r.getMessage()
+                    for r in caplog.records
+                    if "adapted for middleware" in r.getMessage()
+                    and "GateMiddleware" in r.getMessage()
+                ]
+        finally:
+            client.close()
+            if cleanup:
+                cleanup()
+        if framework == "django_asgi":
+            assert adapted == []  # no sync/async adaptation of our middleware
+        recorded[framework] = outcomes(gate)
+    assert recorded["django_asgi"] == recorded["django"] == (6, 1)
