@@ -24,7 +24,7 @@ from gate_middleware import (
     PromotionGate,
 )
 
-from .apps import client_for
+from .apps import client_for, configure_django
 from .conftest import FakeClock, metric_points
 
 
@@ -218,30 +218,33 @@ def test_a_client_that_disconnects_mid_stream_yields_one_outcome(
 def test_django_async_stays_async_and_sync_records_the_same(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
+    configure_django()
+    from django.test.utils import override_settings
+
     recorded = {}
     for framework in ("django_asgi", "django"):
         gate = PromotionGate(
             PromotionConfig(environment=Environment.canary(50), auto_rollback_enabled=False),
             clock=clock,
         )
-        client, cleanup = client_for(framework, gate)
-        try:
-            with caplog.at_level(logging.DEBUG, logger="django.request"):
-                caplog.clear()
+        caplog.clear()
+        # Django logs its adaptations (with DEBUG on) when it builds the chain.
+        with override_settings(DEBUG=True), caplog.at_level(logging.DEBUG, "django.request"):
+            client, cleanup = client_for(framework, gate)
+            try:
                 for _ in range(5):
                     client.cookies.clear()
                     assert client.get("/").status_code == 200
                 assert client.get("/boom").status_code == 500
-                adapted = [
-                    r.getMessage()
-                    for r in caplog.records
-                    if "adapted for middleware" in r.getMessage()
-                    and "GateMiddleware" in r.getMessage()
-                ]
-        finally:
-            client.close()
-            if cleanup:
-                cleanup()
+            finally:
+                client.close()
+                if cleanup:
+                    cleanup()
+        adapted = [
+            r.getMessage()
+            for r in caplog.records
+            if "adapted for middleware" in r.getMessage() and "GateMiddleware" in r.getMessage()
+        ]
         if framework == "django_asgi":
             assert adapted == []  # no sync/async adaptation of our middleware
         recorded[framework] = outcomes(gate)
