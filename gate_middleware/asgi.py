@@ -46,12 +46,21 @@ class GateASGIMiddleware:
             await self.app(scope, receive, send)
             return
         lifecycle = self.lifecycle
-        cookie, variant, token = _read_headers(scope.get("headers", ()))
+        cookies: list[str] = []
+        variant = token = None
+        for name, value in scope.get("headers", ()):
+            if name == _COOKIE:
+                cookies.append(value.decode("latin-1"))
+            elif name == _OVERRIDE_VARIANT:
+                variant = value.decode("latin-1")
+            elif name == _OVERRIDE_TOKEN:
+                token = value.decode("latin-1")
+        cookie = cookies[0] if len(cookies) == 1 else "; ".join(cookies) if cookies else None
         request = lifecycle.begin(
             method=scope.get("method", "GET") if kind == "http" else "GET",
             cookie_header=cookie,
             https=scope.get("scheme") in ("https", "wss"),
-            request=self.session_key_input(scope),
+            request=self.session_key_input(scope) if lifecycle.wants_request else None,
             override_variant=variant,
             override_token=token,
             set_cookie=kind == "http",
@@ -93,7 +102,8 @@ class GateASGIMiddleware:
         finally:
             # A client that went away mid-stream: the app returned without a
             # final body message. Still exactly one outcome.
-            lifecycle.finish(request, route=self.route_template(scope))
+            if not request.finished:
+                lifecycle.finish(request, route=self.route_template(scope))
             context.leave(entered)
 
     def session_key_input(self, scope: Scope) -> Any:
@@ -104,18 +114,3 @@ class GateASGIMiddleware:
         """The matched route's template (``/items/{item_id}``), if the router left it in the scope."""
         path = getattr(scope.get("route"), "path", None)
         return path if isinstance(path, str) else None
-
-
-def _read_headers(headers: Any) -> tuple[str | None, str | None, str | None]:
-    """(Cookie header, override variant, override token) from raw ASGI headers."""
-    cookies: list[str] = []
-    variant = token = None
-    for name, value in headers:
-        if name == _COOKIE:
-            cookies.append(value.decode("latin-1"))
-        elif name == _OVERRIDE_VARIANT:
-            variant = value.decode("latin-1")
-        elif name == _OVERRIDE_TOKEN:
-            token = value.decode("latin-1")
-    cookie = "; ".join(cookies) if cookies else None
-    return cookie, variant, token

@@ -23,6 +23,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
+from hashlib import sha256
 from typing import Any, TypeVar
 
 from opentelemetry.metrics import MeterProvider
@@ -44,7 +45,6 @@ from gate_middleware.routing import (
     VARIANTS,
     RoutingDecision,
     canary_threshold,
-    compute_bucket,
 )
 from gate_middleware.state import (
     MAX_SAMPLES,
@@ -146,7 +146,9 @@ class PromotionGate:
             raise ConfigError("slo", slo, "an SloConfig")
         self.config = config
         self.slo = slo
+        self._objective = slo.latency_objective_seconds
         self.name = config.name
+        self._prefix = f"{config.name}:".encode()
         self._clock = clock
         self._wall_clock = wall_clock
         if state_store is None:
@@ -210,7 +212,12 @@ class PromotionGate:
     def route_request(self, session_id: str) -> RoutingDecision:
         """Which path ``session_id`` takes and which flags it gets (no lock)."""
         table = self._routing
-        bucket = compute_bucket(self.name, session_id)
+        # compute_bucket(), inlined: this is the hottest line of the package.
+        try:
+            data = self._prefix + session_id.encode()
+        except UnicodeEncodeError:
+            data = self._prefix + session_id.encode("utf-8", "surrogatepass")
+        bucket = int.from_bytes(sha256(data).digest()[:8], "big") % BUCKETS
         is_canary, environment, flags, flag_set, reason = (
             table.canary if bucket < table.threshold else table.stable
         )
@@ -255,10 +262,14 @@ class PromotionGate:
             variant = self.route_request(session_id).variant
         elif variant not in VARIANTS:
             raise ConfigError("variant", variant, "'canary', 'stable' or None")
-        success = bool(success)
-        good = success and seconds <= self.slo.latency_objective_seconds
+        self.record_outcome(variant, bool(success), seconds)
+
+    def record_outcome(self, variant: str, success: bool, seconds: float) -> None:
+        """``record_request_outcome`` without the argument checks, for callers
+        that already hold a valid variant, a bool and a non-negative float
+        (the middleware)."""
         now = self._clock()
-        self._windows.record(variant, success, good, seconds, now)
+        self._windows.record(variant, success, success and seconds <= self._objective, seconds, now)
         if now >= self._next_evaluation:
             self._evaluate_on_schedule(now)
 

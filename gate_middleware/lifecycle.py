@@ -146,6 +146,8 @@ class RequestLifecycle:
             name=cookie_name, secret=secret, max_age=cookie_max_age, secure=cookie_secure
         )
         self._session_key = session_key
+        #: Whether begin() needs the framework's request (for ``session_key``).
+        self.wants_request = session_key is not None
         self._override_token = None if override_token is None else override_token.encode("utf-8")
         self._is_success = is_success or default_is_success
         self.exclude_paths = self._prefixes(exclude_paths)
@@ -274,9 +276,7 @@ class RequestLifecycle:
             success = default_is_success(status, exception)
         decision = request.decision
         try:
-            self.gate.record_request_outcome(
-                request.session_id, success, duration, variant=decision.variant
-            )
+            self.gate.record_outcome(decision.variant, success, duration)
         except Exception as exc:
             self.report_fault("record", exc)
         try:

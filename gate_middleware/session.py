@@ -62,6 +62,7 @@ class SessionCookie:
         if secure is not None and not isinstance(secure, bool):
             raise ConfigError("cookie_secure", secure, "True, False or None (on for https)")
         self.name = name
+        self._needle = f"{name}="
         self.max_age = max_age
         self.secure = secure
         self._key = (
@@ -77,9 +78,23 @@ class SessionCookie:
 
     def read(self, cookie_header: str | None) -> str | None:
         """The session id carried by a ``Cookie`` header, or ``None``."""
-        if not cookie_header or self.name not in cookie_header:
+        if not cookie_header:
             return None
-        value = parse_cookie(cookie_header).get(self.name)
+        needle = self._needle
+        start = cookie_header.find(needle)
+        if start < 0:
+            return None
+        value: str | None = None
+        if (start == 0 or cookie_header[start - 1] in " ;") and cookie_header.find(
+            needle, start + 1
+        ) < 0:
+            # The common case, without a full parse: one plain ``name=value``.
+            end = cookie_header.find(";", start)
+            value = cookie_header[start + len(needle) : end if end >= 0 else None].strip()
+            if value[:1] == '"':
+                value = None  # quoted: let the parser unquote it
+        if value is None:
+            value = parse_cookie(cookie_header).get(self.name)
         if not value or len(value) > MAX_COOKIE_VALUE:
             return None
         if self._key is None:

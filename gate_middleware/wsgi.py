@@ -47,7 +47,7 @@ class GateWSGIMiddleware:
             method=environ.get("REQUEST_METHOD", "GET"),
             cookie_header=environ.get("HTTP_COOKIE"),
             https=environ.get("wsgi.url_scheme") == "https",
-            request=self.session_key_input(environ),
+            request=self.session_key_input(environ) if lifecycle.wants_request else None,
             override_variant=environ.get("HTTP_X_GATE_VARIANT"),
             override_token=environ.get("HTTP_X_GATE_OVERRIDE_TOKEN"),
         )

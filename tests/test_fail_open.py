@@ -37,10 +37,10 @@ class FaultyGate(PromotionGate):
             raise Fault("routing is broken")
         return super().route_request(session_id)
 
-    def record_request_outcome(self, *args: Any, **kwargs: Any) -> None:
+    def record_outcome(self, *args: Any, **kwargs: Any) -> None:
         if self.fault == "record":
             raise Fault("recording is broken")
-        super().record_request_outcome(*args, **kwargs)
+        super().record_outcome(*args, **kwargs)
 
 
 class _RaisingHistogram(NoOpHistogram):

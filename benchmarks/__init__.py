@@ -1,0 +1,1 @@
+"""gate-middleware's benchmarks: ``python -m benchmarks`` (or ``./dev bench``)."""

@@ -1,0 +1,229 @@
+"""Full in-process requests: bare, with the gate, with OpenTelemetry's own
+instrumentation. Starlette over ASGI; Flask and Django over WSGI."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.trace import NoOpTracerProvider
+
+from benchmarks.timing import interleaved, table
+from gate_middleware import Environment, PromotionConfig, PromotionGate
+
+COOKIES = [f"gate_session=bench-session-{i:06d}-abcdef".encode() for i in range(1000)]
+
+
+def sdk() -> MeterProvider:
+    return MeterProvider(metric_readers=[InMemoryMetricReader()])
+
+
+def gate(provider: Any) -> PromotionGate:
+    return PromotionGate(
+        PromotionConfig(environment=Environment.canary(10), feature_flags=["new_api"]),
+        meter_provider=provider,
+    )
+
+
+# -- ASGI ------------------------------------------------------------------------
+
+
+def starlette_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def index(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    return Starlette(routes=[Route("/", index)])
+
+
+def asgi_case(app: Any) -> Callable[[int], None]:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        pass
+
+    async def many(number: int) -> None:
+        for i in range(number):
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "GET",
+                "scheme": "http",
+                "path": "/",
+                "raw_path": b"/",
+                "root_path": "",
+                "query_string": b"",
+                "headers": [(b"host", b"bench"), (b"cookie", COOKIES[i % 1000])],
+                "client": ("127.0.0.1", 5000),
+                "server": ("127.0.0.1", 8000),
+            }
+            await app(scope, receive, send)
+
+    def run(number: int) -> None:
+        asyncio.run(many(number))
+
+    return run
+
+
+def starlette_cases() -> dict[str, Callable[[int], None]]:
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    from gate_middleware.integrations.starlette import GateMiddleware
+
+    api_only = starlette_app()
+    api_only.add_middleware(
+        GateMiddleware, gate=gate(NoOpMeterProvider()), meter_provider=NoOpMeterProvider()
+    )
+    provider = sdk()
+    with_sdk = starlette_app()
+    with_sdk.add_middleware(GateMiddleware, gate=gate(provider), meter_provider=provider)
+    otel = OpenTelemetryMiddleware(
+        starlette_app(), meter_provider=sdk(), tracer_provider=NoOpTracerProvider()
+    )
+    return {
+        "Starlette, bare": asgi_case(starlette_app()),
+        "+ gate middleware, metrics API only": asgi_case(api_only),
+        "+ gate middleware, OpenTelemetry SDK": asgi_case(with_sdk),
+        "+ OpenTelemetry ASGI instrumentation, SDK": asgi_case(otel),
+    }
+
+
+# -- WSGI ------------------------------------------------------------------------
+
+
+def wsgi_case(app: Any) -> Callable[[int], None]:
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        return None
+
+    cookies = [c.decode() for c in COOKIES]
+
+    def run(number: int) -> None:
+        for i in range(number):
+            environ = {
+                "REQUEST_METHOD": "GET",
+                "PATH_INFO": "/",
+                "SCRIPT_NAME": "",
+                "QUERY_STRING": "",
+                "SERVER_NAME": "bench",
+                "SERVER_PORT": "80",
+                "SERVER_PROTOCOL": "HTTP/1.1",
+                "HTTP_HOST": "bench",
+                "HTTP_COOKIE": cookies[i % 1000],
+                "wsgi.url_scheme": "http",
+                "wsgi.input": io.BytesIO(b""),
+                "wsgi.errors": sys.stderr,
+                "wsgi.version": (1, 0),
+                "wsgi.multithread": False,
+                "wsgi.multiprocess": False,
+                "wsgi.run_once": False,
+            }
+            body = app(environ, start_response)
+            for _ in body:
+                pass
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+
+    return run
+
+
+def flask_app() -> Any:
+    from flask import Flask
+
+    app = Flask("bench")
+
+    @app.get("/")
+    def index() -> str:
+        return "ok"
+
+    return app
+
+
+def flask_cases() -> dict[str, Callable[[int], None]]:
+    from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+
+    from gate_middleware.integrations.flask import GateExtension
+
+    api_only = flask_app()
+    GateExtension(gate=gate(NoOpMeterProvider()), meter_provider=NoOpMeterProvider()).init_app(
+        api_only
+    )
+    provider = sdk()
+    with_sdk = flask_app()
+    GateExtension(gate=gate(provider), meter_provider=provider).init_app(with_sdk)
+    otel = flask_app()
+    otel.wsgi_app = OpenTelemetryMiddleware(  # type: ignore[method-assign]
+        otel.wsgi_app, meter_provider=sdk(), tracer_provider=NoOpTracerProvider()
+    )
+    return {
+        "Flask, bare": wsgi_case(flask_app()),
+        "+ gate extension, metrics API only": wsgi_case(api_only),
+        "+ gate extension, OpenTelemetry SDK": wsgi_case(with_sdk),
+        "+ OpenTelemetry WSGI instrumentation, SDK": wsgi_case(otel),
+    }
+
+
+def django_cases() -> dict[str, Callable[[int], None]]:
+    import django
+    from django.conf import settings
+    from django.test.utils import override_settings
+
+    if not settings.configured:
+        settings.configure(
+            DEBUG=False,
+            ALLOWED_HOSTS=["*"],
+            SECRET_KEY="bench",
+            ROOT_URLCONF="benchmarks.django_urls",
+            MIDDLEWARE=[],
+            INSTALLED_APPS=[],
+            DATABASES={},
+            USE_TZ=True,
+            LOGGING_CONFIG=None,
+        )
+        django.setup()
+    from django.core.handlers.wsgi import WSGIHandler
+    from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+
+    middleware = ["gate_middleware.integrations.django.GateMiddleware"]
+
+    def handler(provider: Any | None) -> WSGIHandler:
+        if provider is None:
+            return WSGIHandler()
+        options = {"GATE": gate(provider), "METER_PROVIDER": provider}
+        with override_settings(MIDDLEWARE=middleware, GATE_MIDDLEWARE=options):
+            return WSGIHandler()
+
+    otel = OpenTelemetryMiddleware(
+        WSGIHandler(), meter_provider=sdk(), tracer_provider=NoOpTracerProvider()
+    )
+    return {
+        "Django, bare": wsgi_case(handler(None)),
+        "+ gate middleware, metrics API only": wsgi_case(handler(NoOpMeterProvider())),
+        "+ gate middleware, OpenTelemetry SDK": wsgi_case(handler(sdk())),
+        "+ OpenTelemetry WSGI instrumentation, SDK": wsgi_case(otel),
+    }
+
+
+def run(quick: bool) -> list[str]:
+    number, repeat = (500, 7) if quick else (3_000, 15)
+    sections = []
+    for title, cases in (
+        ("In-process request: Starlette over ASGI", starlette_cases()),
+        ("In-process request: Flask over WSGI", flask_cases()),
+        ("In-process request: Django over WSGI", django_cases()),
+    ):
+        results = interleaved(cases, number, repeat)
+        sections.append(table(title, results, next(iter(cases)), overhead=True))
+    return sections
