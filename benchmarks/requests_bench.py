@@ -92,12 +92,54 @@ def starlette_cases() -> dict[str, Callable[[int], None]]:
     otel = OpenTelemetryMiddleware(
         starlette_app(), meter_provider=sdk(), tracer_provider=NoOpTracerProvider()
     )
-    return {
+    cases = {
         "Starlette, bare": asgi_case(starlette_app()),
         "+ gate middleware, metrics API only": asgi_case(api_only),
         "+ gate middleware, OpenTelemetry SDK": asgi_case(with_sdk),
         "+ OpenTelemetry ASGI instrumentation, SDK": asgi_case(otel),
     }
+    url = redis_url()
+    if url is not None:
+        shared = starlette_app()
+        shared_gate = PromotionGate.from_url(
+            url,
+            PromotionConfig(
+                environment=Environment.canary(10), feature_flags=["new_api"], name="bench"
+            ),
+            meter_provider=NoOpMeterProvider(),
+        )
+        shared.add_middleware(GateMiddleware, gate=shared_gate, meter_provider=NoOpMeterProvider())
+        cases["+ gate middleware on Redis (loopback), metrics API only"] = asgi_case(shared)
+    return cases
+
+
+def redis_url() -> str | None:
+    """A redis-server of our own on 127.0.0.1 for the shared-gate case (None without one)."""
+    import atexit
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    atexit.register(server.terminate)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.05)
+    return None
 
 
 # -- WSGI ------------------------------------------------------------------------

@@ -157,6 +157,9 @@ class PromotionGate:
         self._windows = window_store or InMemoryWindowStore(config.rollback_window_seconds)
         self._state = state_store.load()
         self._routing = _RoutingTable(self._state)
+        subscribe = getattr(state_store, "subscribe", None)
+        if subscribe is not None:  # a shared store tells us of other processes' changes
+            subscribe(self._adopt_if_newer)
         self._rollback_callbacks: list[Callable[[RollbackEvent], Any]] = []
         self._promotion_callbacks: list[Callable[[PromotionEvent], Any]] = []
         self._evaluation_lock = threading.Lock()
@@ -181,6 +184,32 @@ class PromotionGate:
         if state.version != self._state.version:
             self._adopt(state)
         return state
+
+    def _adopt_if_newer(self, state: GateState) -> None:
+        if state.version != self._state.version:
+            self._adopt(state)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        config: PromotionConfig | None = None,
+        slo: SloConfig | None = None,
+        **options: Any,
+    ) -> PromotionGate:
+        """A gate whose state and windows are shared through Redis at ``url``.
+
+        Every process that uses the same Redis and ``config.name`` shares one
+        rollout. Needs ``pip install "gate-middleware[redis]"``; see
+        ``gate_middleware.redis_store`` for what holds while Redis is down.
+        """
+        from gate_middleware.redis_store import shared_stores
+
+        config = PromotionConfig() if config is None else config
+        state_store, window_store = shared_stores(
+            url, config, cls._initial_state(config), options.get("meter_provider")
+        )
+        return cls(config, slo, state_store=state_store, window_store=window_store, **options)
 
     def _adopt(self, state: GateState) -> None:
         self._state = state

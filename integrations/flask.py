@@ -2,8 +2,8 @@
 
 ``init_app`` wraps ``app.wsgi_app`` in the core's ``GateWSGIMiddleware``
 (so the timing covers the whole response, streamed bodies included, until
-the server closes it) and, when Flask starts a request, copies the decision
-to ``flask.g.gate`` and tells the middleware the matched URL rule (the
+the server closes it) and, before the app's other before-request functions,
+copies the decision to ``flask.g.gate`` and tells the middleware the matched URL rule (the
 ``http.route`` metric attribute). A ``session_key`` callable receives the
 app's request object (``app.request_class(environ)``).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 try:
-    from flask import Flask, g, request, request_started
+    from flask import Flask, g, request
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         'gate_middleware.integrations.flask needs Flask: pip install "gate-middleware[flask]"'
@@ -36,7 +36,7 @@ class _FlaskGateMiddleware(GateWSGIMiddleware):
         return self._request_class(environ)
 
 
-def _inject(sender: Flask, **extra: Any) -> None:
+def _inject() -> None:
     g.gate = request.environ.get(DECISION_KEY)
     rule = request.url_rule
     if rule is not None:
@@ -64,5 +64,7 @@ class GateExtension:
             app.wsgi_app, app, gate=gate, **{**self.options, **options}
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
-        request_started.connect(_inject, app, weak=False)
+        # First of the app's before-request functions, so g.gate is there for
+        # the others too. (A request_started receiver costs a signal dispatch.)
+        app.before_request_funcs.setdefault(None, []).insert(0, _inject)
         app.extensions["gate_middleware"] = middleware

@@ -1,0 +1,61 @@
+"""The multi-process test app: one rollout shared through Redis.
+
+Configured by the environment: GATE_REDIS_URL, GATE_ROLLOUT, GATE_WINDOW.
+``/checkout`` fails on the canary path; ``/stats`` tells which process
+answered and what its gate holds; ``/gate`` is the admin API.
+"""
+
+import os
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+from gate_middleware import Environment, PromotionConfig, PromotionGate
+from gate_middleware.admin import AdminASGIApp
+from gate_middleware.integrations.starlette import GateMiddleware
+
+TOKEN = "redis-admin-token-0123456789"
+gate = PromotionGate.from_url(
+    os.environ["GATE_REDIS_URL"],
+    PromotionConfig(
+        environment=Environment.canary(50),
+        feature_flags=["new_checkout_flow"],
+        name=os.environ["GATE_ROLLOUT"],
+        rollback_window_seconds=float(os.environ.get("GATE_WINDOW", "10")),
+        min_requests=20,
+        evaluation_interval_seconds=0.2,
+    ),
+)
+
+
+async def checkout(request: Request) -> JSONResponse:
+    decision = request.state.gate
+    body = {"pid": os.getpid(), "variant": decision.variant, "environment": gate.environment.name}
+    return JSONResponse(
+        body, status_code=500 if decision.is_canary and os.environ.get("GATE_FAULTY") else 200
+    )
+
+
+async def stats(request: Request) -> JSONResponse:
+    health = gate.health_snapshot()
+    return JSONResponse(
+        {
+            "pid": os.getpid(),
+            "environment": gate.environment.name,
+            "version": gate.state.version,
+            "requests": health.canary_requests + health.production_requests,
+            "dropped": gate._windows.dropped_outcomes,  # type: ignore[attr-defined]
+        }
+    )
+
+
+app = Starlette(
+    routes=[
+        Route("/checkout", checkout),
+        Route("/stats", stats),
+        Mount("/gate", AdminASGIApp(gate, token=TOKEN)),
+    ]
+)
+app.add_middleware(GateMiddleware, gate=gate, exclude_paths=["/gate", "/stats"])
