@@ -699,6 +699,13 @@ class PromotionGate:
             except Exception:
                 logger.exception("A %s callback raised; the gate carries on", event.kind)
 
+    def close(self) -> None:
+        """Stop the stores' background work (a shared gate's follower threads)."""
+        for store in (self._store, self._windows):
+            close = getattr(store, "close", None)
+            if close is not None:
+                close()
+
     def _after_fork(self) -> None:
         """In a forked child: new locks for the gate and its stores."""
         self._evaluation_lock = threading.Lock()

@@ -29,6 +29,7 @@ from werkzeug.http import dump_cookie, parse_cookie
 from gate_middleware.errors import ConfigError
 
 MAX_COOKIE_VALUE = 256
+MAX_PARSED_HEADER = 8192  # longer Cookie headers get the plain-value fast path only
 _ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
 _SKEW_SECONDS = 300
@@ -94,6 +95,8 @@ class SessionCookie:
             if value[:1] == '"':
                 value = None  # quoted: let the parser unquote it
         if value is None:
+            if len(cookie_header) > MAX_PARSED_HEADER:
+                return None  # no browser sends this; not worth a full parse
             value = parse_cookie(cookie_header).get(self.name)
         if not value or len(value) > MAX_COOKIE_VALUE:
             return None

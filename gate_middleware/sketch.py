@@ -49,11 +49,26 @@ def new_counts() -> array[int]:
     return array("L", bytes(array("L").itemsize * BUCKET_COUNT))
 
 
-def quantile(counts: Sequence[int], total: int, q: float, highest: int = _TOP) -> float:
+BLOCK_BITS = 5  # 32 buckets a block: a window keeps block sums to find quantiles fast
+
+
+def new_blocks() -> array[int]:
+    """Empty block sums for ``new_counts()`` (one per 32 buckets)."""
+    return array("L", bytes(array("L").itemsize * ((BUCKET_COUNT >> BLOCK_BITS) + 1)))
+
+
+def quantile(
+    counts: Sequence[int],
+    total: int,
+    q: float,
+    highest: int = _TOP,
+    blocks: Sequence[int] | None = None,
+) -> float:
     """The ``q`` quantile of ``total`` durations counted in ``counts``.
 
     ``highest`` is an upper bound on the highest non-empty bucket; the scan
-    runs down from it, so high quantiles cost a few steps.
+    runs down from it. With ``blocks`` (the sums of each 32 buckets) it skips
+    whole blocks, so its cost does not depend on how far the tail reaches.
     Returns 0.0 when ``total`` is 0.
     """
     if total <= 0:
@@ -61,7 +76,19 @@ def quantile(counts: Sequence[int], total: int, q: float, highest: int = _TOP) -
     rank = int(q * (total - 1))  # 0-based rank from the bottom
     above = total - 1 - rank  # how many durations lie above it
     seen = 0
-    for index in range(min(highest, _TOP), -1, -1):
+    top = min(highest, _TOP)
+    if blocks is not None:
+        for block in range(top >> BLOCK_BITS, -1, -1):
+            in_block = blocks[block]
+            if seen + in_block > above:
+                first = block << BLOCK_BITS
+                for index in range(min(top, first + (1 << BLOCK_BITS) - 1), first - 1, -1):
+                    seen += counts[index]
+                    if seen > above:
+                        return bucket_value(index)
+            seen += in_block
+        return bucket_value(0)
+    for index in range(top, -1, -1):
         seen += counts[index]
         if seen > above:
             return bucket_value(index)

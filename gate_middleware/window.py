@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gate_middleware.routing import CANARY, STABLE
-from gate_middleware.sketch import bucket_index, new_counts, quantile
+from gate_middleware.sketch import BLOCK_BITS, bucket_index, new_blocks, new_counts, quantile
 
 SLICES = 10
 
@@ -71,7 +71,7 @@ class WindowStore(Protocol):
 
 
 class _Counts:
-    __slots__ = ("number", "requests", "failures", "good", "latency", "highest")
+    __slots__ = ("number", "requests", "failures", "good", "latency", "highest", "blocks")
 
     def __init__(self, number: int) -> None:
         self.number = number
@@ -80,6 +80,7 @@ class _Counts:
         self.good = 0
         self.latency = new_counts()
         self.highest = 0
+        self.blocks = new_blocks()  # only the window's total uses them
 
 
 class SlidingWindow:
@@ -105,6 +106,7 @@ class SlidingWindow:
         total.requests += 1
         slot.latency[index] += 1
         total.latency[index] += 1
+        total.blocks[index >> BLOCK_BITS] += 1
         if index > slot.highest:
             slot.highest = index
             if index > total.highest:
@@ -137,9 +139,11 @@ class SlidingWindow:
         total.good -= old.good
         if old.requests:
             latency = total.latency
+            blocks = total.blocks
             for index, count in enumerate(old.latency[: old.highest + 1]):
                 if count:
                     latency[index] -= count
+                    blocks[index >> BLOCK_BITS] -= count
         old.requests = old.failures = old.good = 0
         old.latency = new_counts()
         old.highest = 0
@@ -161,7 +165,7 @@ class SlidingWindow:
             requests=total.requests,
             failures=total.failures,
             good=total.good,
-            p99_latency=quantile(total.latency, total.requests, 0.99, total.highest),
+            p99_latency=quantile(total.latency, total.requests, 0.99, total.highest, total.blocks),
         )
 
     def clear(self) -> None:
