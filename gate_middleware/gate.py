@@ -329,20 +329,8 @@ class PromotionGate:
         environment = state.environment
         min_requests = self.config.min_requests
         if environment.name == PRODUCTION:
-            health = CanaryHealth(
-                traffic_percent=0.0,
-                canary_requests=canary.requests,
-                production_requests=stable.requests,
-                canary_error_rate=canary.error_rate,
-                production_error_rate=stable.error_rate,
-                canary_p99_latency=canary.p99_latency,
-                production_p99_latency=stable.p99_latency,
-                health_score=1.0,
-                recommendation="HEALTHY: no release in progress; production serves every session",
-                canary_slo_compliance=canary.slo_compliance,
-                production_slo_compliance=stable.slo_compliance,
-                sufficient_data=stable.requests >= min_requests,
-            )
+            # No release: report both windows, judge nothing.
+            health = assess(0.0, canary, stable, self.slo, min_requests, release=False)
         else:
             health = assess(environment.traffic_percent, canary, production, self.slo, min_requests)
         return health, canary, stable

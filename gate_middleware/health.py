@@ -105,12 +105,19 @@ def assess(
     production: WindowStats,
     slo: SloConfig,
     min_requests: int,
+    *,
+    release: bool = True,
 ) -> CanaryHealth:
-    """Build the ``CanaryHealth`` for two windows."""
+    """Build the ``CanaryHealth`` for two windows (``release=False``: in
+    production, with no release to judge)."""
     ratio, what = worst_ratio(canary, production, slo)
-    score = score_from_ratio(ratio) if canary.requests and production.requests else 1.0
-    sufficient = canary.requests >= min_requests and production.requests >= min_requests
-    if not sufficient:
+    score = score_from_ratio(ratio) if release and canary.requests and production.requests else 1.0
+    sufficient = production.requests >= min_requests and (
+        not release or canary.requests >= min_requests
+    )
+    if not release:
+        recommendation = "HEALTHY: no release in progress; production serves every session"
+    elif not sufficient:
         recommendation = (
             f"INSUFFICIENT_DATA: {canary.requests} canary and {production.requests} production "
             f"outcomes in the window, {min_requests} of each needed"

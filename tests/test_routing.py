@@ -36,6 +36,19 @@ def test_bucket_formula_matches_the_published_vectors() -> None:
     assert wrong == []
 
 
+def test_the_gate_routes_by_the_published_vectors() -> None:
+    # route_request inlines the formula for speed: it must agree with the vectors.
+    gates: dict[str, PromotionGate] = {}
+    checked = 0
+    for rollout, session, bucket in load_vectors():
+        if rollout == "ünïcode-rollout":  # not a valid rollout name for a gate
+            continue
+        gate = gates.get(rollout) or gates.setdefault(rollout, gate_at(10, name=rollout))
+        assert gate.route_request(session).bucket == bucket
+        checked += 1
+    assert checked >= 8000
+
+
 CHECK_IN_SUBPROCESS = """
 import csv, sys
 from gate_middleware import compute_bucket
