@@ -256,15 +256,21 @@ class RedisStateStore:
                 args=[str(expected_version), str(new_state.version), encode_state(new_state)],
             )
         except RedisError as exc:
-            self._outage.failed(exc)
-            raise PromotionError(
-                "the shared store (Redis) is unreachable: nothing changed; try again when it is back"
-            ) from exc
+            raise self._unreachable(exc) from exc
         if done:
             self._set(new_state)
             return True
-        self._sync()
+        try:
+            self._sync()  # someone else changed it: read theirs before the gate retries
+        except RedisError as exc:
+            raise self._unreachable(exc) from exc
         return False
+
+    def _unreachable(self, exc: RedisError) -> PromotionError:
+        self._outage.failed(exc)
+        return PromotionError(
+            "the shared store (Redis) is unreachable: nothing changed; try again when it is back"
+        )
 
     def _set(self, state: GateState) -> None:
         with self._lock:
