@@ -14,7 +14,6 @@ shared between processes can replace ``InMemoryWindowStore``.
 from __future__ import annotations
 
 import threading
-from array import array
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -171,10 +170,6 @@ class SlidingWindow:
     def clear(self) -> None:
         self._ring = [None] * self.slices
         self._total = _Counts(0)
-
-    def latency_counts(self) -> array[int]:
-        """A copy of the window's latency buckets (for merging elsewhere)."""
-        return array(self._total.latency.typecode, self._total.latency)
 
 
 class InMemoryWindowStore:
