@@ -54,6 +54,15 @@ def _positive_number(value: Any, field: str) -> float:
     return number
 
 
+def _fraction_of_100(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(field, value, "a percentage from 0 to 100")
+    number = float(value)
+    if math.isnan(number) or not 0.0 <= number <= 100.0:
+        raise ConfigError(field, value, "a percentage from 0 to 100")
+    return number
+
+
 def _fraction(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(field, value, "a number from 0 to 1")
@@ -65,29 +74,55 @@ def _fraction(value: Any, field: str) -> float:
 
 @dataclass(frozen=True)
 class SloConfig:
-    """What counts as a good request, and how variants are compared.
+    """What counts as a good request, and how strictly the canary is judged.
 
     A request is *good* when it succeeded and took no longer than
-    ``latency_objective_seconds``; SLO compliance is good / all in the window.
+    ``latency_objective_seconds``; SLO compliance is good / all.
 
-    When the health score compares the canary with production, error rates
-    below ``error_rate_floor`` and p99 latencies below
-    ``latency_floor_seconds`` count as the floor itself, so that 1 failure
-    in 1,000 against 0 in 1,000 (or 2 ms against 1 ms) is not a 1.5× verdict.
+    The judge (``gate_middleware.judge``) rolls a release back only on an
+    anytime-valid test, so that a release as good as production is rolled
+    back with probability at most ``false_rollback_rate`` over the whole of
+    a step, however often it is evaluated:
+
+    - ``error_rate_tolerance``: the canary's failure rate may exceed
+      production's by this much (an absolute difference: 0.001 is 0.1
+      percentage point) before it counts as a regression. 0 by default:
+      any established increase rolls back.
+    - ``latency_tolerance``: the canary's durations may be this many times
+      production's (1.5, the guide's rollback line).
+    - ``monitor_tolerance``: above this ratio (1.1, the guide's MONITOR band)
+      a sign of a regression keeps the verdict from HEALTHY.
+    - ``burn_rate_threshold``: with no concurrent baseline, a canary whose
+      bad fraction burns the error budget (``1 - slo_threshold``) faster than
+      this in both burn windows is rolled back.
     """
 
     latency_objective_seconds: float = 0.5
-    error_rate_floor: float = 0.01
-    latency_floor_seconds: float = 0.005
+    false_rollback_rate: float = 0.01
+    error_rate_tolerance: float = 0.0
+    latency_tolerance: float = 1.5
+    monitor_tolerance: float = 1.1
+    burn_rate_threshold: float = 2.0
 
     def __post_init__(self) -> None:
         _positive_number(self.latency_objective_seconds, "latency_objective_seconds")
-        _fraction(self.error_rate_floor, "error_rate_floor")
-        if self.error_rate_floor <= 0:
+        rate = _fraction(self.false_rollback_rate, "false_rollback_rate")
+        if not 0.0 < rate <= 0.5:
             raise ConfigError(
-                "error_rate_floor", self.error_rate_floor, "a number above 0, up to 1"
+                "false_rollback_rate", self.false_rollback_rate, "a number above 0, up to 0.5"
             )
-        _positive_number(self.latency_floor_seconds, "latency_floor_seconds")
+        _fraction(self.error_rate_tolerance, "error_rate_tolerance")
+        for name in ("latency_tolerance", "monitor_tolerance"):
+            value = getattr(self, name)
+            if _positive_number(value, name) < 1.0:
+                raise ConfigError(name, value, "a ratio of at least 1.0")
+        if self.monitor_tolerance > self.latency_tolerance:
+            raise ConfigError(
+                "monitor_tolerance",
+                self.monitor_tolerance,
+                f"a ratio no larger than latency_tolerance ({self.latency_tolerance})",
+            )
+        _positive_number(self.burn_rate_threshold, "burn_rate_threshold")
 
 
 @dataclass(frozen=True)
@@ -98,6 +133,19 @@ class PromotionConfig:
     canary or staging, and the stable flags (on for everyone) when it is
     production. ``name`` names the rollout: it is part of the routing hash,
     so two rollouts split sessions independently.
+
+    ``min_requests``: the evidence (outcomes on each side in the current
+    step) needed before a verdict other than INSUFFICIENT_DATA or ROLLBACK.
+    ``holdback_percent``: a share of sessions kept on the stable path in
+    staging and at a 100 % canary, so they are judged against a concurrent
+    baseline (0 keeps the guide's "staging = 100 %": they are then judged
+    against the SLO objective by burn rate). ``initial_delay_seconds``: a
+    warm-up after each step during which outcomes are shown but not judged
+    (Argo Rollouts' ``initialDelay``). ``salt`` replaces the rollout name in
+    the routing formula; ``cohort="release"`` salts it with the release
+    number too, so each release takes a fresh cohort of sessions
+    (``"rollout"``, the default, keeps the published formula and its test
+    vectors).
     """
 
     environment: Environment = field(default_factory=lambda: Environment.PRODUCTION)
@@ -108,6 +156,10 @@ class PromotionConfig:
     name: str = "default"
     min_requests: int = 100
     evaluation_interval_seconds: float = 5.0
+    holdback_percent: float = 0.0
+    initial_delay_seconds: float = 0.0
+    salt: str | None = None
+    cohort: str = "rollout"
 
     def __post_init__(self) -> None:
         if not isinstance(self.environment, Environment):
@@ -132,6 +184,28 @@ class PromotionConfig:
         ):
             raise ConfigError("min_requests", self.min_requests, "a whole number of at least 1")
         _positive_number(self.evaluation_interval_seconds, "evaluation_interval_seconds")
+        holdback = _fraction_of_100(self.holdback_percent, "holdback_percent")
+        if holdback > 50.0:
+            raise ConfigError(
+                "holdback_percent", self.holdback_percent, "a percentage from 0 to 50"
+            )
+        delay = self.initial_delay_seconds
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, (int, float))
+            or not 0 <= delay < math.inf
+        ):
+            raise ConfigError("initial_delay_seconds", delay, "a non-negative number of seconds")
+        if self.salt is not None and (
+            not isinstance(self.salt, str) or not _ROLLOUT_NAME.fullmatch(self.salt)
+        ):
+            raise ConfigError(
+                "salt",
+                self.salt,
+                "None or 1 to 128 characters of letters, digits, '_', '.', ':' or '-'",
+            )
+        if self.cohort not in ("rollout", "release"):
+            raise ConfigError("cohort", self.cohort, "'rollout' or 'release'")
 
     @classmethod
     def from_toml(
@@ -182,6 +256,10 @@ class PromotionConfig:
             "evaluation_interval_seconds",
             "name",
             "description",
+            "holdback_percent",
+            "initial_delay_seconds",
+            "salt",
+            "cohort",
         }
         unknown = sorted(set(table) - known)
         if unknown:
@@ -216,6 +294,10 @@ class PromotionConfig:
             "min_requests",
             "evaluation_interval_seconds",
             "name",
+            "holdback_percent",
+            "initial_delay_seconds",
+            "salt",
+            "cohort",
         ):
             if key in table:
                 fields[key] = table[key]

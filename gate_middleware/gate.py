@@ -6,10 +6,13 @@ the window store; state changes go through the state store's
 compare-and-set, so two threads that detect the same failure at the same
 moment make exactly one rollback.
 
-The gate evaluates itself: ``record_request_outcome`` re-checks health and
-SLO at most once every ``evaluation_interval_seconds`` of the injected
-clock (no background thread), so an app that only records outcomes still
-gets its automatic rollback.
+The gate evaluates itself: ``record_request_outcome`` asks the judge
+(``gate_middleware.judge``) at most once every
+``evaluation_interval_seconds`` of the injected clock (no background
+thread), so an app that only records outcomes still gets its automatic
+rollback. The judge reads the evidence of the current *step* (every start,
+traffic change, promotion and rollback begins one); outcomes routed under
+another step are dropped and counted (``stale_outcomes``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import threading
 import time
 import weakref
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
@@ -37,7 +41,16 @@ from gate_middleware.config import (
 from gate_middleware.environment import CANARY as CANARY_ENV
 from gate_middleware.environment import PRODUCTION, STAGING, Environment, validate_traffic_percent
 from gate_middleware.errors import ConfigError, PromotionError
-from gate_middleware.health import HEALTHY_SCORE, ROLLBACK_SCORE, CanaryHealth, assess
+from gate_middleware.evidence import Evidence
+from gate_middleware.health import CanaryHealth, assess, no_release
+from gate_middleware.judge import (
+    HEALTHY,
+    MONITOR,
+    ROLLBACK,
+    JudgeSettings,
+    judge,
+    judge_against_objective,
+)
 from gate_middleware.routing import (
     BUCKETS,
     CANARY,
@@ -91,23 +104,44 @@ def _seconds(duration: float | timedelta) -> float:
     return seconds
 
 
+def routing_salt(config: PromotionConfig, release: int) -> str:
+    """The ``name`` of the routing formula for ``release``.
+
+    ``config.salt`` (the rollout name by default); with
+    ``cohort="release"``, ``"{salt}#{release}"``, so each release takes a
+    fresh cohort instead of the previous release's sessions.
+    """
+    salt = config.salt if config.salt is not None else config.name
+    return f"{salt}#{release}" if config.cohort == "release" else salt
+
+
 class _RoutingTable:
     """What routing needs from one state, computed once per state change."""
 
-    __slots__ = ("threshold", "canary", "stable", "version")
+    __slots__ = ("threshold", "canary", "stable", "version", "step", "prefix")
 
-    def __init__(self, state: GateState) -> None:
+    def __init__(self, state: GateState, config: PromotionConfig) -> None:
         environment = state.environment
         self.version = state.version
-        self.threshold = canary_threshold(environment.traffic_percent)
+        self.step = state.step
+        self.prefix = f"{routing_salt(config, state.release)}:".encode()
+        holdback = config.holdback_percent
+        limit = 100.0 - holdback
+        self.threshold = canary_threshold(min(environment.traffic_percent, limit))
         stable = tuple(sorted(state.stable_flags))
         canary = tuple(sorted(state.stable_flags | state.release_flags))
         if environment.name == PRODUCTION:
             self.threshold = 0
             reasons = ("production: the release is stable for everyone",) * 2
-        elif environment.name == STAGING:
+        elif environment.name == STAGING and not holdback:
             self.threshold = BUCKETS
             reasons = ("staging: every session takes the canary path",) * 2
+        elif environment.name == STAGING:
+            self.threshold = canary_threshold(limit)
+            reasons = (
+                f"staging: bucket below {self.threshold} of {BUCKETS}",
+                f"bucket at or above {self.threshold} of {BUCKETS}: the {holdback:g}% holdback",
+            )
         else:
             reasons = (
                 f"bucket below {self.threshold} of {BUCKETS}: canary ({environment.traffic_percent:g}%)",
@@ -148,7 +182,7 @@ class PromotionGate:
         self.slo = slo
         self._objective = slo.latency_objective_seconds
         self.name = config.name
-        self._prefix = f"{config.name}:".encode()
+        self._settings = JudgeSettings.from_config(config, slo)
         self._clock = clock
         self._wall_clock = wall_clock
         if state_store is None:
@@ -156,14 +190,17 @@ class PromotionGate:
         self._store = state_store
         self._windows = window_store or InMemoryWindowStore(config.rollback_window_seconds)
         self._state = state_store.load()
-        self._routing = _RoutingTable(self._state)
+        self._routing = _RoutingTable(self._state, config)
+        self.stale_outcomes = 0
+        self._step_began(clock())
         subscribe = getattr(state_store, "subscribe", None)
         if subscribe is not None:  # a shared store tells us of other processes' changes
             subscribe(self._adopt_if_newer)
         self._rollback_callbacks: list[Callable[[RollbackEvent], Any]] = []
         self._promotion_callbacks: list[Callable[[PromotionEvent], Any]] = []
         self._evaluation_lock = threading.Lock()
-        self._next_evaluation = clock() + config.evaluation_interval_seconds
+        self._last_evaluation = clock()
+        self._next_evaluation = self._last_evaluation + config.evaluation_interval_seconds
         samples = math.ceil(config.rollback_window_seconds / config.evaluation_interval_seconds)
         self._series: deque[HealthSample] = deque(maxlen=min(max(samples, 60), MAX_SAMPLES))
         self._last_sample = -math.inf
@@ -212,8 +249,16 @@ class PromotionGate:
         return cls(config, slo, state_store=state_store, window_store=window_store, **options)
 
     def _adopt(self, state: GateState) -> None:
+        new_step = state.step != self._state.step
         self._state = state
-        self._routing = _RoutingTable(state)
+        self._routing = _RoutingTable(state, self.config)
+        if new_step:
+            self._step_began(self._clock())
+
+    def _step_began(self, now: float) -> None:
+        """A new step: its evidence counts after the warm-up; the burn windows restart."""
+        self._evidence_from = now + self.config.initial_delay_seconds
+        self._burn: deque[tuple[float, int, int]] = deque([(now, 0, 0)])
 
     def _transition(
         self, change: Callable[[GateState], tuple[GateState, Event] | None]
@@ -243,9 +288,9 @@ class PromotionGate:
         table = self._routing
         # compute_bucket(), inlined: this is the hottest line of the package.
         try:
-            data = self._prefix + session_id.encode()
+            data = table.prefix + session_id.encode()
         except UnicodeEncodeError:
-            data = self._prefix + session_id.encode("utf-8", "surrogatepass")
+            data = table.prefix + session_id.encode("utf-8", "surrogatepass")
         bucket = int.from_bytes(sha256(data).digest()[:8], "big") % BUCKETS
         is_canary, environment, flags, flag_set, reason = (
             table.canary if bucket < table.threshold else table.stable
@@ -254,7 +299,7 @@ class PromotionGate:
             logger.debug(
                 "Session routed to %s (bucket %d)", CANARY if is_canary else STABLE, bucket
             )
-        return RoutingDecision(is_canary, environment, flags, bucket, reason, flag_set)
+        return RoutingDecision(is_canary, environment, flags, bucket, reason, flag_set, table.step)
 
     def decision_for_variant(
         self, variant: str, *, reason: str, bucket: int = -1
@@ -270,7 +315,7 @@ class PromotionGate:
         is_canary, environment, flags, flag_set, _ = (
             table.canary if variant == CANARY else table.stable
         )
-        return RoutingDecision(is_canary, environment, flags, bucket, reason, flag_set)
+        return RoutingDecision(is_canary, environment, flags, bucket, reason, flag_set, table.step)
 
     def record_request_outcome(
         self,
@@ -279,35 +324,66 @@ class PromotionGate:
         duration: float | timedelta,
         *,
         variant: str | None = None,
+        decision: RoutingDecision | None = None,
     ) -> None:
         """Count one request's outcome for the session's variant.
 
-        ``duration`` is in seconds (or a ``timedelta``). Pass ``variant``
-        ("canary" or "stable") when the request was already routed, so the
-        session is not hashed again.
+        ``duration`` is in seconds (or a ``timedelta``). Pass the
+        ``decision`` that ``route_request`` returned for the request (best:
+        an outcome routed under an earlier step or release is then dropped,
+        not counted against the new one), or its ``variant`` ("canary" or
+        "stable"), so the session is not hashed again.
         """
         seconds = _seconds(duration)
+        if decision is not None:
+            if not isinstance(decision, RoutingDecision):
+                raise ConfigError("decision", decision, "a RoutingDecision from route_request")
+            self.record_outcome(
+                decision.variant, bool(success), seconds, decision.step, decision.bucket
+            )
+            return
         if variant is None:
-            variant = self.route_request(session_id).variant
-        elif variant not in VARIANTS:
+            routed = self.route_request(session_id)
+            self.record_outcome(routed.variant, bool(success), seconds, routed.step, routed.bucket)
+            return
+        if variant not in VARIANTS:
             raise ConfigError("variant", variant, "'canary', 'stable' or None")
-        self.record_outcome(variant, bool(success), seconds)
+        group = zlib.crc32(str(session_id).encode("utf-8", "surrogatepass"))
+        self.record_outcome(variant, bool(success), seconds, -1, group)
 
-    def record_outcome(self, variant: str, success: bool, seconds: float) -> None:
+    def record_outcome(
+        self, variant: str, success: bool, seconds: float, step: int = -1, cluster: int = 0
+    ) -> None:
         """``record_request_outcome`` without the argument checks, for callers
         that already hold a valid variant, a bool and a non-negative float
-        (the middleware)."""
+        (the middleware). ``step`` is the decision's step (-1: unknown, the
+        outcome counts) and ``cluster`` its bucket (it groups the evidence
+        by session)."""
         now = self._clock()
-        self._windows.record(variant, success, success and seconds <= self._objective, seconds, now)
-        if now >= self._next_evaluation:
+        if step >= 0 and step != self._routing.step:
+            self.stale_outcomes += 1  # routed under another step or release
+            return
+        self._windows.record(
+            variant,
+            success,
+            success and seconds <= self._objective,
+            seconds,
+            now,
+            cluster,
+            now >= self._evidence_from,
+        )
+        if now >= self._next_evaluation or now < self._last_evaluation:
             self._evaluate_on_schedule(now)
 
     def _evaluate_on_schedule(self, now: float) -> None:
         if not self._evaluation_lock.acquire(blocking=False):
             return  # another thread is evaluating right now
         try:
-            if now < self._next_evaluation:
+            # A clock that stepped back (now < the last evaluation) must not
+            # suspend evaluation until it catches up again.
+            if self._last_evaluation <= now < self._next_evaluation:
                 return
+            self._last_evaluation = now
             self._next_evaluation = now + self.config.evaluation_interval_seconds
             self._evaluate(act=True)
         finally:
@@ -315,74 +391,103 @@ class PromotionGate:
 
     # -- evaluation -------------------------------------------------------
 
-    def _windows_for(self, state: GateState) -> tuple[WindowStats, WindowStats, WindowStats]:
-        """(canary, stable, what the canary is compared with)."""
+    def _concurrent(self, environment: Environment) -> bool:
+        """Whether stable sessions run beside the canary to compare it with."""
+        if self.config.holdback_percent > 0:
+            return True
+        return environment.name == CANARY_ENV and environment.traffic_percent < 100.0
+
+    def _burn_windows(
+        self, canary: Evidence, now: float
+    ) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(requests, bad) of the canary over the long and the short burn window.
+
+        The long window is ``rollback_window_seconds``, the short one a
+        twelfth of it (the SRE workbook's 1 h / 5 min pair, scaled); both
+        are differences of the step's evidence between evaluations.
+        """
+        long_seconds = self.config.rollback_window_seconds
+        short_seconds = long_seconds / 12
+        burn = self._burn
+        if now - burn[-1][0] >= self.config.evaluation_interval_seconds / 2 or now < burn[-1][0]:
+            burn.append((now, canary.requests, canary.bad))
+        while len(burn) > 2 and burn[1][0] <= now - long_seconds:
+            burn.popleft()
+
+        def since(seconds: float) -> tuple[int, int]:
+            start = burn[0]
+            for moment in burn:
+                if moment[0] > now - seconds:
+                    break
+                start = moment
+            return canary.requests - start[1], canary.bad - start[2]
+
+        return since(long_seconds), since(short_seconds)
+
+    def _health(self, state: GateState) -> tuple[CanaryHealth, WindowStats, WindowStats]:
         now = self._clock()
         canary = self._windows.stats(CANARY, now)
         stable = self._windows.stats(STABLE, now)
-        if state.environment.name == STAGING:
-            return canary, stable, state.baseline or WindowStats()
-        return canary, stable, stable
-
-    def _health(self, state: GateState) -> tuple[CanaryHealth, WindowStats, WindowStats]:
-        canary, stable, production = self._windows_for(state)
         environment = state.environment
-        min_requests = self.config.min_requests
         if environment.name == PRODUCTION:
-            # No release: report both windows, judge nothing.
-            health = assess(0.0, canary, stable, self.slo, min_requests, release=False)
+            return no_release(canary, stable), canary, stable
+        canary_evidence = self._windows.evidence(CANARY)
+        if self._concurrent(environment):
+            holdback = self.config.holdback_percent > 0 and (
+                environment.name == STAGING
+                or environment.traffic_percent >= 100.0 - self.config.holdback_percent
+            )
+            judgement = judge(
+                canary_evidence,
+                self._windows.evidence(STABLE),
+                self._settings,
+                canary_window_compliance=canary.slo_compliance if canary.requests else None,
+                comparison="holdback" if holdback else "production",
+            )
         else:
-            health = assess(environment.traffic_percent, canary, production, self.slo, min_requests)
-        return health, canary, stable
+            long_window, short_window = self._burn_windows(canary_evidence, now)
+            judgement = judge_against_objective(
+                canary_evidence, long_window, short_window, self._settings
+            )
+        return assess(environment.traffic_percent, canary, stable, judgement), canary, stable
 
     def health_snapshot(self) -> CanaryHealth:
         """The current ``CanaryHealth`` without acting on it (for gauges and dashboards)."""
         return self._health(self._current())[0]
 
     def _slo_status(
-        self, state: GateState, canary: WindowStats, stable: WindowStats
+        self, state: GateState, health: CanaryHealth, canary: WindowStats, stable: WindowStats
     ) -> tuple[float, bool]:
-        """(compliance, enough data): the canary's while a release is in
-        progress, overall in production."""
+        """(compliance, enough evidence): the canary's window while a release
+        is in progress, overall in production."""
         if state.environment.name == PRODUCTION:
             requests = canary.requests + stable.requests
             good = canary.good + stable.good
-            compliance = good / requests if requests else 1.0
-        else:
-            requests, compliance = canary.requests, canary.slo_compliance
-        return compliance, requests >= self.config.min_requests
+            compliance = good / requests if requests else 0.0
+            return compliance, requests >= self.config.min_requests
+        compliance = canary.good / canary.requests if canary.requests else 0.0
+        return compliance, health.sufficient_data
 
     def _evaluate(self, act: bool) -> tuple[CanaryHealth, float, bool]:
         state = self._current()
         health, canary, stable = self._health(state)
-        compliance, enough = self._slo_status(state, canary, stable)
+        compliance, enough = self._slo_status(state, health, canary, stable)
         if act:
             self._sample(state, health, compliance)
         in_release = state.environment.name != PRODUCTION
-        if in_release and health.sufficient_data and health.health_score < HEALTHY_SCORE:
+        if in_release and health.verdict == MONITOR:
             logger.warning(
-                "Canary health score %.2f below threshold %.1f: %s",
-                health.health_score,
-                HEALTHY_SCORE,
-                health.recommendation,
+                "Canary health score %.2f: %s", health.health_score, health.recommendation
             )
-        if act and in_release and self.config.auto_rollback_enabled:
-            reason = None
-            if enough and compliance < self.config.slo_threshold:
-                reason = f"Canary SLO violation: {compliance:.4f} < {self.config.slo_threshold}"
-            elif health.sufficient_data and health.health_score < ROLLBACK_SCORE:
-                reason = (
-                    f"Canary health score {health.health_score:.2f} below {ROLLBACK_SCORE}: "
-                    f"{health.recommendation}"
-                )
-            if reason is not None:
-                self._roll_back(state.release, reason, health, automatic=True)
+        if act and in_release and self.config.auto_rollback_enabled and health.verdict == ROLLBACK:
+            reason = f"Canary health score {health.health_score:.2f}: {health.recommendation}"
+            self._roll_back(state.release, reason, health, automatic=True)
         return health, compliance, enough
 
     def _sample(self, state: GateState, health: CanaryHealth, compliance: float) -> None:
         """Keep one health sample per evaluation interval (for charts)."""
         now = self._clock()
-        if now - self._last_sample < self.config.evaluation_interval_seconds / 2:
+        if 0.0 <= now - self._last_sample < self.config.evaluation_interval_seconds / 2:
             return
         self._last_sample = now
         self._series.append(
@@ -409,7 +514,7 @@ class PromotionGate:
         """Everything an operator looks at, computed now without acting on it."""
         state = self._current()
         health, canary, stable = self._health(state)
-        compliance, enough = self._slo_status(state, canary, stable)
+        compliance, enough = self._slo_status(state, health, canary, stable)
         return GateStatus(
             rollout=self.name,
             environment=state.environment,
@@ -417,10 +522,9 @@ class PromotionGate:
             release_flags=tuple(sorted(state.release_flags)),
             health=health,
             slo_compliance=compliance,
-            slo_met=not enough or compliance >= self.config.slo_threshold,
+            slo_met=enough and compliance >= self.config.slo_threshold,
             canary=canary,
             stable=stable,
-            baseline=state.baseline,
             recent_events=state.history[-recent_events:] if recent_events > 0 else (),
             config=self.config,
             slo=self.slo,
@@ -431,9 +535,10 @@ class PromotionGate:
         return self._evaluate(act=True)[0]
 
     def check_slo_compliance(self) -> bool:
-        """Evaluate now; ``True`` while the SLO is met or data is still too thin."""
+        """Evaluate now; ``True`` only when the SLO is met on enough evidence
+        (``min_requests`` canary outcomes in the step; overall in production)."""
         _, compliance, enough = self._evaluate(act=True)
-        return not enough or compliance >= self.config.slo_threshold
+        return enough and compliance >= self.config.slo_threshold
 
     # -- state changes ----------------------------------------------------
 
@@ -441,8 +546,9 @@ class PromotionGate:
         """Promote the release to ``target``: Canary -> Staging -> Production.
 
         Refused with ``PromotionError`` (saying why) for any other path, or
-        while the SLO is not met, the health score is below 0.9 or there is
-        not enough data; ``force=True`` skips the checks (not the path rules).
+        unless the judge's verdict is HEALTHY (enough evidence, no sign of a
+        regression, the SLO met); ``force=True`` skips the checks (not the
+        path rules).
         """
         if not isinstance(target, Environment):
             raise ConfigError(
@@ -455,7 +561,6 @@ class PromotionGate:
         health, compliance, enough = self._evaluate(act=False)
         if not force:
             self._check_promotable(health, compliance, enough)
-        baseline = self._windows.stats(STABLE, self._clock()) if target.name == STAGING else None
 
         def change(current: GateState) -> tuple[GateState, PromotionEvent]:
             if current.environment != source or current.release != state.release:
@@ -463,15 +568,16 @@ class PromotionGate:
                     f"cannot promote to {target}: the gate changed to {current.environment} meanwhile"
                 )
             event = PromotionEvent(source, target, self._utcnow(), "promote", force, health)
+            step = current.step + 1
             if target.name == STAGING:
-                return current.evolve(event, environment=target, baseline=baseline), event
+                return current.evolve(event, environment=target, step=step), event
             return (
                 current.evolve(
                     event,
                     environment=target,
                     stable_flags=current.stable_flags | current.release_flags,
                     release_flags=frozenset(),
-                    baseline=None,
+                    step=step,
                 ),
                 event,
             )
@@ -513,10 +619,10 @@ class PromotionGate:
                 f"Promotion refused: SLO compliance below threshold: "
                 f"{compliance:.4f} < {self.config.slo_threshold}"
             )
-        if health.health_score < HEALTHY_SCORE:
+        if health.verdict != HEALTHY:
             raise PromotionError(
-                f"Promotion refused: health score {health.health_score:.2f} below "
-                f"{HEALTHY_SCORE} ({health.recommendation})"
+                f"Promotion refused: health score {health.health_score:.2f}, "
+                f"verdict {health.recommendation}"
             )
 
     def set_traffic_percent(self, traffic_percent: float) -> Environment:
@@ -533,10 +639,11 @@ class PromotionGate:
             if current.environment == target:
                 return None
             event = PromotionEvent(current.environment, target, self._utcnow(), "set_traffic")
-            return current.evolve(event, environment=target), event
+            return current.evolve(event, environment=target, step=current.step + 1), event
 
         result = self._transition(change)
         if result is not None:
+            self._windows.clear()  # a new step: fresh evidence for the new split
             logger.info("Canary traffic set to %g%%", percent)
         return target
 
@@ -560,8 +667,8 @@ class PromotionGate:
                 event,
                 environment=target,
                 release_flags=flags,
-                baseline=None,
                 release=current.release + 1,
+                step=current.step + 1,
             )
             return state, event
 
@@ -595,7 +702,10 @@ class PromotionGate:
                 reason, self._utcnow(), current.environment, "all", health, automatic
             )
             state = current.evolve(
-                event, environment=Environment.PRODUCTION, release_flags=frozenset(), baseline=None
+                event,
+                environment=Environment.PRODUCTION,
+                release_flags=frozenset(),
+                step=current.step + 1,
             )
             return state, event
 

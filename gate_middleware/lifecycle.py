@@ -276,7 +276,9 @@ class RequestLifecycle:
             success = default_is_success(status, exception)
         decision = request.decision
         try:
-            self.gate.record_outcome(decision.variant, success, duration)
+            self.gate.record_outcome(
+                decision.variant, success, duration, decision.step, decision.bucket
+            )
         except Exception as exc:
             self.report_fault("record", exc)
         try:

@@ -55,6 +55,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, g
 from gate_middleware.config import PromotionConfig
 from gate_middleware.environment import Environment
 from gate_middleware.errors import PromotionError
+from gate_middleware.evidence import CLUSTERS, Evidence
 from gate_middleware.health import CanaryHealth
 from gate_middleware.routing import CANARY, STABLE
 from gate_middleware.sketch import BUCKET_COUNT, bucket_index, quantile
@@ -117,12 +118,6 @@ def _event(data: dict[str, Any]) -> GateEvent:
     )
 
 
-def _stats(data: dict[str, Any] | None) -> WindowStats | None:
-    if data is None:
-        return None
-    return WindowStats(data["requests"], data["failures"], data["good"], data["p99_latency"])
-
-
 def encode_state(state: GateState) -> str:
     return json.dumps(
         {
@@ -130,15 +125,8 @@ def encode_state(state: GateState) -> str:
             "stable_flags": sorted(state.stable_flags),
             "release_flags": sorted(state.release_flags),
             "history": [event.to_dict() for event in state.history[-STORED_HISTORY:]],
-            "baseline": None
-            if state.baseline is None
-            else {
-                "requests": state.baseline.requests,
-                "failures": state.baseline.failures,
-                "good": state.baseline.good,
-                "p99_latency": state.baseline.p99_latency,
-            },
             "release": state.release,
+            "step": state.step,
             "version": state.version,
         },
         separators=(",", ":"),
@@ -152,8 +140,8 @@ def decode_state(text: str | bytes) -> GateState:
         stable_flags=frozenset(data["stable_flags"]),
         release_flags=frozenset(data["release_flags"]),
         history=tuple(_event(e) for e in data["history"])[-MAX_HISTORY:],
-        baseline=_stats(data["baseline"]),
         release=data["release"],
+        step=int(data.get("step", 0)),
         version=data["version"],
     )
 
@@ -374,6 +362,9 @@ class RedisWindowStore:
         self._buffer: dict[tuple[str, int], _Slice] = {}
         self._merged: dict[str, _Merged] = {CANARY: _Merged(), STABLE: _Merged()}
         self._merged_slices: set[tuple[str, int]] = set()
+        # The step's evidence: unflushed here, merged from every process there.
+        self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
+        self._merged_evidence = {CANARY: Evidence(), STABLE: Evidence()}
         self._epoch = 0
         self.dropped_outcomes = 0
         self._outage = _Outage(f"rollout {rollout!r} windows")
@@ -390,10 +381,21 @@ class RedisWindowStore:
     def _observe_dropped(self, options: CallbackOptions) -> list[Observation]:
         return [Observation(self.dropped_outcomes, {"gate.rollout": self._rollout})]
 
-    def record(self, variant: str, success: bool, good: bool, duration: float, now: float) -> None:
+    def record(
+        self,
+        variant: str,
+        success: bool,
+        good: bool,
+        duration: float,
+        now: float,
+        cluster: int = 0,
+        evidence: bool = True,
+    ) -> None:
         number = int(self._clock() // self._slice_seconds)
         index = bucket_index(duration)
         with self._lock:
+            if evidence:
+                self._evidence_buffer[variant].add(1, not success, not good, index, cluster)
             entry = self._buffer.get((variant, number))
             if entry is None:
                 entry = self._buffer[(variant, number)] = _Slice()
@@ -426,10 +428,20 @@ class RedisWindowStore:
             quantile(total.buckets, total.requests, 0.99, total.highest),
         )
 
+    def evidence(self, variant: str) -> Evidence:
+        """The step's evidence of every process (as of the last flush) and this one's unflushed."""
+        self._follower.ensure()
+        with self._lock:
+            evidence = self._merged_evidence[variant].copy()
+            evidence.merge(self._evidence_buffer[variant])
+        return evidence
+
     def clear(self) -> None:
         with self._lock:
             self._buffer.clear()
             self._merged = {CANARY: _Merged(), STABLE: _Merged()}
+            self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
+            self._merged_evidence = {CANARY: Evidence(), STABLE: Evidence()}
         try:
             self._epoch = int(self._client.incr(self._epoch_key))
         except RedisError as exc:
@@ -441,6 +453,10 @@ class RedisWindowStore:
         oldest = now_slice - SLICES + 1
         with self._lock:
             pending, self._buffer = self._buffer, {}
+            evidence, self._evidence_buffer = (
+                self._evidence_buffer,
+                {CANARY: Evidence(), STABLE: Evidence()},
+            )
         pending = {key: entry for key, entry in pending.items() if self._keep(key, entry, oldest)}
         try:
             epoch = self._client.get(self._epoch_key)
@@ -459,6 +475,13 @@ class RedisWindowStore:
                 for variant in (CANARY, STABLE)
                 for number in range(oldest, now_slice + 1)
             ]
+            for variant in (CANARY, STABLE):
+                evidence_key = f"{self._prefix}:{self._epoch}:{variant}:evidence"
+                for name, amount in _evidence_fields(evidence[variant]):
+                    pipe.hincrby(evidence_key, name, amount)
+                pipe.expire(evidence_key, EVIDENCE_SECONDS)
+            for variant in (CANARY, STABLE):
+                pipe.hgetall(f"{self._prefix}:{self._epoch}:{variant}:evidence")
             for variant, number in order:
                 pipe.hgetall(f"{self._prefix}:{self._epoch}:{variant}:{number}")
             replies = pipe.execute()
@@ -467,7 +490,14 @@ class RedisWindowStore:
             with self._lock:  # keep them for the next try (bounded: the window's slices)
                 for key, entry in pending.items():
                     self._merge_back(key, entry)
+                for variant, unsent in evidence.items():  # fixed size: never dropped
+                    self._evidence_buffer[variant].merge(unsent)
             return
+        evidence_replies = replies[-len(order) - 2 : -len(order)] if order else replies[-2:]
+        merged_evidence = {
+            variant: _decode_evidence(reply)
+            for variant, reply in zip((CANARY, STABLE), evidence_replies, strict=True)
+        }
         self._outage.recovered()
         merged = {CANARY: _Merged(), STABLE: _Merged()}
         for (variant, _), reply in zip(order, replies[-len(order) :], strict=True):
@@ -479,6 +509,7 @@ class RedisWindowStore:
             )
         with self._lock:
             self._merged = merged
+            self._merged_evidence = merged_evidence
 
     def _keep(self, key: tuple[str, int], entry: _Slice, oldest: int) -> bool:
         if key[1] >= oldest:
@@ -503,6 +534,45 @@ class RedisWindowStore:
 
     def close(self) -> None:
         self._follower.close()
+
+
+EVIDENCE_SECONDS = 7 * 24 * 3600  # a step's evidence outlives any window; refreshed at each flush
+
+
+def _evidence_fields(evidence: Evidence) -> list[tuple[str, int]]:
+    """The HINCRBY fields of a step's evidence: per session group r/f/x
+    (requests, failures, bad) and per sketch bucket b."""
+    fields: list[tuple[str, int]] = []
+    if not evidence.requests:
+        return fields
+    for group in range(CLUSTERS):
+        if evidence.cluster_requests[group]:
+            fields.append((f"r{group}", evidence.cluster_requests[group]))
+        if evidence.cluster_failures[group]:
+            fields.append((f"f{group}", evidence.cluster_failures[group]))
+        if evidence.cluster_bad[group]:
+            fields.append((f"x{group}", evidence.cluster_bad[group]))
+    for index in range(evidence.lowest, evidence.highest + 1):
+        if evidence.latency[index]:
+            fields.append((f"b{index}", evidence.latency[index]))
+    return fields
+
+
+def _decode_evidence(reply: dict[bytes, bytes]) -> Evidence:
+    """Evidence from its hash; a field that does not parse is skipped."""
+    latency = [0] * BUCKET_COUNT
+    groups = {b"r": [0] * CLUSTERS, b"f": [0] * CLUSTERS, b"x": [0] * CLUSTERS}
+    for key, value in reply.items():
+        try:
+            number, count = int(key[1:]), int(value)
+        except ValueError:
+            continue
+        kind = key[:1]
+        if kind == b"b" and 0 <= number < BUCKET_COUNT:
+            latency[number] = count
+        elif kind in groups and 0 <= number < CLUSTERS:
+            groups[kind][number] = count
+    return Evidence.from_counts(latency, groups[b"r"], groups[b"f"], groups[b"x"])
 
 
 def connect(url: str, **options: Any) -> redis.Redis:

@@ -7,7 +7,9 @@ language puts a session in the same bucket::
     bucket = int.from_bytes(digest[:8], "big") % 100000
     on the canary path  <=>  bucket < round(traffic_percent * 1000)
 
-``name`` is the rollout name (``PromotionConfig.name``). The resolution is
+``name`` is the rollout name (``PromotionConfig.name``), or
+``PromotionConfig.salt`` when set; with ``cohort="release"`` it is
+``f"{salt}#{release}"``, a fresh cohort for each release. The resolution is
 0.001 %. Raising the percentage only adds buckets, so it never moves a
 canary session back to stable. Python's ``hash()`` is never used: it is
 salted per process.
@@ -44,7 +46,10 @@ class RoutingDecision:
     ``variant`` is ``"canary"`` or ``"stable"``; ``target_environment`` is
     the environment that serves the session (the canary environment, staging,
     or production for the stable path); ``enabled_features`` is the tuple of
-    flag names on for this session. Treat it as read-only.
+    flag names on for this session. ``step`` is the gate's step when the
+    session was routed (``PromotionGate.record_request_outcome(...,
+    decision=...)`` drops an outcome routed under an earlier step or
+    release). Treat it as read-only.
     """
 
     __slots__ = (
@@ -54,6 +59,7 @@ class RoutingDecision:
         "enabled_features",
         "bucket",
         "reason",
+        "step",
         "_feature_set",
     )
 
@@ -65,6 +71,7 @@ class RoutingDecision:
         bucket: int,
         reason: str,
         feature_set: frozenset[str] | None = None,
+        step: int = -1,
     ) -> None:
         self.is_canary = is_canary
         self.variant = CANARY if is_canary else STABLE
@@ -72,6 +79,7 @@ class RoutingDecision:
         self.enabled_features = enabled_features
         self.bucket = bucket
         self.reason = reason
+        self.step = step
         self._feature_set = frozenset(enabled_features) if feature_set is None else feature_set
 
     def is_enabled(self, name: str) -> bool:

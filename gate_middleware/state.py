@@ -1,4 +1,4 @@
-"""The gate's shared state: environment, flags, baseline and history.
+"""The gate's shared state: environment, flags, release, step and history.
 
 ``GateState`` is immutable; every change makes a new one with the next
 ``version``. ``StateStore`` is the small interface the gate changes it
@@ -87,17 +87,19 @@ class GateState:
 
     ``stable_flags`` are on for every session; ``release_flags`` are on for
     sessions on the canary path only. ``release`` numbers the release in
-    progress (it changes with every ``start_canary``), ``baseline`` is the
-    production window captured when the canary was promoted to staging.
+    progress (it changes with every ``start_canary``); ``step`` numbers the
+    stretches with one traffic split (it changes with every start, traffic
+    change, promotion and rollback: each step is judged on fresh evidence,
+    and outcomes routed under another step are dropped).
     """
 
     environment: Environment
     stable_flags: frozenset[str] = frozenset()
     release_flags: frozenset[str] = frozenset()
     history: tuple[GateEvent, ...] = ()
-    baseline: WindowStats | None = None
     release: int = 0
     version: int = 0
+    step: int = 0
 
     def evolve(self, event: GateEvent | None = None, **changes: Any) -> GateState:
         """A copy with ``changes`` applied, ``event`` appended and the next version."""
@@ -175,7 +177,6 @@ class GateStatus:
     slo_met: bool
     canary: WindowStats
     stable: WindowStats
-    baseline: WindowStats | None
     recent_events: tuple[GateEvent, ...]
     config: PromotionConfig
     slo: SloConfig
@@ -201,7 +202,6 @@ class GateStatus:
             "windows": {
                 "canary": self.canary.to_dict(),
                 "stable": self.stable.to_dict(),
-                "baseline": self.baseline.to_dict() if self.baseline else None,
             },
             "config": {
                 "auto_rollback_enabled": self.config.auto_rollback_enabled,

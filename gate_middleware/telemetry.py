@@ -2,7 +2,9 @@
 
 Observable gauges (read when the app's SDK collects):
 
-- ``gate_middleware.gate.health_score`` (unit ``1``): the canary health score
+- ``gate_middleware.gate.health_score`` (unit ``1``): the canary health
+  score; no point while the verdict is INSUFFICIENT_DATA (no evidence is
+  not a score)
 - ``gate_middleware.gate.error_rate`` (unit ``1``): per ``gate.variant``
 - ``gate_middleware.gate.latency.p99`` (unit ``s``): per ``gate.variant``
 - ``gate_middleware.gate.traffic`` (unit ``%``): with ``gate.environment``
@@ -24,24 +26,34 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
+from gate_middleware.environment import Environment
+from gate_middleware.health import CanaryHealth
 from gate_middleware.routing import CANARY, STABLE
-
-if TYPE_CHECKING:
-    from gate_middleware.gate import PromotionGate
-    from gate_middleware.health import CanaryHealth
 
 METER_NAME = "gate_middleware"
 logger = logging.getLogger("gate_middleware")
 
 
+class ObservedGate(Protocol):
+    """What the instruments read from a gate (``ObservedGate`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def environment(self) -> Environment: ...
+
+    def health_snapshot(self) -> CanaryHealth: ...
+
+
 class GateTelemetry:
     """Creates the gate's instruments once; ``count_*`` are called on events."""
 
-    def __init__(self, gate: PromotionGate, meter_provider: MeterProvider | None) -> None:
+    def __init__(self, gate: ObservedGate, meter_provider: MeterProvider | None) -> None:
         from gate_middleware import __version__
 
         meter = get_meter(METER_NAME, __version__, meter_provider=meter_provider)
@@ -49,7 +61,7 @@ class GateTelemetry:
         gate_ref = weakref.ref(gate)
 
         def observe(
-            read: Callable[[PromotionGate, CanaryHealth], Iterable[Observation]],
+            read: Callable[[ObservedGate, CanaryHealth], Iterable[Observation]],
         ) -> Callable[[CallbackOptions], Iterable[Observation]]:
             def callback(options: CallbackOptions) -> Iterable[Observation]:
                 current = gate_ref()
@@ -61,18 +73,19 @@ class GateTelemetry:
 
         rollout = {"gate.rollout": self._rollout}
 
-        def health_score(gate: PromotionGate, health: CanaryHealth) -> Iterable[Observation]:
-            yield Observation(health.health_score, rollout)
+        def health_score(gate: ObservedGate, health: CanaryHealth) -> Iterable[Observation]:
+            if health.sufficient_data:
+                yield Observation(health.health_score, rollout)
 
-        def error_rate(gate: PromotionGate, health: CanaryHealth) -> Iterable[Observation]:
+        def error_rate(gate: ObservedGate, health: CanaryHealth) -> Iterable[Observation]:
             yield Observation(health.canary_error_rate, {**rollout, "gate.variant": CANARY})
             yield Observation(health.production_error_rate, {**rollout, "gate.variant": STABLE})
 
-        def p99(gate: PromotionGate, health: CanaryHealth) -> Iterable[Observation]:
+        def p99(gate: ObservedGate, health: CanaryHealth) -> Iterable[Observation]:
             yield Observation(health.canary_p99_latency, {**rollout, "gate.variant": CANARY})
             yield Observation(health.production_p99_latency, {**rollout, "gate.variant": STABLE})
 
-        def traffic(gate: PromotionGate, health: CanaryHealth) -> Iterable[Observation]:
+        def traffic(gate: ObservedGate, health: CanaryHealth) -> Iterable[Observation]:
             environment = gate.environment
             yield Observation(
                 environment.traffic_percent, {**rollout, "gate.environment": environment.name}

@@ -7,6 +7,15 @@ costs the same after a thousand outcomes or ten million. When time moves on,
 a slice older than the window is subtracted from the totals and reused:
 memory does not grow with traffic.
 
+Beside the windows, a store keeps the *evidence* of the current step for
+each variant (``gate_middleware.evidence``): every outcome since the last
+``clear()``, which the judge decides by. The windows are for display (the
+error rates and p99s an operator reads) and for the SLO's burn windows.
+
+A clock that steps backwards is handled both ways: outcomes are counted in
+the slice of the new time, and slices numbered after it ("from the
+future") are expired, so they neither linger nor hide new outcomes.
+
 ``WindowStore`` is the small interface the gate uses, so that a store
 shared between processes can replace ``InMemoryWindowStore``.
 """
@@ -17,6 +26,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gate_middleware.evidence import Evidence
 from gate_middleware.routing import CANARY, STABLE
 from gate_middleware.sketch import BLOCK_BITS, bucket_index, new_blocks, new_counts, quantile
 
@@ -55,14 +65,32 @@ class WindowStats:
 class WindowStore(Protocol):
     """Where the gate keeps its two windows (``"canary"`` and ``"stable"``)."""
 
-    def record(self, variant: str, success: bool, good: bool, duration: float, now: float) -> None:
-        """Count one outcome at time ``now`` (seconds of the gate's clock)."""
+    def record(
+        self,
+        variant: str,
+        success: bool,
+        good: bool,
+        duration: float,
+        now: float,
+        cluster: int = 0,
+        evidence: bool = True,
+    ) -> None:
+        """Count one outcome at time ``now`` (seconds of the gate's clock).
+
+        ``cluster`` is the session's routing bucket (it groups the evidence
+        by session); ``evidence=False`` counts it in the window only (the
+        step's warm-up).
+        """
 
     def stats(self, variant: str, now: float) -> WindowStats:
         """The variant's window as of ``now``."""
 
+    def evidence(self, variant: str) -> Evidence:
+        """A copy of the variant's evidence since the step began."""
+
     def clear(self) -> None:
-        """Forget every outcome (a release started, was promoted or rolled back).
+        """Forget every outcome: a new step began (a release started, its
+        share changed, it was promoted or rolled back).
 
         A store may also define ``after_fork()``: the gate calls it in a
         forked child, to replace locks, threads and connections.
@@ -94,12 +122,15 @@ class SlidingWindow:
         self._total = _Counts(0)
 
     def record(self, success: bool, good: bool, duration: float, now: float) -> None:
+        self.record_bucket(success, good, bucket_index(duration), now)
+
+    def record_bucket(self, success: bool, good: bool, index: int, now: float) -> None:
+        """``record`` for a duration already turned into its sketch bucket."""
         number = int(now // self.slice_seconds)
         ring = self._ring
         slot = ring[number % self.slices]
         if slot is None or slot.number != number:
             slot = self._reuse(number)
-        index = bucket_index(duration)
         total = self._total
         slot.requests += 1
         total.requests += 1
@@ -121,9 +152,8 @@ class SlidingWindow:
         position = number % self.slices
         old = self._ring[position]
         if old is not None:
-            if old.number > number:
-                # The clock went backwards past this slice; count into it anyway.
-                return old
+            # An older slice leaves the window; a newer one is from before
+            # a backward clock step: it leaves too.
             self._subtract(old)
             old.number = number
             return old
@@ -149,9 +179,10 @@ class SlidingWindow:
 
     def expire(self, now: float) -> None:
         """Drop the slices that lie wholly before ``now - window_seconds``."""
-        oldest = int(now // self.slice_seconds) - self.slices + 1
+        newest = int(now // self.slice_seconds)
+        oldest = newest - self.slices + 1
         for slot in self._ring:
-            if slot is not None and slot.number < oldest and slot.requests:
+            if slot is not None and slot.requests and not oldest <= slot.number <= newest:
                 self._subtract(slot)
 
     def stats(self, now: float) -> WindowStats:
@@ -181,20 +212,38 @@ class InMemoryWindowStore:
             CANARY: SlidingWindow(window_seconds, slices),
             STABLE: SlidingWindow(window_seconds, slices),
         }
+        self._evidence = {CANARY: Evidence(), STABLE: Evidence()}
 
-    def record(self, variant: str, success: bool, good: bool, duration: float, now: float) -> None:
+    def record(
+        self,
+        variant: str,
+        success: bool,
+        good: bool,
+        duration: float,
+        now: float,
+        cluster: int = 0,
+        evidence: bool = True,
+    ) -> None:
         window = self._windows[variant]
+        index = bucket_index(duration)
         with self._lock:
-            window.record(success, good, duration, now)
+            window.record_bucket(success, good, index, now)
+            if evidence:
+                self._evidence[variant].add(1, not success, not good, index, cluster)
 
     def stats(self, variant: str, now: float) -> WindowStats:
         with self._lock:
             return self._windows[variant].stats(now)
 
+    def evidence(self, variant: str) -> Evidence:
+        with self._lock:
+            return self._evidence[variant].copy()
+
     def clear(self) -> None:
         with self._lock:
             for window in self._windows.values():
                 window.clear()
+            self._evidence = {CANARY: Evidence(), STABLE: Evidence()}
 
     def after_fork(self) -> None:
         """In a forked child: a fresh lock (the inherited one may be held)."""

@@ -116,9 +116,9 @@ def test_status_reports_the_gate(client: httpx.Client, gate: PromotionGate) -> N
 
 
 def test_steering_through_the_api(client: httpx.Client, gate: PromotionGate) -> None:
-    feed(gate)
     assert client.post("/traffic", json={"percent": 25}, headers=AUTH).status_code == 200
     assert gate.environment == Environment.canary(25)
+    feed(gate)  # evidence for the new step
     response = client.post("/promote", json={}, headers=AUTH)  # the next stage
     assert response.json() == {"environment": {"name": "staging", "traffic_percent": 100.0}}
     response = client.post("/promote", json={"target": "production", "force": True}, headers=AUTH)

@@ -131,7 +131,38 @@ CASES: list[Case] = [
         lambda w: SloConfig(latency_objective_seconds=0),
         "ConfigError:latency_objective_seconds",
     ),
-    ("a zero error floor", lambda w: SloConfig(error_rate_floor=0), "ConfigError:error_rate_floor"),
+    (
+        "a zero false-rollback rate",
+        lambda w: SloConfig(false_rollback_rate=0),
+        "ConfigError:false_rollback_rate",
+    ),
+    (
+        "a latency tolerance below 1",
+        lambda w: SloConfig(latency_tolerance=0.9),
+        "ConfigError:latency_tolerance",
+    ),
+    (
+        "a MONITOR band beyond the rollback line",
+        lambda w: SloConfig(monitor_tolerance=2.0),
+        "ConfigError:monitor_tolerance",
+    ),
+    (
+        "a negative error tolerance",
+        lambda w: SloConfig(error_rate_tolerance=-0.01),
+        "ConfigError:error_rate_tolerance",
+    ),
+    (
+        "a holdback over half",
+        lambda w: PromotionConfig(holdback_percent=60),
+        "ConfigError:holdback_percent",
+    ),
+    (
+        "a negative warm-up",
+        lambda w: PromotionConfig(initial_delay_seconds=-1),
+        "ConfigError:initial_delay_seconds",
+    ),
+    ("an unknown cohort", lambda w: PromotionConfig(cohort="user"), "ConfigError:cohort"),
+    ("a salt with a space", lambda w: PromotionConfig(salt="a b"), "ConfigError:salt"),
     # TOML files
     (
         "TOML: unknown environment",

@@ -74,6 +74,9 @@ def test_status_watch_redraws(url: str) -> None:
 def test_steering_and_history(url: str, gate: PromotionGate) -> None:
     assert run(url, "traffic", "25").returncode == 0
     assert gate.environment == Environment.canary(25)
+    for i in range(100):  # evidence for the new step
+        gate.record_request_outcome(f"s{i}", True, 0.02, variant="stable")
+        gate.record_request_outcome(f"c{i}", True, 0.02, variant="canary")
     result = run(url, "flags", "enable", "dark_mode")
     assert result.returncode == 0 and gate.is_feature_enabled("dark_mode")
     assert run(url, "flags", "disable", "dark_mode").returncode == 0

@@ -72,6 +72,30 @@ def test_two_gates_share_state_and_windows(redis_server: RedisServer) -> None:
     assert eventually(lambda: a.is_feature_enabled("dark_mode"), 1.0)
 
 
+def test_the_step_evidence_is_merged_across_processes(redis_server: RedisServer) -> None:
+    """The judge of every process reads the evidence of all of them, and the
+    sketch and session groups survive the trip through Redis."""
+    rollout = f"evidence-{uuid.uuid4().hex[:8]}"
+    a, b = shared(redis_server.url, rollout), shared(redis_server.url, rollout)
+    for i in range(150):
+        a.record_outcome("canary", i >= 3, 0.01 * (1 + i % 7), -1, i)
+        b.record_outcome("canary", i >= 2, 0.02, -1, i + 1)
+        b.record_outcome("stable", True, 0.02, -1, i)
+
+    def merged(gate: PromotionGate) -> bool:
+        evidence = gate.health_snapshot().evidence
+        return evidence["canary_requests"] == 300 and evidence["baseline_requests"] == 150
+
+    assert eventually(lambda: merged(a) and merged(b), 2.0)
+    local = a._windows.evidence("canary")
+    assert local.failures == 5 and sum(local.cluster_requests) == 300
+    assert sum(local.latency) == 300
+    a.set_traffic_percent(60)  # a new step: fresh evidence everywhere
+    assert eventually(lambda: b.health_snapshot().evidence["canary_requests"] == 0, 2.0)
+    a.close()
+    b.close()
+
+
 def test_two_gates_detecting_the_same_failure_roll_back_once(redis_server: RedisServer) -> None:
     rollout = f"once-{uuid.uuid4().hex[:8]}"
     gates = [shared(redis_server.url, rollout) for _ in range(4)]

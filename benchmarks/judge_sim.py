@@ -1,0 +1,283 @@
+"""How often the gate's judge is wrong: a simulation over many seeds.
+
+Run it with ``python -m benchmarks.judge_sim`` (200 seeds a case, 1,000 for
+the cases with no regression, whose false-rollback rates are small;
+``--seeds``, ``--null-seeds``, ``--quick`` for 40, ``--cases NAME,NAME`` to
+pick some). It prints, per case: runs, rolled back %, median time to the
+rollback, promotable at the end %.
+
+The traffic model, for every case unless it says otherwise:
+
+- Poisson arrivals at 50 requests/s for 30 minutes (simulated time).
+- Request-level cases: each request takes the canary with probability
+  ``share`` and belongs to its own session (its session group drawn
+  uniformly from the 64).
+- Production fails 0.5 % of requests; its durations are lognormal with a
+  median of 50 ms and σ = 0.8 (p99 ≈ 320 ms). The canary fails ``p_c`` of
+  its requests and its durations are production's × ``f``.
+- A request is *good* when it succeeded within the 0.5 s objective.
+- The gate evaluates every 5 s with its defaults (``PromotionConfig`` and
+  ``SloConfig`` defaults: false-rollback rate 1 %, rollback window 300 s,
+  100 requests a side for a verdict); it rolls back at the first ROLLBACK
+  verdict. "Promotable at the end" means the verdict at the last
+  evaluation is HEALTHY (``promote()`` would succeed without ``force``).
+- ``sessions``: 20,000 sessions with Zipf(1.0) weights (the heaviest sends
+  ≈ 9 % of all requests), each session routed by the real routing formula
+  (all of its requests on one side) and grouped by its routing bucket as the
+  gate groups it; 0.2 % of sessions fail every request, on either side;
+  behaviour otherwise identical.
+- ``ramp_incident``: 5 % share, ramped to 50 % at t = 600 s (a new step),
+  then a 30 s incident at t = 700 s in which both sides fail 20 % of requests.
+
+The decisions are the judge's own code (``gate_middleware.judge``) fed the
+evidence the gate would hold; the gate's wiring of it (steps, the clock,
+release tags) is tested in ``tests/test_judge.py``, which also runs a
+bounded sample of these cases through a real ``PromotionGate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import statistics
+import sys
+import time
+from array import array
+from dataclasses import dataclass
+
+import numpy as np
+
+from gate_middleware.config import PromotionConfig, SloConfig
+from gate_middleware.evidence import CLUSTERS, Evidence
+from gate_middleware.judge import HEALTHY, ROLLBACK, JudgeSettings, judge
+from gate_middleware.routing import canary_threshold, compute_bucket
+from gate_middleware.sketch import _INV_LOG_GAMMA, _LOG_MIN, _TOP, BUCKET_COUNT, MIN_SECONDS
+
+RATE = 50.0
+_UNSIGNED = np.dtype(f"u{array('L').itemsize}")
+INTERVAL = 5.0
+MEDIAN_SECONDS = 0.05
+SIGMA = 0.8
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    description: str
+    share: float  # percent
+    canary_errors: float = 0.005
+    latency_factor: float = 1.0
+    production_errors: float = 0.005
+    seconds: float = 1800.0
+    model: str = "requests"  # "requests", "sessions", "ramp_incident"
+
+    @property
+    def null(self) -> bool:
+        """No regression: every rollback is a false one."""
+        return self.canary_errors == self.production_errors and self.latency_factor == 1.0
+
+
+CASES = [
+    Case("null_10", "canary = production, 10 % share", 10.0),
+    Case("null_1", "canary = production, 1 % share", 1.0),
+    Case("null_1_2h", "canary = production, 1 % share, 2 h", 1.0, seconds=7200.0),
+    Case(
+        "sessions_null_10",
+        "sessions (Zipf, 0.2 % always failing), 10 % share",
+        10.0,
+        model="sessions",
+    ),
+    Case(
+        "sessions_null_1", "sessions (Zipf, 0.2 % always failing), 1 % share", 1.0, model="sessions"
+    ),
+    Case(
+        "ramp_incident",
+        "ramp 5 → 50 % at 600 s, shared incident at 700 s",
+        5.0,
+        model="ramp_incident",
+    ),
+    Case("p99_1.2_10", "latency 1.2×, 10 % share", 10.0, latency_factor=1.2),
+    Case("p99_1.2_1", "latency 1.2×, 1 % share", 1.0, latency_factor=1.2),
+    Case("errors_2x_10", "errors 2× (1 %), 10 % share", 10.0, canary_errors=0.01),
+    Case("errors_4x_1", "errors 4× (2 %), 1 % share", 1.0, canary_errors=0.02),
+    Case("errors_10x_0.1", "errors 10× (5 %), 0.1 % share", 0.1, canary_errors=0.05),
+    Case(
+        "floor_0.1_to_1",
+        "production 0.1 %, canary 1.0 %, 10 % share",
+        10.0,
+        canary_errors=0.01,
+        production_errors=0.001,
+    ),
+    Case("p99_2x_10", "latency 2×, 10 % share", 10.0, latency_factor=2.0),
+    Case("p99_3x_0.1", "latency 3×, 0.1 % share", 0.1, latency_factor=3.0),
+]
+
+
+def bucket_indices(durations: np.ndarray) -> np.ndarray:
+    """``sketch.bucket_index`` for many durations at once."""
+    index = np.ceil((np.log(np.maximum(durations, MIN_SECONDS)) - _LOG_MIN) * _INV_LOG_GAMMA)
+    index[durations <= MIN_SECONDS] = 0
+    return np.minimum(index, _TOP).astype(np.int64)
+
+
+def _evidence(
+    hist: np.ndarray, requests: np.ndarray, failures: np.ndarray, bad: np.ndarray
+) -> Evidence:
+    evidence = Evidence()
+    evidence.latency = array("L", hist.astype(_UNSIGNED).tobytes())
+    nonzero = np.flatnonzero(hist)
+    if nonzero.size:
+        evidence.lowest = int(nonzero[0])
+        evidence.highest = int(nonzero[-1])
+    evidence.cluster_requests = array("q", requests.astype(np.int64).tobytes())
+    evidence.cluster_failures = array("q", failures.astype(np.int64).tobytes())
+    evidence.cluster_bad = array("q", bad.astype(np.int64).tobytes())
+    evidence.requests = int(requests.sum())
+    evidence.failures = int(failures.sum())
+    evidence.bad = int(bad.sum())
+    return evidence
+
+
+def _sessions(rng: np.random.Generator, seed: int, count: int, share: float):
+    weights = 1.0 / np.arange(1, count + 1, dtype=float)
+    weights /= weights.sum()
+    threshold = canary_threshold(share)
+    buckets = np.array([compute_bucket("sim", f"{seed}-{k}") for k in range(count)])
+    failing = rng.random(count) < 0.002
+    return weights, buckets < threshold, buckets % CLUSTERS, failing
+
+
+@dataclass
+class Traffic:
+    """One seed's requests, in time order."""
+
+    times: np.ndarray  # seconds since the start
+    canary: np.ndarray  # bool
+    cluster: np.ndarray  # the session's group (its routing bucket % 64)
+    failed: np.ndarray  # bool
+    durations: np.ndarray  # seconds
+
+
+def generate(case: Case, seed: int) -> Traffic:
+    """The requests of one seed of ``case`` (the traffic model in the module docstring)."""
+    rng = np.random.default_rng([seed, CASES.index(case)])
+    total = rng.poisson(RATE * case.seconds)
+    times = np.sort(rng.random(total) * case.seconds)
+    share = case.share / 100.0
+    if case.model == "sessions":
+        weights, on_canary, groups, failing = _sessions(rng, seed, 20_000, case.share)
+        session = rng.choice(weights.size, size=total, p=weights)
+        canary = on_canary[session]
+        cluster = groups[session]
+        always_fails = failing[session]
+    else:
+        shares = np.where(times < 600.0, share, 0.5) if case.model == "ramp_incident" else share
+        canary = rng.random(total) < shares
+        cluster = rng.integers(0, CLUSTERS, total)
+        always_fails = np.zeros(total, dtype=bool)
+    error_rate = np.where(canary, case.canary_errors, case.production_errors)
+    if case.model == "ramp_incident":
+        error_rate = np.where((times >= 700.0) & (times < 730.0), 0.2, error_rate)
+    failed = always_fails | (rng.random(total) < error_rate)
+    durations = np.exp(math.log(MEDIAN_SECONDS) + SIGMA * rng.standard_normal(total))
+    durations = np.where(canary, durations * case.latency_factor, durations)
+    return Traffic(times, canary, cluster, failed, durations)
+
+
+def simulate(
+    case: Case, seed: int, settings: JudgeSettings, objective: float, window: float
+) -> tuple[float | None, bool]:
+    """(time of the rollback or None, promotable at the end) for one seed."""
+    traffic = generate(case, seed)
+    times, canary, cluster, failed = traffic.times, traffic.canary, traffic.cluster, traffic.failed
+    bad = failed | (traffic.durations > objective)
+    buckets = bucket_indices(traffic.durations)
+    intervals = int(math.ceil(case.seconds / INTERVAL))
+    interval = np.minimum((times // INTERVAL).astype(np.int64), intervals - 1)
+    step_starts = [0]
+    if case.model == "ramp_incident":
+        step_starts.append(int(600.0 // INTERVAL))
+    side_data = []
+    for side in (canary, ~canary):
+        idx = interval[side]
+        hist = np.zeros((intervals, BUCKET_COUNT), dtype=np.int64)
+        np.add.at(hist, (idx, buckets[side]), 1)
+        req = np.zeros((intervals, CLUSTERS), dtype=np.int64)
+        fail = np.zeros((intervals, CLUSTERS), dtype=np.int64)
+        badc = np.zeros((intervals, CLUSTERS), dtype=np.int64)
+        np.add.at(req, (idx, cluster[side]), 1)
+        np.add.at(fail, (idx, cluster[side]), failed[side].astype(np.int64))
+        np.add.at(badc, (idx, cluster[side]), bad[side].astype(np.int64))
+        side_data.append((hist, req, fail, badc))
+    window_intervals = int(window // INTERVAL)
+    verdict = None
+    for step_number, start in enumerate(step_starts):
+        end = step_starts[step_number + 1] if step_number + 1 < len(step_starts) else intervals
+        cumulative = [tuple(np.cumsum(a[start:end], axis=0) for a in data) for data in side_data]
+        canary_req_per_interval = side_data[0][1].sum(axis=1)
+        canary_bad_per_interval = side_data[0][3].sum(axis=1)
+        for k in range(end - start):
+            evidence = [_evidence(c[0][k], c[1][k], c[2][k], c[3][k]) for c in cumulative]
+            now = start + k
+            lo = max(0, now + 1 - window_intervals)
+            window_requests = canary_req_per_interval[lo : now + 1].sum()
+            window_bad = canary_bad_per_interval[lo : now + 1].sum()
+            compliance = 1.0 - window_bad / window_requests if window_requests else 1.0
+            result = judge(evidence[0], evidence[1], settings, canary_window_compliance=compliance)
+            verdict = result.verdict
+            if verdict == ROLLBACK:
+                return (now + 1) * INTERVAL, False
+    return None, verdict == HEALTHY
+
+
+def _run(job: tuple[Case, int]) -> tuple[str, float | None, bool]:
+    case, seed = job
+    config = PromotionConfig()
+    slo = SloConfig()
+    settings = JudgeSettings.from_config(config, slo)
+    rolled, promotable = simulate(
+        case, seed, settings, slo.latency_objective_seconds, config.rollback_window_seconds
+    )
+    return case.name, rolled, promotable
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.judge_sim", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--seeds", type=int, default=200, help="seeds a case (default 200)")
+    parser.add_argument(
+        "--null-seeds", type=int, default=1000, help="seeds a case with no regression (1000)"
+    )
+    parser.add_argument("--quick", action="store_true", help="40 seeds a case")
+    parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    parser.add_argument("--processes", type=int, default=2)
+    args = parser.parse_args(argv)
+    wanted = [c for c in CASES if not args.cases or c.name in args.cases.split(",")]
+    jobs = [
+        (case, seed)
+        for case in wanted
+        for seed in range(40 if args.quick else args.null_seeds if case.null else args.seeds)
+    ]
+    started = time.perf_counter()
+    with multiprocessing.Pool(args.processes) as pool:
+        results = pool.map(_run, jobs, chunksize=4)
+    print("| case | runs | rolled back | median time to rollback | promotable at the end |")
+    print("|---|---|---|---|---|")
+    for case in wanted:
+        mine = [r for r in results if r[0] == case.name]
+        times = [r[1] for r in mine if r[1] is not None]
+        promotable = sum(1 for r in mine if r[2])
+        median = f"{statistics.median(times):.0f} s" if times else "–"
+        minutes = case.seconds / 60
+        print(
+            f"| {case.description} ({minutes:.0f} min) | {len(mine)} | "
+            f"{100 * len(times) / len(mine):.1f} % | {median} | {100 * promotable / len(mine):.1f} % |"
+        )
+    print(f"\n{len(jobs)} runs in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
