@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Sequence
+from operator import add
 
 from gate_middleware.sketch import BUCKET_COUNT, bucket_index
 
@@ -111,18 +112,27 @@ class Evidence:
         self.requests += other.requests
         self.failures += other.failures
         self.bad += other.bad
-        for index in range(other.lowest, other.highest + 1):
-            self.latency[index] += other.latency[index]
+        lo, hi = other.lowest, other.highest + 1
+        self.latency[lo:hi] = array(
+            self.latency.typecode, map(add, self.latency[lo:hi], other.latency[lo:hi])
+        )
         self.lowest = min(self.lowest, other.lowest)
         self.highest = max(self.highest, other.highest)
-        for group in range(CLUSTERS):
-            self.cluster_requests[group] += other.cluster_requests[group]
-            self.cluster_failures[group] += other.cluster_failures[group]
-            self.cluster_bad[group] += other.cluster_bad[group]
+        for name in ("cluster_requests", "cluster_failures", "cluster_bad"):
+            mine = getattr(self, name)
+            setattr(self, name, array(mine.typecode, map(add, mine, getattr(other, name))))
 
     def copy(self) -> Evidence:
-        evidence = Evidence()
-        evidence.merge(self)
+        evidence = Evidence.__new__(Evidence)
+        evidence.requests = self.requests
+        evidence.failures = self.failures
+        evidence.bad = self.bad
+        evidence.latency = self.latency[:]
+        evidence.lowest = self.lowest
+        evidence.highest = self.highest
+        evidence.cluster_requests = self.cluster_requests[:]
+        evidence.cluster_failures = self.cluster_failures[:]
+        evidence.cluster_bad = self.cluster_bad[:]
         return evidence
 
     @property

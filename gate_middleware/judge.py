@@ -78,8 +78,10 @@ Within a band the score falls as the evidence of a regression grows.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
+from operator import mul
 from typing import Any
 
 from gate_middleware.config import PromotionConfig, SloConfig
@@ -98,6 +100,7 @@ ALPHA_SHARES = {"errors": 0.45, "latency": 0.45, "slo": 0.10}
 SIGN_Z = 1.6448536269514722  # a one-sided 5 % check: "a sign of a regression"
 LATENCY_MIXING_SCALE = 0.1  # ρ for the Mann–Whitney test: θ 0.5 → 0.6
 MIN_LATENCY_SAMPLES = 10
+LATENCY_MARGIN_NOTE = "the rollback line"  # θ is P(canary / tolerance > production)
 SMALL_COUNT = 10.0  # below this many expected failures, an exact count check must agree
 _SPLIT_RATIOS = (2.0, 3.0, 5.0, 10.0, 20.0)
 _LOG_GAMMA = math.log(GAMMA)
@@ -235,19 +238,22 @@ def split_log_evidence(canary_failures: int, baseline_failures: int, canary_shar
 
 
 def _clustered_variance(
-    requests: int, counts: list[int] | Any, cluster_requests: Any, rate: float
+    requests: int, counts: Sequence[int], groups: Sequence[int], rate: float
 ) -> float:
-    """Σ_k (x_k - rate·n_k)² / n², with the small-sample factor K/(K-1)."""
+    """Σ_k (x_k - rate·n_k)² / n², with the small-sample factor K/(K-1).
+
+    Expanded as Σx² - 2·rate·Σx·n + rate²·Σn², three sums the interpreter
+    runs in C.
+    """
     if requests <= 0:
         return 0.0
-    total = 0.0
-    used = 0
-    for group in range(CLUSTERS):
-        n = cluster_requests[group]
-        if n:
-            used += 1
-            residual = counts[group] - rate * n
-            total += residual * residual
+    total: float = max(
+        0.0,
+        sum(map(mul, counts, counts))
+        - 2.0 * rate * sum(map(mul, counts, groups))
+        + rate * rate * sum(map(mul, groups, groups)),
+    )
+    used = len(groups) - groups.count(0)
     if used < 2:
         return total / (requests * requests)
     return total * used / (used - 1) / (requests * requests)
@@ -264,7 +270,7 @@ def _design_effect(requests: int, count: int, counts: Any, evidence: Evidence) -
     if rate <= 0.0 or rate >= 1.0:
         return 1.0
     clustered = _clustered_variance(requests, counts, evidence.cluster_requests, rate)
-    groups = sum(1 for n in evidence.cluster_requests if n)
+    groups = CLUSTERS - evidence.cluster_requests.count(0)
     if groups < 2:
         return 1.0
     # Under independence the ratio is about χ²(groups-1)/(groups-1): take
@@ -349,33 +355,45 @@ def _shift_buckets(ratio: float) -> int:
     return round(math.log(ratio) / _LOG_GAMMA)
 
 
-def mann_whitney_theta(canary: Evidence, baseline: Evidence, ratio: float) -> float:
+def _below_and_half(baseline: Evidence) -> tuple[list[int], Sequence[int]]:
+    """(durations in buckets below lo+j, durations in bucket lo+j) of the baseline."""
+    counts = baseline.latency[baseline.lowest : baseline.highest + 1]
+    return list(accumulate(counts, initial=0)), counts
+
+
+def mann_whitney_theta(
+    canary: Evidence,
+    baseline: Evidence,
+    ratio: float,
+    weights: tuple[list[int], Sequence[int]] | None = None,
+) -> float:
     """θ̂ = P(X_c / ratio > X_b) + ½·P(X_c / ratio = X_b), from the two sketches.
 
     Dividing by ``ratio`` moves a duration down ``log(ratio)/log(γ)``
     buckets (rounded), so the margin is exact to the sketch's 1 %.
+    ``weights`` is ``_below_and_half(baseline)``, when the caller has it.
     """
     n_c, n_b = canary.requests, baseline.requests
     if n_c == 0 or n_b == 0:
         return 0.5
+    if weights is None:
+        weights = _below_and_half(baseline)
     shift = _shift_buckets(ratio)
     lo_b, hi_b = baseline.lowest, baseline.highest
-    below = list(accumulate(baseline.latency[lo_b : hi_b + 1], initial=0))
-    # below[j - lo_b]: baseline durations in buckets < j (for lo_b <= j <= hi_b + 1)
-    wins = 0.0
     counts = canary.latency
-    for index in range(canary.lowest, canary.highest + 1):
-        count = counts[index]
-        if not count:
-            continue
-        j = index - shift
-        if j < lo_b:
-            continue  # faster than every baseline duration: wins nothing
-        if j > hi_b:
-            wins += count * n_b
-            continue
-        offset = j - lo_b
-        wins += count * (below[offset] + 0.5 * baseline.latency[j])
+    # Canary bucket i meets baseline bucket i - shift: below lo_b it wins
+    # nothing, above hi_b it wins every baseline duration.
+    first = max(canary.lowest, lo_b + shift)
+    last = min(canary.highest, hi_b + shift)
+    wins = 0.0
+    if first <= last:
+        below, ties = weights
+        mine = counts[first : last + 1]
+        offset = first - shift - lo_b
+        wins = sum(map(mul, mine, below[offset:])) + 0.5 * sum(map(mul, mine, ties[offset:]))
+    above = max(first, last + 1, hi_b + shift + 1)
+    if above <= canary.highest:
+        wins += n_b * sum(counts[above : canary.highest + 1])
     return wins / (n_c * n_b)
 
 
@@ -385,12 +403,13 @@ def latency_test(canary: Evidence, baseline: Evidence, settings: JudgeSettings) 
     if n_c < MIN_LATENCY_SAMPLES or n_b < MIN_LATENCY_SAMPLES:
         return TestResult("latency", 0.5, 0.0, 0.0, False, False)
     se = math.sqrt((n_c + n_b + 1) / (12.0 * n_c * n_b))
-    theta = mann_whitney_theta(canary, baseline, settings.latency_tolerance)
+    weights = _below_and_half(baseline)
+    theta = mann_whitney_theta(canary, baseline, settings.latency_tolerance, weights)
     z = (theta - 0.5) / se
     u = (LATENCY_MIXING_SCALE / se) ** 2
     log_m = mixture_log_evidence(z, u)
     rejected = log_m >= settings.rejection_log("latency")
-    sign_theta = mann_whitney_theta(canary, baseline, settings.monitor_tolerance)
+    sign_theta = mann_whitney_theta(canary, baseline, settings.monitor_tolerance, weights)
     sign = rejected or (sign_theta - 0.5) / se > SIGN_Z
     return TestResult("latency", theta, z, log_m, rejected, sign)
 
@@ -425,10 +444,10 @@ def _latency_ratio(canary: Evidence, baseline: Evidence) -> float:
     return _p99(canary) / p99_b if p99_b > 0 else 1.0
 
 
-def _figures(canary: Evidence, baseline: Evidence) -> str:
+def _figures(canary: Evidence, baseline: Evidence, latency: TestResult) -> str:
     return (
         f"error rate {canary.error_rate:.4f} vs {baseline.error_rate:.4f}, "
-        f"p99 {_p99(canary) * 1000:.1f} ms vs {_p99(baseline) * 1000:.1f} ms"
+        f"latency θ {latency.estimate:.3f} at {LATENCY_MARGIN_NOTE}"
     )
 
 
@@ -512,14 +531,14 @@ def judge(
         ]
         reason = (
             f"a sign of a canary regression above {settings.monitor_tolerance:g}x {comparison}'s "
-            f"({' and '.join(signs)}: {_figures(canary, baseline)}), not yet enough to roll "
+            f"({' and '.join(signs)}: {_figures(canary, baseline, latency)}), not yet enough to roll "
             "back; wait before increasing traffic"
         )
     else:
         verdict = HEALTHY
         reason = (
             f"no sign of a regression above {settings.monitor_tolerance:g}x {comparison}'s "
-            f"in {canary.requests} canary requests ({_figures(canary, baseline)})"
+            f"in {canary.requests} canary requests ({_figures(canary, baseline, latency)})"
         )
     return Judgement(
         verdict,
