@@ -38,6 +38,7 @@ from gate_middleware.environment import CANARY as CANARY_ENV
 from gate_middleware.environment import PRODUCTION, STAGING, Environment, validate_traffic_percent
 from gate_middleware.errors import ConfigError, PromotionError
 from gate_middleware.health import HEALTHY_SCORE, ROLLBACK_SCORE, CanaryHealth, assess
+from gate_middleware.reasons import validate_reason
 from gate_middleware.routing import (
     BUCKETS,
     CANARY,
@@ -572,8 +573,7 @@ class PromotionGate:
 
     def rollback(self, reason: str) -> RollbackEvent:
         """Roll the release in progress back to production (manual)."""
-        if not isinstance(reason, str) or not reason.strip() or len(reason) > 1000:
-            raise ConfigError("reason", reason, "a non-empty text of at most 1000 characters")
+        validate_reason(reason)
         state = self._current()
         if state.environment.name == PRODUCTION:
             raise PromotionError(
