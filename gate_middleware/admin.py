@@ -50,13 +50,16 @@ from typing import Any
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
+from gate_middleware.config import validate_flag_name
 from gate_middleware.environment import Environment
 from gate_middleware.errors import ConfigError, PromotionError
 from gate_middleware.gate import PromotionGate
+from gate_middleware.reasons import MAX_REASON_LENGTH, REASON_PATTERN
 from gate_middleware.tokens import TOKEN_EXPECTED, valid_token
 from gate_middleware.types import Environ, Receive, Scope, Send, StartResponse
 
 MAX_BODY_BYTES = 64 * 1024
+FLAG_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 _FLAG_PATH = re.compile(r"/flags/([^/]+)/(enable|disable)")
 _REASONS = {
     200: "OK",
@@ -263,6 +266,8 @@ class AdminAPI:
 
     def _promote(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
         self._only(payload, "target", "force")
+        if "target" in payload and not isinstance(payload["target"], str):
+            raise ConfigError("target", payload["target"], "'staging' or 'production'")
         target_name = payload.get("target")
         if target_name is None:
             target_name = self.gate.status(recent_events=0).next_stage
@@ -303,7 +308,11 @@ class AdminAPI:
 
     def _disable(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
         self._only(payload)
-        event = self.gate.disable_feature(args["name"])
+        name = validate_flag_name(args["name"], "feature")
+        try:
+            event = self.gate.disable_feature(name)
+        except ConfigError as exc:  # a valid name, but no such flag is on
+            raise _BadRequest(404, str(exc), exc.field) from exc
         return _json(200, {"flag": args["name"], "enabled": False, "event": event.to_dict()})
 
 
@@ -440,32 +449,55 @@ def dashboard_html() -> bytes:
 
 
 def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of the admin API."""
+    """The OpenAPI 3.1 description of the admin API (schemathesis checks the
+    API against it: every answer it documents, and nothing it does not)."""
     error = {"$ref": "#/components/responses/Error"}
-    environment_result = {
-        "description": "The gate's new environment",
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["environment"],
-                    "properties": {"environment": {"$ref": "#/components/schemas/Environment"}},
-                }
-            }
-        },
-    }
+    flag_name = {"type": "string", "pattern": FLAG_NAME_PATTERN}
 
-    def body(schema: dict[str, Any]) -> dict[str, Any]:
-        return {"required": True, "content": {"application/json": {"schema": schema}}}
+    def result(description: str, properties: dict[str, Any]) -> dict[str, Any]:
+        schema = {"type": "object", "required": sorted(properties), "properties": properties}
+        return {"description": description, "content": {"application/json": {"schema": schema}}}
 
-    def post(summary: str, request: dict[str, Any] | None, ok: dict[str, Any]) -> dict[str, Any]:
+    environment_result = result(
+        "The gate's new environment", {"environment": {"$ref": "#/components/schemas/Environment"}}
+    )
+
+    def post(
+        summary: str,
+        request: dict[str, Any] | None,
+        ok: dict[str, Any],
+        *,
+        required: bool = True,
+        not_found: bool = False,
+        operation_id: str | None = None,
+        links: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         operation: dict[str, Any] = {
             "summary": summary,
-            "responses": {"200": ok, "400": error, "401": error, "409": error},
+            "responses": {
+                "200": {**ok, "links": links} if links else ok,
+                "400": error,
+                "401": error,
+                **({"404": error} if not_found else {}),
+                "409": error,
+                "413": error,
+                "415": error,
+            },
         }
+        if operation_id is not None:
+            operation["operationId"] = operation_id
         if request is not None:
-            operation["requestBody"] = body(request)
+            operation["requestBody"] = {
+                "required": required,
+                "content": {"application/json": {"schema": request}},
+            }
         return {"post": operation}
+
+    def flag_link(operation_id: str, name: str) -> dict[str, Any]:
+        return {"operationId": operation_id, "parameters": {"name": name}}
+
+    def get(summary: str, ok: dict[str, Any]) -> dict[str, Any]:
+        return {"get": {"summary": summary, "responses": {"200": ok, "401": error}}}
 
     def obj(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
         return {
@@ -479,31 +511,38 @@ def openapi_document() -> dict[str, Any]:
         "description": "OK",
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
-    flag_path = {
-        "name": "name",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"},
+    percent = {"type": "number", "minimum": 0, "maximum": 100}
+    flag_path = {"name": "name", "in": "path", "required": True, "schema": flag_name}
+    flag_result = {
+        "flag": {"type": "string"},
+        "enabled": {"type": "boolean"},
     }
+    empty_body = {"type": "object", "additionalProperties": False, "maxProperties": 0}
     return {
         "openapi": "3.1.0",
         "info": {"title": "gate-middleware admin API", "version": "1"},
         "security": [{"bearer": []}],
         "paths": {
-            "/status": {
+            "/": {
                 "get": {
-                    "summary": "Environment, traffic, flags, health, SLO, recent events",
-                    "responses": {"200": any_object, "401": error},
+                    "summary": "The dashboard page (it holds no data)",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
                 }
             },
-            "/history": {
-                "get": {
-                    "summary": "Every event, oldest first",
-                    "responses": {"200": any_object, "401": error},
-                }
-            },
+            "/status": get("Environment, traffic, flags, health, SLO, recent events", any_object),
+            "/history": get(
+                "Every event, oldest first",
+                result("Every event", {"events": {"type": "array", "items": {"type": "object"}}}),
+            ),
+            "/openapi.json": get("This document", any_object),
             "/promote": post(
-                "Promote the release",
+                "Promote the release (to the next stage when target is left out)",
                 obj(
                     {
                         "target": {"type": "string", "enum": ["staging", "production"]},
@@ -512,34 +551,76 @@ def openapi_document() -> dict[str, Any]:
                     [],
                 ),
                 environment_result,
+                required=False,
+                operation_id="promote",
+                links={
+                    "next": {"operationId": "startCanary"},
+                    "rollback": {"operationId": "rollback"},
+                },
             ),
             "/traffic": post(
-                "Ramp the canary",
-                obj({"percent": {"type": "number", "minimum": 0, "maximum": 100}}, ["percent"]),
+                "Ramp the canary (-0.0 is refused too)",
+                obj({"percent": percent}, ["percent"]),
                 environment_result,
+                operation_id="setTraffic",
+                links={
+                    "promote": {"operationId": "promote"},
+                    "rollback": {"operationId": "rollback"},
+                },
             ),
             "/canary": post(
                 "Start the next release from production",
                 obj(
-                    {
-                        "percent": {"type": "number", "minimum": 0, "maximum": 100},
-                        "flags": {"type": "array", "items": {"type": "string"}},
-                    },
+                    {"percent": percent, "flags": {"type": "array", "items": flag_name}},
                     ["percent"],
                 ),
                 environment_result,
+                operation_id="startCanary",
+                links={
+                    "disable": flag_link("disableFlag", "$request.body#/flags/0"),
+                    "ramp": {"operationId": "setTraffic"},
+                    "promote": {"operationId": "promote"},
+                    "rollback": {"operationId": "rollback"},
+                },
             ),
             "/rollback": post(
                 "Roll the release back",
-                obj({"reason": {"type": "string", "minLength": 1, "maxLength": 1000}}, ["reason"]),
-                any_object,
+                obj(
+                    {
+                        "reason": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": MAX_REASON_LENGTH,
+                            "pattern": REASON_PATTERN,
+                        }
+                    },
+                    ["reason"],
+                ),
+                result("The rollback", {"event": {"type": "object"}}),
+                operation_id="rollback",
+                links={"next": {"operationId": "startCanary"}},
             ),
             "/flags/{name}/enable": {
-                **post("Turn a flag on", None, any_object),
+                **post(
+                    "Turn a flag on",
+                    empty_body,
+                    result("The flag", flag_result),
+                    required=False,
+                    operation_id="enableFlag",
+                    links={"disable": flag_link("disableFlag", "$response.body#/flag")},
+                ),
                 "parameters": [flag_path],
             },
             "/flags/{name}/disable": {
-                **post("Take a flag from every session", None, any_object),
+                **post(
+                    "Take a flag from every session (404: no such flag is on)",
+                    empty_body,
+                    result("The flag", {**flag_result, "event": {"type": "object"}}),
+                    required=False,
+                    not_found=True,
+                    operation_id="disableFlag",
+                    links={"enable": flag_link("enableFlag", "$response.body#/flag")},
+                ),
                 "parameters": [flag_path],
             },
         },

@@ -155,7 +155,7 @@ def test_steering_through_the_api(client: httpx.Client, gate: PromotionGate) -> 
         ("/rollback", {"reason": ""}, 400, "reason"),
         ("/rollback", {}, 400, "reason"),
         ("/flags/bad%20name/enable", None, 400, "feature"),
-        ("/flags/unknown/disable", None, 400, "feature"),
+        ("/flags/unknown/disable", None, 404, "feature"),  # no such flag is on
         ("/promote", {"target": "staging"}, 409, None),  # not enough data
         ("/nowhere", {}, 404, None),
     ],
