@@ -2,11 +2,19 @@
 
 One implementation (``AdminAPI``) behind an ASGI app (``AdminASGIApp``) and
 a WSGI app (``AdminWSGIApp``), mounted at a path of the user's choice.
-Every JSON endpoint requires ``Authorization: Bearer <token>``; without a
-configured token the admin app refuses to start. Bad requests get a 4xx
-with a JSON error (``{"error": ..., "field": ...}``) and change nothing; a
+Every JSON endpoint requires ``Authorization: Bearer <token>`` (the scheme
+in any case); without a configured token of at least 16 RFC 6750 characters
+the admin app refuses to start. Bad requests get a 4xx with a JSON error
+(``{"error": ..., "field": ...}``) and change nothing: a body that is not
+``application/json`` (415), not one JSON object, with a duplicate key, an
+unknown field, or nested deeper than the parser goes (400), or over 64 KB
+(413). A chunked body is read to its end (a WSGI server must set
+``wsgi.input_terminated``, as gunicorn and werkzeug's do; otherwise 411). A
 promotion, traffic change or rollback that the gate refuses answers 409
-with the gate's reason.
+with the gate's reason. Every answer is ``Cache-Control: no-store``; the
+dashboard page comes with a Content-Security-Policy that pins its inline
+script and style by hash, ``X-Frame-Options: DENY`` and
+``Referrer-Policy: no-referrer``.
 
 =======  ==========================  ===================================================
 method   path                        does
@@ -29,6 +37,8 @@ POST     ``/flags/{name}/disable``   take a flag from everyone (records a rollba
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import json
 import re
@@ -37,13 +47,31 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import get_input_stream
+
+from gate_middleware.config import validate_flag_name
 from gate_middleware.environment import Environment
 from gate_middleware.errors import ConfigError, PromotionError
 from gate_middleware.gate import PromotionGate
+from gate_middleware.reasons import MAX_REASON_LENGTH, REASON_PATTERN
+from gate_middleware.tokens import TOKEN_EXPECTED, valid_token
 from gate_middleware.types import Environ, Receive, Scope, Send, StartResponse
 
 MAX_BODY_BYTES = 64 * 1024
+FLAG_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 _FLAG_PATH = re.compile(r"/flags/([^/]+)/(enable|disable)")
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    411: "Length Required",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+}
 
 
 @dataclass
@@ -83,21 +111,42 @@ def _error(status: int, message: str, field: str | None = None) -> AdminResponse
     return _json(status, payload, headers)
 
 
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _BadRequest(400, f"the field {key!r} appears twice in the body", key)
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise _BadRequest(400, f"the body is not valid JSON: {name} is not a JSON number")
+
+
+def _is_json(content_type: str | None) -> bool:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json"
+
+
+Handler = Callable[[dict[str, Any], dict[str, str]], AdminResponse]
+
+
 class AdminAPI:
     """Routes admin requests to the gate; knows no protocol."""
 
     def __init__(self, gate: PromotionGate, *, token: str | None) -> None:
         if not isinstance(gate, PromotionGate):
             raise ConfigError("gate", gate, "a PromotionGate")
-        if not isinstance(token, str) or len(token) < 16:
+        if not valid_token(token):
             raise ConfigError(
                 "token",
                 "<hidden>" if isinstance(token, str) else token,
-                "a bearer token of at least 16 characters: the admin API refuses to start without one",
+                f"a bearer token of {TOKEN_EXPECTED}: the admin API refuses to start without one",
             )
         self.gate = gate
-        self._token = token.encode("utf-8")
-        self._routes: dict[tuple[str, str], Callable[[dict[str, Any]], AdminResponse]] = {
+        self._token = token.encode("ascii")
+        self._routes: dict[tuple[str, str], Handler] = {
             ("GET", "/status"): self._status,
             ("GET", "/history"): self._history,
             ("GET", "/openapi.json"): self._openapi,
@@ -108,18 +157,28 @@ class AdminAPI:
         }
 
     def handle(
-        self, method: str, path: str, authorization: str | None, body: bytes | None
+        self,
+        method: str,
+        path: str,
+        authorization: str | None,
+        body: bytes | None,
+        content_type: str | None = None,
     ) -> AdminResponse:
-        """Answer one request; never raises for anything the client sent."""
+        """Answer one request; never raises for anything the client sent.
+
+        A POST with a body must declare ``Content-Type: application/json``.
+        """
         path = "/" + path.strip("/") if path.strip("/") else "/"
         if path == "/" and method in ("GET", "HEAD"):
-            return AdminResponse(200, dashboard_html(), "text/html; charset=utf-8")
+            return AdminResponse(
+                200, dashboard_html(), "text/html; charset=utf-8", list(DASHBOARD_HEADERS)
+            )
         if not self._authorized(authorization):
             return _error(401, "a valid 'Authorization: Bearer <token>' header is required")
         try:
             handler, args = self._route(method, path)
-            payload = self._payload(method, body)
-            return handler({**payload, **args})
+            payload = self._payload(method, body, content_type)
+            return handler(payload, args)
         except _BadRequest as exc:
             return _error(exc.status, str(exc), exc.field)
         except ConfigError as exc:
@@ -128,14 +187,14 @@ class AdminAPI:
             return _error(409, str(exc))
 
     def _authorized(self, authorization: str | None) -> bool:
-        if not authorization or not authorization.startswith("Bearer "):
+        # RFC 7235: the scheme is case-insensitive, and one or more spaces follow it.
+        scheme, _, credentials = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer":
             return False
-        presented = authorization[len("Bearer ") :].strip().encode("utf-8", "replace")
+        presented = credentials.strip(" \t").encode("utf-8", "replace")
         return hmac.compare_digest(presented, self._token)
 
-    def _route(
-        self, method: str, path: str
-    ) -> tuple[Callable[[dict[str, Any]], AdminResponse], dict[str, Any]]:
+    def _route(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
         handler = self._routes.get((method, path))
         if handler is not None:
             return handler, {}
@@ -151,13 +210,25 @@ class AdminAPI:
         raise _BadRequest(404, f"no admin endpoint at {path}")
 
     @staticmethod
-    def _payload(method: str, body: bytes | None) -> dict[str, Any]:
-        if method != "POST" or not body:
+    def _payload(method: str, body: bytes | None, content_type: str | None) -> dict[str, Any]:
+        if method != "POST":
             return {}
+        if content_type is not None and content_type.strip() and not _is_json(content_type):
+            raise _BadRequest(415, f"the body must be application/json, not {content_type!r}")
+        if not body:
+            return {}
+        if not _is_json(content_type):
+            raise _BadRequest(415, "the body must be sent as Content-Type: application/json")
         if len(body) > MAX_BODY_BYTES:
             raise _BadRequest(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
         try:
-            payload = json.loads(body)
+            payload = json.loads(
+                body,
+                object_pairs_hook=_object_without_duplicates,
+                parse_constant=_no_constant,
+            )
+        except RecursionError as exc:
+            raise _BadRequest(400, "the body is not valid JSON: nested too deeply") from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise _BadRequest(400, f"the body is not valid JSON: {exc}") from exc
         if not isinstance(payload, dict):
@@ -182,19 +253,21 @@ class AdminAPI:
 
     # -- endpoints ----------------------------------------------------------
 
-    def _status(self, payload: dict[str, Any]) -> AdminResponse:
+    def _status(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
         status = self.gate.status().to_dict()
         status["series"] = [sample.to_dict() for sample in self.gate.get_health_series()]
         return _json(200, status)
 
-    def _history(self, payload: dict[str, Any]) -> AdminResponse:
+    def _history(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
         return _json(200, {"events": [event.to_dict() for event in self.gate.get_history()]})
 
-    def _openapi(self, payload: dict[str, Any]) -> AdminResponse:
+    def _openapi(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
         return _json(200, openapi_document())
 
-    def _promote(self, payload: dict[str, Any]) -> AdminResponse:
+    def _promote(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
         self._only(payload, "target", "force")
+        if "target" in payload and not isinstance(payload["target"], str):
+            raise ConfigError("target", payload["target"], "'staging' or 'production'")
         target_name = payload.get("target")
         if target_name is None:
             target_name = self.gate.status(recent_events=0).next_stage
@@ -210,12 +283,12 @@ class AdminAPI:
         environment = self.gate.promote(Environment.from_name(target_name), force=force)
         return _json(200, {"environment": environment.to_dict()})
 
-    def _traffic(self, payload: dict[str, Any]) -> AdminResponse:
+    def _traffic(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
         self._only(payload, "percent")
         environment = self.gate.set_traffic_percent(self._required(payload, "percent"))
         return _json(200, {"environment": environment.to_dict()})
 
-    def _canary(self, payload: dict[str, Any]) -> AdminResponse:
+    def _canary(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
         self._only(payload, "percent", "flags")
         flags = payload.get("flags", [])
         if not isinstance(flags, list):
@@ -223,18 +296,24 @@ class AdminAPI:
         environment = self.gate.start_canary(self._required(payload, "percent"), flags)
         return _json(200, {"environment": environment.to_dict()})
 
-    def _rollback(self, payload: dict[str, Any]) -> AdminResponse:
+    def _rollback(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
         self._only(payload, "reason")
         event = self.gate.rollback(self._required(payload, "reason"))
         return _json(200, {"event": event.to_dict()})
 
-    def _enable(self, payload: dict[str, Any]) -> AdminResponse:
-        self.gate.enable_feature(payload["name"])
-        return _json(200, {"flag": payload["name"], "enabled": True})
+    def _enable(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
+        self._only(payload)  # the flag is named in the path; the body has no fields
+        self.gate.enable_feature(args["name"])
+        return _json(200, {"flag": args["name"], "enabled": True})
 
-    def _disable(self, payload: dict[str, Any]) -> AdminResponse:
-        event = self.gate.disable_feature(payload["name"])
-        return _json(200, {"flag": payload["name"], "enabled": False, "event": event.to_dict()})
+    def _disable(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
+        self._only(payload)
+        name = validate_flag_name(args["name"], "feature")
+        try:
+            event = self.gate.disable_feature(name)
+        except ConfigError as exc:  # a valid name, but no such flag is on
+            raise _BadRequest(404, str(exc), exc.field) from exc
+        return _json(200, {"flag": args["name"], "enabled": False, "event": event.to_dict()})
 
 
 class AdminASGIApp:
@@ -262,15 +341,19 @@ class AdminASGIApp:
                 return
             body += message.get("body", b"")
             more = message.get("more_body", False)
-        authorization = None
+        authorization = content_type = None
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
                 authorization = value.decode("latin-1")
+            elif name == b"content-type":
+                content_type = value.decode("latin-1")
         path = scope.get("path", "/")
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
-        response = self.api.handle(scope.get("method", "GET"), path, authorization, body)
+        response = self.api.handle(
+            scope.get("method", "GET"), path, authorization, body, content_type
+        )
         await send(
             {
                 "type": "http.response.start",
@@ -284,6 +367,30 @@ class AdminASGIApp:
         await send({"type": "http.response.body", "body": response.body})
 
 
+def read_wsgi_body(environ: Environ) -> bytes | AdminResponse:
+    """The whole request body of a WSGI request, chunked ones included, or
+    the error to answer.
+
+    Read through werkzeug's ``get_input_stream``: up to ``Content-Length``,
+    or to the end of a chunked body when the server terminates the stream
+    (``wsgi.input_terminated``). A chunked body the server cannot terminate
+    is refused (411), never read as empty; one over 64 KB answers 413.
+    """
+    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    if chunked and not environ.get("wsgi.input_terminated"):
+        return _error(411, "this server cannot read a chunked body to its end: send Content-Length")
+    try:
+        stream = get_input_stream(environ, max_content_length=MAX_BODY_BYTES)
+        body = b""
+        while True:
+            chunk = stream.read(16384)
+            if not chunk:
+                return body
+            body += chunk
+    except RequestEntityTooLarge:
+        return _error(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+
+
 class AdminWSGIApp:
     """The admin API as a WSGI app (mount it with werkzeug's ``DispatcherMiddleware``)."""
 
@@ -291,72 +398,106 @@ class AdminWSGIApp:
         self.api = AdminAPI(gate, token=token)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        body = (
-            environ["wsgi.input"].read(min(max(length, 0), MAX_BODY_BYTES + 1)) if length else b""
-        )
-        response = self.api.handle(
-            environ.get("REQUEST_METHOD", "GET"),
-            environ.get("PATH_INFO", "/"),
-            environ.get("HTTP_AUTHORIZATION"),
-            body,
-        )
-        reason = {
-            200: "OK",
-            400: "Bad Request",
-            401: "Unauthorized",
-            404: "Not Found",
-            405: "Method Not Allowed",
-            409: "Conflict",
-            413: "Content Too Large",
-        }
-        start_response(
-            f"{response.status} {reason.get(response.status, 'Error')}", response.all_headers()
-        )
+        body = read_wsgi_body(environ)
+        if isinstance(body, AdminResponse):
+            response = body
+        else:
+            response = self.api.handle(
+                environ.get("REQUEST_METHOD", "GET"),
+                environ.get("PATH_INFO", "/"),
+                environ.get("HTTP_AUTHORIZATION"),
+                body,
+                environ.get("CONTENT_TYPE"),
+            )
+        reason = _REASONS.get(response.status, "Error")
+        start_response(f"{response.status} {reason}", response.all_headers())
         return [response.body]
 
 
-_DASHBOARD: bytes | None = None
+_DASHBOARD = resources.files("gate_middleware").joinpath("dashboard.html").read_bytes()
+
+
+def _inline_hashes(page: bytes, tag: bytes) -> str:
+    """``'sha256-...'`` sources for each inline ``<tag>`` of ``page``, as CSP hashes them."""
+    sources = []
+    for content in re.findall(rb"<" + tag + rb">(.*?)</" + tag + rb">", page, re.DOTALL):
+        digest = base64.b64encode(hashlib.sha256(content).digest()).decode("ascii")
+        sources.append(f"'sha256-{digest}'")
+    return " ".join(sources)
+
+
+#: The page's Content-Security-Policy: nothing but this origin, the inline
+#: script and style pinned by their hashes (computed from the page here, so
+#: they cannot drift), no framing, no base or form targets elsewhere.
+DASHBOARD_CSP = (
+    "default-src 'self'; "
+    f"script-src {_inline_hashes(_DASHBOARD, b'script')}; "
+    f"style-src {_inline_hashes(_DASHBOARD, b'style')}; "
+    "connect-src 'self'; img-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+DASHBOARD_HEADERS = (
+    ("Content-Security-Policy", DASHBOARD_CSP),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+)
 
 
 def dashboard_html() -> bytes:
     """The self-contained dashboard page (shipped in the package, no CDN)."""
-    global _DASHBOARD
-    if _DASHBOARD is None:
-        _DASHBOARD = resources.files("gate_middleware").joinpath("dashboard.html").read_bytes()
     return _DASHBOARD
 
 
 def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of the admin API."""
+    """The OpenAPI 3.1 description of the admin API (schemathesis checks the
+    API against it: every answer it documents, and nothing it does not)."""
     error = {"$ref": "#/components/responses/Error"}
-    environment_result = {
-        "description": "The gate's new environment",
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["environment"],
-                    "properties": {"environment": {"$ref": "#/components/schemas/Environment"}},
-                }
-            }
-        },
-    }
+    flag_name = {"type": "string", "pattern": FLAG_NAME_PATTERN}
 
-    def body(schema: dict[str, Any]) -> dict[str, Any]:
-        return {"required": True, "content": {"application/json": {"schema": schema}}}
+    def result(description: str, properties: dict[str, Any]) -> dict[str, Any]:
+        schema = {"type": "object", "required": sorted(properties), "properties": properties}
+        return {"description": description, "content": {"application/json": {"schema": schema}}}
 
-    def post(summary: str, request: dict[str, Any] | None, ok: dict[str, Any]) -> dict[str, Any]:
+    environment_result = result(
+        "The gate's new environment", {"environment": {"$ref": "#/components/schemas/Environment"}}
+    )
+
+    def post(
+        summary: str,
+        request: dict[str, Any] | None,
+        ok: dict[str, Any],
+        *,
+        required: bool = True,
+        not_found: bool = False,
+        operation_id: str | None = None,
+        links: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         operation: dict[str, Any] = {
             "summary": summary,
-            "responses": {"200": ok, "400": error, "401": error, "409": error},
+            "responses": {
+                "200": {**ok, "links": links} if links else ok,
+                "400": error,
+                "401": error,
+                **({"404": error} if not_found else {}),
+                "409": error,
+                "413": error,
+                "415": error,
+            },
         }
+        if operation_id is not None:
+            operation["operationId"] = operation_id
         if request is not None:
-            operation["requestBody"] = body(request)
+            operation["requestBody"] = {
+                "required": required,
+                "content": {"application/json": {"schema": request}},
+            }
         return {"post": operation}
+
+    def flag_link(operation_id: str, name: str) -> dict[str, Any]:
+        return {"operationId": operation_id, "parameters": {"name": name}}
+
+    def get(summary: str, ok: dict[str, Any]) -> dict[str, Any]:
+        return {"get": {"summary": summary, "responses": {"200": ok, "401": error}}}
 
     def obj(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
         return {
@@ -370,31 +511,38 @@ def openapi_document() -> dict[str, Any]:
         "description": "OK",
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
-    flag_path = {
-        "name": "name",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"},
+    percent = {"type": "number", "minimum": 0, "maximum": 100}
+    flag_path = {"name": "name", "in": "path", "required": True, "schema": flag_name}
+    flag_result = {
+        "flag": {"type": "string"},
+        "enabled": {"type": "boolean"},
     }
+    empty_body = {"type": "object", "additionalProperties": False, "maxProperties": 0}
     return {
         "openapi": "3.1.0",
         "info": {"title": "gate-middleware admin API", "version": "1"},
         "security": [{"bearer": []}],
         "paths": {
-            "/status": {
+            "/": {
                 "get": {
-                    "summary": "Environment, traffic, flags, health, SLO, recent events",
-                    "responses": {"200": any_object, "401": error},
+                    "summary": "The dashboard page (it holds no data)",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
                 }
             },
-            "/history": {
-                "get": {
-                    "summary": "Every event, oldest first",
-                    "responses": {"200": any_object, "401": error},
-                }
-            },
+            "/status": get("Environment, traffic, flags, health, SLO, recent events", any_object),
+            "/history": get(
+                "Every event, oldest first",
+                result("Every event", {"events": {"type": "array", "items": {"type": "object"}}}),
+            ),
+            "/openapi.json": get("This document", any_object),
             "/promote": post(
-                "Promote the release",
+                "Promote the release (to the next stage when target is left out)",
                 obj(
                     {
                         "target": {"type": "string", "enum": ["staging", "production"]},
@@ -403,34 +551,76 @@ def openapi_document() -> dict[str, Any]:
                     [],
                 ),
                 environment_result,
+                required=False,
+                operation_id="promote",
+                links={
+                    "next": {"operationId": "startCanary"},
+                    "rollback": {"operationId": "rollback"},
+                },
             ),
             "/traffic": post(
-                "Ramp the canary",
-                obj({"percent": {"type": "number", "minimum": 0, "maximum": 100}}, ["percent"]),
+                "Ramp the canary (-0.0 is refused too)",
+                obj({"percent": percent}, ["percent"]),
                 environment_result,
+                operation_id="setTraffic",
+                links={
+                    "promote": {"operationId": "promote"},
+                    "rollback": {"operationId": "rollback"},
+                },
             ),
             "/canary": post(
                 "Start the next release from production",
                 obj(
-                    {
-                        "percent": {"type": "number", "minimum": 0, "maximum": 100},
-                        "flags": {"type": "array", "items": {"type": "string"}},
-                    },
+                    {"percent": percent, "flags": {"type": "array", "items": flag_name}},
                     ["percent"],
                 ),
                 environment_result,
+                operation_id="startCanary",
+                links={
+                    "disable": flag_link("disableFlag", "$request.body#/flags/0"),
+                    "ramp": {"operationId": "setTraffic"},
+                    "promote": {"operationId": "promote"},
+                    "rollback": {"operationId": "rollback"},
+                },
             ),
             "/rollback": post(
                 "Roll the release back",
-                obj({"reason": {"type": "string", "minLength": 1, "maxLength": 1000}}, ["reason"]),
-                any_object,
+                obj(
+                    {
+                        "reason": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": MAX_REASON_LENGTH,
+                            "pattern": REASON_PATTERN,
+                        }
+                    },
+                    ["reason"],
+                ),
+                result("The rollback", {"event": {"type": "object"}}),
+                operation_id="rollback",
+                links={"next": {"operationId": "startCanary"}},
             ),
             "/flags/{name}/enable": {
-                **post("Turn a flag on", None, any_object),
+                **post(
+                    "Turn a flag on",
+                    empty_body,
+                    result("The flag", flag_result),
+                    required=False,
+                    operation_id="enableFlag",
+                    links={"disable": flag_link("disableFlag", "$response.body#/flag")},
+                ),
                 "parameters": [flag_path],
             },
             "/flags/{name}/disable": {
-                **post("Take a flag from every session", None, any_object),
+                **post(
+                    "Take a flag from every session (404: no such flag is on)",
+                    empty_body,
+                    result("The flag", {**flag_result, "event": {"type": "object"}}),
+                    required=False,
+                    not_found=True,
+                    operation_id="disableFlag",
+                    links={"enable": flag_link("enableFlag", "$response.body#/flag")},
+                ),
                 "parameters": [flag_path],
             },
         },

@@ -8,11 +8,13 @@ For each ``http`` request it identifies and routes the session, puts the
 decision in ``scope["state"]["gate"]`` (which Starlette and FastAPI show as
 ``request.state.gate``) and behind ``gate_middleware.current_decision()``,
 adds the ``Set-Cookie`` header to ``http.response.start`` when it minted an
-id, and records the outcome when the final ``http.response.body`` message
-has been sent: the time covers the whole response, streamed bodies
-included. An exception from the app is recorded as a failure and re-raised
-unchanged. ``websocket`` connections are routed (the decision is there) but
-not timed; ``lifespan`` and other scopes pass straight through.
+id (with ``Vary: Cookie`` and ``Cache-Control: private``), and records the
+outcome when the final ``http.response.body`` message has been sent: the
+time covers the whole response, streamed bodies included. An exception from
+the app is recorded as a failure (with status 500 when it came before the
+response started: the server answers 500) and re-raised unchanged.
+``websocket`` connections are routed (the decision is there) but not timed;
+``lifespan`` and other scopes pass straight through.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from gate_middleware.lifecycle import (
     OVERRIDE_TOKEN_HEADER,
     OVERRIDE_VARIANT_HEADER,
     RequestLifecycle,
+    private_response_headers,
 )
 from gate_middleware.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -84,7 +87,15 @@ class GateASGIMiddleware:
             if message_type == "http.response.start":
                 request.status = message["status"]
                 if set_cookie is not None:
-                    headers = list(message.get("headers", ()))
+                    headers = [
+                        (name.encode("latin-1"), value.encode("latin-1"))
+                        for name, value in private_response_headers(
+                            [
+                                (name.decode("latin-1"), value.decode("latin-1"))
+                                for name, value in message.get("headers", ())
+                            ]
+                        )
+                    ]
                     headers.append((b"set-cookie", set_cookie.encode("latin-1")))
                     message = {**message, "headers": headers}
                 await send(message)

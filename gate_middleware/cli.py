@@ -15,17 +15,27 @@ bearer token (``--token``, or ``GATE_MIDDLEWARE_TOKEN``)::
 Exit codes: 0 done, 1 refused by the gate (the reason is printed), 2 usage
 or connection error. Needs ``pip install "gate-middleware[cli]"`` (click and
 rich); the demo needs ``[demo]``.
+
+The token goes to the ``--url`` origin only: a redirect to another scheme,
+host or port is refused (as is a redirected POST, which would turn into a
+GET), and plain ``http://`` is refused for any host but a loopback address
+unless ``--allow-http`` says the network is trusted. Everything printed goes
+through rich ``Text`` with control characters shown escaped, so nothing the
+server sends can drive the terminal.
 """
 
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import json
 import time
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, NoReturn
+from http.client import HTTPMessage
+from typing import IO, Any, NoReturn
 
 try:
     import click
@@ -51,13 +61,82 @@ class AdminError(Exception):
         self.status = status
 
 
+class InsecureURL(ValueError):
+    """The admin URL would send the token where it should not go."""
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def is_loopback(host: str) -> bool:
+    if host.rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str, *, allow_http: bool) -> None:
+    """Refuse a URL the token must not be sent to (raises ``InsecureURL``)."""
+    scheme, host, _ = _origin(url)
+    if scheme not in ("http", "https") or not host:
+        raise InsecureURL(f"--url must be an http:// or https:// address, not {url!r}")
+    if scheme == "http" and not is_loopback(host) and not allow_http:
+        raise InsecureURL(
+            f"refusing to send the admin token over plain http to {host}: use https, "
+            "or pass --allow-http on a network you trust"
+        )
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to the same origin, and never for a POST."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        method = req.get_method()
+        if method not in ("GET", "HEAD"):
+            fp.close()
+            raise AdminError(
+                code,
+                f"the admin API redirected a {method} to {newurl}: not followed "
+                "(it would arrive as a GET); point --url at where the API is",
+            )
+        if _origin(newurl) != _origin(req.full_url):
+            fp.close()
+            raise AdminError(
+                code,
+                f"refusing to follow a redirect to another origin ({newurl}): "
+                "the token is only sent to --url's scheme, host and port",
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 class AdminClient:
     """A small JSON client for the admin API (standard library only)."""
 
-    def __init__(self, url: str, token: str | None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, token: str | None, timeout: float = 10.0, *, allow_http: bool = False
+    ) -> None:
+        check_url(url, allow_http=allow_http)
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self._opener = urllib.request.build_opener(_SameOriginRedirects())
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode("utf-8")
@@ -66,14 +145,21 @@ class AdminClient:
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read() or b"{}")
+            with self._opener.open(request, timeout=self.timeout) as response:
+                raw = response.read()
+                status = response.status
         except urllib.error.HTTPError as exc:
             try:
-                message = json.loads(exc.read()).get("error", exc.reason)
-            except ValueError:
+                message = str(json.loads(exc.read())["error"])
+            except (ValueError, KeyError, TypeError):
                 message = str(exc.reason)
             raise AdminError(exc.code, message) from exc
+        try:
+            return json.loads(raw or b"{}")
+        except ValueError as exc:
+            raise AdminError(
+                status, "the answer is not JSON: is --url where the admin API is mounted?"
+            ) from exc
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self.request("GET", "status")
@@ -82,6 +168,19 @@ class AdminClient:
     def history(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.request("GET", "history")["events"]
         return result
+
+
+def printable(text: object, style: str = "") -> Text:
+    """``text`` as rich ``Text``, control characters shown escaped (``\\x1b``):
+    a reason or name from the server cannot move the cursor, ring the bell or
+    forge a line."""
+    escaped = "".join(
+        c.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs")
+        else c
+        for c in str(text)
+    )
+    return Text(escaped, style)
 
 
 def environment_label(environment: dict[str, Any]) -> str:
@@ -106,13 +205,13 @@ def event_line(event: dict[str, Any]) -> str:
 def render_status(status: dict[str, Any]) -> Group:
     """A compact view of the rollout (used by ``status`` and the demo)."""
     health = status["health"]
-    verdict = health["verdict"]
+    verdict = str(health["verdict"])
     colour = {"HEALTHY": "green", "MONITOR": "yellow", "ROLLBACK": "red"}.get(verdict, "white")
     head = Text.assemble(
-        (f"{status['rollout']}  ", "bold"),
-        (environment_label(status["environment"]), "bold magenta"),
+        printable(f"{status['rollout']}  ", "bold"),
+        printable(environment_label(status["environment"]), "bold magenta"),
         f"   health {health['health_score']:.2f} ",
-        (verdict, f"bold {colour}"),
+        printable(verdict, f"bold {colour}"),
         f"   SLO {status['slo']['compliance']:.2%} (min {status['slo']['threshold']:.0%})",
     )
     table = Table(box=None, pad_edge=False)
@@ -120,27 +219,52 @@ def render_status(status: dict[str, Any]) -> Group:
         table.add_column(column, justify="right" if column != "variant" else "left")
     table.add_row(
         Text("canary", "dark_orange"),
-        str(health["canary_requests"]),
-        f"{health['canary_error_rate']:.2%}",
-        f"{health['canary_p99_latency'] * 1000:.1f} ms",
+        printable(health["canary_requests"]),
+        Text(f"{health['canary_error_rate']:.2%}"),
+        Text(f"{health['canary_p99_latency'] * 1000:.1f} ms"),
     )
     table.add_row(
         Text("production", "blue"),
-        str(health["production_requests"]),
-        f"{health['production_error_rate']:.2%}",
-        f"{health['production_p99_latency'] * 1000:.1f} ms",
+        printable(health["production_requests"]),
+        Text(f"{health['production_error_rate']:.2%}"),
+        Text(f"{health['production_p99_latency'] * 1000:.1f} ms"),
     )
     flags = status["flags"]
-    flag_line = Text(
+    flag_line = printable(
         f"flags: stable {', '.join(flags['stable']) or '-'}; release {', '.join(flags['release']) or '-'}"
     )
-    events = [Text(event_line(e), "dim") for e in status["recent_events"][-3:]]
-    return Group(head, table, flag_line, Text(health["recommendation"], "italic"), *events)
+    events = [printable(event_line(e), "dim") for e in status["recent_events"][-3:]]
+    return Group(head, table, flag_line, printable(health["recommendation"], "italic"), *events)
+
+
+_OUT = Console(highlight=False, soft_wrap=True)
+_ERR = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def say(text: object) -> None:
+    """Print one line for the operator (through ``printable``)."""
+    _OUT.print(printable(text))
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(message, err=True)
+    _ERR.print(printable(message))
     raise SystemExit(code)
+
+
+class _AdminGroup(click.Group):
+    """Turns an answer of an unexpected shape into exit code 2, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            client = ctx.obj
+            where = client.url if isinstance(client, AdminClient) else "the admin API"
+            _fail(
+                f"unexpected answer from {where} ({type(exc).__name__}: {exc}): "
+                "is --url where the admin API is mounted?",
+                EXIT_USAGE,
+            )
 
 
 def call(ctx: click.Context, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -155,7 +279,7 @@ def call(ctx: click.Context, method: str, path: str, body: dict[str, Any] | None
         _fail(f"cannot reach the admin API at {client.url}: {exc}", EXIT_USAGE)
 
 
-@click.group()
+@click.group(cls=_AdminGroup)
 @click.option(
     "--url",
     envvar="GATE_MIDDLEWARE_URL",
@@ -164,10 +288,21 @@ def call(ctx: click.Context, method: str, path: str, body: dict[str, Any] | None
     help="Where the admin API is mounted.",
 )
 @click.option("--token", envvar="GATE_MIDDLEWARE_TOKEN", help="The admin bearer token.")
+@click.option(
+    "--allow-http",
+    is_flag=True,
+    envvar="GATE_MIDDLEWARE_ALLOW_HTTP",
+    help="Send the token over plain http to a host that is not loopback.",
+)
 @click.pass_context
-def main(ctx: click.Context, url: str, token: str | None) -> None:
+def main(ctx: click.Context, url: str, token: str | None, allow_http: bool) -> None:
     """Watch and steer a gate-middleware rollout through its admin API."""
-    ctx.obj = AdminClient(url, token)
+    if ctx.invoked_subcommand == "demo":
+        return  # the demo starts its own server and talks to it
+    try:
+        ctx.obj = AdminClient(url, token, allow_http=allow_http)
+    except InsecureURL as exc:
+        _fail(str(exc), EXIT_USAGE)
 
 
 @main.command()
@@ -183,7 +318,7 @@ def status(
     if as_json:
         click.echo(json.dumps(call(ctx, "GET", "status"), indent=2))
         return
-    console = Console()
+    console = _OUT
     if not watch:
         console.print(render_status(call(ctx, "GET", "status")))
         return
@@ -210,9 +345,9 @@ def history(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps(events, indent=2))
         return
     for event in events:
-        click.echo(event_line(event))
+        say(event_line(event))
     if not events:
-        click.echo("no events yet")
+        say("no events yet")
 
 
 @main.command()
@@ -225,7 +360,7 @@ def promote(ctx: click.Context, target: str | None, force: bool) -> None:
     if target:
         body["target"] = target
     result = call(ctx, "POST", "promote", body)
-    click.echo(f"promoted: now {environment_label(result['environment'])}")
+    say(f"promoted: now {environment_label(result['environment'])}")
 
 
 @main.command()
@@ -234,7 +369,7 @@ def promote(ctx: click.Context, target: str | None, force: bool) -> None:
 def traffic(ctx: click.Context, percent: float) -> None:
     """Ramp the canary to PERCENT % of sessions."""
     result = call(ctx, "POST", "traffic", {"percent": percent})
-    click.echo(f"traffic set: now {environment_label(result['environment'])}")
+    say(f"traffic set: now {environment_label(result['environment'])}")
 
 
 @main.command()
@@ -244,7 +379,7 @@ def traffic(ctx: click.Context, percent: float) -> None:
 def canary(ctx: click.Context, percent: float, flags: tuple[str, ...]) -> None:
     """Start the next release from production at PERCENT %."""
     result = call(ctx, "POST", "canary", {"percent": percent, "flags": list(flags)})
-    click.echo(f"canary started: now {environment_label(result['environment'])}")
+    say(f"canary started: now {environment_label(result['environment'])}")
 
 
 @main.command()
@@ -253,7 +388,7 @@ def canary(ctx: click.Context, percent: float, flags: tuple[str, ...]) -> None:
 def rollback(ctx: click.Context, reason: str) -> None:
     """Roll the release in progress back to production."""
     result = call(ctx, "POST", "rollback", {"reason": reason})
-    click.echo(f"rolled back from {environment_label(result['event']['environment'])}: {reason}")
+    say(f"rolled back from {environment_label(result['event']['environment'])}: {reason}")
 
 
 @main.command()
@@ -263,7 +398,7 @@ def rollback(ctx: click.Context, reason: str) -> None:
 def flags(ctx: click.Context, action: str, name: str) -> None:
     """Turn a flag on, or take it from every session."""
     call(ctx, "POST", f"flags/{urllib.parse.quote(name, safe='')}/{action}")
-    click.echo(f"flag {name} {action}d")
+    say(f"flag {name} {action}d")
 
 
 @main.command()

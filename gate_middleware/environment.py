@@ -28,6 +28,8 @@ def validate_traffic_percent(value: Any, field: str = "traffic_percent") -> floa
     percent = float(value)
     if math.isnan(percent) or not 0.0 <= percent <= 100.0:
         raise ConfigError(field, value, "a number from 0 to 100")
+    if math.copysign(1.0, percent) < 0:
+        raise ConfigError(field, value, "a number from 0 to 100 (0, not -0.0)")
     return percent
 
 

@@ -51,6 +51,7 @@ from gate_middleware.judge import (
     judge,
     judge_against_objective,
 )
+from gate_middleware.reasons import validate_reason
 from gate_middleware.routing import (
     BUCKETS,
     CANARY,
@@ -679,8 +680,7 @@ class PromotionGate:
 
     def rollback(self, reason: str) -> RollbackEvent:
         """Roll the release in progress back to production (manual)."""
-        if not isinstance(reason, str) or not reason.strip() or len(reason) > 1000:
-            raise ConfigError("reason", reason, "a non-empty text of at most 1000 characters")
+        validate_reason(reason)
         state = self._current()
         if state.environment.name == PRODUCTION:
             raise PromotionError(

@@ -23,7 +23,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from opentelemetry.metrics import MeterProvider
@@ -34,6 +34,7 @@ from gate_middleware.gate import PromotionGate
 from gate_middleware.metrics import RequestMetrics
 from gate_middleware.routing import STABLE, VARIANTS, RoutingDecision
 from gate_middleware.session import SessionCookie
+from gate_middleware.tokens import TOKEN_EXPECTED, valid_token
 
 logger = logging.getLogger("gate_middleware")
 
@@ -91,7 +92,9 @@ class RequestLifecycle:
     Options (the same keywords on every middleware and adapter):
 
     - ``cookie_name`` (``"gate_session"``), ``secret`` (signs the cookie with
-      HMAC-SHA256; strongly recommended), ``cookie_max_age`` (seconds, one
+      HMAC-SHA256; strongly recommended), ``secret_fallbacks`` (previous
+      secrets: their cookies are accepted and signed again with ``secret``,
+      so a rotation moves nobody), ``cookie_max_age`` (seconds, one
       year; ``None`` for a browser-session cookie), ``cookie_secure``
       (``None``: on for https).
     - ``session_key``: a callable that derives the identity from the
@@ -116,6 +119,7 @@ class RequestLifecycle:
         *,
         cookie_name: str = "gate_session",
         secret: str | bytes | None = None,
+        secret_fallbacks: Iterable[str | bytes] = (),
         cookie_max_age: int | None = 365 * 24 * 3600,
         cookie_secure: bool | None = None,
         session_key: SessionKey | None = None,
@@ -135,15 +139,15 @@ class RequestLifecycle:
             raise ConfigError(
                 "is_success", is_success, "None or a callable(status, exception) -> bool"
             )
-        if override_token is not None and (
-            not isinstance(override_token, str) or len(override_token) < 16
-        ):
-            raise ConfigError(
-                "override_token", "<hidden>", "None or a str of at least 16 characters"
-            )
+        if override_token is not None and not valid_token(override_token):
+            raise ConfigError("override_token", "<hidden>", f"None or {TOKEN_EXPECTED}")
         self.gate = gate
         self.cookie = SessionCookie(
-            name=cookie_name, secret=secret, max_age=cookie_max_age, secure=cookie_secure
+            name=cookie_name,
+            secret=secret,
+            secret_fallbacks=secret_fallbacks,
+            max_age=cookie_max_age,
+            secure=cookie_secure,
         )
         self._session_key = session_key
         #: Whether begin() needs the framework's request (for ``session_key``).
@@ -189,13 +193,13 @@ class RequestLifecycle:
         """Identify the session and route it; never raises."""
         started = self._clock()
         try:
-            session_id, minted = self._identify(cookie_header, request)
+            session_id, needs_cookie = self._identify(cookie_header, request)
         except Exception as exc:
             stage = "session_key" if self._session_key is not None else "session_cookie"
             return GateRequest(self.fail_open(stage, exc), "", None, None, method, started)
         value = header = None
         try:
-            if minted and set_cookie:
+            if needs_cookie and set_cookie:
                 value = self.cookie.value_for(session_id)
                 header = self.cookie.set_cookie_header(value, https)
             decision = self.gate.route_request(session_id)
@@ -207,14 +211,15 @@ class RequestLifecycle:
         return GateRequest(decision, session_id, value, header, method, started)
 
     def _identify(self, cookie_header: str | None, request: Any) -> tuple[str, bool]:
-        """(session id, whether it was minted just now)."""
+        """(session id, whether the response sets the cookie: a new id, or an
+        old secret's signature to replace)."""
         if self._session_key is not None:
             key = self._session_key(request)
             if key is not None:
                 return str(key), False
-        session_id = self.cookie.read(cookie_header)
+        session_id, sign_again = self.cookie.read_and_check(cookie_header)
         if session_id is not None:
-            return session_id, False
+            return session_id, sign_again
         return self.cookie.mint(), True
 
     def _override(
@@ -269,6 +274,8 @@ class RequestLifecycle:
         request.finished = True
         duration = max(0.0, self._clock() - request.started)
         status = request.status if status is None else status
+        if status is None and isinstance(exception, Exception):
+            status = 500  # raised before responding: the server answers 500
         try:
             success = bool(self._is_success(status, exception))
         except Exception as exc:
@@ -285,3 +292,33 @@ class RequestLifecycle:
             self.metrics.record(decision, request.method, status, route, exception, duration)
         except Exception as exc:
             self.report_fault("metrics", exc)
+
+
+def private_response_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``headers`` made fit for a response that sets the session cookie.
+
+    Its body depends on the variant and it carries the visitor's cookie, so
+    a shared cache must not store it: ``Vary: Cookie`` (as Django's session
+    middleware adds) and ``Cache-Control: private`` (``public`` dropped;
+    ``no-store`` or ``private`` already there are kept).
+    """
+    result: list[tuple[str, str]] = []
+    varies = cache_control = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "vary":
+            tokens = {token.strip().lower() for token in value.split(",")}
+            varies = varies or "cookie" in tokens or "*" in tokens
+        elif lower == "cache-control":
+            cache_control = True
+            directives = [d.strip() for d in value.split(",") if d.strip()]
+            names = {d.split("=", 1)[0].strip().lower() for d in directives}
+            if not names & {"private", "no-store"}:
+                kept = [d for d in directives if d.split("=", 1)[0].strip().lower() != "public"]
+                value = ", ".join(["private", *kept])
+        result.append((name, value))
+    if not varies:
+        result.append(("Vary", "Cookie"))
+    if not cache_control:
+        result.append(("Cache-Control", "private"))
+    return result

@@ -8,10 +8,18 @@ signature an HMAC-SHA256 over ``id.issued`` checked with
 ``hmac.compare_digest``, and a cookie older than its ``max_age`` is expired.
 A cookie that is unsigned (when signing), tampered, expired, oversized or
 malformed is treated as absent: a new id is minted. Nothing here raises on
-request data.
+request data: the ``issued`` field is 1 to 12 ASCII digits, nothing else.
+
+``secret_fallbacks`` rotates the secret without moving anyone (as Django's
+``SECRET_KEY_FALLBACKS``): a cookie signed with one of the old secrets is
+accepted, keeps its session id (and so its bucket and variant), and is
+signed again with the current secret on that response.
 
 Parsing and building use werkzeug (``parse_cookie``, ``dump_cookie``), which
-parse leniently and in linear time.
+parse leniently and in linear time. The header is parsed as the text the
+server handed over (werkzeug's sans-I/O parser): its WSGI wrapper re-decodes
+the text as UTF-8 and raised on a quoted or repeated cookie holding invalid
+UTF-8 or non-Latin-1 characters.
 """
 
 from __future__ import annotations
@@ -22,9 +30,10 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from werkzeug.http import dump_cookie, parse_cookie
+from werkzeug.http import dump_cookie
+from werkzeug.sansio.http import parse_cookie
 
 from gate_middleware.errors import ConfigError
 
@@ -32,6 +41,7 @@ MAX_COOKIE_VALUE = 256
 MAX_PARSED_HEADER = 8192  # longer Cookie headers get the plain-value fast path only
 _ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+_ISSUED = re.compile(r"[0-9]{1,12}")  # not str.isdigit(), which takes '²' and '٣'
 _SKEW_SECONDS = 300
 
 
@@ -43,6 +53,7 @@ class SessionCookie:
         *,
         name: str = "gate_session",
         secret: str | bytes | None = None,
+        secret_fallbacks: Iterable[str | bytes] = (),
         max_age: int | None = 365 * 24 * 3600,
         secure: bool | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -50,10 +61,21 @@ class SessionCookie:
         if not isinstance(name, str) or not _COOKIE_NAME.fullmatch(name):
             raise ConfigError("cookie_name", name, "1 to 64 characters valid in a cookie name")
         if secret is not None:
-            if isinstance(secret, str):
-                secret = secret.encode("utf-8")
-            if not isinstance(secret, bytes) or len(secret) < 16:
-                raise ConfigError("secret", "<hidden>", "None or a str/bytes of at least 16 bytes")
+            secret = _secret_bytes(secret, "secret", "None or a str/bytes of at least 16 bytes")
+        if isinstance(secret_fallbacks, (str, bytes)) or not isinstance(secret_fallbacks, Iterable):
+            raise ConfigError(
+                "secret_fallbacks", "<hidden>", "a list of the previous secrets (str or bytes)"
+            )
+        fallbacks = [
+            _secret_bytes(old, "secret_fallbacks", "a list of str/bytes of at least 16 bytes each")
+            for old in secret_fallbacks
+        ]
+        if fallbacks and secret is None:
+            raise ConfigError(
+                "secret_fallbacks",
+                "<hidden>",
+                "empty when no secret is set (they verify old cookies)",
+            )
         if max_age is not None and (
             isinstance(max_age, bool) or not isinstance(max_age, int) or max_age <= 0
         ):
@@ -66,11 +88,8 @@ class SessionCookie:
         self._needle = f"{name}="
         self.max_age = max_age
         self.secure = secure
-        self._key = (
-            None
-            if secret is None
-            else hashlib.sha256(b"gate_middleware.session\x00" + secret).digest()
-        )
+        self._key = None if secret is None else _key_for(secret)
+        self._fallback_keys = tuple(_key_for(old) for old in fallbacks)
         self._wall_clock = wall_clock
 
     @property
@@ -79,6 +98,26 @@ class SessionCookie:
 
     def read(self, cookie_header: str | None) -> str | None:
         """The session id carried by a ``Cookie`` header, or ``None``."""
+        return self.read_and_check(cookie_header)[0]
+
+    def read_and_check(self, cookie_header: str | None) -> tuple[str | None, bool]:
+        """(the session id or ``None``, whether the cookie needs signing again):
+        ``True`` when it was signed with one of the ``secret_fallbacks``."""
+        value = self._value(cookie_header)
+        if value is None:
+            return None, False
+        if self._key is None:
+            return (value if _ID.fullmatch(value) else None), False
+        session_id = self._verify(self._key, value)
+        if session_id is not None:
+            return session_id, False
+        for old in self._fallback_keys:
+            session_id = self._verify(old, value)
+            if session_id is not None:
+                return session_id, True
+        return None, False
+
+    def _value(self, cookie_header: str | None) -> str | None:
         if not cookie_header:
             return None
         needle = self._needle
@@ -100,9 +139,7 @@ class SessionCookie:
             value = parse_cookie(cookie_header).get(self.name)
         if not value or len(value) > MAX_COOKIE_VALUE:
             return None
-        if self._key is None:
-            return value if _ID.fullmatch(value) else None
-        return self._verify(self._key, value)
+        return value
 
     @staticmethod
     def _signature(key: bytes, payload: str) -> str:
@@ -114,7 +151,7 @@ class SessionCookie:
         if len(parts) != 3:
             return None
         session_id, issued, signature = parts
-        if not _ID.fullmatch(session_id) or not issued.isdigit() or len(issued) > 12:
+        if not _ID.fullmatch(session_id) or not _ISSUED.fullmatch(issued):
             return None
         expected = self._signature(key, f"{session_id}.{issued}")
         if not hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii", "replace")):
@@ -149,3 +186,15 @@ class SessionCookie:
             httponly=True,
             samesite="Lax",
         )
+
+
+def _secret_bytes(secret: str | bytes, field: str, expected: str) -> bytes:
+    if isinstance(secret, str):
+        secret = secret.encode("utf-8")
+    if not isinstance(secret, bytes) or len(secret) < 16:
+        raise ConfigError(field, "<hidden>", expected)
+    return secret
+
+
+def _key_for(secret: bytes) -> bytes:
+    return hashlib.sha256(b"gate_middleware.session\x00" + secret).digest()

@@ -12,7 +12,11 @@ is recorded when the server has consumed the body and called ``close()``,
 so the time covers the whole response, streamed bodies included. The
 wrapped iterable's own ``close()`` is called exactly once. An exception
 from the app (or from its body) is recorded as a failure and re-raised
-unchanged. A framework that knows the matched route template may put it in
+unchanged. A body that is not an iterable of bytes (``None``, a ``str``, a
+``str`` chunk: PEP 3333 forbids them, and the server answers 500) is
+recorded as a failure with status 500. A response that sets the cookie also
+gets ``Vary: Cookie`` and ``Cache-Control: private``. A framework that
+knows the matched route template may put it in
 ``environ["gate_middleware.route"]``.
 """
 
@@ -24,7 +28,7 @@ from typing import Any
 
 from gate_middleware import context
 from gate_middleware.gate import PromotionGate
-from gate_middleware.lifecycle import GateRequest, RequestLifecycle
+from gate_middleware.lifecycle import GateRequest, RequestLifecycle, private_response_headers
 from gate_middleware.routing import RoutingDecision
 from gate_middleware.types import Environ, ExcInfo, Headers, StartResponse, WSGIApp
 
@@ -61,7 +65,7 @@ class GateWSGIMiddleware:
             except ValueError:
                 request.status = None
             if set_cookie is not None:
-                headers = [*headers, ("Set-Cookie", set_cookie)]
+                headers = [*private_response_headers(headers), ("Set-Cookie", set_cookie)]
             return start_response(status, headers, exc_info)
 
         try:
@@ -70,6 +74,18 @@ class GateWSGIMiddleware:
             lifecycle.finish(request, exception=exc, route=environ.get(ROUTE_KEY))
             context.leave(entered)
             raise
+        if (
+            body is None
+            or isinstance(body, (str, bytes, bytearray))
+            or not hasattr(body, "__iter__")
+        ):
+            # The server fails on it and answers 500; the gate must see that.
+            error = TypeError(
+                f"the app returned {type(body).__name__}, not an iterable of bytes (PEP 3333)"
+            )
+            lifecycle.finish(request, status=500, exception=error, route=environ.get(ROUTE_KEY))
+            context.leave(entered)
+            return body
         return _TimedBody(body, lifecycle, request, environ, entered)
 
     def session_key_input(self, environ: Environ) -> Any:
@@ -89,6 +105,7 @@ class _TimedBody:
         "_entered",
         "_error",
         "_closed",
+        "_chunks",
     )
 
     def __init__(
@@ -107,6 +124,7 @@ class _TimedBody:
         self._entered = entered
         self._error: BaseException | None = None
         self._closed = False
+        self._chunks = 0
 
     # An iterator, not a generator: a generator's ``yield from`` would close
     # the app's iterable a second time when the server drops it early.
@@ -118,12 +136,20 @@ class _TimedBody:
         if self._iterator is None:
             self._iterator = iter(self._body)
         try:
-            return next(self._iterator)
+            chunk = next(self._iterator)
         except StopIteration:
             raise
         except BaseException as exc:
             self._error = exc
             raise
+        if not isinstance(chunk, bytes) and self._error is None:
+            self._error = TypeError(
+                f"the app's body yielded {type(chunk).__name__}, not bytes (PEP 3333)"
+            )
+            if not self._chunks:  # nothing sent yet: the server answers 500
+                self._request.status = 500
+        self._chunks += 1
+        return chunk
 
     def close(self) -> None:
         if self._closed:

@@ -53,6 +53,7 @@ from gate_middleware.cli import (
     AdminError,
     environment_label,
     event_line,
+    printable,
     render_status,
 )
 from gate_middleware.integrations.starlette import GateMiddleware
@@ -394,7 +395,7 @@ def summarise(
     console.print(f"Final environment: {environment_label(status['environment'])}")
     console.print("History:")
     for event in client.history():
-        console.print(f"  {event_line(event)}")
+        console.print(printable(f"  {event_line(event)}"))
     ok = reached
     if scenario == "healthy":
         everyone = (
@@ -408,7 +409,7 @@ def summarise(
     else:
         rollbacks = [e for e in client.history() if e["kind"] == "rollback" and e["automatic"]]
         if rollbacks:
-            console.print(f"Rolled back automatically: {rollbacks[-1]['reason']}")
+            console.print(printable(f"Rolled back automatically: {rollbacks[-1]['reason']}"))
         ok = ok and bool(rollbacks) and FLAG not in status["flags"]["stable"]
     console.print("RESULT: OK" if ok else "RESULT: FAILED (the scenario did not end as it should)")
     return ok

@@ -6,15 +6,17 @@
     GATE_MIDDLEWARE = {
         "GATE": "myproject.rollout.gate",   # a PromotionGate, or its dotted path
         "SECRET": "...",                     # signs the session cookie
+        "SECRET_FALLBACKS": ["old secret"],  # accepted, signed again with SECRET
         "EXCLUDE_PATHS": ["/healthz", "/static"],
     }
 
 ``GATE_MIDDLEWARE`` may also be just the gate (or its dotted path). The
 other keys are the options of ``RequestLifecycle`` in capitals
-(``COOKIE_NAME``, ``COOKIE_MAX_AGE``, ``COOKIE_SECURE``, ``SESSION_KEY``,
-``OVERRIDE_TOKEN``, ``IS_SUCCESS``, ``METER_PROVIDER``); callables may be
-given as dotted paths. A ``session_key`` callable receives the
-``HttpRequest``.
+(``SECRET_FALLBACKS``, ``COOKIE_NAME``, ``COOKIE_MAX_AGE``,
+``COOKIE_SECURE``, ``SESSION_KEY``, ``OVERRIDE_TOKEN``, ``IS_SUCCESS``,
+``METER_PROVIDER``); callables may be given as dotted paths. A
+``session_key`` callable receives the ``HttpRequest``. A response that sets
+the cookie gets ``Vary: Cookie`` and ``Cache-Control: private``.
 
 The admin API and dashboard mount as URL patterns (exclude their prefix
 from the gate)::
@@ -39,6 +41,7 @@ try:
     from django.conf import settings
     from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
     from django.urls import URLPattern, re_path
+    from django.utils.cache import patch_cache_control, patch_vary_headers
     from django.utils.module_loading import import_string
     from django.views.decorators.csrf import csrf_exempt
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -47,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from gate_middleware import context
-from gate_middleware.admin import AdminAPI
+from gate_middleware.admin import AdminAPI, AdminResponse, read_wsgi_body
 from gate_middleware.errors import ConfigError
 from gate_middleware.gate import PromotionGate
 from gate_middleware.lifecycle import GateRequest, RequestLifecycle
@@ -59,6 +62,7 @@ __all__ = ["GateMiddleware", "admin_urls"]
 _OPTIONS = {
     "COOKIE_NAME": "cookie_name",
     "SECRET": "secret",
+    "SECRET_FALLBACKS": "secret_fallbacks",
     "COOKIE_MAX_AGE": "cookie_max_age",
     "COOKIE_SECURE": "cookie_secure",
     "SESSION_KEY": "session_key",
@@ -195,6 +199,10 @@ class GateMiddleware:
                 httponly=True,
                 samesite="Lax",
             )
+            # The body depends on the variant: no shared cache may keep it.
+            patch_vary_headers(response, ("Cookie",))
+            if "no-store" not in response.get("Cache-Control", ""):
+                patch_cache_control(response, private=True)
         gate_request.status = response.status_code
         exception = request.META.get(_EXCEPTION_KEY)
         route = _route(request)
@@ -258,9 +266,7 @@ def admin_urls(
 
     @csrf_exempt
     def admin(request: HttpRequest, path: str = "") -> HttpResponse:
-        result = api.handle(
-            request.method or "GET", path, request.headers.get("Authorization"), request.body
-        )
+        result = _admin_answer(api, request, path)
         response = HttpResponse(result.body, status=result.status, content_type=result.content_type)
         for name, value in result.all_headers():
             if name not in ("Content-Type", "Content-Length"):
@@ -269,3 +275,23 @@ def admin_urls(
 
     prefix = prefix.strip("/")
     return [re_path(rf"^{re.escape(prefix)}/(?P<path>.*)$", admin)]
+
+
+def _admin_answer(api: AdminAPI, request: HttpRequest, path: str) -> AdminResponse:
+    if (
+        getattr(request, "scope", None) is None
+        and "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    ):
+        # Under WSGI Django reads a body without Content-Length as empty.
+        body = read_wsgi_body(request.META)
+        if isinstance(body, AdminResponse):
+            return body
+    else:
+        body = request.body
+    return api.handle(
+        request.method or "GET",
+        path,
+        request.headers.get("Authorization"),
+        body,
+        request.headers.get("Content-Type"),
+    )

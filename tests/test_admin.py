@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx2 as httpx
 import pytest
 from openapi_spec_validator import validate
 from starlette.testclient import TestClient
+from werkzeug.exceptions import NotFound
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from gate_middleware import ConfigError, Environment, PromotionConfig, PromotionGate
 from gate_middleware.admin import AdminASGIApp, AdminWSGIApp
@@ -151,7 +155,7 @@ def test_steering_through_the_api(client: httpx.Client, gate: PromotionGate) -> 
         ("/rollback", {"reason": ""}, 400, "reason"),
         ("/rollback", {}, 400, "reason"),
         ("/flags/bad%20name/enable", None, 400, "feature"),
-        ("/flags/unknown/disable", None, 400, "feature"),
+        ("/flags/unknown/disable", None, 404, "feature"),  # no such flag is on
         ("/promote", {"target": "staging"}, 409, None),  # not enough data
         ("/nowhere", {}, 404, None),
     ],
@@ -175,13 +179,14 @@ def test_bad_requests_change_nothing(
 
 def test_invalid_json_and_methods(client: httpx.Client, gate: PromotionGate) -> None:
     before = gate.state
-    response = client.post("/traffic", content=b"{not json", headers=AUTH)
+    headers = {**AUTH, "Content-Type": "application/json"}
+    response = client.post("/traffic", content=b"{not json", headers=headers)
     assert response.status_code == 400 and "JSON" in response.json()["error"]
-    response = client.post("/traffic", content=b"[1, 2]", headers=AUTH)
+    response = client.post("/traffic", content=b"[1, 2]", headers=headers)
     assert response.status_code == 400
     assert client.get("/promote", headers=AUTH).status_code == 405
     assert client.get("/flags/new_api/enable", headers=AUTH).status_code == 405
-    response = client.post("/traffic", content=b"{" + b" " * 70_000 + b"}", headers=AUTH)
+    response = client.post("/traffic", content=b"{" + b" " * 70_000 + b"}", headers=headers)
     assert response.status_code == 413
     assert gate.state == before
 
@@ -288,3 +293,197 @@ def test_mounted_in_django(gate: PromotionGate) -> None:
     finally:
         del sys.modules["tests._admin_urls"]
     assert gate.environment == Environment.canary(40)
+
+
+# -- hostile input ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer  ", "bEaReR"])
+def test_the_bearer_scheme_is_case_insensitive(client: httpx.Client, scheme: str) -> None:
+    # RFC 7235: the scheme is a case-insensitive token, then one or more spaces.
+    response = client.get("/status", headers={"Authorization": f"{scheme.strip()} {TOKEN}"})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/traffic", b'{"percent": 30, "percent": 150}', "percent"),  # last would win
+        ("/promote", b'{"target": "staging", "target": "production"}', "target"),
+        ("/flags/new_api/disable", b'{"name": "other"}', "name"),  # the path names the flag
+        ("/flags/dark_mode/enable", b'{"force": true}', "force"),
+        ("/traffic", b'{"percent": -0.0}', "traffic_percent"),
+        ("/canary", b'{"percent": -0.0}', "traffic_percent"),
+        ("/traffic", b'{"percent": Infinity}', None),
+        ("/traffic", b"[" * 2000 + b"]" * 2000, None),  # 4 KB; RecursionError before
+        ("/traffic", b'{"a":' * 2000 + b"1" + b"}" * 2000, None),
+        ("/traffic", b'\xff\xfe{"percent": 1}', None),
+        ("/traffic", b'{"percent": 1' + b"0" * 5000 + b"}", None),  # past int's digit limit
+    ],
+)
+def test_loose_json_is_refused_and_changes_nothing(
+    client: httpx.Client, gate: PromotionGate, path: str, body: bytes, field: str | None
+) -> None:
+    feed(gate)
+    before = gate.state
+    headers = {**AUTH, "Content-Type": "application/json"}
+    response = client.post(path, content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.json().get("field") == field
+    assert gate.state == before
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
+def test_a_body_that_is_not_json_answers_415(
+    client: httpx.Client, gate: PromotionGate, content_type: str | None
+) -> None:
+    before = gate.state
+    headers = dict(AUTH) if content_type is None else {**AUTH, "Content-Type": content_type}
+    response = client.post("/traffic", content=b'{"percent": 30}', headers=headers)
+    assert response.status_code == 415 and "application/json" in response.json()["error"]
+    assert gate.state == before
+    charset = {**AUTH, "Content-Type": "application/json; charset=utf-8"}
+    assert client.post("/traffic", content=b'{"percent": 30}', headers=charset).status_code == 200
+
+
+def test_every_answer_is_no_store(client: httpx.Client) -> None:
+    json_headers = {**AUTH, "Content-Type": "application/json"}
+    answers = [
+        client.get("/status", headers=AUTH),
+        client.get("/status"),
+        client.get("/nowhere", headers=AUTH),
+        client.get("/promote", headers=AUTH),
+        client.post("/traffic", content=b"{", headers=json_headers),
+        client.post("/traffic", content=b"{}", headers={**AUTH, "Content-Type": "text/plain"}),
+        client.post("/traffic", content=b"{" + b" " * 70_000 + b"}", headers=json_headers),
+        client.get("/"),
+    ]
+    assert sorted({a.status_code for a in answers}) == [200, 400, 401, 404, 405, 413, 415]
+    for answer in answers:
+        assert answer.headers["cache-control"] == "no-store", answer.request.url
+
+
+def _inline(page: str, tag: str) -> list[str]:
+    chunks = page.split(f"<{tag}>")[1:]
+    return [chunk.split(f"</{tag}>", 1)[0] for chunk in chunks]
+
+
+def test_the_dashboard_cannot_be_framed_or_given_other_code(client: httpx.Client) -> None:
+    import base64
+    import hashlib
+
+    response = client.get("/")
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["referrer-policy"] == "no-referrer"
+    policy = dict(
+        (d.strip().split(" ", 1) + [""])[:2]
+        for d in response.headers["content-security-policy"].split(";")
+    )
+    assert policy["default-src"] == "'self'"
+    assert policy["connect-src"] == "'self'"
+    assert policy["frame-ancestors"] == "'none'"
+    for tag, directive in (("script", "script-src"), ("style", "style-src")):
+        [inline] = _inline(response.text, tag)
+        digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+        assert policy[directive] == f"'sha256-{digest}'"  # that code, nothing else
+    assert 'style="' not in response.text  # style attributes would need 'unsafe-inline'
+
+
+@contextmanager
+def wsgi_server(app: Any, kind: str) -> Iterator[str]:
+    """A real WSGI server on 127.0.0.1: werkzeug's (it reads chunked bodies and sets
+    wsgi.input_terminated) or the standard library's (it does neither)."""
+    import threading
+
+    if kind == "werkzeug":
+        from werkzeug.serving import make_server
+
+        server: Any = make_server("127.0.0.1", 0, app, threaded=True)
+    else:
+        from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@contextmanager
+def django_admin(gate: PromotionGate, prefix: str) -> Iterator[Any]:
+    import sys
+    import types
+
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.test.utils import override_settings
+
+    from gate_middleware.integrations.django import admin_urls
+
+    from .apps import configure_django
+
+    configure_django()
+    urls = types.ModuleType("tests._chunked_admin_urls")
+    urls.urlpatterns = admin_urls(gate, token=TOKEN, prefix=prefix)  # type: ignore[attr-defined]
+    sys.modules["tests._chunked_admin_urls"] = urls
+    try:
+        with override_settings(ROOT_URLCONF="tests._chunked_admin_urls", MIDDLEWARE=[]):
+            yield WSGIHandler()
+    finally:
+        del sys.modules["tests._chunked_admin_urls"]
+
+
+def chunked(body: bytes) -> Iterator[bytes]:
+    yield body[:5]
+    yield body[5:]
+
+
+@pytest.mark.parametrize("mounted", ["AdminWSGIApp", "django"])
+def test_a_chunked_body_is_read_to_its_end(gate: PromotionGate, mounted: str) -> None:
+    feed(gate)
+    headers = {**AUTH, "Content-Type": "application/json"}
+    with contextlib.ExitStack() as stack:
+        if mounted == "django":
+            app = stack.enter_context(django_admin(gate, "gate/"))
+        else:
+            app = DispatcherMiddleware(NotFound(), {"/gate": AdminWSGIApp(gate, token=TOKEN)})
+        base = stack.enter_context(wsgi_server(app, "werkzeug"))
+        before = gate.state
+        # Read as {} before, this promoted the rollout to the next stage.
+        response = httpx.post(
+            f"{base}/gate/promote", content=chunked(b'{"target": "nonsense"}'), headers=headers
+        )
+        assert response.status_code == 400 and response.json()["field"] == "target"
+        assert gate.state == before
+        response = httpx.post(
+            f"{base}/gate/traffic", content=chunked(b'{"percent": 30}'), headers=headers
+        )
+        assert response.status_code == 200, response.text
+    assert gate.environment == Environment.canary(30)
+
+
+@pytest.mark.parametrize("mounted", ["AdminWSGIApp", "django"])
+def test_a_chunked_body_the_server_cannot_end_is_refused(gate: PromotionGate, mounted: str) -> None:
+    feed(gate)
+    headers = {**AUTH, "Content-Type": "application/json"}
+    with contextlib.ExitStack() as stack:
+        if mounted == "django":
+            app = stack.enter_context(django_admin(gate, "gate/"))
+        else:
+            app = DispatcherMiddleware(NotFound(), {"/gate": AdminWSGIApp(gate, token=TOKEN)})
+        base = stack.enter_context(wsgi_server(app, "wsgiref"))
+        before = gate.state
+        response = httpx.post(f"{base}/gate/promote", content=chunked(b"{}"), headers=headers)
+        assert response.status_code == 411
+        assert "Content-Length" in response.json()["error"]
+    assert gate.state == before

@@ -39,12 +39,14 @@ class World:
         path.write_text(text, encoding="utf-8")
         return path
 
-    def post(self, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+    def post(
+        self, path: str, body: Any, content_type: str = "application/json"
+    ) -> tuple[int, dict[str, Any]]:
         if body is None:
             raw = b""
         else:
             raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        response = self.admin.handle("POST", path, f"Bearer {TOKEN}", raw)
+        response = self.admin.handle("POST", path, f"Bearer {TOKEN}", raw, content_type)
         return response.status, json.loads(response.body)
 
 
@@ -321,6 +323,66 @@ CASES: list[Case] = [
         "ConfigError:gate",
     ),  # type: ignore[arg-type]
     ("an admin app without a token", lambda w: AdminAPI(w.gate, token=None), "ConfigError:token"),
+    (
+        "an admin token with a space",
+        lambda w: AdminAPI(w.gate, token="admin token 0123456789"),
+        "ConfigError:token",
+    ),
+    (
+        "an admin token with a non-ASCII letter",
+        lambda w: AdminAPI(w.gate, token="admin-tökén-0123456789"),
+        "ConfigError:token",
+    ),
+    (
+        "an admin token with a trailing space",
+        lambda w: AdminAPI(w.gate, token="admin-token-0123456789 "),
+        "ConfigError:token",
+    ),
+    (
+        "an override token with a newline",
+        lambda w: GateWSGIMiddleware(app, gate=w.gate, override_token="qa-token-0123456789\n"),
+        "ConfigError:override_token",
+    ),
+    (
+        "secret fallbacks without a secret",
+        lambda w: GateWSGIMiddleware(
+            app, gate=w.gate, secret_fallbacks=["old-secret-0123456789abcdef"]
+        ),
+        "ConfigError:secret_fallbacks",
+    ),
+    (
+        "a secret fallback that is too short",
+        lambda w: GateWSGIMiddleware(
+            app, gate=w.gate, secret="new-secret-0123456789abcdef", secret_fallbacks=["old"]
+        ),
+        "ConfigError:secret_fallbacks",
+    ),
+    (
+        "secret fallbacks as one string",
+        lambda w: GateWSGIMiddleware(
+            app,
+            gate=w.gate,
+            secret="new-secret-0123456789abcdef",
+            secret_fallbacks="old-secret-0123456789abcdef",
+        ),
+        "ConfigError:secret_fallbacks",
+    ),
+    ("traffic -0.0", lambda w: w.gate.set_traffic_percent(-0.0), "ConfigError:traffic_percent"),
+    (
+        "a rollback reason with a line break",
+        lambda w: w.gate.rollback("x\n2026-11-30 INFO Promoted from canary to production"),
+        "ConfigError:reason",
+    ),
+    (
+        "a rollback reason with ESC and BEL",
+        lambda w: w.gate.rollback("\x1b]0;owned\x07\x1b[2J"),
+        "ConfigError:reason",
+    ),
+    (
+        "a rollback reason with a bidi override",
+        lambda w: w.gate.rollback("fine \u202eenil"),
+        "ConfigError:reason",
+    ),
     # Admin payloads
     (
         "admin: traffic 150",
@@ -347,6 +409,43 @@ CASES: list[Case] = [
     ("admin: an empty reason", lambda w: w.post("/rollback", {"reason": ""}), "HTTP 400:reason"),
     ("admin: not JSON", lambda w: w.post("/traffic", b"{not json"), "HTTP 400:"),
     ("admin: a JSON list", lambda w: w.post("/traffic", b"[1]"), "HTTP 400:"),
+    (
+        "admin: a duplicate key",
+        lambda w: w.post("/traffic", b'{"percent": 10, "percent": 150}'),
+        "HTTP 400:percent",
+    ),
+    (
+        "admin: traffic -0.0",
+        lambda w: w.post("/traffic", b'{"percent": -0.0}'),
+        "HTTP 400:traffic_percent",
+    ),
+    ("admin: traffic NaN", lambda w: w.post("/traffic", b'{"percent": NaN}'), "HTTP 400:"),
+    (
+        "admin: JSON nested 2,000 levels",
+        lambda w: w.post("/traffic", b"[" * 2000 + b"]" * 2000),
+        "HTTP 400:",
+    ),
+    (
+        "admin: a body that is not UTF-8",
+        lambda w: w.post("/traffic", b'{"percent": "\xff"}'),
+        "HTTP 400:",
+    ),
+    (
+        "admin: text/plain",
+        lambda w: w.post("/traffic", {"percent": 20}, "text/plain"),
+        "HTTP 415:",
+    ),
+    ("admin: no content type", lambda w: w.post("/traffic", {"percent": 20}, ""), "HTTP 415:"),
+    (
+        "admin: a field in a flag's body",
+        lambda w: w.post("/flags/new_api/disable", {"name": "other"}),
+        "HTTP 400:name",
+    ),
+    (
+        "admin: a reason with escape characters",
+        lambda w: w.post("/rollback", {"reason": "ok\x1b[2J\x07"}),
+        "HTTP 400:reason",
+    ),
     (
         "admin: a bad flag name",
         lambda w: w.post("/flags/bad name/enable", None),

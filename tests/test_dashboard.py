@@ -96,7 +96,7 @@ def test_the_dashboard_shows_the_api_and_rolls_back(
     page: Page, base: str, gate: PromotionGate, clock: FakeClock, tmp_path: Path
 ) -> None:
     page.goto(f"{base}/gate/#token={TOKEN}")
-    page.wait_for_function("document.getElementById('environment').dataset.value === 'canary'")
+    page.wait_for_selector('#environment[data-value="canary"]')
     assert "token" not in page.url  # the token leaves the address bar
 
     status = httpx.get(f"{base}/gate/status", headers=AUTH).json()
@@ -134,7 +134,7 @@ def test_the_dashboard_shows_the_api_and_rolls_back(
 
     page.fill("#rollback-reason", "rolled back from the browser test")
     page.click("#btn-rollback")
-    page.wait_for_function("document.getElementById('environment').dataset.value === 'production'")
+    page.wait_for_selector('#environment[data-value="production"]')
     assert gate.environment == Environment.PRODUCTION
     [event] = gate.get_rollback_history()
     assert event.reason == "rolled back from the browser test"
@@ -155,4 +155,39 @@ def test_a_wrong_token_gets_the_login_form(page: Page, base: str) -> None:
     assert page.is_hidden("#main")
     page.fill("#token-input", TOKEN)
     page.click("#token-form button")
-    page.wait_for_function("document.getElementById('environment').dataset.value === 'canary'")
+    page.wait_for_selector('#environment[data-value="canary"]')
+
+
+COLLECT_VIOLATIONS = """
+window.__violations = [];
+document.addEventListener("securitypolicyviolation",
+  (e) => window.__violations.push(e.violatedDirective + " " + e.blockedURI));
+"""
+
+
+def test_the_page_runs_under_its_content_security_policy(page: Page, base: str) -> None:
+    # The policy pins the inline script and style by hash: the page must work
+    # with nothing else allowed (no style attributes, no eval).
+    page.add_init_script(COLLECT_VIOLATIONS)
+    refused: list[str] = []
+    page.on("console", lambda message: refused.append(message.text))
+    page.goto(f"{base}/gate/#token={TOKEN}")
+    page.wait_for_selector('#environment[data-value="canary"]')
+    page.wait_for_selector("#chart-error polyline.series", state="attached")
+    assert page.evaluate("window.__violations") == []
+    assert [text for text in refused if "Content Security Policy" in text] == []
+
+
+def test_opened_as_a_double_slash_the_page_calls_its_own_origin(
+    page: Page, gate: PromotionGate
+) -> None:
+    # Mounted at the root and opened as "//", the page computed its API base
+    # as "//": its calls went to hosts named "status" and "history", with the token.
+    with serving(AdminASGIApp(gate, token=TOKEN)) as root:
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto(f"{root}//#token={TOKEN}")
+        page.wait_for_selector('#environment[data-value="canary"]', timeout=10_000)
+        api_calls = [url for url in requested if url.endswith(("/status", "/history"))]
+        assert api_calls
+        assert all(url.startswith(root + "/") for url in requested), requested

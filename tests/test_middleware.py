@@ -237,3 +237,36 @@ def test_https_cookies_are_secure(framework: str, make_client: MakeClient) -> No
     response = client.get("/")
     [cookie] = set_cookie_headers(response)
     assert "Secure" in cookie
+
+
+def test_a_response_that_sets_the_cookie_is_kept_from_shared_caches(
+    make_client: MakeClient,
+) -> None:
+    # Its body depends on the variant and it carries the visitor's cookie.
+    client = make_client(secret=SECRET)
+    first = client.get("/")
+    assert set_cookie_headers(first)
+    vary = {v.strip().lower() for h in first.headers.get_list("vary") for v in h.split(",")}
+    assert "cookie" in vary
+    cache_control = {d.strip() for d in first.headers.get("cache-control", "").split(",")}
+    assert "private" in cache_control and "public" not in cache_control
+    again = client.get("/")
+    assert set_cookie_headers(again) == []  # no cookie set: the app's own caching stands
+
+
+def test_a_rotated_secret_moves_nobody(make_client: MakeClient) -> None:
+    old_secret = "the-previous-secret-0123456789"
+    before = make_client(secret=old_secret)
+    first = before.get("/")
+    old_value = before.cookies["gate_session"]
+    rotated = make_client(secret=SECRET, secret_fallbacks=[old_secret])
+    response = rotated.get("/", headers={"Cookie": f"gate_session={old_value}"})
+    assert response.json()["bucket"] == first.json()["bucket"]
+    assert response.json()["variant"] == first.json()["variant"]
+    [cookie] = set_cookie_headers(response)  # signed again with the current secret
+    new_value = cookie.split(";", 1)[0].split("=", 1)[1]
+    assert new_value.split(".")[0] == old_value.split(".")[0] and new_value != old_value
+    current_only = make_client(secret=SECRET)
+    again = current_only.get("/", headers={"Cookie": f"gate_session={new_value}"})
+    assert again.json()["bucket"] == first.json()["bucket"]
+    assert set_cookie_headers(again) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -249,3 +250,85 @@ def test_django_async_stays_async_and_sync_records_the_same(
             assert adapted == []  # no sync/async adaptation of our middleware
         recorded[framework] = outcomes(gate)
     assert recorded["django_asgi"] == recorded["django"] == (6, 1)
+
+
+# -- misbehaving apps: what the server answers is what the gate records -----------------
+
+
+def _bad_body(kind: str) -> Any:
+    if kind == "None":
+        return None
+    if kind == "str":
+        return "a str, not bytes"
+    if kind == "bytes":
+        return b"bytes, not an iterable of bytes"
+    if kind == "a str chunk":
+        return ["a str chunk"]
+    if kind == "an int":
+        return 42
+    raise ValueError(kind)
+
+
+BAD_BODIES = ["None", "str", "bytes", "a str chunk", "an int"]
+
+
+@pytest.mark.parametrize("kind", BAD_BODIES)
+def test_a_wsgi_body_that_is_not_bytes_is_a_failure(
+    gate: PromotionGate, metric_reader: Any, meter_provider: Any, kind: str
+) -> None:
+    # PEP 3333: the app returns an iterable of bytes. The server fails on
+    # anything else and answers 500; the gate recorded a success before.
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    import httpx2 as httpx
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _bad_body(kind)
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    middleware = GateWSGIMiddleware(app, gate=gate, meter_provider=meter_provider)
+    server = make_server("127.0.0.1", 0, middleware, handler_class=Quiet)
+    server.base_environ["wsgi.errors"] = open(os.devnull, "w")  # noqa: SIM115 - the traceback
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for _ in range(3):
+            response = httpx.get(f"http://127.0.0.1:{server.server_port}/")
+            assert response.status_code == 500
+    finally:
+        server.shutdown()
+        server.server_close()
+        server.base_environ["wsgi.errors"].close()
+        thread.join(timeout=10)
+    assert outcomes(gate) == (3, 3)
+    points = metric_points(metric_reader)["gate_middleware.request.duration"]
+    assert {p.attributes["http.response.status_code"] for p in points} == {500}  # type: ignore[attr-defined]
+    assert {p.attributes["error.type"] for p in points} == {"TypeError"}  # type: ignore[attr-defined]
+
+
+def test_an_unhandled_exception_in_a_starlette_view_is_recorded_as_500(
+    gate: PromotionGate, metric_reader: Any, meter_provider: Any
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from gate_middleware.integrations.starlette import GateMiddleware
+
+    async def boom(request: Any) -> PlainTextResponse:
+        raise RuntimeError("boom")
+
+    app = Starlette(routes=[Route("/boom", boom)])  # no handler: ServerErrorMiddleware's 500
+    app.add_middleware(GateMiddleware, gate=gate, meter_provider=meter_provider)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/boom").status_code == 500
+    [point] = metric_points(metric_reader)["gate_middleware.request.duration"]
+    assert point.attributes["http.response.status_code"] == 500  # type: ignore[attr-defined]
+    assert point.attributes["error.type"] == "RuntimeError"  # type: ignore[attr-defined]
+    assert outcomes(gate) == (1, 1)

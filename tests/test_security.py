@@ -18,6 +18,7 @@ from gate_middleware import Environment, GateWSGIMiddleware, PromotionConfig, Pr
 from gate_middleware.session import SessionCookie
 
 from .apps import FRAMEWORKS, app_for
+from .conftest import metric_points
 
 SECRET = "the-real-secret-0123456789abcdef"
 PERCENT = 10.0
@@ -344,3 +345,99 @@ def test_set_cookie_contract(secret: str | None, name: str, https: bool) -> None
     assert len(header.encode("latin-1")) <= 4093
     value = header.split(";", 1)[0]
     assert call(middleware, value, **scheme)[1] == []  # a valid cookie is not set again
+
+
+# -- the issued field and the verifier ----------------------------------------------
+
+
+def test_an_issued_field_of_latin1_digits_is_absent_and_raises_nothing(
+    meter_provider: Any, metric_reader: Any
+) -> None:
+    # '\xb2\xb3\xb9' passes str.isdigit(); the signature is over ASCII only.
+    gate = canary_gate()
+    middleware = wsgi(gate, secret=SECRET, meter_provider=meter_provider)
+    session_id = "A" * 22
+    for n in range(1000):
+        issued = "\xb2\xb3\xb9" if n % 2 else "\u0661\u0662" + str(n)  # and Arabic-Indic digits
+        decision, [header] = call(middleware, f"gate_session={session_id}.{issued}.{'x' * 43}")
+        assert header.split("=", 1)[1].split(".")[0] != session_id  # absent: a fresh id
+        assert not decision.reason.startswith("fail open")
+    assert "gate_middleware.middleware.errors" not in metric_points(metric_reader)
+
+
+_PART = st.text(st.characters(blacklist_characters=".;"), max_size=60)
+
+
+@settings(max_examples=3000, deadline=None, database=None)
+@given(
+    session_id=st.one_of(_PART, st.from_regex(r"[A-Za-z0-9_-]{16,40}", fullmatch=True)),
+    issued=st.one_of(
+        _PART,
+        st.text(st.characters(whitelist_categories=("Nd", "No")), min_size=1, max_size=13),
+        st.integers(0, 10**13).map(str),
+    ),
+    signature=st.one_of(_PART, st.from_regex(r"[A-Za-z0-9_-]{43}", fullmatch=True)),
+)
+def test_the_verifier_never_raises(session_id: str, issued: str, signature: str) -> None:
+    reader = SessionCookie(secret=SECRET, secret_fallbacks=["an-older-secret-0123456789"])
+    value = f"{session_id}.{issued}.{signature}"
+    found, sign_again = reader.read_and_check(f"gate_session={value}")
+    assert found is None or (found == session_id and issued.isascii())
+    assert not sign_again or found is not None
+
+
+# -- secret rotation ----------------------------------------------------------------------
+
+OLD_SECRET = "the-previous-secret-0123456789ab"
+ROTATIONS = 20_000
+
+
+def test_a_secret_rotation_moves_no_session() -> None:
+    gate = canary_gate()
+    before = wsgi(gate, secret=OLD_SECRET)
+    rotating = wsgi(gate, secret=SECRET, secret_fallbacks=[OLD_SECRET])
+    after = wsgi(gate, secret=SECRET)
+    moved = not_signed_again = 0
+    for _ in range(ROTATIONS):
+        decision, [old_header] = call(before, None)
+        rotated, [new_header] = call(rotating, old_header.split(";", 1)[0])
+        moved += (rotated.variant, rotated.bucket) != (decision.variant, decision.bucket)
+        settled, set_cookie = call(after, new_header.split(";", 1)[0])
+        moved += (settled.variant, settled.bucket) != (decision.variant, decision.bucket)
+        not_signed_again += set_cookie != []
+    assert (moved, not_signed_again) == (0, 0), f"{moved} of {ROTATIONS} sessions moved"
+
+
+def test_without_fallbacks_a_rotation_moves_sessions() -> None:
+    # What secret_fallbacks prevents: every cookie re-minted, a share re-bucketed.
+    gate = canary_gate()
+    before = wsgi(gate, secret=OLD_SECRET)
+    after = wsgi(gate, secret=SECRET)
+    moved = 0
+    for _ in range(2000):
+        decision, [old_header] = call(before, None)
+        rotated, _ = call(after, old_header.split(";", 1)[0])
+        moved += rotated.variant != decision.variant
+    assert moved > 100
+
+
+# Found by test_the_verifier_never_raises and benchmarks/fuzz_cookie.py: werkzeug's
+# parse_cookie() re-decodes the header as UTF-8, and raised on these.
+PARSER_CRASHES = [
+    'gate_session="\x80"',
+    "gate_session=a; gate_session=\x80",
+    "gate_session=\u0100; gate_session=b",
+    'xgate_session=1; gate_session="\u20ac"',
+    'gate_session="\xff\xfe"; gate_session="\xc3"',
+]
+
+
+@pytest.mark.parametrize("header", PARSER_CRASHES)
+def test_cookies_that_crashed_the_parser_are_absent(
+    header: str, meter_provider: Any, metric_reader: Any
+) -> None:
+    assert SessionCookie(secret=SECRET).read(header) is None
+    middleware = wsgi(canary_gate(), secret=SECRET, meter_provider=meter_provider)
+    decision, [fresh] = call(middleware, header)  # absent: a fresh cookie, not a fault
+    assert fresh.startswith("gate_session=") and not decision.reason.startswith("fail open")
+    assert "gate_middleware.middleware.errors" not in metric_points(metric_reader)
