@@ -29,6 +29,7 @@ POST     ``/flags/{name}/disable``   take a flag from everyone (records a rollba
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import re
@@ -270,7 +271,10 @@ class AdminASGIApp:
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
-        response = self.api.handle(scope.get("method", "GET"), path, authorization, body)
+        # A handler may wait on the shared store (Redis): never on the event loop.
+        response = await asyncio.to_thread(
+            self.api.handle, scope.get("method", "GET"), path, authorization, body
+        )
         await send(
             {
                 "type": "http.response.start",
