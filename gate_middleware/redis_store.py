@@ -106,6 +106,7 @@ STORED_HISTORY = 200  # events kept in Redis (the newest)
 DEFAULT_KEY_PREFIX = "gate_middleware:"
 MAX_CLOCK_SKEW_SECONDS = 1.0  # a process further off Redis's clock is logged
 TRANSITION_TIMEOUT_SECONDS = 5.0
+FULL_READ_EVERY = 4  # follower steps (1 s): the whole state is read and checked
 
 # Write ``state`` only into an empty hash (a fresh or emptied Redis).
 _SEED = """
@@ -368,6 +369,7 @@ class RedisStateStore:
         self._outage = _Outage(f"rollout {rollout!r} state")
         self._corruption = _Corruption()
         self._pubsub: Any = None
+        self._steps = 0
         self._follower = _Follower(f"gate-state-{rollout}", self._follow, refresh_seconds)
         meter = get_meter("gate_middleware", meter_provider=meter_provider)
         meter.create_observable_counter(
@@ -378,6 +380,8 @@ class RedisStateStore:
         )
         try:
             self._sync()
+        except redis.ResponseError as exc:
+            self._corruption.found(self._key, str(exc))
         except RedisError as exc:
             self._outage.failed(exc)
             logger.warning(
@@ -429,6 +433,9 @@ class RedisStateStore:
                 raise self._corrupt_error()
         try:
             done = bool(self._write(str(expected_version), expected_transition, new_state))
+        except redis.ResponseError as exc:  # Redis answered: the key is not a state's hash
+            self._corruption.found(self._key, str(exc))
+            raise self._corrupt_error() from exc
         except RedisError as exc:
             if _never_sent(exc):
                 raise self._unreachable(exc) from exc
@@ -502,6 +509,8 @@ class RedisStateStore:
     def _read_or_refuse(self) -> None:
         try:
             self._sync()
+        except redis.ResponseError as exc:
+            self._corruption.found(self._key, str(exc))
         except RedisError as exc:
             raise self._unreachable(exc) from exc
 
@@ -619,6 +628,7 @@ class RedisStateStore:
             self._set(state)
 
     def _follow(self) -> None:
+        self._steps += 1
         try:
             if self._pubsub is None:
                 self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
@@ -629,12 +639,16 @@ class RedisStateStore:
             if (
                 message is not None
                 or self._corruption.problems
+                or self._steps % FULL_READ_EVERY == 0  # a foreign write may leave the id alone
                 or version != str(local.version).encode()
                 or transition != local.transition.encode()
             ):
                 self._sync()
             else:
                 self._outage.recovered()
+        except redis.ResponseError as exc:  # Redis answered: the key is not what we wrote
+            self._outage.recovered()
+            self._corruption.found(self._key, str(exc))
         except (RedisError, OSError) as exc:
             self._outage.failed(exc)
             self._pubsub = None

@@ -98,35 +98,39 @@ def serving(app: object, port: int | None = None) -> Iterator[str]:
 
 
 class RedisServer:
-    """A real redis-server on 127.0.0.1 that a test can stop and start again."""
+    """A real redis-server on 127.0.0.1 that a test can stop and start again.
 
-    def __init__(self) -> None:
+    ``extra`` adds arguments (``--cluster-enabled yes``, ``--replicaof``...);
+    ``sentinel=True`` starts it as a Sentinel (``redis-server --sentinel``).
+    """
+
+    def __init__(self, *extra: str, port: int | None = None, sentinel: bool = False) -> None:
         import shutil
+        import tempfile
 
         path = shutil.which("redis-server")
         if path is None:
             raise RuntimeError("redis-server is not installed: ./dev test installs it (apt-get)")
         self.binary = path
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.extra = list(extra)
+        self.sentinel = sentinel
+        self.directory = tempfile.mkdtemp(prefix=f"redis-{self.port}-")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        common = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.directory]
+        if self.sentinel:
+            config = Path(self.directory) / "sentinel.conf"
+            if not config.exists():
+                config.write_text("\n".join(self.extra) + "\n")
+            args = [self.binary, str(config), "--sentinel", *common]
+        else:
+            args = [self.binary, *common, "--save", "", "--appendonly", "no"]
+            args += ["--enable-debug-command", "local", *self.extra]
         self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         deadline = time.monotonic() + 10
         while True:
@@ -146,3 +150,27 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
         self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: a primary lost without a goodbye."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def cli(self, *args: str, timeout: float = 10.0) -> str:
+        """Run ``redis-cli`` against this server; its output."""
+        result = subprocess.run(
+            ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        )
+        return result.stdout.strip()
+
+    def cleanup(self) -> None:
+        import shutil
+
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
