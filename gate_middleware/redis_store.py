@@ -94,13 +94,17 @@ from gate_middleware.window import SLICES, WindowStats
 
 try:
     import redis
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         'the shared gate needs redis-py: pip install "gate-middleware[redis]"'
     ) from exc
 
 logger = logging.getLogger("gate_middleware")
+
+# What "Redis did not answer" looks like (a cluster that cannot be reached
+# raises RedisClusterException, which is no RedisError).
+Unavailable = (RedisError, RedisClusterException, OSError)
 
 STORED_HISTORY = 200  # events kept in Redis (the newest)
 DEFAULT_KEY_PREFIX = "gate_middleware:"
@@ -382,7 +386,7 @@ class RedisStateStore:
             self._sync()
         except redis.ResponseError as exc:
             self._corruption.found(self._key, str(exc))
-        except RedisError as exc:
+        except Unavailable as exc:
             self._outage.failed(exc)
             logger.warning(
                 "rollout %r has never reached Redis; starting from the configured environment (%s)",
@@ -436,7 +440,7 @@ class RedisStateStore:
         except redis.ResponseError as exc:  # Redis answered: the key is not a state's hash
             self._corruption.found(self._key, str(exc))
             raise self._corrupt_error() from exc
-        except RedisError as exc:
+        except Unavailable as exc:
             if _never_sent(exc):
                 raise self._unreachable(exc) from exc
             done = self._applied_after_all(new_state, exc)
@@ -462,14 +466,14 @@ class RedisStateStore:
             ],
         )
 
-    def _applied_after_all(self, new_state: GateState, exc: RedisError) -> bool:
+    def _applied_after_all(self, new_state: GateState, exc: Exception) -> bool:
         """The reply of a compare-and-set was lost: did it run? Ask until the deadline."""
         deadline = time.monotonic() + self.transition_timeout
         while True:
             try:
                 _, transition = self._client.hmget(self._key, "version", "id")
                 break
-            except RedisError as again:
+            except Unavailable as again:
                 if time.monotonic() >= deadline:
                     self._outage.failed(again)
                     raise PromotionError(
@@ -493,7 +497,7 @@ class RedisStateStore:
             acknowledged = int(
                 self._client.execute_command("WAIT", self._wait_replicas, self._wait_ms)
             )
-        except RedisError as exc:
+        except Unavailable as exc:
             acknowledged = 0
             logger.warning("rollout %r: WAIT failed (%s)", self._rollout, exc)
         if acknowledged < self._wait_replicas:
@@ -511,10 +515,10 @@ class RedisStateStore:
             self._sync()
         except redis.ResponseError as exc:
             self._corruption.found(self._key, str(exc))
-        except RedisError as exc:
+        except Unavailable as exc:
             raise self._unreachable(exc) from exc
 
-    def _unreachable(self, exc: RedisError) -> PromotionError:
+    def _unreachable(self, exc: Exception) -> PromotionError:
         self._outage.failed(exc)
         return PromotionError(
             "the shared store (Redis) is unreachable: nothing changed; try again when it is back"
@@ -649,7 +653,7 @@ class RedisStateStore:
         except redis.ResponseError as exc:  # Redis answered: the key is not what we wrote
             self._outage.recovered()
             self._corruption.found(self._key, str(exc))
-        except (RedisError, OSError) as exc:
+        except Unavailable as exc:
             self._outage.failed(exc)
             self._pubsub = None
 
@@ -661,7 +665,7 @@ class RedisStateStore:
         self._follower.close()
 
 
-def _never_sent(exc: RedisError) -> bool:
+def _never_sent(exc: Exception) -> bool:
     """Whether the command failed before reaching Redis (no connection could be made)."""
     return isinstance(exc, redis.ConnectionError) and " connecting to " in str(exc)
 
@@ -781,7 +785,7 @@ class RedisWindowStore:
             unit="{read}",
             description="Reads of a shared-store key that did not decode",
         )
-        with contextlib.suppress(RedisError):  # if Redis is away, the first flush says so
+        with contextlib.suppress(*Unavailable):  # if Redis is away, the first flush says so
             self._measure_offset()
 
     def _observe_dropped(self, options: CallbackOptions) -> list[Observation]:
@@ -874,7 +878,7 @@ class RedisWindowStore:
             self._merged = {CANARY: _Merged(), STABLE: _Merged()}
         try:
             self._epoch = int(self._next_epoch(keys=[self._epoch_key]))
-        except RedisError as exc:
+        except Unavailable as exc:
             self._outage.failed(exc)
 
     def _read_epoch(self) -> int:
@@ -896,7 +900,7 @@ class RedisWindowStore:
             pending, self._buffer = self._buffer, {}
         try:
             self._flush(pending)
-        except RedisError as exc:
+        except Unavailable as exc:
             self._outage.failed(exc)
             self._merge_back_all(pending)
         except Exception:
@@ -915,10 +919,9 @@ class RedisWindowStore:
         oldest = now_slice - SLICES + 1
         for key in [key for key, entry in pending.items() if not self._keep(key, entry, oldest)]:
             del pending[key]
+        self._measure_offset()  # TIME cannot be pipelined on a cluster
         self._epoch = self._read_epoch()
-        before = self._clock()
         pipe = self._client.pipeline(transaction=False)
-        pipe.time()
         for (variant, number), entry in pending.items():
             redis_key = f"{self._prefix}:{self._epoch}:{variant}:{number}"
             fields = {"r": entry.requests, "f": entry.failures, "g": entry.good}
@@ -935,11 +938,8 @@ class RedisWindowStore:
         for variant, number in order:
             pipe.hgetall(f"{self._prefix}:{self._epoch}:{variant}:{number}")
         replies = pipe.execute()
-        after = self._clock()
         pending.clear()  # in Redis now: nothing below may lose or repeat them
         self._outage.recovered()
-        seconds, micros = replies[0]
-        self._take_offset(before, after, seconds + micros / 1e6)
         merged = {CANARY: _Merged(), STABLE: _Merged()}
         for (variant, number), reply in zip(order, replies[-len(order) :], strict=True):
             if not reply:

@@ -174,3 +174,35 @@ class RedisServer:
 
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class RedisClusterServers:
+    """Three redis-server masters on 127.0.0.1 joined into one Redis Cluster."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes = [
+            RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+            for _ in range(masters)
+        ]
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create"]
+            + [f"127.0.0.1:{node.port}" for node in self.nodes]
+            + ["--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 20
+        while not all("cluster_state:ok" in node.cli("CLUSTER", "INFO") for node in self.nodes):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Redis Cluster did not become ready")
+            time.sleep(0.1)
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()

@@ -37,7 +37,7 @@ from gate_middleware.redis_store import RedisWindowStore, connect
 
 from .conftest import metric_points
 from .faults import RedisProxy
-from .servers import RedisServer, serving
+from .servers import RedisClusterServers, RedisServer, serving
 
 TOKEN = "redis-admin-token-0123456789"
 AUTH = f"Bearer {TOKEN}"
@@ -399,3 +399,54 @@ def test_processes_whose_clocks_are_off_neither_lose_nor_double_outcomes(
     assert len(skew) == 2  # the two processes beyond the bound, once each
     for store in stores:
         store.close()
+
+
+# -- real topologies ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers()
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.cleanup()
+
+
+def test_two_gates_share_one_rollout_through_a_redis_cluster(
+    cluster: RedisClusterServers,
+) -> None:
+    rollout = rollout_name("cluster")
+    first, second = cluster.nodes[0], cluster.nodes[1]
+    a = shared(f"redis+cluster://127.0.0.1:{first.port}", rollout)
+    b = shared(f"redis+cluster://127.0.0.1:{second.port}", rollout)
+    a.set_traffic_percent(25)
+    assert eventually(lambda: b.environment == Environment.canary(25))
+    for i in range(30):
+        a.record_request_outcome(f"a{i}", True, 0.01, variant="stable")
+        b.record_request_outcome(f"b{i}", False, 0.01, variant="canary")
+    assert eventually(lambda: a.health_snapshot().canary_requests == 30, 2.0)
+    assert eventually(lambda: b.health_snapshot().production_requests == 30, 2.0)
+    fired: list[RollbackEvent] = []
+    a.on_rollback(fired.append)
+    b.on_rollback(fired.append)
+    barrier = threading.Barrier(2)
+
+    def evaluate(gate: PromotionGate) -> None:
+        barrier.wait()
+        gate.monitor_canary_health()
+
+    threads = [threading.Thread(target=evaluate, args=(g,)) for g in (a, b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(fired) == 1
+    assert eventually(lambda: a.environment == b.environment == Environment.PRODUCTION)
+    keys = [k for n in cluster.nodes for k in n.cli("KEYS", f"*{{{rollout}}}*").split()]
+    assert len(keys) >= 3
+    assert len({first.cli("CLUSTER", "KEYSLOT", k) for k in keys}) == 1  # one slot
+    assert a.status().store["status"] == b.status().store["status"] == "ok"
+    a.close()
+    b.close()
