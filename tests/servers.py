@@ -206,3 +206,53 @@ class RedisClusterServers:
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()
+
+
+class RedisSentinelSet:
+    """A primary, one replica and three Sentinels (``redis-server --sentinel``) on 127.0.0.1.
+
+    The Sentinels call the primary ``service`` and fail over 0.5 s after
+    it stops answering.
+    """
+
+    def __init__(self, service: str = "gate") -> None:
+        self.service = service
+        self.primary = RedisServer()
+        self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.primary.port))
+        monitor = [
+            f"sentinel monitor {service} 127.0.0.1 {self.primary.port} 2",
+            f"sentinel down-after-milliseconds {service} 500",
+            f"sentinel failover-timeout {service} 2000",
+            f"sentinel parallel-syncs {service} 1",
+        ]
+        self.sentinels = [RedisServer(*monitor, sentinel=True) for _ in range(3)]
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        self.url = f"redis+sentinel://{hosts}/{service}"
+
+    def start(self) -> None:
+        self.primary.start()
+        self.replica.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        deadline = time.monotonic() + 20
+        while "master_link_status:up" not in self.replica.cli("INFO", "replication"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the replica did not sync")
+            time.sleep(0.1)
+        while not all(
+            "num-other-sentinels\n2" in s.cli("SENTINEL", "MASTER", self.service)
+            and "num-slaves\n1" in s.cli("SENTINEL", "MASTER", self.service)
+            for s in self.sentinels
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Sentinels did not find each other")
+            time.sleep(0.1)
+
+    def primary_port(self) -> int:
+        """The port the Sentinels name as the primary now."""
+        answer = self.sentinels[0].cli("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        return int(answer.split()[1])
+
+    def cleanup(self) -> None:
+        for server in (*self.sentinels, self.replica, self.primary):
+            server.cleanup()

@@ -37,7 +37,7 @@ from gate_middleware.redis_store import RedisWindowStore, connect
 
 from .conftest import metric_points
 from .faults import RedisProxy
-from .servers import RedisClusterServers, RedisServer, serving
+from .servers import RedisClusterServers, RedisSentinelSet, RedisServer, serving
 
 TOKEN = "redis-admin-token-0123456789"
 AUTH = f"Bearer {TOKEN}"
@@ -450,3 +450,69 @@ def test_two_gates_share_one_rollout_through_a_redis_cluster(
     assert a.status().store["status"] == b.status().store["status"] == "ok"
     a.close()
     b.close()
+
+
+@pytest.fixture
+def sentinels() -> Iterator[RedisSentinelSet]:
+    servers = RedisSentinelSet()
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.cleanup()
+
+
+def test_a_sentinel_failover_mid_traffic_loses_no_acknowledged_transition(
+    sentinels: RedisSentinelSet,
+) -> None:
+    rollout = rollout_name("failover")
+    a, b = shared(sentinels.url, rollout), shared(sentinels.url, rollout)
+    failed: list[BaseException] = []
+    served = 0
+    stop = threading.Event()
+
+    def traffic() -> None:
+        nonlocal served
+        n = 0
+        while not stop.is_set():
+            n += 1
+            for gate in (a, b):
+                try:
+                    variant = gate.route_request(f"s{n}").variant
+                    gate.record_request_outcome(f"s{n}", True, 0.001, variant=variant)
+                    served += 1
+                except Exception as exc:  # a failed request
+                    failed.append(exc)
+            time.sleep(0.001)
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        a.set_traffic_percent(30)  # acknowledged: WAIT saw a replica take it
+        assert "cmdstat_wait:calls=1" in sentinels.primary.cli("INFO", "commandstats")
+        pause(a)
+        pause(b)  # nobody may write it back: the new primary must hold it by itself
+        sentinels.primary.kill()
+        with pytest.raises(PromotionError, match="unreachable"):
+            b.set_traffic_percent(40)  # no primary: refused, clearly
+        assert eventually(lambda: sentinels.primary_port() == sentinels.replica.port, 10.0)
+        key = f"gate_middleware:{{{rollout}}}:state"
+        assert sentinels.replica.cli("HGET", key, "version") == str(a.state.version)
+        resume(a)
+        resume(b)
+        assert eventually(lambda: _changes_accepted(b), 5.0)  # the new primary, followed
+        assert eventually(lambda: a.environment == Environment.canary(40), 1.0)
+    finally:
+        stop.set()
+        sender.join()
+    assert failed == []
+    assert served > 100
+    assert [e.kind for e in a.get_history()] == ["promotion", "promotion"]
+
+
+def _changes_accepted(gate: PromotionGate) -> bool:
+    try:
+        gate.set_traffic_percent(40)
+    except PromotionError:
+        return False
+    return True
