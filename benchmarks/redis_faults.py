@@ -197,6 +197,7 @@ def lost_reply() -> Figures:
         proxy = RedisProxy(server.port)
         rollout = Rollout([proxy.url, server.url, server.url])
         with rollout.traffic():
+            rollout.gates[1].set_traffic_percent(40)  # Redis caches the script first
             time.sleep(0.3)
             proxy.cut_reply_to(b"EVALSHA")
             rollout.roll_back(figures, rollout.gates[0])

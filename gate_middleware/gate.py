@@ -38,7 +38,7 @@ from gate_middleware.config import (
 )
 from gate_middleware.environment import CANARY as CANARY_ENV
 from gate_middleware.environment import PRODUCTION, STAGING, Environment, validate_traffic_percent
-from gate_middleware.errors import ConfigError, PromotionError
+from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
 from gate_middleware.health import HEALTHY_SCORE, ROLLBACK_SCORE, CanaryHealth, assess
 from gate_middleware.routing import (
     BUCKETS,
@@ -129,6 +129,10 @@ class PromotionGate:
     one by default).
     """
 
+    # Changes sent to a shared store that stopped answering, by transition id:
+    # reported if they turn up applied. Replaced, never mutated in place.
+    _unknown_outcomes: dict[str, GateEvent] = {}
+
     def __init__(
         self,
         config: PromotionConfig | None = None,
@@ -190,6 +194,31 @@ class PromotionGate:
     def _adopt_if_newer(self, state: GateState) -> None:
         if state is not self._state:
             self._adopt(state)
+        if self._unknown_outcomes:
+            self._report_if_applied(state)
+
+    def _report_if_applied(self, state: GateState) -> None:
+        """A change whose outcome was unknown turned up in the shared state:
+        report it now, once (the follower's thread calls this)."""
+        recent = state.history[-50:]
+        for transition, event in list(self._unknown_outcomes.items()):
+            if event not in recent or transition not in self._unknown_outcomes:
+                continue
+            self._unknown_outcomes = {
+                k: v for k, v in self._unknown_outcomes.items() if k != transition
+            }
+            logger.warning("A change whose outcome was unknown was applied after all: %s", event)
+            if isinstance(event, RollbackEvent):
+                if event.feature == "all":
+                    self._windows.clear()
+                self._telemetry.count_rollback(event.environment.name, event.automatic)
+                self._notify(self._rollback_callbacks, event)
+            elif event.action == "promote":
+                self._windows.clear()
+                self._telemetry.count_promotion(event.to_environment.name)
+                self._notify(self._promotion_callbacks, event)
+            elif event.action == "start_canary":
+                self._windows.clear()
 
     @classmethod
     def from_url(
@@ -264,9 +293,20 @@ class PromotionGate:
                 return None
             new_state = replace(result[0], transition=secrets.token_hex(8))
             attempts[new_state.transition] = (new_state, result[1])
-            if self._store.compare_and_set(
-                state.version, new_state, expected_transition=state.transition
-            ):
+            try:
+                done = self._store.compare_and_set(
+                    state.version, new_state, expected_transition=state.transition
+                )
+            except OutcomeUnknownError:
+                event = result[1]
+                if event is not None:  # reported when the follower sees it applied
+                    self._unknown_outcomes = {
+                        **dict(list(self._unknown_outcomes.items())[-15:]),
+                        new_state.transition: event,
+                    }
+                    self._report_if_applied(self._store.load())  # the follower may have seen it
+                raise
+            if done:
                 self._adopt(new_state)
                 return new_state, result[1]
             if time.monotonic() >= deadline:

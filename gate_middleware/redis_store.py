@@ -85,7 +85,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, g
 
 from gate_middleware.config import PromotionConfig
 from gate_middleware.environment import Environment
-from gate_middleware.errors import ConfigError, PromotionError
+from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
 from gate_middleware.health import CanaryHealth
 from gate_middleware.routing import CANARY, STABLE
 from gate_middleware.sketch import BUCKET_COUNT, bucket_index, quantile
@@ -476,7 +476,7 @@ class RedisStateStore:
             except Unavailable as again:
                 if time.monotonic() >= deadline:
                     self._outage.failed(again)
-                    raise PromotionError(
+                    raise OutcomeUnknownError(
                         "the outcome of this change is unknown: Redis stopped answering after it "
                         f"was sent ({exc}); check the status once Redis is back"
                     ) from again

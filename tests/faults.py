@@ -29,6 +29,7 @@ class RedisProxy:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._fault: tuple[bytes, str, float] | None = None  # (command, "delay"|"cut", seconds)
+        self._refuse_until = 0.0
         self.faults_applied = 0
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -39,9 +40,11 @@ class RedisProxy:
         """Hold the reply to the next request containing ``command`` for ``seconds``."""
         self._fault = (command, "delay", seconds)
 
-    def cut_reply_to(self, command: bytes) -> None:
-        """Close the connection instead of passing on the reply to the next ``command``."""
-        self._fault = (command, "cut", 0.0)
+    def cut_reply_to(self, command: bytes, refuse_seconds: float = 0.0) -> None:
+        """Close the connection instead of passing on the reply to the next
+        ``command``; with ``refuse_seconds``, then close every connection and
+        refuse new ones for that long (Redis unreachable right after)."""
+        self._fault = (command, "cut", refuse_seconds)
 
     def cut_all(self) -> None:
         """Close every connection now (clients reconnect through the proxy)."""
@@ -63,6 +66,9 @@ class RedisProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if time.monotonic() < self._refuse_until:
+                _close(client)
+                continue
             try:
                 server = socket.create_connection(("127.0.0.1", self.target), timeout=2)
                 server.settimeout(None)
@@ -103,6 +109,9 @@ class RedisProxy:
                     kind, seconds = marked.pop(0)
                     self.faults_applied += 1
                     if kind == "cut":
+                        if seconds:
+                            self._refuse_until = time.monotonic() + seconds
+                            self.cut_all()
                         break
                     time.sleep(seconds)
                 sink.sendall(data)

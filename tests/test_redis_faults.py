@@ -26,6 +26,7 @@ from starlette.routing import Mount, Route
 from gate_middleware import (
     ConfigError,
     Environment,
+    OutcomeUnknownError,
     PromotionConfig,
     PromotionError,
     PromotionGate,
@@ -217,6 +218,8 @@ def test_a_rollback_whose_reply_was_lost_is_reported_once(
     fired_elsewhere: list[RollbackEvent] = []
     made_here.on_rollback(fired.append)
     elsewhere.on_rollback(fired_elsewhere.append)
+    elsewhere.set_traffic_percent(40)  # Redis has the script now: the fault hits its run
+    assert eventually(lambda: made_here.environment == Environment.canary(40))
     if fault == "cut":
         proxy.cut_reply_to(b"EVALSHA")  # the script runs; its reply never arrives
     else:
@@ -516,3 +519,25 @@ def _changes_accepted(gate: PromotionGate) -> bool:
     except PromotionError:
         return False
     return True
+
+
+def test_a_change_whose_outcome_stayed_unknown_is_reported_once_it_turns_up(
+    redis_server: RedisServer, proxy: RedisProxy
+) -> None:
+    rollout = rollout_name("unknown")
+    made_here = shared(proxy.url, rollout, transition_timeout=0.5)
+    elsewhere = shared(redis_server.url, rollout)
+    fired: list[RollbackEvent] = []
+    fired_elsewhere: list[RollbackEvent] = []
+    made_here.on_rollback(fired.append)
+    elsewhere.on_rollback(fired_elsewhere.append)
+    elsewhere.set_traffic_percent(40)  # Redis has the script now: the fault hits its run
+    assert eventually(lambda: made_here.environment == Environment.canary(40))
+    proxy.cut_reply_to(b"EVALSHA", refuse_seconds=1.0)  # then Redis is out of reach for 1 s
+    with pytest.raises(OutcomeUnknownError, match="unknown"):
+        made_here.rollback("checkout totals are wrong")
+    assert eventually(lambda: len(fired) == 1, 3.0)  # reported once it is seen applied
+    assert made_here.environment == Environment.PRODUCTION
+    time.sleep(0.5)
+    assert len(fired) == 1 and fired_elsewhere == []
+    assert [e.kind for e in elsewhere.get_history()].count("rollback") == 1
