@@ -287,6 +287,22 @@ def cluster() -> Figures:
         servers.cleanup()
 
 
+def restart_race(trials: int = 20) -> str:
+    """Roll back, then restart Redis empty at once, with no pause: the race
+    in which whichever process reconnects first used to win."""
+    newest = 0
+    with single() as server:
+        for _ in range(trials):
+            rollout = Rollout([server.url] * 3)
+            rollout.gates[0].rollback("the race drill")
+            server.stop()
+            server.start()
+            if rollout.agree_seconds(5.0) < 5.0:
+                newest += 1
+            rollout.finish(Figures("race"))
+    return f"restart empty right after a rollback: all converged on the rollback in {newest} of {trials} trials"
+
+
 @contextmanager
 def single() -> Iterator[RedisServer]:
     server = RedisServer()
@@ -320,6 +336,7 @@ def main() -> None:
         figures = fault()
         print(figures.row(), flush=True)
         notes += [f"{figures.fault}: {note}" for note in figures.notes]
+    notes.append(restart_race())
     for note in notes:
         print(f"- {note}")
 

@@ -181,7 +181,14 @@ class RedisClusterServers:
 
     def __init__(self, masters: int = 3) -> None:
         self.nodes = [
-            RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+            RedisServer(
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-port",  # the bus: port + 10000 may be past 65535
+                str(free_port()),
+            )
             for _ in range(masters)
         ]
         self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
