@@ -31,7 +31,7 @@ def redis_server() -> Iterator[RedisServer]:
     try:
         yield server
     finally:
-        server.stop()
+        server.cleanup()
 
 
 def shared(url: str, rollout: str, **config: object) -> PromotionGate:
