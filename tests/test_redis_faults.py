@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 import threading
 import time
 import uuid
@@ -63,6 +64,17 @@ def proxy(redis_server: RedisServer) -> Iterator[RedisProxy]:
         faulty.close()
 
 
+_OPEN: list[PromotionGate] = []
+
+
+@pytest.fixture(autouse=True)
+def close_gates() -> Iterator[None]:
+    """Stop every shared gate's follower threads when its test ends."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 def shared(url: str, rollout: str, **settings: object) -> PromotionGate:
     options = {
         k: settings.pop(k) for k in ("meter_provider", "transition_timeout") if k in settings
@@ -74,7 +86,9 @@ def shared(url: str, rollout: str, **settings: object) -> PromotionGate:
         "min_requests": 20,
         **settings,
     }
-    return PromotionGate.from_url(url, PromotionConfig(**config), **options)  # type: ignore[arg-type]
+    gate = PromotionGate.from_url(url, PromotionConfig(**config), **options)  # type: ignore[arg-type]
+    _OPEN.append(gate)
+    return gate
 
 
 def eventually(check: object, seconds: float = 1.0) -> bool:
@@ -174,27 +188,34 @@ def test_a_state_that_keeps_changing_gives_up_with_the_cause(redis_server: Redis
     rollout = rollout_name("busy")
     gate = shared(redis_server.url, rollout, transition_timeout=0.5)
     key = f"gate_middleware:{{{rollout}}}:state"
-    client = connect(redis_server.url)
-    stop = threading.Event()
-
-    def foreign_writer() -> None:  # another writer moves the identity under the gate, forever
-        n = 0
-        while not stop.is_set():
-            n += 1
-            client.hset(key, "id", f"foreign-{n}")
-
-    writer = threading.Thread(target=foreign_writer, daemon=True)
-    writer.start()
-    calls_before = _evalsha_calls(redis_server)
-    started = time.monotonic()
+    # Another writer, in its own process, moves the identity thousands of times a second.
+    writer = subprocess.Popen(
+        [
+            "redis-benchmark",
+            "-p",
+            str(redis_server.port),
+            "-c",
+            "2",
+            "-n",
+            "2000000",
+            "-r",
+            "1000000",
+        ]
+        + ["HSET", key, "id", "foreign-__rand_int__"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
+        assert eventually(lambda: "foreign" in (redis_server.cli("HGET", key, "id") or ""), 5.0)
+        calls_before = _evalsha_calls(redis_server)
+        started = time.monotonic()
         with pytest.raises(PromotionError, match="another process keeps changing it"):
             gate.set_traffic_percent(20)
+        assert time.monotonic() - started < 1.5
+        assert _evalsha_calls(redis_server) - calls_before < 100  # backs off; no busy loop
     finally:
-        stop.set()
-        writer.join()
-    assert time.monotonic() - started < 1.5
-    assert _evalsha_calls(redis_server) - calls_before < 100  # backs off; no busy loop
+        writer.kill()
+        writer.wait()
 
 
 def _evalsha_calls(server: RedisServer) -> int:
@@ -367,6 +388,7 @@ def test_from_url_needs_a_named_rollout_and_its_keys_share_one_slot(
         PromotionGate.from_url(redis_server.url)
     orders = shared(redis_server.url, "orders")
     search = PromotionGate.from_url(redis_server.url, PromotionConfig(), key_prefix="search-app:")
+    _OPEN.append(search)
     orders.rollback("orders only")
     orders.record_request_outcome("x", True, 0.01)
     time.sleep(0.5)
