@@ -399,7 +399,7 @@ class PromotionGate:
             return
         self._next_evaluation = now + self.config.evaluation_interval_seconds
         if getattr(self._store, "remote", False):
-            # A rollback through a shared store is Redis I/O: never on the
+            # A rollback through a shared store is network I/O: never on the
             # request's thread (an ASGI worker's event loop). The thread
             # releases the lock.
             try:
@@ -812,7 +812,7 @@ class PromotionGate:
         problems = [detail for _, detail in found if detail]
         names = {name for name, _ in found}
         worst = next((n for n in ("corrupt", "unreachable") if n in names), "ok")
-        return {"kind": "redis", "status": worst, "problems": problems}
+        return {"kind": "shared", "status": worst, "problems": problems}
 
     def close(self) -> None:
         """Stop the stores' background work (a shared gate's follower threads)."""
