@@ -1003,8 +1003,14 @@ def connect(url: str, **options: Any) -> Any:
     that the Sentinels name for ``service`` (followed through failovers);
     any other URL goes to ``redis.Redis.from_url``.
     """
+    from redis.backoff import ConstantBackoff, NoBackoff
+    from redis.retry import Retry
+
     for name, seconds in _TIMEOUTS.items():
         options.setdefault(name, seconds)
+    # No sleeping retries inside redis-py (its default backs off by seconds,
+    # with jitter): the store's own loops retry, within their deadlines.
+    no_retry = Retry(NoBackoff(), 0)
     parts = urlsplit(url)
     if parts.scheme == "redis+cluster":
         from redis.cluster import ClusterNode, RedisCluster
@@ -1015,6 +1021,7 @@ def connect(url: str, **options: Any) -> Any:
         ]
         if parts.password:
             options.setdefault("password", unquote(parts.password))
+        options.setdefault("retry", Retry(ConstantBackoff(0.05), 2))
         return RedisCluster(startup_nodes=nodes, **options)
     if parts.scheme == "redis+sentinel":
         from redis.sentinel import Sentinel
@@ -1026,8 +1033,9 @@ def connect(url: str, **options: Any) -> Any:
             options.setdefault("db", int(path[1]))
         if parts.password:
             options.setdefault("password", unquote(parts.password))
+        options.setdefault("retry", no_retry)
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            _hosts(parts.netloc, 26379), sentinel_kwargs=dict(_TIMEOUTS), **options
+            _hosts(parts.netloc, 26379), sentinel_kwargs={**_TIMEOUTS, "retry": no_retry}, **options
         )
         return sentinel.master_for(path[0], **options)  # type: ignore[no-untyped-call]
     options.setdefault("health_check_interval", 5)
