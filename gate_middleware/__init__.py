@@ -10,7 +10,7 @@ from gate_middleware.asgi import GateASGIMiddleware
 from gate_middleware.config import PromotionConfig, SloConfig
 from gate_middleware.context import current_decision
 from gate_middleware.environment import Environment
-from gate_middleware.errors import ConfigError, PromotionError
+from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
 from gate_middleware.gate import PromotionGate, PromotionGateManager
 from gate_middleware.health import CanaryHealth
 from gate_middleware.lifecycle import RequestLifecycle
@@ -28,6 +28,7 @@ __all__ = [
     "GateASGIMiddleware",
     "GateState",
     "GateWSGIMiddleware",
+    "OutcomeUnknownError",
     "PromotionConfig",
     "PromotionError",
     "PromotionEvent",

@@ -37,6 +37,7 @@ POST     ``/flags/{name}/disable``   take a flag from everyone (records a rollba
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -351,8 +352,9 @@ class AdminASGIApp:
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
-        response = self.api.handle(
-            scope.get("method", "GET"), path, authorization, body, content_type
+        # A handler may wait on the shared store (Redis): never on the event loop.
+        response = await asyncio.to_thread(
+            self.api.handle, scope.get("method", "GET"), path, authorization, body, content_type
         )
         await send(
             {

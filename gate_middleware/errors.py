@@ -27,3 +27,9 @@ class ConfigError(ValueError):
 
 class PromotionError(Exception):
     """The gate refused a promotion, rollback or traffic change; nothing changed."""
+
+
+class OutcomeUnknownError(PromotionError):
+    """A shared store stopped answering after a change was sent: it may or may
+    not have been applied. If it was, the gate reports it (callbacks and
+    metrics) once it sees the change in the store."""

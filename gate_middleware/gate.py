@@ -20,12 +20,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 import threading
 import time
 import weakref
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from hashlib import sha256
 from typing import Any, TypeVar
@@ -40,7 +42,7 @@ from gate_middleware.config import (
 )
 from gate_middleware.environment import CANARY as CANARY_ENV
 from gate_middleware.environment import PRODUCTION, STAGING, Environment, validate_traffic_percent
-from gate_middleware.errors import ConfigError, PromotionError
+from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
 from gate_middleware.evidence import Evidence
 from gate_middleware.health import CanaryHealth, assess, no_release
 from gate_middleware.judge import (
@@ -162,6 +164,10 @@ class PromotionGate:
     one by default).
     """
 
+    # Changes sent to a shared store that stopped answering, by transition id:
+    # reported if they turn up applied. Replaced, never mutated in place.
+    _unknown_outcomes: dict[str, GateEvent] = {}
+
     def __init__(
         self,
         config: PromotionConfig | None = None,
@@ -219,13 +225,38 @@ class PromotionGate:
 
     def _current(self) -> GateState:
         state = self._store.load()
-        if state.version != self._state.version:
+        if state is not self._state:
             self._adopt(state)
         return state
 
     def _adopt_if_newer(self, state: GateState) -> None:
-        if state.version != self._state.version:
+        if state is not self._state:
             self._adopt(state)
+        if self._unknown_outcomes:
+            self._report_if_applied(state)
+
+    def _report_if_applied(self, state: GateState) -> None:
+        """A change whose outcome was unknown turned up in the shared state:
+        report it now, once (the follower's thread calls this)."""
+        recent = state.history[-50:]
+        for transition, event in list(self._unknown_outcomes.items()):
+            if event not in recent or transition not in self._unknown_outcomes:
+                continue
+            self._unknown_outcomes = {
+                k: v for k, v in self._unknown_outcomes.items() if k != transition
+            }
+            logger.warning("A change whose outcome was unknown was applied after all: %s", event)
+            if isinstance(event, RollbackEvent):
+                if event.feature == "all":
+                    self._windows.clear()
+                self._telemetry.count_rollback(event.environment.name, event.automatic)
+                self._notify(self._rollback_callbacks, event)
+            elif event.action == "promote":
+                self._windows.clear()
+                self._telemetry.count_promotion(event.to_environment.name)
+                self._notify(self._promotion_callbacks, event)
+            elif event.action == "start_canary":
+                self._windows.clear()
 
     @classmethod
     def from_url(
@@ -233,19 +264,42 @@ class PromotionGate:
         url: str,
         config: PromotionConfig | None = None,
         slo: SloConfig | None = None,
+        *,
+        key_prefix: str | None = None,
+        wait_replicas: int | None = None,
+        transition_timeout: float = 5.0,
         **options: Any,
     ) -> PromotionGate:
         """A gate whose state and windows are shared through Redis at ``url``.
 
-        Every process that uses the same Redis and ``config.name`` shares one
-        rollout. Needs ``pip install "gate-middleware[redis]"``; see
+        Every process that uses the same Redis, ``key_prefix`` and
+        ``config.name`` shares one rollout, so the rollout must be named:
+        ``PromotionConfig(name="checkout")`` (or an explicit ``key_prefix``).
+        ``url`` may also be ``redis+cluster://host:port`` or
+        ``redis+sentinel://host:port,host:port/service``. A state change
+        gives up with ``PromotionError`` after ``transition_timeout`` seconds;
+        ``wait_replicas`` (1 behind Sentinels) replicas confirm it first.
+        Needs ``pip install "gate-middleware[redis]"``; see
         ``gate_middleware.redis_store`` for what holds while Redis is down.
         """
-        from gate_middleware.redis_store import shared_stores
+        from gate_middleware.redis_store import DEFAULT_KEY_PREFIX, shared_stores
 
+        if key_prefix is None and (config is None or config.name == PromotionConfig.name):
+            raise ConfigError(
+                "config",
+                config if config is None else config.name,
+                "a PromotionConfig that names the rollout (PromotionConfig(name='checkout')) or "
+                "an explicit key_prefix=: two apps on one Redis would otherwise share a rollout",
+            )
         config = PromotionConfig() if config is None else config
         state_store, window_store = shared_stores(
-            url, config, cls._initial_state(config), options.get("meter_provider")
+            url,
+            config,
+            cls._initial_state(config),
+            options.get("meter_provider"),
+            key_prefix=DEFAULT_KEY_PREFIX if key_prefix is None else key_prefix,
+            wait_replicas=wait_replicas,
+            transition_timeout=transition_timeout,
         )
         return cls(config, slo, state_store=state_store, window_store=window_store, **options)
 
@@ -264,15 +318,50 @@ class PromotionGate:
     def _transition(
         self, change: Callable[[GateState], tuple[GateState, Event] | None]
     ) -> tuple[GateState, Event] | None:
-        """Apply ``change`` atomically; ``None`` from it means nothing to do."""
+        """Apply ``change`` atomically; ``None`` from it means nothing to do.
+
+        Each attempt carries a new random transition id. An attempt that the
+        store holds after all (its reply was lost, and a retry re-read it) is
+        this transition, reported once. Bounded: after the store's
+        ``transition_timeout`` (5 s) of lost races, ``PromotionError``.
+        """
+        timeout = float(getattr(self._store, "transition_timeout", 5.0))
+        deadline = time.monotonic() + timeout
+        attempts: dict[str, tuple[GateState, Event]] = {}
+        pause = 0.001
         while True:
             state = self._current()
+            made = attempts.get(state.transition)
+            if made is not None:
+                return made
             result = change(state)
             if result is None:
                 return None
-            if self._store.compare_and_set(state.version, result[0]):
-                self._adopt(result[0])
-                return result
+            new_state = replace(result[0], transition=secrets.token_hex(8))
+            attempts[new_state.transition] = (new_state, result[1])
+            try:
+                done = self._store.compare_and_set(
+                    state.version, new_state, expected_transition=state.transition
+                )
+            except OutcomeUnknownError:
+                event = result[1]
+                if event is not None:  # reported when the follower sees it applied
+                    self._unknown_outcomes = {
+                        **dict(list(self._unknown_outcomes.items())[-15:]),
+                        new_state.transition: event,
+                    }
+                    self._report_if_applied(self._store.load())  # the follower may have seen it
+                raise
+            if done:
+                self._adopt(new_state)
+                return new_state, result[1]
+            if time.monotonic() >= deadline:
+                raise PromotionError(
+                    f"nothing changed: the shared state changed under each of {len(attempts)} "
+                    f"attempts in {timeout:g} s (another process keeps changing it); try again"
+                )
+            time.sleep(pause)  # let the other writer finish; never a busy loop
+            pause = min(pause * 2, 0.05)
 
     @property
     def state(self) -> GateState:
@@ -379,14 +468,37 @@ class PromotionGate:
     def _evaluate_on_schedule(self, now: float) -> None:
         if not self._evaluation_lock.acquire(blocking=False):
             return  # another thread is evaluating right now
+        # A clock that stepped back (now < the last evaluation) must not
+        # suspend evaluation until it catches up again.
+        if self._last_evaluation <= now < self._next_evaluation:
+            self._evaluation_lock.release()
+            return
+        self._last_evaluation = now
+        self._next_evaluation = now + self.config.evaluation_interval_seconds
+        if getattr(self._store, "remote", False):
+            # A rollback through a shared store is network I/O: never on the
+            # request's thread (an ASGI worker's event loop). The thread
+            # releases the lock.
+            try:
+                threading.Thread(
+                    target=self._evaluate_in_background, name="gate-evaluate", daemon=True
+                ).start()
+            except BaseException:
+                self._evaluation_lock.release()
+                raise
+            return
         try:
-            # A clock that stepped back (now < the last evaluation) must not
-            # suspend evaluation until it catches up again.
-            if self._last_evaluation <= now < self._next_evaluation:
-                return
-            self._last_evaluation = now
-            self._next_evaluation = now + self.config.evaluation_interval_seconds
             self._evaluate(act=True)
+        finally:
+            self._evaluation_lock.release()
+
+    def _evaluate_in_background(self) -> None:
+        try:
+            self._evaluate(act=True)
+        except PromotionError as exc:  # the store logged the outage already
+            logger.warning("Automatic evaluation could not change the shared state: %s", exc)
+        except Exception:
+            logger.exception("Automatic evaluation failed; the gate carries on")
         finally:
             self._evaluation_lock.release()
 
@@ -529,6 +641,7 @@ class PromotionGate:
             recent_events=state.history[-recent_events:] if recent_events > 0 else (),
             config=self.config,
             slo=self.slo,
+            store=self._store_status(),
         )
 
     def monitor_canary_health(self) -> CanaryHealth:
@@ -796,6 +909,20 @@ class PromotionGate:
                 callback(event)
             except Exception:
                 logger.exception("A %s callback raised; the gate carries on", event.kind)
+
+    def _store_status(self) -> dict[str, Any]:
+        """The stores' health: "ok", "unreachable" or "corrupt" (the worst), and why."""
+        found = [
+            status()
+            for status in (getattr(store, "status", None) for store in (self._store, self._windows))
+            if status is not None
+        ]
+        if not found:
+            return {"kind": "memory", "status": "ok"}
+        problems = [detail for _, detail in found if detail]
+        names = {name for name, _ in found}
+        worst = next((n for n in ("corrupt", "unreachable") if n in names), "ok")
+        return {"kind": "shared", "status": worst, "problems": problems}
 
     def close(self) -> None:
         """Stop the stores' background work (a shared gate's follower threads)."""

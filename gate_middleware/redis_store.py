@@ -2,28 +2,47 @@
 
 ::
 
-    gate = PromotionGate.from_url("redis://127.0.0.1:6379/0", PromotionConfig(...))
+    gate = PromotionGate.from_url("redis://127.0.0.1:6379/0", PromotionConfig(name="checkout"))
 
 Every process that points at the same Redis and rollout name shares one
 environment, traffic share, flag set and history (``RedisStateStore``) and
 one merged pair of windows (``RedisWindowStore``). Needs
-``pip install "gate-middleware[redis]"`` (redis-py).
+``pip install "gate-middleware[redis]"`` (redis-py). ``connect`` takes
+``redis://``, ``rediss://`` and ``unix://`` URLs, ``redis+cluster://host:port``
+for a Redis Cluster and ``redis+sentinel://host:port,host:port/service`` for
+a primary watched by Sentinels.
+
+Keys
+    All the keys of one rollout carry its name as a hash tag
+    (``gate_middleware:{checkout}:state``), so they live in one hash slot
+    and the scripts run on a Redis Cluster too.
 
 How it stays fast
     Routing never talks to Redis: each process keeps the last state it saw
-    and a background thread follows changes (a pub/sub notification, and a
-    version check every ``refresh_seconds``, 0.25 s). Outcomes are counted
+    and a background thread follows changes (a pub/sub notification, and an
+    identity check every ``refresh_seconds``, 0.25 s). Outcomes are counted
     into a small local buffer (counts and sketch buckets per time slice) and
     flushed in one pipeline every ``flush_seconds`` (0.25 s); the same
     thread reads the merged windows back, so evaluating health costs no
     round trip either.
 
 How it stays correct
-    State changes are a compare-and-set on the state's version in a Lua
-    script, which also publishes the change: two processes that detect the
-    same failure at the same moment make exactly one rollback event. Window
-    slices are numbered by wall-clock time (so processes agree), keyed by an
-    epoch that ``clear()`` increments, and expire with the window.
+    A state is identified by its version and a random transition id, kept
+    once, in the fields ``version`` and ``id`` of the state's hash (the
+    JSON beside them holds neither). A change is a compare-and-set on that
+    identity in a Lua script, which also publishes it: two processes that
+    detect the same failure at the same moment make exactly one rollback
+    event. An empty Redis is seeded by one script that writes only into an
+    empty hash. A process never writes back a state older than the newest
+    it has seen: when the shared state is older than its own (Redis came
+    back empty, or a failover lost a write), it writes its own back and the
+    history records a ``restore`` event; when the shared state has the same
+    version but another id (two processes seeded different configs), the
+    one written first wins, and the difference is logged once. A change
+    whose reply was lost is looked up by its id before anyone retries it.
+    Window slices are numbered by Redis's clock (``TIME``, read on every
+    flush), so a process whose clock is off neither loses nor doubles
+    outcomes; an offset beyond ``MAX_CLOCK_SKEW_SECONDS`` is logged.
 
 When Redis is unavailable
     Requests never fail and never wait on Redis. Each process keeps serving
@@ -33,28 +52,40 @@ When Redis is unavailable
     ``gate_middleware.store.dropped`` counter); the outage is logged once.
     State changes (promotions, ramps, flag changes and automatic rollbacks)
     are refused with ``PromotionError`` while the store is unreachable,
-    since they could not be shared. When Redis returns, each process
-    reads the shared state again; a Redis that came back empty is seeded
-    from the newest state a process knows. A gate that has never reached
-    Redis starts from its configured environment and logs so.
+    since they could not be shared. A gate that has never reached Redis
+    starts from its configured environment and logs so.
+
+When a key holds garbage
+    A state, epoch or window field that does not decode is reported (the
+    store's status turns ``corrupt``, it is logged once, and the
+    ``gate_middleware.store.corrupt`` counter counts it); requests are still
+    served from the last good state, outcomes are still flushed, and state
+    changes are refused with a ``PromotionError`` that names the key until
+    it is repaired (deleting it lets the processes write back the newest
+    state they hold).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
+import secrets
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
 from gate_middleware.config import PromotionConfig
 from gate_middleware.environment import Environment
-from gate_middleware.errors import PromotionError
+from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
 from gate_middleware.evidence import CLUSTERS, Evidence
 from gate_middleware.health import CanaryHealth
 from gate_middleware.routing import CANARY, STABLE
@@ -64,7 +95,7 @@ from gate_middleware.window import SLICES, WindowStats
 
 try:
     import redis
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         'the shared gate needs redis-py: pip install "gate-middleware[redis]"'
@@ -72,15 +103,56 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 logger = logging.getLogger("gate_middleware")
 
-STORED_HISTORY = 200  # events kept in Redis (the newest)
+# What "Redis did not answer" looks like (a cluster that cannot be reached
+# raises RedisClusterException, which is no RedisError).
+Unavailable = (RedisError, RedisClusterException, OSError)
 
-_CAS = """
-local version = redis.call('HGET', KEYS[1], 'version')
-if (version or '-1') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'version', ARGV[2], 'state', ARGV[3])
-redis.call('PUBLISH', KEYS[2], ARGV[2])
+STORED_HISTORY = 200  # events kept in Redis (the newest)
+DEFAULT_KEY_PREFIX = "gate_middleware:"
+MAX_CLOCK_SKEW_SECONDS = 1.0  # a process further off Redis's clock is logged
+TRANSITION_TIMEOUT_SECONDS = 5.0
+FULL_READ_EVERY = 4  # follower steps (1 s): the whole state is read and checked
+
+# Write ``state`` only into an empty hash (a fresh or emptied Redis).
+_SEED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'id', ARGV[2], 'state', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[1])
 return 1
 """
+
+# Replace the state whose identity is (ARGV[1], ARGV[2]) by (ARGV[3], ARGV[4], ARGV[5]).
+_CAS = """
+local current = redis.call('HMGET', KEYS[1], 'version', 'id')
+if current[1] ~= ARGV[1] or (current[2] or '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[3], 'id', ARGV[4], 'state', ARGV[5])
+redis.call('PUBLISH', ARGV[6], ARGV[3])
+return 1
+"""
+
+# INCR that first repairs an epoch that is not an integer (a foreign write).
+_NEXT_EPOCH = """
+local value = redis.call('GET', KEYS[1])
+if value and not string.match(value, '^%-?%d+$') then redis.call('DEL', KEYS[1]) end
+return redis.call('INCR', KEYS[1])
+"""
+
+_INTEGER = re.compile(rb"-?[0-9]{1,18}")
+
+
+class CorruptData(ValueError):
+    """A key of the shared store holds something the gate cannot decode."""
+
+
+def rollout_keys(rollout: str, key_prefix: str = DEFAULT_KEY_PREFIX) -> str:
+    """The common start of a rollout's keys, with its name as the hash tag."""
+    if not isinstance(key_prefix, str) or "{" in key_prefix or "}" in key_prefix:
+        raise ConfigError("key_prefix", key_prefix, "a text without '{' or '}'")
+    return f"{key_prefix}{{{rollout}}}"
+
+
+def new_transition_id() -> str:
+    return secrets.token_hex(8)
 
 
 # -- the state as JSON ---------------------------------------------------------------
@@ -119,6 +191,7 @@ def _event(data: dict[str, Any]) -> GateEvent:
 
 
 def encode_state(state: GateState) -> str:
+    """The state's content as JSON; its identity (version, id) is stored beside it."""
     return json.dumps(
         {
             "environment": state.environment.to_dict(),
@@ -127,23 +200,47 @@ def encode_state(state: GateState) -> str:
             "history": [event.to_dict() for event in state.history[-STORED_HISTORY:]],
             "release": state.release,
             "step": state.step,
-            "version": state.version,
         },
         separators=(",", ":"),
     )
 
 
-def decode_state(text: str | bytes) -> GateState:
-    data = json.loads(text)
-    return GateState(
-        environment=_environment(data["environment"]),
-        stable_flags=frozenset(data["stable_flags"]),
-        release_flags=frozenset(data["release_flags"]),
-        history=tuple(_event(e) for e in data["history"])[-MAX_HISTORY:],
-        release=data["release"],
-        step=int(data.get("step", 0)),
-        version=data["version"],
-    )
+def decode_state(
+    text: str | bytes, version: bytes | str, transition: bytes | str = b""
+) -> GateState:
+    """The state stored as ``text`` with identity (``version``, ``transition``).
+
+    Raises ``CorruptData`` (never anything else) when any part does not decode.
+    """
+    try:
+        if isinstance(version, str):
+            version = version.encode()
+        if not _INTEGER.fullmatch(version):
+            raise ValueError(f"the version {version[:40]!r} is not an integer")
+        if isinstance(transition, bytes):
+            transition = transition.decode("ascii")
+        data = json.loads(text)
+        release = data["release"]
+        if not isinstance(release, int):
+            raise ValueError(f"the release {release!r} is not an integer")
+        return GateState(
+            environment=_environment(data["environment"]),
+            stable_flags=frozenset(str(flag) for flag in data["stable_flags"]),
+            release_flags=frozenset(str(flag) for flag in data["release_flags"]),
+            history=tuple(_event(e) for e in data["history"])[-MAX_HISTORY:],
+            release=release,
+            step=int(data.get("step", 0)),
+            version=int(version),
+            transition=transition,
+        )
+    except Exception as exc:  # anything a foreign write can provoke
+        raise CorruptData(f"{type(exc).__name__}: {exc}"[:200]) from exc
+
+
+def config_differences(ours: GateState, shared: GateState) -> list[str]:
+    """The fields in which two processes' configured starting states differ."""
+    fields = ("environment", "stable_flags", "release_flags", "release")
+    return [name for name in fields if getattr(ours, name) != getattr(shared, name)]
 
 
 class _Outage:
@@ -164,6 +261,29 @@ class _Outage:
         if self.down:
             self.down = False
             logger.warning("%s: Redis is reachable again; resynchronised", self.what)
+
+
+class _Corruption:
+    """Corrupt keys: each logged once (until repaired) and counted."""
+
+    def __init__(self) -> None:
+        self.problems: dict[str, str] = {}  # key -> what is wrong with it
+        self.counts: dict[str, int] = {}
+
+    def found(self, key: str, problem: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if key not in self.problems:
+            logger.error(
+                "Redis key %s is corrupt (%s): serving the last good state; "
+                "state changes are refused until it is repaired",
+                key,
+                problem,
+            )
+        self.problems[key] = problem
+
+    def repaired(self, key: str) -> None:
+        if self.problems.pop(key, None) is not None:
+            logger.warning("Redis key %s decodes again", key)
 
 
 class _Follower:
@@ -198,35 +318,75 @@ class _Follower:
 
 
 class RedisStateStore:
-    """The gate's state, shared through Redis (see the module's documentation)."""
+    """The gate's state, shared through Redis (see the module's documentation).
+
+    ``wait_replicas`` > 0 makes every change wait (``WAIT``, up to
+    ``wait_seconds``) until that many replicas hold it before it is
+    reported, so that it survives the loss of the primary.
+    """
+
+    remote = True  # the gate keeps its writes off the request path
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Any,
         rollout: str,
         initial: GateState,
         *,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
         refresh_seconds: float = 0.25,
+        transition_timeout: float = TRANSITION_TIMEOUT_SECONDS,
+        wait_replicas: int = 0,
+        wait_seconds: float = 0.5,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
+        base = rollout_keys(rollout, key_prefix)
         self._client = client
-        self._key = f"gate_middleware:{rollout}:state"
-        self._channel = f"gate_middleware:{rollout}:changed"
+        self._rollout = rollout
+        self._key = f"{base}:state"
+        self._channel = f"{base}:changed"
         self._cas = client.register_script(_CAS)
+        self._seed_script = client.register_script(_SEED)
+        self.transition_timeout = transition_timeout
+        self._wait_replicas = wait_replicas
+        self._wait_ms = int(wait_seconds * 1000)
+        if not initial.transition:  # the same config gives the same identity in every process
+            initial = replace(initial, transition="config-" + _digest(encode_state(initial)))
+        self._configured = initial
         self._state = initial
+        self._seen_shared = False
+        self._config_logged = False
         self._lock = threading.Lock()
         self._listeners: list[Callable[[GateState], None]] = []
         self._outage = _Outage(f"rollout {rollout!r} state")
+        self._corruption = _Corruption()
         self._pubsub: Any = None
+        self._steps = 0
         self._follower = _Follower(f"gate-state-{rollout}", self._follow, refresh_seconds)
+        meter = get_meter("gate_middleware", meter_provider=meter_provider)
+        meter.create_observable_counter(
+            "gate_middleware.store.corrupt",
+            callbacks=[self._observe_corrupt],
+            unit="{read}",
+            description="Reads of a shared-store key that did not decode",
+        )
         try:
             self._sync()
-        except RedisError as exc:
+        except redis.ResponseError as exc:
+            self._corruption.found(self._key, str(exc))
+        except Unavailable as exc:
             self._outage.failed(exc)
             logger.warning(
                 "rollout %r has never reached Redis; starting from the configured environment (%s)",
                 rollout,
                 initial.environment,
             )
+
+    def _observe_corrupt(self, options: CallbackOptions) -> list[Observation]:
+        return [
+            Observation(count, {"gate.rollout": self._rollout, "gate.store.key": "state"})
+            for count in self._corruption.counts.values()
+        ]
 
     def subscribe(self, listener: Callable[[GateState], None]) -> None:
         """Call ``listener(state)`` whenever another process changes the state."""
@@ -236,64 +396,252 @@ class RedisStateStore:
         self._follower.ensure()
         return self._state
 
-    def compare_and_set(self, expected_version: int, new_state: GateState) -> bool:
+    def status(self) -> tuple[str, str]:
+        """("ok" | "unreachable" | "corrupt", what is wrong)."""
+        if self._corruption.problems:
+            key, problem = next(iter(self._corruption.problems.items()))
+            return "corrupt", f"{key}: {problem}"
+        if self._outage.down:
+            return "unreachable", "Redis does not answer; serving the last known state"
+        return "ok", ""
+
+    def compare_and_set(
+        self, expected_version: int, new_state: GateState, *, expected_transition: str | None = None
+    ) -> bool:
+        """Store ``new_state`` if the shared state is still the expected one.
+
+        Raises ``PromotionError`` when Redis is unreachable, the shared state
+        is corrupt, or the outcome stays unknown (a reply lost and Redis
+        silent until ``transition_timeout``).
+        """
         self._follower.ensure()
+        if expected_transition is None:
+            expected_transition = self._state.transition
+        if not new_state.transition:
+            new_state = replace(new_state, transition=new_transition_id())
+        if self._corruption.problems:
+            self._read_or_refuse()
+            if self._corruption.problems:
+                raise self._corrupt_error()
         try:
-            done = self._cas(
-                keys=[self._key, self._channel],
-                args=[str(expected_version), str(new_state.version), encode_state(new_state)],
-            )
-        except RedisError as exc:
-            raise self._unreachable(exc) from exc
+            done = bool(self._write(str(expected_version), expected_transition, new_state))
+        except redis.ResponseError as exc:  # Redis answered: the key is not a state's hash
+            self._corruption.found(self._key, str(exc))
+            raise self._corrupt_error() from exc
+        except Unavailable as exc:
+            if _never_sent(exc):
+                raise self._unreachable(exc) from exc
+            done = self._applied_after_all(new_state, exc)
         if done:
+            self._confirm_replicas()
             self._set(new_state)
             return True
-        try:
-            self._sync()  # someone else changed it: read theirs before the gate retries
-        except RedisError as exc:
-            raise self._unreachable(exc) from exc
+        self._read_or_refuse()  # someone else changed it: read theirs before the gate retries
+        if self._corruption.problems:
+            raise self._corrupt_error()
         return False
 
-    def _unreachable(self, exc: RedisError) -> PromotionError:
+    def _write(self, expected_version: str, expected_transition: str, state: GateState) -> Any:
+        return self._cas(
+            keys=[self._key],
+            args=[
+                expected_version,
+                expected_transition,
+                str(state.version),
+                state.transition,
+                encode_state(state),
+                self._channel,
+            ],
+        )
+
+    def _applied_after_all(self, new_state: GateState, exc: Exception) -> bool:
+        """The reply of a compare-and-set was lost: did it run? Ask until the deadline."""
+        deadline = time.monotonic() + self.transition_timeout
+        while True:
+            try:
+                _, transition = self._client.hmget(self._key, "version", "id")
+                break
+            except Unavailable as again:
+                if time.monotonic() >= deadline:
+                    self._outage.failed(again)
+                    raise OutcomeUnknownError(
+                        "the outcome of this change is unknown: Redis stopped answering after it "
+                        f"was sent ({exc}); check the status once Redis is back"
+                    ) from again
+                time.sleep(0.05)
+        if transition is not None and transition.decode("ascii", "replace") == new_state.transition:
+            logger.warning(
+                "rollout %r: the reply to a state change was lost (%s); it was applied",
+                self._rollout,
+                exc,
+            )
+            return True
+        return False
+
+    def _confirm_replicas(self) -> None:
+        if self._wait_replicas <= 0:
+            return
+        try:
+            acknowledged = int(
+                self._client.execute_command("WAIT", self._wait_replicas, self._wait_ms)
+            )
+        except Unavailable as exc:
+            acknowledged = 0
+            logger.warning("rollout %r: WAIT failed (%s)", self._rollout, exc)
+        if acknowledged < self._wait_replicas:
+            logger.warning(
+                "rollout %r: a state change is on the primary but only %d of %d replicas confirmed "
+                "it within %d ms; if the primary is lost now, the processes that hold it write it back",
+                self._rollout,
+                acknowledged,
+                self._wait_replicas,
+                self._wait_ms,
+            )
+
+    def _read_or_refuse(self) -> None:
+        try:
+            self._sync()
+        except redis.ResponseError as exc:
+            self._corruption.found(self._key, str(exc))
+        except Unavailable as exc:
+            raise self._unreachable(exc) from exc
+
+    def _unreachable(self, exc: Exception) -> PromotionError:
         self._outage.failed(exc)
         return PromotionError(
             "the shared store (Redis) is unreachable: nothing changed; try again when it is back"
         )
 
+    def _corrupt_error(self) -> PromotionError:
+        return PromotionError(
+            f"the shared state in Redis is corrupt ({self.status()[1]}): nothing changed; "
+            f"repair the key or delete it (the processes then write back the newest state they hold)"
+        )
+
     def _set(self, state: GateState) -> None:
         with self._lock:
-            if state.version < self._state.version:
+            current = self._state
+            if state.version < current.version or state is current:
                 return
             self._state = state
         for listener in list(self._listeners):
             listener(state)
 
     def _sync(self) -> None:
-        """Read the shared state; seed Redis from ours when it holds none."""
-        raw = self._client.hget(self._key, "state")
-        if raw is None:
-            state = self._state
-            self._client.hsetnx(self._key, "state", encode_state(state))
-            self._client.hsetnx(self._key, "version", str(state.version))
-            raw = self._client.hget(self._key, "state")
+        """Read the shared state and reconcile it with ours (see the module's documentation)."""
+        version, transition, raw = self._client.hmget(self._key, "version", "id", "state")
         self._outage.recovered()
-        if raw is not None:
-            shared = decode_state(raw)
-            if shared.version != self._state.version:
-                self._set(shared)
+        if version is None and transition is None and raw is None:
+            self._seed()
+            return
+        try:
+            shared = decode_state(
+                raw if raw is not None else b"", version or b"", transition or b""
+            )
+        except CorruptData as exc:
+            self._corruption.found(self._key, str(exc))
+            return
+        self._corruption.repaired(self._key)
+        self._reconcile(shared)
+
+    def _reconcile(self, shared: GateState) -> None:
+        local = self._state
+        if shared.version < local.version:
+            self._restore(shared)
+            return
+        self._seen_shared = True
+        if (
+            shared.version == 0
+            and local is self._configured
+            and shared.transition != local.transition
+        ):
+            self._log_config_difference(shared)
+        if shared.transition != local.transition or shared.version != local.version:
+            self._set(shared)
+
+    def _log_config_difference(self, shared: GateState) -> None:
+        if self._config_logged:
+            return
+        self._config_logged = True
+        differences = config_differences(self._configured, shared)
+        if differences:
+            logger.warning(
+                "rollout %r: this process's config differs from the shared state's in %s; "
+                "following the shared state (written first)",
+                self._rollout,
+                ", ".join(differences),
+            )
+
+    def _restored(self, state: GateState, shared: GateState | None) -> GateState:
+        """``state`` with a ``restore`` event, the same version and a new id."""
+        event = PromotionEvent(
+            shared.environment if shared is not None else state.environment,
+            state.environment,
+            datetime.now(timezone.utc),
+            "restore",
+        )
+        history = (*state.history, event)[-MAX_HISTORY:]
+        return replace(state, history=history, transition=new_transition_id())
+
+    def _seed(self) -> None:
+        """Redis holds no state: write ours (one script, only into an empty hash)."""
+        state = self._state
+        if self._seen_shared:  # Redis lost it: put back the newest we know, and say so
+            state = self._restored(state, None)
+        written = self._seed_script(
+            keys=[self._key],
+            args=[str(state.version), state.transition, encode_state(state), self._channel],
+        )
+        if written:
+            if self._seen_shared:
+                logger.warning(
+                    "rollout %r: Redis held no state; wrote back version %d (%s)",
+                    self._rollout,
+                    state.version,
+                    state.environment,
+                )
+            self._seen_shared = True
+            self._set(state)
+        else:
+            self._sync()  # someone seeded it first
+
+    def _restore(self, shared: GateState) -> None:
+        """The shared state is older than ours: write ours back over it."""
+        state = self._restored(self._state, shared)
+        if self._write(str(shared.version), shared.transition, state):
+            logger.warning(
+                "rollout %r: the shared state (version %d) was older than this process's; "
+                "wrote back version %d (%s)",
+                self._rollout,
+                shared.version,
+                state.version,
+                state.environment,
+            )
+            self._set(state)
 
     def _follow(self) -> None:
+        self._steps += 1
         try:
             if self._pubsub is None:
-                self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
                 self._pubsub.subscribe(self._channel)
             message = self._pubsub.get_message(timeout=0.2)
-            version = self._client.hget(self._key, "version")
-            if message is not None or version is None or int(version) != self._state.version:
+            version, transition = self._client.hmget(self._key, "version", "id")
+            local = self._state
+            if (
+                message is not None
+                or self._corruption.problems
+                or self._steps % FULL_READ_EVERY == 0  # a foreign write may leave the id alone
+                or version != str(local.version).encode()
+                or transition != local.transition.encode()
+            ):
                 self._sync()
             else:
                 self._outage.recovered()
-        except (RedisError, OSError, ValueError) as exc:
+        except redis.ResponseError as exc:  # Redis answered: the key is not what we wrote
+            self._outage.recovered()
+            self._corruption.found(self._key, str(exc))
+        except Unavailable as exc:
             self._outage.failed(exc)
             self._pubsub = None
 
@@ -303,6 +651,17 @@ class RedisStateStore:
 
     def close(self) -> None:
         self._follower.close()
+
+
+def _never_sent(exc: Exception) -> bool:
+    """Whether the command failed before reaching Redis (no connection could be made)."""
+    return isinstance(exc, redis.ConnectionError) and " connecting to " in str(exc)
+
+
+def _digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class _Slice:
@@ -335,40 +694,75 @@ class _Merged:
                 self.highest = index
 
 
+def _count(value: bytes) -> int:
+    """A stored counter: a non-negative integer, or ``CorruptData``."""
+    if not _INTEGER.fullmatch(value) or value.startswith(b"-"):
+        raise CorruptData(f"the count {value[:40]!r} is not a non-negative integer")
+    return int(value)
+
+
+def _decode_slice(reply: dict[bytes, bytes]) -> tuple[int, int, int, dict[int, int], list[str]]:
+    """(requests, failures, good, buckets, problems) of one stored slice; bad fields are skipped."""
+    totals = {b"r": 0, b"f": 0, b"g": 0}
+    buckets: dict[int, int] = {}
+    problems: list[str] = []
+    for name, value in reply.items():
+        try:
+            if name in totals:
+                totals[name] = _count(value)
+            elif name.startswith(b"b") and _INTEGER.fullmatch(name[1:]):
+                index = int(name[1:])
+                if not 0 <= index < BUCKET_COUNT:
+                    raise CorruptData(f"the bucket field {name[:40]!r} is out of range")
+                buckets[index] = _count(value)
+            else:
+                raise CorruptData(f"unknown field {name[:40]!r}")
+        except CorruptData as exc:
+            problems.append(str(exc))
+    return totals[b"r"], totals[b"f"], totals[b"g"], buckets, problems
+
+
 class RedisWindowStore:
     """Both windows, merged across every process of the rollout.
 
-    Slices are numbered by ``clock`` (wall-clock seconds, shared by the
-    processes), not by the gate's monotonic clock.
+    Slices are numbered by Redis's clock: ``clock`` (wall-clock seconds)
+    plus the offset to Redis's ``TIME`` measured at every flush, so that
+    processes whose clocks disagree still number a moment alike.
     """
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Any,
         rollout: str,
         window_seconds: float,
         *,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
         flush_seconds: float = 0.25,
         clock: Callable[[], float] = time.time,
         meter_provider: MeterProvider | None = None,
     ) -> None:
+        base = rollout_keys(rollout, key_prefix)
         self._client = client
-        self._prefix = f"gate_middleware:{rollout}:window"
-        self._epoch_key = f"gate_middleware:{rollout}:epoch"
+        self._prefix = f"{base}:window"
+        self._epoch_key = f"{base}:epoch"
+        self._next_epoch = client.register_script(_NEXT_EPOCH)
         self._slice_seconds = window_seconds / SLICES
         self._expire = int(window_seconds + 2 * self._slice_seconds) + 1
         self._clock = clock
+        self._offset = 0.0  # Redis's clock minus ours
+        self._skew_logged = False
         self._lock = threading.Lock()
         self._buffer: dict[tuple[str, int], _Slice] = {}
         self._merged: dict[str, _Merged] = {CANARY: _Merged(), STABLE: _Merged()}
-        self._merged_slices: set[tuple[str, int]] = set()
         # The step's evidence: unflushed here, merged from every process there.
         self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
         self._merged_evidence = {CANARY: Evidence(), STABLE: Evidence()}
         self._epoch = 0
         self.dropped_outcomes = 0
         self._outage = _Outage(f"rollout {rollout!r} windows")
+        self._corruption = _Corruption()
         self._follower = _Follower(f"gate-windows-{rollout}", self.flush, flush_seconds)
+        self._rollout = rollout
         meter = get_meter("gate_middleware", meter_provider=meter_provider)
         meter.create_observable_counter(
             "gate_middleware.store.dropped",
@@ -376,10 +770,62 @@ class RedisWindowStore:
             unit="{outcome}",
             description="Outcomes that could not reach the shared store before leaving the window",
         )
-        self._rollout = rollout
+        meter.create_observable_counter(
+            "gate_middleware.store.corrupt",
+            callbacks=[self._observe_corrupt],
+            unit="{read}",
+            description="Reads of a shared-store key that did not decode",
+        )
+        with contextlib.suppress(*Unavailable):  # if Redis is away, the first flush says so
+            self._measure_offset()
 
     def _observe_dropped(self, options: CallbackOptions) -> list[Observation]:
         return [Observation(self.dropped_outcomes, {"gate.rollout": self._rollout})]
+
+    def _observe_corrupt(self, options: CallbackOptions) -> list[Observation]:
+        counts: dict[str, int] = {}
+        for key, count in self._corruption.counts.items():
+            kind = "epoch" if key == self._epoch_key else "window"
+            counts[kind] = counts.get(kind, 0) + count
+        return [
+            Observation(count, {"gate.rollout": self._rollout, "gate.store.key": kind})
+            for kind, count in counts.items()
+        ]
+
+    def status(self) -> tuple[str, str]:
+        """("ok" | "unreachable" | "corrupt", what is wrong)."""
+        if self._corruption.problems:
+            key, problem = next(iter(self._corruption.problems.items()))
+            return "corrupt", f"{key}: {problem}"
+        if self._outage.down:
+            return "unreachable", "Redis does not answer; outcomes wait in the local buffer"
+        return "ok", ""
+
+    def _now(self) -> float:
+        return self._clock() + self._offset
+
+    def _measure_offset(self) -> None:
+        before = self._clock()
+        seconds, micros = self._client.time()
+        self._take_offset(before, self._clock(), seconds + micros / 1e6)
+
+    def _take_offset(self, before: float, after: float, redis_now: float) -> None:
+        if after - before > 0.2:
+            return  # too slow a round trip to tell
+        self._offset = redis_now - (before + after) / 2
+        if abs(self._offset) > MAX_CLOCK_SKEW_SECONDS and not self._skew_logged:
+            self._skew_logged = True
+            logger.warning(
+                "rollout %r: this process's clock is %+.1f s off Redis's; "
+                "outcomes are numbered by Redis's clock (check NTP)",
+                self._rollout,
+                -self._offset,
+            )
+
+    @property
+    def clock_offset_seconds(self) -> float:
+        """Redis's clock minus this process's, as last measured."""
+        return self._offset
 
     def record(
         self,
@@ -391,7 +837,7 @@ class RedisWindowStore:
         cluster: int = 0,
         evidence: bool = True,
     ) -> None:
-        number = int(self._clock() // self._slice_seconds)
+        number = int(self._now() // self._slice_seconds)
         index = bucket_index(duration)
         with self._lock:
             if evidence:
@@ -409,7 +855,7 @@ class RedisWindowStore:
 
     def stats(self, variant: str, now: float) -> WindowStats:
         self._follower.ensure()
-        oldest = int(self._clock() // self._slice_seconds) - SLICES + 1
+        oldest = int(self._now() // self._slice_seconds) - SLICES + 1
         total = _Merged()
         with self._lock:
             merged = self._merged[variant]
@@ -443,70 +889,104 @@ class RedisWindowStore:
             self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
             self._merged_evidence = {CANARY: Evidence(), STABLE: Evidence()}
         try:
-            self._epoch = int(self._client.incr(self._epoch_key))
-        except RedisError as exc:
+            self._epoch = int(self._next_epoch(keys=[self._epoch_key]))
+        except Unavailable as exc:
             self._outage.failed(exc)
+
+    def _read_epoch(self) -> int:
+        raw = self._client.get(self._epoch_key)
+        if raw is None:
+            self._corruption.repaired(self._epoch_key)
+            return 0
+        if not _INTEGER.fullmatch(raw):
+            # Every process reads the same garbage, so every process falls back
+            # to the same epoch: the windows stay shared until the next clear().
+            self._corruption.found(self._epoch_key, f"the epoch {raw[:40]!r} is not an integer")
+            return -1
+        self._corruption.repaired(self._epoch_key)
+        return int(raw)
 
     def flush(self) -> None:
         """Send the buffered outcomes in one pipeline and read the merged windows back."""
-        now_slice = int(self._clock() // self._slice_seconds)
-        oldest = now_slice - SLICES + 1
         with self._lock:
             pending, self._buffer = self._buffer, {}
             evidence, self._evidence_buffer = (
                 self._evidence_buffer,
                 {CANARY: Evidence(), STABLE: Evidence()},
             )
-        pending = {key: entry for key, entry in pending.items() if self._keep(key, entry, oldest)}
         try:
-            epoch = self._client.get(self._epoch_key)
-            self._epoch = int(epoch) if epoch is not None else 0
-            pipe = self._client.pipeline(transaction=False)
-            for (variant, number), entry in pending.items():
-                redis_key = f"{self._prefix}:{self._epoch}:{variant}:{number}"
-                fields = {"r": entry.requests, "f": entry.failures, "g": entry.good}
-                fields.update({f"b{index}": count for index, count in entry.buckets.items()})
-                for name, amount in fields.items():
-                    if amount:
-                        pipe.hincrby(redis_key, name, amount)
-                pipe.expire(redis_key, self._expire)
-            order = [
-                (variant, number)
-                for variant in (CANARY, STABLE)
-                for number in range(oldest, now_slice + 1)
-            ]
-            for variant in (CANARY, STABLE):
-                evidence_key = f"{self._prefix}:{self._epoch}:{variant}:evidence"
-                for name, amount in _evidence_fields(evidence[variant]):
-                    pipe.hincrby(evidence_key, name, amount)
-                pipe.expire(evidence_key, EVIDENCE_SECONDS)
-            for variant in (CANARY, STABLE):
-                pipe.hgetall(f"{self._prefix}:{self._epoch}:{variant}:evidence")
-            for variant, number in order:
-                pipe.hgetall(f"{self._prefix}:{self._epoch}:{variant}:{number}")
-            replies = pipe.execute()
-        except RedisError as exc:
+            self._flush(pending, evidence)
+        except Unavailable as exc:
             self._outage.failed(exc)
-            with self._lock:  # keep them for the next try (bounded: the window's slices)
-                for key, entry in pending.items():
+            self._merge_back_all(pending, evidence)
+        except Exception:
+            self._merge_back_all(pending, evidence)  # never lose the buffer to a bug
+            raise
+
+    def _merge_back_all(
+        self, pending: dict[tuple[str, int], _Slice], evidence: dict[str, Evidence]
+    ) -> None:
+        oldest = int(self._now() // self._slice_seconds) - SLICES + 1
+        with self._lock:  # keep them for the next try (bounded: the window's slices)
+            for key, entry in pending.items():
+                if self._keep(key, entry, oldest):
                     self._merge_back(key, entry)
-                for variant, unsent in evidence.items():  # fixed size: never dropped
-                    self._evidence_buffer[variant].merge(unsent)
-            return
-        evidence_replies = replies[-len(order) - 2 : -len(order)] if order else replies[-2:]
+            for variant, unsent in evidence.items():  # fixed size: never dropped
+                self._evidence_buffer[variant].merge(unsent)
+
+    def _flush(self, pending: dict[tuple[str, int], _Slice], evidence: dict[str, Evidence]) -> None:
+        now_slice = int(self._now() // self._slice_seconds)
+        oldest = now_slice - SLICES + 1
+        for key in [key for key, entry in pending.items() if not self._keep(key, entry, oldest)]:
+            del pending[key]
+        self._measure_offset()  # TIME cannot be pipelined on a cluster
+        self._epoch = self._read_epoch()
+        pipe = self._client.pipeline(transaction=False)
+        for (variant, number), entry in pending.items():
+            redis_key = f"{self._prefix}:{self._epoch}:{variant}:{number}"
+            fields = {"r": entry.requests, "f": entry.failures, "g": entry.good}
+            fields.update({f"b{index}": count for index, count in entry.buckets.items()})
+            for name, amount in fields.items():
+                if amount:
+                    pipe.hincrby(redis_key, name, amount)
+            pipe.expire(redis_key, self._expire)
+        order = [
+            (variant, number)
+            for variant in (CANARY, STABLE)
+            for number in range(oldest, now_slice + 1)
+        ]
+        for variant in (CANARY, STABLE):
+            evidence_key = f"{self._prefix}:{self._epoch}:{variant}:evidence"
+            for name, amount in _evidence_fields(evidence[variant]):
+                pipe.hincrby(evidence_key, name, amount)
+            pipe.expire(evidence_key, EVIDENCE_SECONDS)
+        for variant in (CANARY, STABLE):
+            pipe.hgetall(f"{self._prefix}:{self._epoch}:{variant}:evidence")
+        for variant, number in order:
+            pipe.hgetall(f"{self._prefix}:{self._epoch}:{variant}:{number}")
+        replies = pipe.execute()
+        pending.clear()  # in Redis now: nothing below may lose or repeat them
+        evidence.clear()
+        self._outage.recovered()
+        evidence_replies = replies[-len(order) - 2 : -len(order)]
         merged_evidence = {
             variant: _decode_evidence(reply)
             for variant, reply in zip((CANARY, STABLE), evidence_replies, strict=True)
         }
-        self._outage.recovered()
         merged = {CANARY: _Merged(), STABLE: _Merged()}
-        for (variant, _), reply in zip(order, replies[-len(order) :], strict=True):
+        for (variant, number), reply in zip(order, replies[-len(order) :], strict=True):
             if not reply:
                 continue
-            buckets = {int(k[1:]): int(v) for k, v in reply.items() if k.startswith(b"b")}
-            merged[variant].add(
-                int(reply.get(b"r", 0)), int(reply.get(b"f", 0)), int(reply.get(b"g", 0)), buckets
-            )
+            requests, failures, good, buckets, problems = _decode_slice(reply)
+            slice_key = f"{self._prefix}:{self._epoch}:{variant}:{number}"
+            if problems:
+                self._corruption.found(slice_key, "; ".join(problems))
+            else:
+                self._corruption.repaired(slice_key)
+            merged[variant].add(requests, failures, good, buckets)
+        for old_key in [k for k in self._corruption.problems if k.startswith(self._prefix)]:
+            if not any(old_key.endswith(f":{v}:{n}") for v, n in order):
+                self._corruption.repaired(old_key)  # it left the window
         with self._lock:
             self._merged = merged
             self._merged_evidence = merged_evidence
@@ -531,6 +1011,7 @@ class RedisWindowStore:
     def after_fork(self) -> None:
         self._lock = threading.Lock()
         self._buffer = {}  # the parent's outcomes are the parent's to flush
+        self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
 
     def close(self) -> None:
         self._follower.close()
@@ -575,10 +1056,62 @@ def _decode_evidence(reply: dict[bytes, bytes]) -> Evidence:
     return Evidence.from_counts(latency, groups[b"r"], groups[b"f"], groups[b"x"])
 
 
-def connect(url: str, **options: Any) -> redis.Redis:
-    """A client with short timeouts: a request must never wait long on the store."""
-    options.setdefault("socket_timeout", 0.5)
-    options.setdefault("socket_connect_timeout", 0.5)
+# -- connecting ------------------------------------------------------------------------
+
+_TIMEOUTS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+
+
+def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
+    hosts = []
+    for part in netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = part.rpartition(":") if ":" in part else (part, "", "")
+        hosts.append((host or "127.0.0.1", int(port) if port else default_port))
+    return hosts
+
+
+def connect(url: str, **options: Any) -> Any:
+    """A client with short timeouts: a request must never wait long on the store.
+
+    ``redis+cluster://host:port[,host:port...]`` gives a ``RedisCluster``;
+    ``redis+sentinel://host:port[,host:port...]/service[/db]`` the primary
+    that the Sentinels name for ``service`` (followed through failovers);
+    any other URL goes to ``redis.Redis.from_url``.
+    """
+    from redis.backoff import ConstantBackoff, NoBackoff
+    from redis.retry import Retry
+
+    for name, seconds in _TIMEOUTS.items():
+        options.setdefault(name, seconds)
+    # No sleeping retries inside redis-py (its default backs off by seconds,
+    # with jitter): the store's own loops retry, within their deadlines.
+    no_retry = Retry(NoBackoff(), 0)
+    parts = urlsplit(url)
+    if parts.scheme == "redis+cluster":
+        from redis.cluster import ClusterNode, RedisCluster
+
+        nodes = [
+            ClusterNode(host, port)  # type: ignore[no-untyped-call]
+            for host, port in _hosts(parts.netloc, 6379)
+        ]
+        if parts.password:
+            options.setdefault("password", unquote(parts.password))
+        options.setdefault("retry", Retry(ConstantBackoff(0.05), 2))
+        return RedisCluster(startup_nodes=nodes, **options)
+    if parts.scheme == "redis+sentinel":
+        from redis.sentinel import Sentinel
+
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise ConfigError("url", url, "redis+sentinel://host:port[,host:port]/service[/db]")
+        if len(path) > 1:
+            options.setdefault("db", int(path[1]))
+        if parts.password:
+            options.setdefault("password", unquote(parts.password))
+        options.setdefault("retry", no_retry)
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            _hosts(parts.netloc, 26379), sentinel_kwargs={**_TIMEOUTS, "retry": no_retry}, **options
+        )
+        return sentinel.master_for(path[0], **options)  # type: ignore[no-untyped-call]
     options.setdefault("health_check_interval", 5)
     return redis.Redis.from_url(url, **options)
 
@@ -588,14 +1121,45 @@ def shared_stores(
     config: PromotionConfig,
     initial: GateState,
     meter_provider: MeterProvider | None = None,
+    *,
+    key_prefix: str = DEFAULT_KEY_PREFIX,
+    wait_replicas: int | None = None,
+    transition_timeout: float = TRANSITION_TIMEOUT_SECONDS,
 ) -> tuple[RedisStateStore, RedisWindowStore]:
+    """Both stores of ``config.name``'s rollout on the Redis at ``url``.
+
+    ``wait_replicas`` defaults to 1 behind Sentinels (a primary with
+    replicas) and 0 otherwise.
+    """
+    rollout_keys(config.name, key_prefix)  # validates the prefix
     client = connect(url)
+    if wait_replicas is None:
+        wait_replicas = 1 if url.startswith("redis+sentinel:") else 0
     return (
-        RedisStateStore(client, config.name, initial),
+        RedisStateStore(
+            client,
+            config.name,
+            initial,
+            key_prefix=key_prefix,
+            wait_replicas=wait_replicas,
+            transition_timeout=transition_timeout,
+            meter_provider=meter_provider,
+        ),
         RedisWindowStore(
-            client, config.name, config.rollback_window_seconds, meter_provider=meter_provider
+            client,
+            config.name,
+            config.rollback_window_seconds,
+            key_prefix=key_prefix,
+            meter_provider=meter_provider,
         ),
     )
 
 
-__all__ = ["RedisStateStore", "RedisWindowStore", "connect", "shared_stores"]
+__all__ = [
+    "CorruptData",
+    "RedisStateStore",
+    "RedisWindowStore",
+    "connect",
+    "rollout_keys",
+    "shared_stores",
+]

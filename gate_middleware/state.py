@@ -100,6 +100,7 @@ class GateState:
     release: int = 0
     version: int = 0
     step: int = 0
+    transition: str = ""  # a random id per change: (version, transition) is the state's identity
 
     def evolve(self, event: GateEvent | None = None, **changes: Any) -> GateState:
         """A copy with ``changes`` applied, ``event`` appended and the next version."""
@@ -115,8 +116,11 @@ class StateStore(Protocol):
     def load(self) -> GateState:
         """The current state."""
 
-    def compare_and_set(self, expected_version: int, new_state: GateState) -> bool:
-        """Store ``new_state`` if the stored version is still ``expected_version``."""
+    def compare_and_set(
+        self, expected_version: int, new_state: GateState, *, expected_transition: str | None = None
+    ) -> bool:
+        """Store ``new_state`` if the stored version is still ``expected_version``
+        (and its transition id ``expected_transition``, when given)."""
 
 
 @dataclass
@@ -129,9 +133,13 @@ class InMemoryStateStore:
     def load(self) -> GateState:
         return self.state
 
-    def compare_and_set(self, expected_version: int, new_state: GateState) -> bool:
+    def compare_and_set(
+        self, expected_version: int, new_state: GateState, *, expected_transition: str | None = None
+    ) -> bool:
         with self._lock:
             if self.state.version != expected_version:
+                return False
+            if expected_transition is not None and self.state.transition != expected_transition:
                 return False
             self.state = new_state
             return True
@@ -180,6 +188,7 @@ class GateStatus:
     recent_events: tuple[GateEvent, ...]
     config: PromotionConfig
     slo: SloConfig
+    store: dict[str, Any] = field(default_factory=lambda: {"kind": "memory", "status": "ok"})
 
     @property
     def next_stage(self) -> str | None:
@@ -211,4 +220,5 @@ class GateStatus:
                 "evaluation_interval_seconds": self.config.evaluation_interval_seconds,
             },
             "recent_events": [event.to_dict() for event in self.recent_events],
+            "store": dict(self.store),
         }

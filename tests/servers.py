@@ -98,35 +98,39 @@ def serving(app: object, port: int | None = None) -> Iterator[str]:
 
 
 class RedisServer:
-    """A real redis-server on 127.0.0.1 that a test can stop and start again."""
+    """A real redis-server on 127.0.0.1 that a test can stop and start again.
 
-    def __init__(self) -> None:
+    ``extra`` adds arguments (``--cluster-enabled yes``, ``--replicaof``...);
+    ``sentinel=True`` starts it as a Sentinel (``redis-server --sentinel``).
+    """
+
+    def __init__(self, *extra: str, port: int | None = None, sentinel: bool = False) -> None:
         import shutil
+        import tempfile
 
         path = shutil.which("redis-server")
         if path is None:
             raise RuntimeError("redis-server is not installed: ./dev test installs it (apt-get)")
         self.binary = path
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.extra = list(extra)
+        self.sentinel = sentinel
+        self.directory = tempfile.mkdtemp(prefix=f"redis-{self.port}-")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        common = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.directory]
+        if self.sentinel:
+            config = Path(self.directory) / "sentinel.conf"
+            if not config.exists():
+                config.write_text("\n".join(self.extra) + "\n")
+            args = [self.binary, str(config), "--sentinel", *common]
+        else:
+            args = [self.binary, *common, "--save", "", "--appendonly", "no"]
+            args += ["--enable-debug-command", "local", *self.extra]
         self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         deadline = time.monotonic() + 10
         while True:
@@ -146,3 +150,116 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
         self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: a primary lost without a goodbye."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def cli(self, *args: str, timeout: float = 10.0) -> str:
+        """Run ``redis-cli`` against this server; its output."""
+        result = subprocess.run(
+            ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        )
+        return result.stdout.strip()
+
+    def cleanup(self) -> None:
+        import shutil
+
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class RedisClusterServers:
+    """Three redis-server masters on 127.0.0.1 joined into one Redis Cluster."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes = [
+            RedisServer(
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-port",  # the bus: port + 10000 may be past 65535
+                str(free_port()),
+            )
+            for _ in range(masters)
+        ]
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create"]
+            + [f"127.0.0.1:{node.port}" for node in self.nodes]
+            + ["--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 20
+        while not all("cluster_state:ok" in node.cli("CLUSTER", "INFO") for node in self.nodes):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Redis Cluster did not become ready")
+            time.sleep(0.1)
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()
+
+
+class RedisSentinelSet:
+    """A primary, one replica and three Sentinels (``redis-server --sentinel``) on 127.0.0.1.
+
+    The Sentinels call the primary ``service`` and fail over 0.5 s after
+    it stops answering.
+    """
+
+    def __init__(self, service: str = "gate") -> None:
+        self.service = service
+        self.primary = RedisServer()
+        self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.primary.port))
+        monitor = [
+            f"sentinel monitor {service} 127.0.0.1 {self.primary.port} 2",
+            f"sentinel down-after-milliseconds {service} 500",
+            f"sentinel failover-timeout {service} 2000",
+            f"sentinel parallel-syncs {service} 1",
+        ]
+        self.sentinels = [RedisServer(*monitor, sentinel=True) for _ in range(3)]
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        self.url = f"redis+sentinel://{hosts}/{service}"
+
+    def start(self) -> None:
+        self.primary.start()
+        self.replica.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        deadline = time.monotonic() + 20
+        while "master_link_status:up" not in self.replica.cli("INFO", "replication"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the replica did not sync")
+            time.sleep(0.1)
+        while not all(
+            "num-other-sentinels\n2" in s.cli("SENTINEL", "MASTER", self.service)
+            and "num-slaves\n1" in s.cli("SENTINEL", "MASTER", self.service)
+            for s in self.sentinels
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Sentinels did not find each other")
+            time.sleep(0.1)
+
+    def primary_port(self) -> int:
+        """The port the Sentinels name as the primary now."""
+        answer = self.sentinels[0].cli("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        return int(answer.split()[1])
+
+    def cleanup(self) -> None:
+        for server in (*self.sentinels, self.replica, self.primary):
+            server.cleanup()

@@ -31,7 +31,18 @@ def redis_server() -> Iterator[RedisServer]:
     try:
         yield server
     finally:
-        server.stop()
+        server.cleanup()
+
+
+_OPEN: list[PromotionGate] = []
+
+
+@pytest.fixture(autouse=True)
+def close_gates() -> Iterator[None]:
+    """Stop every shared gate's follower threads when its test ends."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
 
 
 def shared(url: str, rollout: str, **config: object) -> PromotionGate:
@@ -42,7 +53,9 @@ def shared(url: str, rollout: str, **config: object) -> PromotionGate:
         "min_requests": 20,
         **config,
     }
-    return PromotionGate.from_url(url, PromotionConfig(**settings))  # type: ignore[arg-type]
+    gate = PromotionGate.from_url(url, PromotionConfig(**settings))  # type: ignore[arg-type]
+    _OPEN.append(gate)
+    return gate
 
 
 def eventually(check: object, seconds: float = 1.0) -> bool:
