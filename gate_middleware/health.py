@@ -79,6 +79,20 @@ class CanaryHealth:
         }
 
 
+def _windows(canary: WindowStats, production: WindowStats) -> dict[str, Any]:
+    """The window fields of ``CanaryHealth`` (for display)."""
+    return {
+        "canary_requests": canary.requests,
+        "production_requests": production.requests,
+        "canary_error_rate": canary.error_rate,
+        "production_error_rate": production.error_rate,
+        "canary_p99_latency": canary.p99_latency,
+        "production_p99_latency": production.p99_latency,
+        "canary_slo_compliance": canary.slo_compliance,
+        "production_slo_compliance": production.slo_compliance,
+    }
+
+
 def assess(
     traffic_percent: float,
     canary: WindowStats,
@@ -94,19 +108,12 @@ def assess(
     }
     return CanaryHealth(
         traffic_percent=traffic_percent,
-        canary_requests=canary.requests,
-        production_requests=production.requests,
-        canary_error_rate=canary.error_rate,
-        production_error_rate=production.error_rate,
-        canary_p99_latency=canary.p99_latency,
-        production_p99_latency=production.p99_latency,
         health_score=judgement.health_score,
         recommendation=judgement.recommendation,
-        canary_slo_compliance=canary.slo_compliance,
-        production_slo_compliance=production.slo_compliance,
         sufficient_data=judgement.verdict != INSUFFICIENT_DATA,
         comparison=judgement.comparison,
         evidence=evidence,
+        **_windows(canary, production),
     )
 
 
@@ -114,16 +121,9 @@ def no_release(canary: WindowStats, production: WindowStats) -> CanaryHealth:
     """Production, with no release to judge: both windows reported, nothing judged."""
     return CanaryHealth(
         traffic_percent=0.0,
-        canary_requests=canary.requests,
-        production_requests=production.requests,
-        canary_error_rate=canary.error_rate,
-        production_error_rate=production.error_rate,
-        canary_p99_latency=canary.p99_latency,
-        production_p99_latency=production.p99_latency,
         health_score=1.0,
         recommendation="HEALTHY: no release in progress; production serves every session",
-        canary_slo_compliance=canary.slo_compliance,
-        production_slo_compliance=production.slo_compliance,
         sufficient_data=True,
         comparison="none",
+        **_windows(canary, production),
     )
