@@ -469,16 +469,20 @@ def judge(
     comparison: str = "production",
 ) -> Judgement:
     """Judge the canary against a concurrent baseline (production or the holdback)."""
-    tests = (
-        proportion_test(
-            "errors",
-            canary,
-            baseline,
-            tolerance=settings.error_rate_tolerance,
-            monitor_ratio=settings.monitor_tolerance,
-            settings=settings,
-        ),
-        latency_test(canary, baseline, settings),
+    compliance = (
+        canary_window_compliance if canary_window_compliance is not None else 1 - canary.bad_rate
+    )
+    errors = proportion_test(
+        "errors",
+        canary,
+        baseline,
+        tolerance=settings.error_rate_tolerance,
+        monitor_ratio=settings.monitor_tolerance,
+        settings=settings,
+    )
+    latency = latency_test(canary, baseline, settings)
+    # The SLO test can only act while the SLO is missed: skip its work otherwise.
+    slo = (
         proportion_test(
             "slo",
             canary,
@@ -486,13 +490,12 @@ def judge(
             tolerance=settings.error_rate_tolerance,
             monitor_ratio=settings.monitor_tolerance,
             settings=settings,
-        ),
+        )
+        if compliance < settings.slo_threshold
+        else TestResult("slo", canary.bad_rate - baseline.bad_rate, 0.0, 0.0, False, False)
     )
-    errors, latency, slo = tests
+    tests = (errors, latency, slo)
     strength = _strength(tests, settings)
-    compliance = (
-        canary_window_compliance if canary_window_compliance is not None else 1 - canary.bad_rate
-    )
     slo_violated = slo.rejected and compliance < settings.slo_threshold
     ratio = 1.5
     if errors.rejected or latency.rejected or slo_violated:
