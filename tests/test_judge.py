@@ -14,6 +14,7 @@ import pytest
 
 from benchmarks import judge_sim
 from gate_middleware import (
+    ConfigError,
     Environment,
     PromotionConfig,
     PromotionError,
@@ -426,3 +427,27 @@ def test_groups_come_from_the_routing_bucket() -> None:
     evidence = Evidence()
     evidence.record(True, True, 0.01, CLUSTERS + 3)
     assert evidence.cluster_requests[3] == 1
+
+
+def test_no_health_score_point_without_evidence(
+    clock: FakeClock, meter_provider, metric_reader
+) -> None:  # type: ignore[no-untyped-def]
+    from .conftest import metric_points
+
+    config = PromotionConfig(environment=Environment.canary(10), feature_flags=["new"])
+    gate = PromotionGate(config, clock=clock, meter_provider=meter_provider)
+    points = metric_points(metric_reader)
+    assert (
+        "gate_middleware.gate.health_score" not in points
+        or not points["gate_middleware.gate.health_score"]
+    )
+    feed(gate, STABLE, 600)
+    feed(gate, CANARY, 600)
+    [point] = metric_points(metric_reader)["gate_middleware.gate.health_score"]
+    assert point.value >= 0.9  # type: ignore[attr-defined]
+
+
+def test_a_decision_must_be_a_routing_decision(clock: FakeClock) -> None:
+    gate = make_gate(clock)
+    with pytest.raises(ConfigError, match="decision"):
+        gate.record_request_outcome("u", True, 0.05, decision="canary")  # type: ignore[arg-type]
