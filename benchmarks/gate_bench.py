@@ -222,7 +222,42 @@ def run(quick: bool) -> list[str]:
         "",
         f"  {'outcomes':>12} {'median µs':>10} {'min–max µs':>19} {'gate KiB':>10}",
     ]
-    for size, median, low, high, kib in health_rows(quick):
+    health = list(health_rows(quick))
+    for size, median, low, high, kib in health:
         lines.append(f"  {size:>12} {us(median):>10} {us(low) + '–' + us(high):>19} {kib:>10.1f}")
     sections.append("\n".join(lines) + "\n")
+    floor_us = recording["raw sha256(session id) -> bucket (floor)"].median
+    medians = [median for _, median, *_ in health]
+    sections.append(
+        bars(
+            [
+                (
+                    "route_request <= 2x the sha256 floor",
+                    routing["gate.route_request"].median
+                    / routing["raw sha256(session id) -> bucket (floor)"].median,
+                    2.0,
+                ),
+                (
+                    "record_request_outcome <= 4x the sha256 floor",
+                    recording["gate.record_request_outcome(variant=...)"].median / floor_us,
+                    4.0,
+                ),
+                ("monitor_canary_health <= 100 µs at every size", max(medians) * 1e6, 100.0),
+                (
+                    "monitor_canary_health flat: largest / smallest <= 1.5",
+                    max(medians) / min(medians),
+                    1.5,
+                ),
+            ]
+        )
+    )
     return sections
+
+
+def bars(rows: list[tuple[str, float, float]]) -> str:
+    """PASS or MISS per bar (value at most its limit), so a regression shows at a glance."""
+    lines = ["Bars", ""]
+    for name, value, limit in rows:
+        verdict = "PASS" if value <= limit else "MISS"
+        lines.append(f"  {verdict}  {name:<56} {value:>8.2f} (limit {limit:g})")
+    return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.trace import NoOpTracerProvider
 
+from benchmarks.gate_bench import bars
 from benchmarks.timing import interleaved, table
 from gate_middleware import Environment, PromotionConfig, PromotionGate
 
@@ -268,4 +269,19 @@ def run(quick: bool) -> list[str]:
     ):
         results = interleaved(cases, number, repeat)
         sections.append(table(title, results, next(iter(cases)), overhead=True))
+        shared = results.get("+ gate middleware on Redis (loopback), metrics API only")
+        if shared is not None:
+            base = results[next(iter(cases))].median
+            in_memory = results["+ gate middleware, metrics API only"].median - base
+            sections.append(
+                bars(
+                    [
+                        (
+                            "shared-store overhead <= 1.2x the in-memory gate's",
+                            (shared.median - base) / in_memory,
+                            1.2,
+                        )
+                    ]
+                )
+            )
     return sections

@@ -1,0 +1,135 @@
+"""Compare two versions of the package on every ratio, in one run.
+
+``python -m benchmarks.compare`` compares ``main`` with the working tree;
+``python -m benchmarks.compare REV_A REV_B`` two revisions (``.`` is the
+working tree). Each side's ``gate_middleware`` (with its adapters) is copied
+into a temporary folder; the measuring code is this tree's, the same for
+both. The sides then take turns, ``--rounds`` times, each turn a fresh
+process measuring every case with its own floor or bare baseline, so a noisy
+neighbour slows both sides alike and the ratios, not the microseconds, are
+compared. It prints, per measure, each side's median ratio and B / A.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.timing import interleaved
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def export(revision: str, into: Path) -> Path:
+    """``gate_middleware`` of ``revision`` (``.``: the working tree), importable from ``into``."""
+    package = into / "gate_middleware"
+    if revision == ".":
+        shutil.copytree(ROOT / "gate_middleware", package)
+        shutil.copytree(ROOT / "integrations", package / "integrations")
+        return into
+    tree = into / "tree"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(tree), revision],
+        check=True,
+    )
+    try:
+        shutil.copytree(tree / "gate_middleware", package)
+        shutil.copytree(tree / "integrations", package / "integrations")
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True
+        )
+    return into
+
+
+def measure(quick: bool) -> dict[str, float]:
+    """One turn: every measure as a ratio to its baseline in this process."""
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    from benchmarks import gate_bench, requests_bench
+
+    number, repeat = (1_000, 5) if quick else (5_000, 9)
+    gate = gate_bench.make_gate(auto_rollback_enabled=False)
+    micro = interleaved(
+        {
+            "floor": gate_bench.floor,
+            "route": gate_bench.route_case(gate),
+            "record": gate_bench.record_case(gate_bench.make_gate(auto_rollback_enabled=False)),
+        },
+        number,
+        repeat,
+    )
+    floor = micro["floor"].median
+    health = {size: median for size, median, *_ in gate_bench.health_rows(quick=True)}
+    from gate_middleware.integrations.starlette import GateMiddleware
+
+    bare = requests_bench.starlette_app()
+    wrapped = requests_bench.starlette_app()
+    wrapped.add_middleware(
+        GateMiddleware, gate=requests_bench.gate(NoOpMeterProvider()), secret="s" * 32
+    )
+    requests = interleaved(
+        {"bare": requests_bench.asgi_case(bare), "gate": requests_bench.asgi_case(wrapped)},
+        number // 5,
+        repeat,
+    )
+    base = requests["bare"].median
+    return {
+        "route_request / sha256 floor": micro["route"].median / floor,
+        "record_request_outcome / sha256 floor": micro["record"].median / floor,
+        "monitor_canary_health µs after 10^3": health["1,000"] * 1e6,
+        "monitor_canary_health µs after 10^5": health["100,000"] * 1e6,
+        "Starlette request: gate overhead / bare": (requests["gate"].median - base) / base,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__)
+    parser.add_argument("a", nargs="?", default="main", help="revision A (default main)")
+    parser.add_argument("b", nargs="?", default=".", help="revision B (default: working tree)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(measure(args.quick)))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        sides = {}
+        for name, revision in (("A", args.a), ("B", args.b)):
+            folder = Path(tmp) / name
+            folder.mkdir()
+            sides[name] = export(revision, folder)
+        turns: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
+        for round_number in range(args.rounds):
+            for name, folder in sides.items():
+                env = {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{ROOT}"}
+                command = [sys.executable, "-m", "benchmarks.compare", "--worker"]
+                if args.quick:
+                    command.append("--quick")
+                done = subprocess.run(
+                    command, env=env, cwd=tmp, capture_output=True, text=True, check=False
+                )
+                if done.returncode != 0:
+                    print(f"side {name} ({getattr(args, name.lower())}) failed:\n{done.stderr}")
+                    return 1
+                turns[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"round {round_number + 1} of {args.rounds} done", file=sys.stderr)
+    print(f"A = {args.a}, B = {args.b} ({args.rounds} rounds, medians)\n")
+    print(f"  {'measure':<44} {'A':>9} {'B':>9} {'B / A':>7}")
+    for measure_name in turns["A"][0]:
+        a = statistics.median(turn[measure_name] for turn in turns["A"])
+        b = statistics.median(turn[measure_name] for turn in turns["B"])
+        print(f"  {measure_name:<44} {a:>9.2f} {b:>9.2f} {b / a:>7.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
