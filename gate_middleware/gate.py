@@ -199,6 +199,7 @@ class PromotionGate:
         self._state = state_store.load()
         self._routing = _RoutingTable(self._state, config)
         self.stale_outcomes = 0
+        self._burn_lock = threading.Lock()
         self._step_began(clock())
         subscribe = getattr(state_store, "subscribe", None)
         if subscribe is not None:  # a shared store tells us of other processes' changes
@@ -313,7 +314,8 @@ class PromotionGate:
     def _step_began(self, now: float) -> None:
         """A new step: its evidence counts after the warm-up; the burn windows restart."""
         self._evidence_from = now + self.config.initial_delay_seconds
-        self._burn: deque[tuple[float, int, int]] = deque([(now, 0, 0)])
+        with self._burn_lock:
+            self._burn: deque[tuple[float, int, int]] = deque([(now, 0, 0)])
 
     def _transition(
         self, change: Callable[[GateState], tuple[GateState, Event] | None]
@@ -521,15 +523,18 @@ class PromotionGate:
         """
         long_seconds = self.config.rollback_window_seconds
         short_seconds = long_seconds / 12
-        burn = self._burn
-        if now - burn[-1][0] >= self.config.evaluation_interval_seconds / 2 or now < burn[-1][0]:
-            burn.append((now, canary.requests, canary.bad))
-        while len(burn) > 2 and burn[1][0] <= now - long_seconds:
-            burn.popleft()
+        with self._burn_lock:  # status, gauges and evaluations may read at once
+            burn = self._burn
+            last = burn[-1][0]
+            if now - last >= self.config.evaluation_interval_seconds / 2 or now < last:
+                burn.append((now, canary.requests, canary.bad))
+            while len(burn) > 2 and burn[1][0] <= now - long_seconds:
+                burn.popleft()
+            moments = list(burn)
 
         def since(seconds: float) -> tuple[int, int]:
-            start = burn[0]
-            for moment in burn:
+            start = moments[0]
+            for moment in moments:
                 if moment[0] > now - seconds:
                     break
                 start = moment
@@ -934,6 +939,7 @@ class PromotionGate:
     def _after_fork(self) -> None:
         """In a forked child: new locks for the gate and its stores."""
         self._evaluation_lock = threading.Lock()
+        self._burn_lock = threading.Lock()
         for store in (self._store, self._windows):
             after_fork = getattr(store, "after_fork", None)
             if after_fork is not None:

@@ -451,3 +451,35 @@ def test_a_decision_must_be_a_routing_decision(clock: FakeClock) -> None:
     gate = make_gate(clock)
     with pytest.raises(ConfigError, match="decision"):
         gate.record_request_outcome("u", True, 0.05, decision="canary")  # type: ignore[arg-type]
+
+
+def test_burn_windows_read_from_many_threads_at_once() -> None:
+    """Status calls, gauge collections and evaluations share the burn windows."""
+    import sys
+    import threading
+
+    clock = FakeClock()
+    gate = make_gate(clock, auto_rollback_enabled=False)
+    gate.promote(Environment.STAGING, force=True)  # no holdback: burn-rate windows
+    errors: list[BaseException] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+
+    def work(n: int) -> None:
+        try:
+            for i in range(1000):
+                clock.now += 1.7  # every call may add or drop a moment
+                gate.record_outcome(CANARY, i % 9 != 0, 0.05, -1, n)
+                gate.health_snapshot()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
