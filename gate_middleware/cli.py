@@ -12,7 +12,7 @@ bearer token (``--token``, or ``GATE_MIDDLEWARE_TOKEN``)::
     gate-middleware canary PERCENT --flag NAME ...
     gate-middleware rollback --reason TEXT
     gate-middleware flags enable|disable NAME
-    gate-middleware demo [--scenario healthy|faulty]
+    gate-middleware demo [--scenario healthy|faulty|manual]
 
 Exit codes: 0 done, 1 refused by the gate (the reason is printed), 2 usage
 or connection error. ``status --wait`` watches the rollout for a pipeline
@@ -223,15 +223,17 @@ def environment_label(environment: dict[str, Any]) -> str:
 
 def event_line(event: dict[str, Any]) -> str:
     when = event["timestamp"].replace("T", " ")[:19]
+    actor = f"  [by {event['actor']}]" if event.get("actor") else ""
     if event["kind"] == "rollback":
         what = "automatic rollback" if event["automatic"] else "rollback"
         target = "production" if event["feature"] == "all" else f"flag {event['feature']}"
         origin = environment_label(event["environment"])
-        return f"{when}  {what}: {origin} -> {target}: {event['reason']}"
+        return f"{when}  {what}: {origin} -> {target}: {event['reason']}{actor}"
     forced = " (forced)" if event["forced"] else ""
     origin = environment_label(event["from_environment"])
     target = environment_label(event["to_environment"])
-    return f"{when}  {event['action']}: {origin} -> {target}{forced}"
+    why = f": {event['reason']}" if event.get("reason") else ""
+    return f"{when}  {event['action']}: {origin} -> {target}{forced}{why}{actor}"
 
 
 def render_status(status: dict[str, Any]) -> Group:
@@ -609,17 +611,18 @@ def plan_skip(ctx: click.Context, step: int | None, force: bool) -> None:
 @main.command()
 @click.option(
     "--scenario",
-    type=click.Choice(["healthy", "faulty"]),
+    type=click.Choice(["healthy", "faulty", "manual"]),
     default="healthy",
     show_default=True,
-    help="healthy: ramp to production; faulty: watch it roll back.",
+    help="healthy: the plan reaches production; faulty: the judge rolls it back; "
+    "manual: the plan stops at a manual gate.",
 )
 @click.option("--duration", default=60.0, show_default=True, help="Longest run, in seconds.")
 @click.option("--users", default=50, show_default=True, help="Simulated users at a time.")
 @click.option("--keep-serving", is_flag=True, help="Leave the app and dashboard up afterwards.")
 @click.option("--port", default=0, help="Port on 127.0.0.1 (0: a free one).")
 def demo(scenario: str, duration: float, users: int, keep_serving: bool, port: int) -> None:
-    """Run a real app under uvicorn and drive a whole release through the gate."""
+    """Run a real app under uvicorn and watch its plan carry a release through the gate."""
     try:
         demo_module = importlib.import_module("gate_middleware.integrations.demo")
     except ImportError as exc:
