@@ -41,6 +41,7 @@ class Receiver:
                     receiver.bad_signatures += 1
                 receiver.received.append(
                     {
+                        "path": self.path,
                         "delivery": self.headers["X-Gate-Delivery"],
                         "event": self.headers["X-Gate-Event"],
                         "body": json.loads(body),
