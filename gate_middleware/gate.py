@@ -123,9 +123,10 @@ class _PlanTimer:
         self._interval = interval
         self._pid = -1
         self._stop = threading.Event()
+        self._closed = False
 
     def ensure(self) -> None:
-        if self._pid == os.getpid():
+        if self._pid == os.getpid() or self._closed:
             return
         self._pid = os.getpid()
         self._stop = threading.Event()
@@ -145,6 +146,7 @@ class _PlanTimer:
             del gate
 
     def close(self) -> None:
+        self._closed = True  # a forked child of a closed gate starts no timer either
         self._stop.set()
 
 

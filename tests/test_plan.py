@@ -3,6 +3,7 @@ carrying a whole plan out on a simulated clock."""
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timezone
 from pathlib import Path
@@ -345,3 +346,20 @@ def test_the_timer_moves_the_plan_without_any_request() -> None:
     stopped = gate.environment
     time.sleep(0.5)
     assert gate.environment == stopped  # closed: the timer evaluates no more
+
+
+def test_a_closed_gate_starts_no_timer_in_a_forked_child() -> None:
+    def timers() -> int:
+        return sum(t.name == "gate-plan" and t.is_alive() for t in threading.enumerate())
+
+    before = timers()
+    gate = PromotionGate(PromotionConfig(name="checkout", plan=RolloutPlan()))
+    assert timers() == before + 1
+    gate.close()
+    assert gate._timer is not None
+    gate._timer._pid = -1  # as in a forked child: another process id
+    gate._after_fork()  # what os.register_at_fork runs in the child
+    deadline = time.monotonic() + 10
+    while timers() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert timers() == before
