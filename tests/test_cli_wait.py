@@ -105,3 +105,17 @@ def test_wait_exits_1_on_an_abort_and_retry_starts_again(url: str, gate: Promoti
 def test_bad_timeout_is_a_usage_error(url: str) -> None:
     result = run(url, "status", "--wait", "--timeout", "soon")
     assert result.returncode == 2 and "duration" in result.stderr
+
+
+def test_wait_without_a_plan_follows_promotions_and_rollbacks() -> None:
+    gate = PromotionGate(PromotionConfig(name="manual-steps", min_requests=20))
+    with serving(AdminASGIApp(gate, token=TOKEN)) as url:
+        assert run(url, "canary", "10", "--flag", "new_api").returncode == 0
+        assert run(url, "status", "--wait", "--timeout", "1s", "--interval", "0.2").returncode == 3
+        assert run(url, "rollback", "--reason", "not today").returncode == 0
+        waited = run(url, "status", "--wait", "--timeout", "5s")
+        assert waited.returncode == 1 and "not today" in waited.stdout
+        assert run(url, "canary", "10", "--flag", "new_api").returncode == 0
+        assert run(url, "promote", "production", "--force").returncode == 0
+        assert run(url, "status", "--wait", "--timeout", "5s").returncode == 0
+    gate.close()
