@@ -32,7 +32,19 @@ POST     ``/canary``                 ``{"percent": 5, "flags": ["new_checkout_fl
 POST     ``/rollback``               ``{"reason": "checkout totals are wrong"}``
 POST     ``/flags/{name}/enable``    turn a flag on
 POST     ``/flags/{name}/disable``   take a flag from everyone (records a rollback event)
+GET      ``/plan``                   the rollout plan: steps, current step, bake, ETA
+POST     ``/plan/pause``             ``{"reason": "..."}`` (optional): stop the plan
+POST     ``/plan/resume``            go on after a pause, or through a manual gate
+POST     ``/plan/abort``             ``{"reason": "..."}``: roll back, end the plan
+POST     ``/plan/retry``             restart the plan of a rolled-back release
+POST     ``/plan/skip``              ``{"step": 3, "force": false}``: move to a step
+                                     now (no ``step``: production, "promote now")
 =======  ==========================  ===================================================
+
+Each change is recorded with its actor: the token's name (``token_name``,
+"admin" by default), followed by the user a client names in the
+``X-Gate-Actor`` header (the CLI sends ``cli:<login>``), e.g.
+``admin (cli:alice)``.
 """
 
 from __future__ import annotations
@@ -62,6 +74,7 @@ from gate_middleware.types import Environ, Receive, Scope, Send, StartResponse
 MAX_BODY_BYTES = 64 * 1024
 FLAG_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 _FLAG_PATH = re.compile(r"/flags/([^/]+)/(enable|disable)")
+_ACTOR = re.compile(r"[ -~]{1,64}")
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -136,7 +149,9 @@ Handler = Callable[[dict[str, Any], dict[str, str]], AdminResponse]
 class AdminAPI:
     """Routes admin requests to the gate; knows no protocol."""
 
-    def __init__(self, gate: PromotionGate, *, token: str | None) -> None:
+    def __init__(
+        self, gate: PromotionGate, *, token: str | None, token_name: str = "admin"
+    ) -> None:
         if not isinstance(gate, PromotionGate):
             raise ConfigError("gate", gate, "a PromotionGate")
         if not valid_token(token):
@@ -145,7 +160,11 @@ class AdminAPI:
                 "<hidden>" if isinstance(token, str) else token,
                 f"a bearer token of {TOKEN_EXPECTED}: the admin API refuses to start without one",
             )
+        if not isinstance(token_name, str) or not _ACTOR.fullmatch(token_name):
+            raise ConfigError("token_name", token_name, "1 to 64 printable ASCII characters")
         self.gate = gate
+        self.token_name = token_name
+        self._actor = token_name
         self._token = token.encode("ascii")
         self._routes: dict[tuple[str, str], Handler] = {
             ("GET", "/status"): self._status,
@@ -155,6 +174,12 @@ class AdminAPI:
             ("POST", "/traffic"): self._traffic,
             ("POST", "/canary"): self._canary,
             ("POST", "/rollback"): self._rollback,
+            ("GET", "/plan"): self._plan,
+            ("POST", "/plan/pause"): self._pause,
+            ("POST", "/plan/resume"): self._resume,
+            ("POST", "/plan/abort"): self._abort,
+            ("POST", "/plan/retry"): self._retry,
+            ("POST", "/plan/skip"): self._skip,
         }
 
     def handle(
@@ -164,10 +189,12 @@ class AdminAPI:
         authorization: str | None,
         body: bytes | None,
         content_type: str | None = None,
+        actor: str | None = None,
     ) -> AdminResponse:
         """Answer one request; never raises for anything the client sent.
 
         A POST with a body must declare ``Content-Type: application/json``.
+        ``actor``: the ``X-Gate-Actor`` header (kept after the token's name).
         """
         path = "/" + path.strip("/") if path.strip("/") else "/"
         if path == "/" and method in ("GET", "HEAD"):
@@ -179,6 +206,7 @@ class AdminAPI:
         try:
             handler, args = self._route(method, path)
             payload = self._payload(method, body, content_type)
+            args["actor"] = self._actor_of(actor)
             return handler(payload, args)
         except _BadRequest as exc:
             return _error(exc.status, str(exc), exc.field)
@@ -194,6 +222,13 @@ class AdminAPI:
             return False
         presented = credentials.strip(" \t").encode("utf-8", "replace")
         return hmac.compare_digest(presented, self._token)
+
+    def _actor_of(self, header: str | None) -> str:
+        """The token's name, and the user the client names (printable, cut to 64)."""
+        if not header:
+            return self.token_name
+        user = "".join(c for c in header if c.isprintable())[:64].strip()
+        return f"{self.token_name} ({user})" if user else self.token_name
 
     def _route(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
         handler = self._routes.get((method, path))
@@ -281,12 +316,16 @@ class AdminAPI:
         force = payload.get("force", False)
         if not isinstance(force, bool):
             raise ConfigError("force", force, "true or false")
-        environment = self.gate.promote(Environment.from_name(target_name), force=force)
+        environment = self.gate.promote(
+            Environment.from_name(target_name), force=force, actor=args["actor"]
+        )
         return _json(200, {"environment": environment.to_dict()})
 
     def _traffic(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
         self._only(payload, "percent")
-        environment = self.gate.set_traffic_percent(self._required(payload, "percent"))
+        environment = self.gate.set_traffic_percent(
+            self._required(payload, "percent"), actor=args["actor"]
+        )
         return _json(200, {"environment": environment.to_dict()})
 
     def _canary(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
@@ -294,13 +333,62 @@ class AdminAPI:
         flags = payload.get("flags", [])
         if not isinstance(flags, list):
             raise ConfigError("flags", flags, "a list of flag names")
-        environment = self.gate.start_canary(self._required(payload, "percent"), flags)
+        environment = self.gate.start_canary(
+            self._required(payload, "percent"), flags, actor=args["actor"]
+        )
         return _json(200, {"environment": environment.to_dict()})
 
     def _rollback(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
         self._only(payload, "reason")
-        event = self.gate.rollback(self._required(payload, "reason"))
+        event = self.gate.rollback(self._required(payload, "reason"), actor=args["actor"])
         return _json(200, {"event": event.to_dict()})
+
+    def _plan(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
+        return _json(200, {"plan": self.gate.plan_status()})
+
+    def _plan_answer(self) -> AdminResponse:
+        state = self.gate.state
+        return _json(
+            200, {"environment": state.environment.to_dict(), "plan": self.gate.plan_status()}
+        )
+
+    def _pause(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
+        self._only(payload, "reason")
+        self.gate.pause(payload.get("reason", "paused by an operator"), actor=args["actor"])
+        return self._plan_answer()
+
+    def _resume(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
+        self._only(payload)
+        self.gate.resume(actor=args["actor"])
+        return self._plan_answer()
+
+    def _abort(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
+        self._only(payload, "reason")
+        if self.gate.plan is None:
+            raise PromotionError("cannot abort: the gate has no rollout plan (use /rollback)")
+        self.gate.abort(self._required(payload, "reason"), actor=args["actor"])
+        return self._plan_answer()
+
+    def _retry(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
+        self._only(payload)
+        self.gate.retry(actor=args["actor"])
+        return self._plan_answer()
+
+    def _skip(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
+        self._only(payload, "step", "force")
+        force = payload.get("force", False)
+        if not isinstance(force, bool):
+            raise ConfigError("force", force, "true or false")
+        step = payload.get("step")
+        if step is None:
+            self.gate.promote_now(force=force, actor=args["actor"])
+        else:
+            if isinstance(step, float) and step.is_integer():
+                step = int(step)  # JSON Schema's integer: 3.0 is 3
+            if isinstance(step, bool) or not isinstance(step, int):
+                raise ConfigError("step", step, "the number of a later step of the plan")
+            self.gate.skip_to(step, force=force, actor=args["actor"])
+        return self._plan_answer()
 
     def _enable(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
         self._only(payload)  # the flag is named in the path; the body has no fields
@@ -311,7 +399,7 @@ class AdminAPI:
         self._only(payload)
         name = validate_flag_name(args["name"], "feature")
         try:
-            event = self.gate.disable_feature(name)
+            event = self.gate.disable_feature(name, actor=args["actor"])
         except ConfigError as exc:  # a valid name, but no such flag is on
             raise _BadRequest(404, str(exc), exc.field) from exc
         return _json(200, {"flag": args["name"], "enabled": False, "event": event.to_dict()})
@@ -320,8 +408,10 @@ class AdminAPI:
 class AdminASGIApp:
     """The admin API as an ASGI app: ``Mount("/gate", AdminASGIApp(gate, token=...))``."""
 
-    def __init__(self, gate: PromotionGate, *, token: str | None) -> None:
-        self.api = AdminAPI(gate, token=token)
+    def __init__(
+        self, gate: PromotionGate, *, token: str | None, token_name: str = "admin"
+    ) -> None:
+        self.api = AdminAPI(gate, token=token, token_name=token_name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -342,19 +432,27 @@ class AdminASGIApp:
                 return
             body += message.get("body", b"")
             more = message.get("more_body", False)
-        authorization = content_type = None
+        authorization = content_type = actor = None
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
                 authorization = value.decode("latin-1")
             elif name == b"content-type":
                 content_type = value.decode("latin-1")
+            elif name == b"x-gate-actor":
+                actor = value.decode("utf-8", "replace")
         path = scope.get("path", "/")
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
         # A handler may wait on the shared store (Redis): never on the event loop.
         response = await asyncio.to_thread(
-            self.api.handle, scope.get("method", "GET"), path, authorization, body, content_type
+            self.api.handle,
+            scope.get("method", "GET"),
+            path,
+            authorization,
+            body,
+            content_type,
+            actor,
         )
         await send(
             {
@@ -396,8 +494,10 @@ def read_wsgi_body(environ: Environ) -> bytes | AdminResponse:
 class AdminWSGIApp:
     """The admin API as a WSGI app (mount it with werkzeug's ``DispatcherMiddleware``)."""
 
-    def __init__(self, gate: PromotionGate, *, token: str | None) -> None:
-        self.api = AdminAPI(gate, token=token)
+    def __init__(
+        self, gate: PromotionGate, *, token: str | None, token_name: str = "admin"
+    ) -> None:
+        self.api = AdminAPI(gate, token=token, token_name=token_name)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         body = read_wsgi_body(environ)
@@ -410,6 +510,7 @@ class AdminWSGIApp:
                 environ.get("HTTP_AUTHORIZATION"),
                 body,
                 environ.get("CONTENT_TYPE"),
+                environ.get("HTTP_X_GATE_ACTOR"),
             )
         reason = _REASONS.get(response.status, "Error")
         start_response(f"{response.status} {reason}", response.all_headers())
@@ -520,6 +621,19 @@ def openapi_document() -> dict[str, Any]:
         "enabled": {"type": "boolean"},
     }
     empty_body = {"type": "object", "additionalProperties": False, "maxProperties": 0}
+    reason = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_REASON_LENGTH,
+        "pattern": REASON_PATTERN,
+    }
+    plan_result = result(
+        "The gate's environment and plan now",
+        {
+            "environment": {"$ref": "#/components/schemas/Environment"},
+            "plan": {"type": ["object", "null"]},
+        },
+    )
     return {
         "openapi": "3.1.0",
         "info": {"title": "gate-middleware admin API", "version": "1"},
@@ -601,6 +715,52 @@ def openapi_document() -> dict[str, Any]:
                 result("The rollback", {"event": {"type": "object"}}),
                 operation_id="rollback",
                 links={"next": {"operationId": "startCanary"}},
+            ),
+            "/plan": get(
+                "The rollout plan: steps, current step, bake progress, ETA (null: no plan)",
+                result("The plan", {"plan": {"type": ["object", "null"]}}),
+            ),
+            "/plan/pause": post(
+                "Pause the plan (the judge still rolls back on a failing verdict)",
+                obj({"reason": reason}, []),
+                plan_result,
+                required=False,
+                operation_id="pausePlan",
+                links={"resume": {"operationId": "resumePlan"}},
+            ),
+            "/plan/resume": post(
+                "Resume the plan, or let it through a manual gate",
+                empty_body,
+                plan_result,
+                required=False,
+                operation_id="resumePlan",
+            ),
+            "/plan/abort": post(
+                "Roll the release back and end its plan",
+                obj({"reason": reason}, ["reason"]),
+                plan_result,
+                operation_id="abortPlan",
+                links={"retry": {"operationId": "retryPlan"}},
+            ),
+            "/plan/retry": post(
+                "Start the plan again for the release last rolled back",
+                empty_body,
+                plan_result,
+                required=False,
+                operation_id="retryPlan",
+            ),
+            "/plan/skip": post(
+                "Move the plan to a later step now (no step: production); force skips the checks",
+                obj(
+                    {
+                        "step": {"type": "integer", "minimum": 0},
+                        "force": {"type": "boolean", "default": False},
+                    },
+                    [],
+                ),
+                plan_result,
+                required=False,
+                operation_id="skipPlan",
             ),
             "/flags/{name}/enable": {
                 **post(

@@ -4,16 +4,23 @@ It talks to the admin API (``--url``, or ``GATE_MIDDLEWARE_URL``) with a
 bearer token (``--token``, or ``GATE_MIDDLEWARE_TOKEN``)::
 
     gate-middleware status [--watch] [--json]
+    gate-middleware status --wait [--timeout DURATION]
+    gate-middleware plan [show|pause|resume|abort|retry|skip] ...
     gate-middleware history [--json]
     gate-middleware promote [staging|production] [--force]
     gate-middleware traffic PERCENT
     gate-middleware canary PERCENT --flag NAME ...
     gate-middleware rollback --reason TEXT
     gate-middleware flags enable|disable NAME
-    gate-middleware demo [--scenario healthy|faulty]
+    gate-middleware demo [--scenario healthy|faulty|manual]
 
 Exit codes: 0 done, 1 refused by the gate (the reason is printed), 2 usage
-or connection error. Needs ``pip install "gate-middleware[cli]"`` (click and
+or connection error. ``status --wait`` watches the rollout for a pipeline
+(as ``kubectl argo rollouts status`` does): 0 once it reaches production,
+1 on a rollback or abort, 3 when ``--timeout`` (``90s``, ``15m``, ``2h``)
+runs out first, printing a line whenever the step or the verdict changes.
+Each change is recorded with the actor ``cli:<login>`` after the token's
+name (the ``X-Gate-Actor`` header). Needs ``pip install "gate-middleware[cli]"`` (click and
 rich); the demo needs ``[demo]``.
 
 The token goes to the ``--url`` origin only: a redirect to another scheme,
@@ -26,6 +33,7 @@ server sends can drive the terminal.
 
 from __future__ import annotations
 
+import getpass
 import importlib
 import ipaddress
 import json
@@ -51,6 +59,29 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 DEFAULT_URL = "http://127.0.0.1:8000/gate"
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: ``90``, ``90s``, ``15m``, ``2h``, ``1d``."""
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in _UNITS and value[-1:] else ""
+    number = value[: len(value) - len(unit)]
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration like 90s, 15m or 2h") from None
+    if not 0 < seconds < float("inf"):
+        raise click.BadParameter(f"{text!r} is not a positive duration")
+    return seconds
+
+
+def cli_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no login name (a container without one)
+        return "cli"
 
 
 class AdminError(Exception):
@@ -142,6 +173,7 @@ class AdminClient:
         data = None if body is None else json.dumps(body).encode("utf-8")
         request = urllib.request.Request(f"{self.url}/{path}", data=data, method=method)
         request.add_header("Content-Type", "application/json")
+        request.add_header("X-Gate-Actor", cli_actor())
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
@@ -191,15 +223,17 @@ def environment_label(environment: dict[str, Any]) -> str:
 
 def event_line(event: dict[str, Any]) -> str:
     when = event["timestamp"].replace("T", " ")[:19]
+    actor = f"  [by {event['actor']}]" if event.get("actor") else ""
     if event["kind"] == "rollback":
         what = "automatic rollback" if event["automatic"] else "rollback"
         target = "production" if event["feature"] == "all" else f"flag {event['feature']}"
         origin = environment_label(event["environment"])
-        return f"{when}  {what}: {origin} -> {target}: {event['reason']}"
+        return f"{when}  {what}: {origin} -> {target}: {event['reason']}{actor}"
     forced = " (forced)" if event["forced"] else ""
     origin = environment_label(event["from_environment"])
     target = environment_label(event["to_environment"])
-    return f"{when}  {event['action']}: {origin} -> {target}{forced}"
+    why = f": {event['reason']}" if event.get("reason") else ""
+    return f"{when}  {event['action']}: {origin} -> {target}{forced}{why}{actor}"
 
 
 def render_status(status: dict[str, Any]) -> Group:
@@ -305,16 +339,94 @@ def main(ctx: click.Context, url: str, token: str | None, allow_http: bool) -> N
         _fail(str(exc), EXIT_USAGE)
 
 
+def outcome(status: dict[str, Any]) -> int | None:
+    """0 when the rollout has reached production, 1 when it was rolled back or
+    aborted, ``None`` while it is on its way."""
+    plan = status.get("plan") or {}
+    position = plan.get("position") or {}
+    if position.get("status") == "done":
+        return 0
+    if position.get("status") in ("rolled_back", "aborted"):
+        return 1
+    if status["environment"]["name"] != "production":
+        return None
+    releases = [
+        event
+        for event in status["recent_events"]
+        if event["kind"] == "promotion" or event.get("feature") == "all"
+    ]
+    if releases and releases[-1]["kind"] == "rollback":
+        return 1
+    return 0
+
+
+def progress_line(status: dict[str, Any]) -> str:
+    """One line: where the rollout is, its verdict, and the plan's bake and ETA."""
+    line = f"{environment_label(status['environment'])}  {status['health']['verdict']}"
+    plan = status.get("plan") or {}
+    position = plan.get("position")
+    if position:
+        steps = plan["steps"]
+        line += (
+            f"  step {position['index'] + 1}/{len(steps)} ({plan['current']['label']}, "
+            f"{position['status']})  bake {plan['bake']['fraction']:.0%}"
+        )
+        if plan.get("eta_seconds") is not None:
+            line += f"  ETA {plan['eta_seconds']:.0f} s"
+        if position.get("reason"):
+            line += f"  {position['reason']}"
+    return line
+
+
+def wait_for_outcome(ctx: click.Context, timeout: float, interval: float) -> NoReturn:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        current = call(ctx, "GET", "status")
+        line = progress_line(current)
+        if line.split("  bake")[0] != last.split("  bake")[0]:
+            say(line)
+        last = line
+        result = outcome(current)
+        if result == 0:
+            say("reached production")
+            raise SystemExit(0)
+        if result == 1:
+            events = [e for e in current["recent_events"] if e["kind"] == "rollback"]
+            say("rolled back" + (f": {events[-1]['reason']}" if events else ""))
+            raise SystemExit(EXIT_REFUSED)
+        if time.monotonic() >= deadline:
+            say(f"timed out after {timeout:g} s: {line}")
+            raise SystemExit(EXIT_TIMEOUT)
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
 @main.command()
 @click.option("--watch", is_flag=True, help="Redraw a live view until Ctrl-C.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.option("--interval", default=2.0, show_default=True, help="Seconds between redraws.")
 @click.option("--iterations", default=0, help="With --watch: stop after N redraws (0: never).")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for the outcome: exit 0 in production, 1 on rollback or abort, 3 on timeout.",
+)
+@click.option(
+    "--timeout", default="1h", show_default=True, help="With --wait: how long (90s, 15m, 2h)."
+)
 @click.pass_context
 def status(
-    ctx: click.Context, watch: bool, as_json: bool, interval: float, iterations: int
+    ctx: click.Context,
+    watch: bool,
+    as_json: bool,
+    interval: float,
+    iterations: int,
+    wait: bool,
+    timeout: str,
 ) -> None:
     """The rollout now: environment, traffic, health of both variants, SLO, flags."""
+    if wait:
+        wait_for_outcome(ctx, parse_duration(timeout), interval)
     if as_json:
         click.echo(json.dumps(call(ctx, "GET", "status"), indent=2))
         return
@@ -401,20 +513,116 @@ def flags(ctx: click.Context, action: str, name: str) -> None:
     say(f"flag {name} {action}d")
 
 
+def plan_lines(plan: dict[str, Any] | None) -> list[str]:
+    if plan is None:
+        return ["the gate has no rollout plan"]
+    position = plan.get("position")
+    lines = []
+    for index, step in enumerate(plan["steps"]):
+        here = position is not None and index == position["index"]
+        gate = "  (manual gate)" if step["manual"] else ""
+        mark = ">" if here else " "
+        lines.append(f"{mark} {index}  {step['label']:<12} bake {step['bake_seconds']:g} s{gate}")
+    if position is None:
+        lines.append("no release is following the plan")
+    else:
+        lines.append(progress_line_of_plan(plan))
+    return lines
+
+
+def progress_line_of_plan(plan: dict[str, Any]) -> str:
+    position = plan["position"]
+    line = f"{position['status']}: bake {plan['bake']['fraction']:.0%}"
+    if plan.get("eta_seconds") is not None:
+        line += f", production in {plan['eta_seconds']:.0f} s at the earliest"
+    if position.get("reason"):
+        line += f" ({position['reason']})"
+    return line
+
+
+@main.group(cls=_AdminGroup, invoke_without_command=True)
+@click.pass_context
+def plan(ctx: click.Context) -> None:
+    """The rollout plan: show it (the default), or pause, resume, abort, retry, skip."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(plan_show)
+
+
+@plan.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.pass_context
+def plan_show(ctx: click.Context, as_json: bool = False) -> None:
+    """The steps, the current one, its bake and the ETA."""
+    shown = call(ctx, "GET", "plan")["plan"]
+    if as_json:
+        click.echo(json.dumps(shown, indent=2))
+        return
+    for line in plan_lines(shown):
+        say(line)
+
+
+@plan.command("pause")
+@click.option("--reason", default="paused by an operator", help="Why: kept in the history.")
+@click.pass_context
+def plan_pause(ctx: click.Context, reason: str) -> None:
+    """Stop the plan where it is (a failing verdict still rolls back)."""
+    call(ctx, "POST", "plan/pause", {"reason": reason})
+    say("plan paused")
+
+
+@plan.command("resume")
+@click.pass_context
+def plan_resume(ctx: click.Context) -> None:
+    """Go on after a pause, or through a manual gate."""
+    result = call(ctx, "POST", "plan/resume", {})
+    say(f"plan resumed: now {environment_label(result['environment'])}")
+
+
+@plan.command("abort")
+@click.option("--reason", required=True, help="Why: kept in the history.")
+@click.pass_context
+def plan_abort(ctx: click.Context, reason: str) -> None:
+    """Roll the release back and end its plan."""
+    call(ctx, "POST", "plan/abort", {"reason": reason})
+    say(f"aborted: {reason}")
+
+
+@plan.command("retry")
+@click.pass_context
+def plan_retry(ctx: click.Context) -> None:
+    """Start the plan again for the release last rolled back."""
+    result = call(ctx, "POST", "plan/retry", {})
+    say(f"plan restarted: now {environment_label(result['environment'])}")
+
+
+@plan.command("skip")
+@click.argument("step", required=False, type=int)
+@click.option("--force", is_flag=True, help="Skip the health and SLO checks.")
+@click.pass_context
+def plan_skip(ctx: click.Context, step: int | None, force: bool) -> None:
+    """Move to STEP now (left out: production, "promote now")."""
+    body: dict[str, Any] = {"force": force}
+    if step is not None:
+        body["step"] = step
+    result = call(ctx, "POST", "plan/skip", body)
+    say(f"skipped: now {environment_label(result['environment'])}")
+
+
 @main.command()
 @click.option(
     "--scenario",
-    type=click.Choice(["healthy", "faulty"]),
+    type=click.Choice(["healthy", "faulty", "manual"]),
     default="healthy",
     show_default=True,
-    help="healthy: ramp to production; faulty: watch it roll back.",
+    help="healthy: the plan reaches production; faulty: the judge rolls it back; "
+    "manual: the plan stops at a manual gate.",
 )
 @click.option("--duration", default=60.0, show_default=True, help="Longest run, in seconds.")
 @click.option("--users", default=50, show_default=True, help="Simulated users at a time.")
 @click.option("--keep-serving", is_flag=True, help="Leave the app and dashboard up afterwards.")
 @click.option("--port", default=0, help="Port on 127.0.0.1 (0: a free one).")
 def demo(scenario: str, duration: float, users: int, keep_serving: bool, port: int) -> None:
-    """Run a real app under uvicorn and drive a whole release through the gate."""
+    """Run a real app under uvicorn and watch its plan carry a release through the gate."""
     try:
         demo_module = importlib.import_module("gate_middleware.integrations.demo")
     except ImportError as exc:

@@ -18,6 +18,7 @@ from typing import Any
 
 from gate_middleware.environment import Environment, validate_traffic_percent
 from gate_middleware.errors import ConfigError
+from gate_middleware.plan import RolloutPlan
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -145,7 +146,9 @@ class PromotionConfig:
     the routing formula; ``cohort="release"`` salts it with the release
     number too, so each release takes a fresh cohort of sessions
     (``"rollout"``, the default, keeps the published formula and its test
-    vectors).
+    vectors). ``plan``: a ``RolloutPlan`` (or a dict of its fields) that the
+    gate carries out by itself once a release starts (``None``: every step
+    is a person's call).
     """
 
     environment: Environment = field(default_factory=lambda: Environment.PRODUCTION)
@@ -160,6 +163,7 @@ class PromotionConfig:
     initial_delay_seconds: float = 0.0
     salt: str | None = None
     cohort: str = "rollout"
+    plan: RolloutPlan | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.environment, Environment):
@@ -206,6 +210,10 @@ class PromotionConfig:
             )
         if self.cohort not in ("rollout", "release"):
             raise ConfigError("cohort", self.cohort, "'rollout' or 'release'")
+        if isinstance(self.plan, dict):
+            object.__setattr__(self, "plan", RolloutPlan.from_dict(self.plan))
+        elif self.plan is not None and not isinstance(self.plan, RolloutPlan):
+            raise ConfigError("plan", self.plan, "None, a RolloutPlan or a table of its fields")
 
     @classmethod
     def from_toml(
@@ -218,7 +226,10 @@ class PromotionConfig:
         "shadow": a canary at 0 %), ``promotion_traffic_percent``,
         ``auto_rollback_enabled``, ``slo_threshold`` and optionally
         ``feature_flags``, ``rollback_window_seconds``, ``min_requests``,
-        ``evaluation_interval_seconds`` and ``name``. With ``scenario=None``
+        ``evaluation_interval_seconds``, ``name`` and a ``plan`` table
+        (``[scenarios.NAME.plan]``: ``steps``, ``bake_seconds``,
+        ``staging_bake_seconds``, ``staging_manual``,
+        ``inconclusive_limit_seconds``). With ``scenario=None``
         the file must hold exactly one scenario. Keyword ``overrides``
         replace fields after reading.
         """
@@ -260,6 +271,7 @@ class PromotionConfig:
             "initial_delay_seconds",
             "salt",
             "cohort",
+            "plan",
         }
         unknown = sorted(set(table) - known)
         if unknown:
@@ -301,5 +313,7 @@ class PromotionConfig:
         ):
             if key in table:
                 fields[key] = table[key]
+        if "plan" in table:
+            fields["plan"] = RolloutPlan.from_dict(table["plan"], f"scenarios.{scenario}.plan")
         fields.update(overrides)
         return cls(**fields)

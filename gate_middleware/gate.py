@@ -13,6 +13,13 @@ thread), so an app that only records outcomes still gets its automatic
 rollback. The judge reads the evidence of the current *step* (every start,
 traffic change, promotion and rollback begins one); outcomes routed under
 another step are dropped and counted (``stale_outcomes``).
+
+With a rollout plan (``PromotionConfig.plan``) the gate also moves the
+release forward by itself: each evaluation asks ``gate_middleware.plan``
+what to do next and carries it out through the same compare-and-set, so
+with a shared store exactly one process makes each step. A daemon thread
+per gate (``gate-plan``) evaluates every ``evaluation_interval_seconds``
+too, so a quiet night does not freeze the plan; ``close()`` stops it.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from typing import Any, TypeVar
 
 from opentelemetry.metrics import MeterProvider
 
+from gate_middleware import plan as plans
 from gate_middleware.config import (
     PromotionConfig,
     SloConfig,
@@ -53,6 +61,7 @@ from gate_middleware.judge import (
     judge,
     judge_against_objective,
 )
+from gate_middleware.plan import PlanPosition, RolloutPlan
 from gate_middleware.reasons import validate_reason
 from gate_middleware.routing import (
     BUCKETS,
@@ -74,6 +83,7 @@ from gate_middleware.state import (
     StateStore,
 )
 from gate_middleware.telemetry import GateTelemetry
+from gate_middleware.webhooks import Webhook
 from gate_middleware.window import InMemoryWindowStore, WindowStats, WindowStore
 
 logger = logging.getLogger("gate_middleware")
@@ -93,6 +103,51 @@ Callback = TypeVar("Callback", bound=Callable[..., Any])
 Event = TypeVar("Event", RollbackEvent, PromotionEvent, None)
 
 _PROMOTION_PATHS = {(CANARY_ENV, STAGING), (STAGING, PRODUCTION), (CANARY_ENV, PRODUCTION)}
+
+GATE_ACTOR = "gate"  # the actor of what the gate does by itself
+API_ACTOR = "api"  # the default actor of a call in the app's code
+
+
+def _actor(actor: Any) -> str:
+    if not isinstance(actor, str) or not 1 <= len(actor) <= 200 or not actor.isprintable():
+        raise ConfigError("actor", actor, "1 to 200 printable characters")
+    return actor
+
+
+class _PlanTimer:
+    """Evaluates the gate every ``interval`` seconds on a daemon thread, so
+    the plan moves on without traffic. Started again in a forked child."""
+
+    def __init__(self, gate: PromotionGate, interval: float) -> None:
+        self._gate = weakref.ref(gate)
+        self._interval = interval
+        self._pid = -1
+        self._stop = threading.Event()
+        self._closed = False
+
+    def ensure(self) -> None:
+        if self._pid == os.getpid() or self._closed:
+            return
+        self._pid = os.getpid()
+        self._stop = threading.Event()
+        threading.Thread(
+            target=self._run, args=(self._stop,), name="gate-plan", daemon=True
+        ).start()
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self._interval):
+            gate = self._gate()
+            if gate is None:
+                return
+            try:
+                gate.tick()
+            except Exception:  # the timer must never die
+                logger.exception("The plan's timed evaluation failed; retrying")
+            del gate
+
+    def close(self) -> None:
+        self._closed = True  # a forked child of a closed gate starts no timer either
+        self._stop.set()
 
 
 def _seconds(duration: float | timedelta) -> float:
@@ -178,6 +233,8 @@ class PromotionGate:
         state_store: StateStore | None = None,
         window_store: WindowStore | None = None,
         meter_provider: MeterProvider | None = None,
+        plan_timer: bool = True,
+        webhooks: Iterable[Webhook] = (),
     ) -> None:
         config = PromotionConfig() if config is None else config
         slo = SloConfig() if slo is None else slo
@@ -192,8 +249,12 @@ class PromotionGate:
         self._settings = JudgeSettings.from_config(config, slo)
         self._clock = clock
         self._wall_clock = wall_clock
+        self.plan: RolloutPlan | None = config.plan
+        self._webhooks: list[Webhook] = []
+        for webhook in webhooks:
+            self.add_webhook(webhook)
         if state_store is None:
-            state_store = InMemoryStateStore(self._initial_state(config))
+            state_store = InMemoryStateStore(self._initial_state(config, wall_clock()))
         self._store = state_store
         self._windows = window_store or InMemoryWindowStore(config.rollback_window_seconds)
         self._state = state_store.load()
@@ -213,14 +274,26 @@ class PromotionGate:
         self._series: deque[HealthSample] = deque(maxlen=min(max(samples, 60), MAX_SAMPLES))
         self._last_sample = -math.inf
         self._telemetry = GateTelemetry(self, meter_provider)
+        self._timer: _PlanTimer | None = None
+        if config.plan is not None and plan_timer:
+            self._timer = _PlanTimer(self, config.evaluation_interval_seconds)
+            self._timer.ensure()
         _GATES.add(self)
 
     @staticmethod
-    def _initial_state(config: PromotionConfig) -> GateState:
+    def _initial_state(config: PromotionConfig, now: float) -> GateState:
         flags = frozenset(config.feature_flags)
         if config.environment.name == PRODUCTION:
             return GateState(environment=config.environment, stable_flags=flags)
-        return GateState(environment=config.environment, release_flags=flags, release=1)
+        position = None
+        if config.plan is not None:  # a release configured in progress follows the plan
+            index = config.plan.index_for(
+                config.environment.name, config.environment.traffic_percent
+            )
+            position = PlanPosition(index, now, release_flags=tuple(sorted(flags)))
+        return GateState(
+            environment=config.environment, release_flags=flags, release=1, plan=position
+        )
 
     # -- state ------------------------------------------------------------
 
@@ -258,6 +331,7 @@ class PromotionGate:
                 self._notify(self._promotion_callbacks, event)
             elif event.action == "start_canary":
                 self._windows.clear()
+            self._announce(event)
 
     @classmethod
     def from_url(
@@ -293,10 +367,11 @@ class PromotionGate:
                 "an explicit key_prefix=: two apps on one Redis would otherwise share a rollout",
             )
         config = PromotionConfig() if config is None else config
+        wall_clock = options.get("wall_clock", time.time)
         state_store, window_store = shared_stores(
             url,
             config,
-            cls._initial_state(config),
+            cls._initial_state(config, wall_clock()),
             options.get("meter_provider"),
             key_prefix=DEFAULT_KEY_PREFIX if key_prefix is None else key_prefix,
             wait_replicas=wait_replicas,
@@ -356,6 +431,8 @@ class PromotionGate:
                 raise
             if done:
                 self._adopt(new_state)
+                if result[1] is not None:
+                    self._announce(result[1])
                 return new_state, result[1]
             if time.monotonic() >= deadline:
                 raise PromotionError(
@@ -600,7 +677,348 @@ class PromotionGate:
         if act and in_release and self.config.auto_rollback_enabled and health.verdict == ROLLBACK:
             reason = f"Canary health score {health.health_score:.2f}: {health.recommendation}"
             self._roll_back(state.release, reason, health, automatic=True)
+        elif act and in_release and state.plan is not None:
+            self._carry_out_plan(state, health)
         return health, compliance, enough
+
+    def tick(self) -> None:
+        """Evaluate now unless another thread is (the plan's timer calls it)."""
+        if not self._evaluation_lock.acquire(blocking=False):
+            return
+        try:
+            now = self._clock()
+            self._last_evaluation = now
+            self._next_evaluation = now + self.config.evaluation_interval_seconds
+            self._evaluate(act=True)
+        except PromotionError as exc:  # a shared store that is down: logged there
+            logger.warning("The plan could not change the shared state: %s", exc)
+        finally:
+            self._evaluation_lock.release()
+
+    # -- the rollout plan ---------------------------------------------------
+
+    def _carry_out_plan(self, state: GateState, health: CanaryHealth) -> None:
+        plan, position = self.plan, state.plan
+        if plan is None or position is None:
+            return
+        action = plans.next_action(
+            plan,
+            position,
+            verdict=health.verdict,
+            canary_requests=self._windows.evidence(CANARY).requests,
+            min_requests=self.config.min_requests,
+            now=self._wall_clock(),
+        )
+        if action.kind == plans.ADVANCE:
+            self._move_plan(
+                state, position, action.to_index, "plan_step", action.reason, GATE_ACTOR, health
+            )
+        elif action.kind == plans.HOLD:
+            self._mark_plan(state, position, "hold", action.reason, GATE_ACTOR, held=True)
+        elif action.kind == plans.AWAIT_APPROVAL:
+            self._mark_plan(
+                state, position, "await_approval", action.reason, GATE_ACTOR, awaiting=True
+            )
+        elif action.kind == plans.PAUSE:
+            self._mark_plan(
+                state,
+                position,
+                "pause",
+                action.reason,
+                GATE_ACTOR,
+                status=plans.PAUSED,
+                reason=action.reason,
+            )
+
+    def _entered(
+        self, current: GateState, index: int, event: PromotionEvent, position: PlanPosition
+    ) -> GateState:
+        """``current`` moved to step ``index`` of the plan."""
+        plan = self._the_plan()
+        step = plan.step(index)
+        entered = position.entering(index, self._wall_clock())
+        if step.stage == PRODUCTION:
+            return current.evolve(
+                event,
+                environment=Environment.PRODUCTION,
+                stable_flags=current.stable_flags | current.release_flags,
+                release_flags=frozenset(),
+                step=current.step + 1,
+                plan=replace(entered, status=plans.DONE),
+            )
+        environment = (
+            Environment.STAGING
+            if step.stage == STAGING
+            else Environment.canary(step.traffic_percent)
+        )
+        return current.evolve(event, environment=environment, step=current.step + 1, plan=entered)
+
+    def _target(self, index: int) -> Environment:
+        step = self._the_plan().step(index)
+        if step.stage == CANARY_ENV:
+            return Environment.canary(step.traffic_percent)
+        return Environment.STAGING if step.stage == STAGING else Environment.PRODUCTION
+
+    def _move_plan(
+        self,
+        state: GateState,
+        position: PlanPosition,
+        index: int,
+        action: str,
+        reason: str,
+        actor: str,
+        health: CanaryHealth | None,
+        *,
+        forced: bool = False,
+    ) -> bool:
+        """Move the plan from ``position`` to step ``index``, once (``False``:
+        someone else moved it first)."""
+        target = self._target(index)
+
+        def change(current: GateState) -> tuple[GateState, PromotionEvent] | None:
+            if current.plan != position or current.release != state.release:
+                return None  # another process (or thread) made this step already
+            event = PromotionEvent(
+                current.environment,
+                target,
+                self._utcnow(),
+                action,
+                forced,
+                health,
+                reason,
+                actor,
+            )
+            return self._entered(current, index, event, position), event
+
+        result = self._transition(change)
+        if result is None:
+            return False
+        self._windows.clear()
+        logger.info("Plan: %s -> %s (%s)", state.environment, target, reason)
+        if target.name != CANARY_ENV:
+            self._telemetry.count_promotion(target.name)
+            self._notify(self._promotion_callbacks, result[1])
+        return True
+
+    def _mark_plan(
+        self,
+        state: GateState,
+        position: PlanPosition,
+        action: str,
+        why: str,
+        actor: str,
+        **changes: Any,
+    ) -> bool:
+        """Record a change of the plan's position that keeps the step (hold, pause...)."""
+
+        def change(current: GateState) -> tuple[GateState, PromotionEvent] | None:
+            if current.plan != position or current.release != state.release:
+                return None
+            event = PromotionEvent(
+                current.environment,
+                current.environment,
+                self._utcnow(),
+                action,
+                reason=why,
+                actor=actor,
+            )
+            return current.evolve(event, plan=replace(position, **changes)), event
+
+        result = self._transition(change)
+        if result is not None:
+            log = logger.warning if action in ("pause", "hold") else logger.info
+            log("Plan %s: %s", action, why)
+        return result is not None
+
+    def _the_plan(self) -> RolloutPlan:
+        if self.plan is None:
+            raise PromotionError("the gate has no rollout plan (PromotionConfig.plan)")
+        return self.plan
+
+    def _plan_after(self, current: GateState, target: Environment) -> PlanPosition | None:
+        """The plan's position after a change made by hand to ``target``."""
+        position = current.plan
+        if position is None or self.plan is None:
+            return position
+        if target.name == PRODUCTION:
+            if position.status in (plans.RUNNING, plans.PAUSED):
+                return replace(position, status=plans.DONE)
+            return position
+        index = self.plan.index_for(target.name, target.traffic_percent)
+        entered = position.entering(index, self._wall_clock())
+        return replace(entered, status=position.status, reason=position.reason)
+
+    def _running_plan(self, what: str) -> tuple[GateState, PlanPosition]:
+        state = self._current()
+        if self.plan is None:
+            raise PromotionError(
+                f"cannot {what}: the gate has no rollout plan (PromotionConfig.plan)"
+            )
+        position = state.plan
+        if position is None or state.environment.name == PRODUCTION:
+            raise PromotionError(f"cannot {what}: no release is following the plan")
+        return state, position
+
+    def pause(self, reason: str = "paused by an operator", *, actor: str = API_ACTOR) -> None:
+        """Stop the plan where it is (the judge still rolls back on a failing verdict)."""
+        validate_reason(reason)
+        actor = _actor(actor)
+        state, position = self._running_plan("pause the plan")
+        if position.status == plans.PAUSED:
+            return
+        self._mark_plan(state, position, "pause", reason, actor, status=plans.PAUSED, reason=reason)
+
+    def resume(self, *, actor: str = API_ACTOR) -> None:
+        """Let the plan go on: after a pause, or through a manual gate (approval)."""
+        actor = _actor(actor)
+        state, position = self._running_plan("resume the plan")
+        plan = self._the_plan()
+        step = plan.step(position.index)
+        if position.status == plans.RUNNING and not (step.manual and not position.approved):
+            return
+        self._mark_plan(
+            state,
+            position,
+            "resume",
+            f"{step.label}: resumed" + (" (manual gate approved)" if step.manual else ""),
+            actor,
+            status=plans.RUNNING,
+            resumed_at=self._wall_clock(),
+            held=False,
+            approved=step.manual or position.approved,
+            reason="",
+        )
+        self._evaluate(act=True)  # go on now if the step is ready
+
+    def abort(self, reason: str, *, actor: str = API_ACTOR) -> RollbackEvent:
+        """Roll the release back and end its plan (``retry`` starts it again)."""
+        return self.rollback(reason, actor=actor)
+
+    def retry(self, *, actor: str = API_ACTOR) -> Environment:
+        """Start the plan again, from its first step, for the release last rolled back."""
+        actor = _actor(actor)
+        plan = self.plan
+        if plan is None:
+            raise PromotionError(
+                "cannot retry: the gate has no rollout plan (PromotionConfig.plan)"
+            )
+        state = self._current()
+        position = state.plan
+        if (
+            position is None
+            or state.environment.name != PRODUCTION
+            or position.status not in (plans.ROLLED_BACK, plans.ABORTED)
+        ):
+            raise PromotionError(
+                "cannot retry: retry restarts a release that was rolled back or aborted, "
+                f"and the gate is in {state.environment}"
+                + (f" with its plan {position.status}" if position is not None else "")
+            )
+        target = self._target(0)
+
+        def change(current: GateState) -> tuple[GateState, PromotionEvent] | None:
+            if current.plan != position or current.version != state.version:
+                raise PromotionError("cannot retry: the gate changed meanwhile")
+            event = PromotionEvent(
+                current.environment,
+                target,
+                self._utcnow(),
+                "retry",
+                reason=f"plan restarted for the release with {list(position.release_flags)}",
+                actor=actor,
+            )
+            new = current.evolve(
+                event,
+                environment=target,
+                release_flags=frozenset(position.release_flags),
+                release=current.release + 1,
+                step=current.step + 1,
+                plan=position.entering(0, self._wall_clock()),
+            )
+            return new, event
+
+        self._transition(change)
+        self._windows.clear()
+        logger.info("Plan restarted at %s", target)
+        return target
+
+    def skip_to(self, index: int, *, force: bool = False, actor: str = API_ACTOR) -> Environment:
+        """Move the plan on to step ``index`` now (its last step: production).
+
+        Refused unless the judge's verdict is HEALTHY with enough evidence,
+        as ``promote`` is; ``force=True`` skips the checks.
+        """
+        actor = _actor(actor)
+        state, position = self._running_plan("skip a step")
+        plan = self._the_plan()
+        if (
+            isinstance(index, bool)
+            or not isinstance(index, int)
+            or not (position.index < index <= plan.last)
+        ):
+            raise ConfigError(
+                "step",
+                index,
+                f"a step after the current one ({position.index}), up to {plan.last} (production)",
+            )
+        if not isinstance(force, bool):
+            raise ConfigError("force", force, "True or False")
+        health, compliance, enough = self._evaluate(act=False)
+        if not force:
+            self._check_promotable(health, compliance, enough)
+        reason = f"skipped to {plan.step(index).label}" + (" (forced)" if force else "")
+        if not self._move_plan(state, position, index, "skip", reason, actor, health, forced=force):
+            raise PromotionError("cannot skip: the plan moved meanwhile; look again")
+        return self._target(index)
+
+    def promote_now(self, *, force: bool = False, actor: str = API_ACTOR) -> Environment:
+        """Skip the rest of the plan: promote to production now."""
+        plan = self.plan
+        if plan is None:
+            raise PromotionError("cannot promote now: the gate has no rollout plan")
+        return self.skip_to(plan.last, force=force, actor=actor)
+
+    def plan_status(self) -> dict[str, Any] | None:
+        """The plan as an operator reads it: its steps, the current one, the
+        bake's progress and the ETA (Unix seconds), or ``None`` without a plan."""
+        plan = self.plan
+        if plan is None:
+            return None
+        state = self._current()
+        now = self._wall_clock()
+        position = state.plan
+        if position is None:
+            return {**plan.to_dict(), "position": None, "current": None, "eta": None}
+        return plans.progress(plan, position, now)
+
+    # -- notifications ------------------------------------------------------
+
+    def add_webhook(self, webhook: Webhook) -> Webhook:
+        """Send every event this process makes to ``webhook`` (see
+        ``gate_middleware.webhooks``): with a shared gate, each event is
+        sent once, by the process that made it."""
+        if not isinstance(webhook, Webhook):
+            raise ConfigError("webhook", webhook, "a gate_middleware.webhooks.Webhook")
+        self._webhooks.append(webhook)
+        return webhook
+
+    def _announce(self, event: GateEvent) -> None:
+        if not self._webhooks:
+            return
+        state = self._state
+        extra = {
+            "environment": state.environment.to_dict(),
+            "plan": None if state.plan is None else state.plan.to_dict(),
+        }
+        payload = event.to_dict()
+        for webhook in list(self._webhooks):
+            try:
+                webhook.send(self.name, payload, extra)
+            except Exception:
+                logger.exception("A webhook could not be queued; the gate carries on")
+
+    def webhook_status(self) -> list[dict[str, Any]]:
+        return [webhook.status() for webhook in self._webhooks]
 
     def _sample(self, state: GateState, health: CanaryHealth, compliance: float) -> None:
         """Keep one health sample per evaluation interval (for charts)."""
@@ -647,6 +1065,8 @@ class PromotionGate:
             config=self.config,
             slo=self.slo,
             store=self._store_status(),
+            plan=self.plan_status(),
+            webhooks=tuple(self.webhook_status()),
         )
 
     def monitor_canary_health(self) -> CanaryHealth:
@@ -661,14 +1081,17 @@ class PromotionGate:
 
     # -- state changes ----------------------------------------------------
 
-    def promote(self, target: Environment, *, force: bool = False) -> Environment:
+    def promote(
+        self, target: Environment, *, force: bool = False, actor: str = API_ACTOR
+    ) -> Environment:
         """Promote the release to ``target``: Canary -> Staging -> Production.
 
         Refused with ``PromotionError`` (saying why) for any other path, or
         unless the judge's verdict is HEALTHY (enough evidence, no sign of a
         regression, the SLO met); ``force=True`` skips the checks (not the
-        path rules).
+        path rules). ``actor`` names who asked (kept in the history).
         """
+        actor = _actor(actor)
         if not isinstance(target, Environment):
             raise ConfigError(
                 "target", target, "an Environment (Environment.STAGING or Environment.PRODUCTION)"
@@ -686,10 +1109,13 @@ class PromotionGate:
                 raise PromotionError(
                     f"cannot promote to {target}: the gate changed to {current.environment} meanwhile"
                 )
-            event = PromotionEvent(source, target, self._utcnow(), "promote", force, health)
+            event = PromotionEvent(
+                source, target, self._utcnow(), "promote", force, health, actor=actor
+            )
             step = current.step + 1
+            plan = self._plan_after(current, target)
             if target.name == STAGING:
-                return current.evolve(event, environment=target, step=step), event
+                return current.evolve(event, environment=target, step=step, plan=plan), event
             return (
                 current.evolve(
                     event,
@@ -697,6 +1123,7 @@ class PromotionGate:
                     stable_flags=current.stable_flags | current.release_flags,
                     release_flags=frozenset(),
                     step=step,
+                    plan=plan,
                 ),
                 event,
             )
@@ -744,8 +1171,9 @@ class PromotionGate:
                 f"verdict {health.recommendation}"
             )
 
-    def set_traffic_percent(self, traffic_percent: float) -> Environment:
+    def set_traffic_percent(self, traffic_percent: float, *, actor: str = API_ACTOR) -> Environment:
         """Ramp the canary to ``traffic_percent`` % of sessions (canary only)."""
+        actor = _actor(actor)
         percent = validate_traffic_percent(traffic_percent)
         target = Environment.canary(percent)
 
@@ -757,8 +1185,13 @@ class PromotionGate:
                 )
             if current.environment == target:
                 return None
-            event = PromotionEvent(current.environment, target, self._utcnow(), "set_traffic")
-            return current.evolve(event, environment=target, step=current.step + 1), event
+            event = PromotionEvent(
+                current.environment, target, self._utcnow(), "set_traffic", actor=actor
+            )
+            plan = self._plan_after(current, target)
+            return current.evolve(
+                event, environment=target, step=current.step + 1, plan=plan
+            ), event
 
         result = self._transition(change)
         if result is not None:
@@ -767,10 +1200,25 @@ class PromotionGate:
         return target
 
     def start_canary(
-        self, traffic_percent: float, feature_flags: Iterable[str] = ()
+        self,
+        traffic_percent: float | None = None,
+        feature_flags: Iterable[str] = (),
+        *,
+        actor: str = API_ACTOR,
     ) -> Environment:
         """Begin the next release from production: ``feature_flags`` on for
-        ``traffic_percent`` % of sessions."""
+        ``traffic_percent`` % of sessions.
+
+        With a rollout plan the release follows it from the step at
+        ``traffic_percent`` (``None``: the plan's first step).
+        """
+        actor = _actor(actor)
+        if traffic_percent is None:
+            if self.plan is None:
+                raise ConfigError(
+                    "traffic_percent", None, "a percentage from 0 to 100 (the gate has no plan)"
+                )
+            traffic_percent = self.plan.steps[0].traffic_percent
         percent = validate_traffic_percent(traffic_percent)
         flags = frozenset(validate_flag_names(feature_flags))
         target = Environment.canary(percent)
@@ -781,13 +1229,23 @@ class PromotionGate:
                     f"cannot start a canary: a release is already in {current.environment}; "
                     "promote it or roll it back first"
                 )
-            event = PromotionEvent(current.environment, target, self._utcnow(), "start_canary")
+            event = PromotionEvent(
+                current.environment, target, self._utcnow(), "start_canary", actor=actor
+            )
+            position = None
+            if self.plan is not None:
+                position = PlanPosition(
+                    self.plan.index_for(CANARY_ENV, percent),
+                    self._wall_clock(),
+                    release_flags=tuple(sorted(flags)),
+                )
             state = current.evolve(
                 event,
                 environment=target,
                 release_flags=flags,
                 release=current.release + 1,
                 step=current.step + 1,
+                plan=position,
             )
             return state, event
 
@@ -796,34 +1254,47 @@ class PromotionGate:
         logger.info("Canary started at %g%% with flags %s", percent, sorted(flags))
         return target
 
-    def rollback(self, reason: str) -> RollbackEvent:
-        """Roll the release in progress back to production (manual)."""
+    def rollback(self, reason: str, *, actor: str = API_ACTOR) -> RollbackEvent:
+        """Roll the release in progress back to production (manual); its plan
+        ends ``aborted``."""
         validate_reason(reason)
+        actor = _actor(actor)
         state = self._current()
         if state.environment.name == PRODUCTION:
             raise PromotionError(
                 "cannot roll back: no release in progress (the gate is in production)"
             )
         health = self._health(state)[0]
-        event = self._roll_back(state.release, reason, health, automatic=False)
+        event = self._roll_back(state.release, reason, health, automatic=False, actor=actor)
         if event is None:
             raise PromotionError("cannot roll back: the release ended meanwhile")
         return event
 
     def _roll_back(
-        self, release: int, reason: str, health: CanaryHealth, *, automatic: bool
+        self,
+        release: int,
+        reason: str,
+        health: CanaryHealth,
+        *,
+        automatic: bool,
+        actor: str = GATE_ACTOR,
     ) -> RollbackEvent | None:
         def change(current: GateState) -> tuple[GateState, RollbackEvent] | None:
             if current.release != release or current.environment.name == PRODUCTION:
                 return None  # already rolled back (or promoted) by someone else
             event = RollbackEvent(
-                reason, self._utcnow(), current.environment, "all", health, automatic
+                reason, self._utcnow(), current.environment, "all", health, automatic, actor
             )
+            plan = current.plan
+            if plan is not None:
+                status = plans.ROLLED_BACK if automatic else plans.ABORTED
+                plan = replace(plan, status=status, reason=reason)
             state = current.evolve(
                 event,
                 environment=Environment.PRODUCTION,
                 release_flags=frozenset(),
                 step=current.step + 1,
+                plan=plan,
             )
             return state, event
 
@@ -855,9 +1326,10 @@ class PromotionGate:
         if self._transition(change) is not None:
             logger.info("Feature flag enabled: %s", name)
 
-    def disable_feature(self, name: str) -> RollbackEvent:
+    def disable_feature(self, name: str, *, actor: str = API_ACTOR) -> RollbackEvent:
         """Take a flag away from every session at once; records a RollbackEvent."""
         validate_flag_name(name, "feature")
+        actor = _actor(actor)
         health = self.health_snapshot()
 
         def change(current: GateState) -> tuple[GateState, RollbackEvent]:
@@ -865,7 +1337,12 @@ class PromotionGate:
                 enabled = sorted(current.stable_flags | current.release_flags)
                 raise ConfigError("feature", name, f"one of the enabled flags {enabled}")
             event = RollbackEvent(
-                f"Feature flag disabled: {name}", self._utcnow(), current.environment, name, health
+                f"Feature flag disabled: {name}",
+                self._utcnow(),
+                current.environment,
+                name,
+                health,
+                actor=actor,
             )
             state = current.evolve(
                 event,
@@ -930,7 +1407,12 @@ class PromotionGate:
         return {"kind": "shared", "status": worst, "problems": problems}
 
     def close(self) -> None:
-        """Stop the stores' background work (a shared gate's follower threads)."""
+        """Stop the background work: the plan's timer, the webhooks' senders
+        and a shared gate's follower threads."""
+        if self._timer is not None:
+            self._timer.close()
+        for webhook in self._webhooks:
+            webhook.close()
         for store in (self._store, self._windows):
             close = getattr(store, "close", None)
             if close is not None:
@@ -944,6 +1426,10 @@ class PromotionGate:
             after_fork = getattr(store, "after_fork", None)
             if after_fork is not None:
                 after_fork()
+        for webhook in self._webhooks:
+            webhook.after_fork()
+        if self._timer is not None:
+            self._timer.ensure()  # threads do not survive a fork; started once all is fresh
 
     def _utcnow(self) -> datetime:
         return datetime.fromtimestamp(self._wall_clock(), timezone.utc)

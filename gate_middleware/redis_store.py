@@ -88,6 +88,7 @@ from gate_middleware.environment import Environment
 from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
 from gate_middleware.evidence import CLUSTERS, Evidence
 from gate_middleware.health import CanaryHealth
+from gate_middleware.plan import PlanPosition
 from gate_middleware.routing import CANARY, STABLE
 from gate_middleware.sketch import BUCKET_COUNT, bucket_index, quantile
 from gate_middleware.state import MAX_HISTORY, GateEvent, GateState, PromotionEvent, RollbackEvent
@@ -179,6 +180,7 @@ def _event(data: dict[str, Any]) -> GateEvent:
             data["feature"],
             _health(data["health"]),
             data["automatic"],
+            data.get("actor", "api"),
         )
     return PromotionEvent(
         _environment(data["from_environment"]),
@@ -187,6 +189,8 @@ def _event(data: dict[str, Any]) -> GateEvent:
         data["action"],
         data["forced"],
         _health(data["health"]),
+        data.get("reason", ""),
+        data.get("actor", "api"),
     )
 
 
@@ -200,6 +204,7 @@ def encode_state(state: GateState) -> str:
             "history": [event.to_dict() for event in state.history[-STORED_HISTORY:]],
             "release": state.release,
             "step": state.step,
+            "plan": None if state.plan is None else state.plan.to_dict(),
         },
         separators=(",", ":"),
     )
@@ -230,6 +235,7 @@ def decode_state(
             history=tuple(_event(e) for e in data["history"])[-MAX_HISTORY:],
             release=release,
             step=int(data.get("step", 0)),
+            plan=None if data.get("plan") is None else PlanPosition.from_dict(data["plan"]),
             version=int(version),
             transition=transition,
         )

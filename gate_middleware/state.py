@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Protocol
 from gate_middleware.config import PromotionConfig, SloConfig
 from gate_middleware.environment import Environment
 from gate_middleware.health import CanaryHealth
+from gate_middleware.plan import PlanPosition
 from gate_middleware.window import WindowStats
 
 MAX_HISTORY = 1000
@@ -29,7 +30,9 @@ class RollbackEvent:
     """A rollback: of the whole release (``feature == "all"``) or of one flag.
 
     ``environment`` is the environment rolled back from; ``health`` holds
-    the health figures at that moment.
+    the health figures at that moment. ``actor`` says who made it: "gate"
+    (the gate itself), the admin token's name (and the CLI user), or
+    "api" (a call in the app's code).
     """
 
     kind: ClassVar[str] = "rollback"
@@ -40,6 +43,7 @@ class RollbackEvent:
     feature: str = "all"
     health: CanaryHealth | None = None
     automatic: bool = False
+    actor: str = "api"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,22 +53,32 @@ class RollbackEvent:
             "environment": self.environment.to_dict(),
             "feature": self.feature,
             "automatic": self.automatic,
+            "actor": self.actor,
             "health": self.health.to_dict() if self.health else None,
         }
 
 
 @dataclass(frozen=True)
 class PromotionEvent:
-    """A promotion, a traffic change or the start of a release."""
+    """A promotion, a traffic change, the start of a release, or a step of its plan.
+
+    ``action`` is "promote", "set_traffic", "start_canary", "restore", or
+    one of the plan's: "plan_step" (the plan moved on), "hold" (a baked
+    step is inconclusive), "await_approval" (a manual gate is ready),
+    "pause", "resume", "skip" and "retry". ``reason`` says why; ``actor``
+    who (see ``RollbackEvent``).
+    """
 
     kind: ClassVar[str] = "promotion"
 
     from_environment: Environment
     to_environment: Environment
     timestamp: datetime
-    action: str = "promote"  # "promote", "set_traffic" or "start_canary"
+    action: str = "promote"
     forced: bool = False
     health: CanaryHealth | None = None
+    reason: str = ""
+    actor: str = "api"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +88,8 @@ class PromotionEvent:
             "to_environment": self.to_environment.to_dict(),
             "timestamp": self.timestamp.isoformat(),
             "forced": self.forced,
+            "reason": self.reason,
+            "actor": self.actor,
             "health": self.health.to_dict() if self.health else None,
         }
 
@@ -90,7 +106,8 @@ class GateState:
     progress (it changes with every ``start_canary``); ``step`` numbers the
     stretches with one traffic split (it changes with every start, traffic
     change, promotion and rollback: each step is judged on fresh evidence,
-    and outcomes routed under another step are dropped).
+    and outcomes routed under another step are dropped). ``plan`` is where
+    the release stands in the config's rollout plan (``None`` without one).
     """
 
     environment: Environment
@@ -101,6 +118,7 @@ class GateState:
     version: int = 0
     step: int = 0
     transition: str = ""  # a random id per change: (version, transition) is the state's identity
+    plan: PlanPosition | None = None
 
     def evolve(self, event: GateEvent | None = None, **changes: Any) -> GateState:
         """A copy with ``changes`` applied, ``event`` appended and the next version."""
@@ -189,6 +207,8 @@ class GateStatus:
     config: PromotionConfig
     slo: SloConfig
     store: dict[str, Any] = field(default_factory=lambda: {"kind": "memory", "status": "ok"})
+    plan: dict[str, Any] | None = None
+    webhooks: tuple[dict[str, Any], ...] = ()
 
     @property
     def next_stage(self) -> str | None:
@@ -221,4 +241,6 @@ class GateStatus:
             },
             "recent_events": [event.to_dict() for event in self.recent_events],
             "store": dict(self.store),
+            "plan": self.plan,
+            "webhooks": [dict(webhook) for webhook in self.webhooks],
         }

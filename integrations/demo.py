@@ -3,14 +3,18 @@
 ``gate-middleware demo`` starts a real Starlette app wrapped in the gate's
 middleware under uvicorn on 127.0.0.1 (a free port), with the admin API and
 dashboard mounted at ``/gate``, and drives bounded traffic from many
-simulated users over real HTTP. It steers the release the way an operator
-would, through the admin API:
+simulated users over real HTTP. The gate carries a rollout plan, time
+compressed (seconds of bake instead of hours); the demo only starts the
+release (``POST /gate/canary``) and watches. Nobody steers it:
 
-- ``--scenario healthy`` starts a 5 % canary and ramps 5 % → 10 % → 25 % →
-  staging → production, each step only once the gate reports HEALTHY with
-  enough data;
-- ``--scenario faulty`` starts a 10 % canary whose path has extra errors and
-  latency, and waits for the gate to roll it back by itself.
+- ``--scenario healthy``: the plan ramps 5 % → 10 % → 25 % → 50 % → staging →
+  production by itself, each step once it has baked and the judge says
+  HEALTHY with enough data;
+- ``--scenario faulty``: the canary's path has extra errors and latency, and
+  the judge rolls it back at its first step;
+- ``--scenario manual``: the plan stops at a manual gate (25 %); the demo
+  prints the command that lets it through, then runs that command's request
+  itself (as the operator would) and the plan goes on to production.
 
 The app itself is ``create_app()`` (run by uvicorn in its own process).
 """
@@ -31,7 +35,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 try:
@@ -53,14 +57,19 @@ from gate_middleware.cli import (
     AdminError,
     environment_label,
     event_line,
+    outcome,
     printable,
+    progress_line,
     render_status,
 )
 from gate_middleware.integrations.starlette import GateMiddleware
+from gate_middleware.plan import RolloutPlan
 
 FLAG = "new_checkout_flow"
 TOKEN_ENV = "GATE_DEMO_TOKEN"
 SCENARIO_ENV = "GATE_DEMO_SCENARIO"
+BAKE_ENV = "GATE_DEMO_BAKE_SECONDS"
+PLAN_STEPS = (5, 10, 25, 50)
 BASE_LATENCY = 0.008
 BASE_ERRORS = 0.003
 FAULTY_ERRORS = 0.15
@@ -69,7 +78,18 @@ FAULTY_EXTRA_LATENCY = 0.030
 
 def create_app() -> Starlette:
     """The demo shop: ``/checkout`` reads the flag; ``/gate`` is the admin API."""
-    faulty = os.environ.get(SCENARIO_ENV) == "faulty"
+    scenario = os.environ.get(SCENARIO_ENV)
+    faulty = scenario == "faulty"
+    bake = float(os.environ.get(BAKE_ENV, "3"))
+    steps: list[Any] = list(PLAN_STEPS)
+    if scenario == "manual":
+        steps[2] = {"traffic_percent": steps[2], "manual": True}
+    plan = RolloutPlan(
+        steps=steps,
+        bake_seconds=bake,
+        staging_bake_seconds=bake,
+        inconclusive_limit_seconds=bake * 20,
+    )
     gate = PromotionGate(
         PromotionConfig(
             environment=Environment.PRODUCTION,
@@ -77,6 +97,7 @@ def create_app() -> Starlette:
             rollback_window_seconds=10,
             min_requests=40,
             evaluation_interval_seconds=0.5,
+            plan=plan,
         ),
         SloConfig(latency_objective_seconds=0.1),
     )
@@ -173,7 +194,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(port: int, token: str, scenario: str) -> subprocess.Popen[bytes]:
+def start_server(
+    port: int, token: str, scenario: str, bake_seconds: float = 3.0
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -189,7 +212,12 @@ def start_server(port: int, token: str, scenario: str) -> subprocess.Popen[bytes
             "warning",
             "--no-access-log",
         ],
-        env={**os.environ, TOKEN_ENV: token, SCENARIO_ENV: scenario},
+        env={
+            **os.environ,
+            TOKEN_ENV: token,
+            SCENARIO_ENV: scenario,
+            BAKE_ENV: str(bake_seconds),
+        },
         start_new_session=True,
     )
 
@@ -266,61 +294,60 @@ class Progress:
             )
 
 
-def _ready(status: dict[str, Any]) -> bool:
-    health = status["health"]
-    return (
-        bool(health["sufficient_data"]) and health["verdict"] == "HEALTHY" and status["slo"]["met"]
-    )
-
-
-def drive_healthy(
-    client: AdminClient, progress: Progress, hold: float, deadline: float
-) -> Callable[[], bool]:
-    """Ramp 5 → 10 → 25 %, then staging, then production, as the checks allow."""
-    client.request("POST", "canary", {"percent": 5, "flags": [FLAG]})
-    steps: list[tuple[str, str, dict[str, Any]]] = [
-        ("ramp to 10%", "traffic", {"percent": 10}),
-        ("ramp to 25%", "traffic", {"percent": 25}),
-        ("promote to staging", "promote", {"target": "staging"}),
-        ("promote to production", "promote", {"target": "production"}),
-    ]
-    progress.step = "canary at 5%: waiting for enough healthy data"
-    stage_started = time.monotonic()
-    for label, path, body in steps:
-        while True:
-            status = client.status()
-            progress.show(status)
-            if status["environment"]["name"] == "production" and path != "promote":
-                return lambda: False  # rolled back underneath us
-            if time.monotonic() > deadline:
-                progress.step = f"out of time before: {label}"
-                return lambda: False
-            if time.monotonic() - stage_started >= hold and _ready(status):
-                try:
-                    client.request("POST", path, body)
-                    break
-                except AdminError as exc:
-                    if exc.status != 409:
-                        raise
-                    progress.step = f"{label}: refused for now ({exc}); waiting"
-            time.sleep(0.25)
-        progress.step = f"{label}: done; waiting for enough healthy data"
-        stage_started = time.monotonic()
-    progress.show(client.status())
-    return lambda: client.status()["environment"]["name"] == "production"
-
-
-def drive_faulty(client: AdminClient, progress: Progress, deadline: float) -> bool:
-    client.request("POST", "canary", {"percent": 10, "flags": [FLAG]})
-    progress.step = "canary at 10% with extra errors and latency: waiting for the gate"
+def watch_the_plan(
+    client: AdminClient, progress: Progress, deadline: float, *, token: str, manual: bool
+) -> bool:
+    """Start the release and watch the plan carry it out; ``True`` once it
+    reached production or was rolled back (the scenario decides which is right)."""
+    client.request("POST", "canary", {"percent": PLAN_STEPS[0], "flags": [FLAG]})
+    announced = False
     while time.monotonic() < deadline:
         status = client.status()
+        progress.step = progress_line(status)
         progress.show(status)
-        if status["environment"]["name"] == "production":
-            progress.step = "the gate rolled the canary back"
+        if outcome(status) is not None:
             return True
+        position = (status.get("plan") or {}).get("position") or {}
+        if manual and position.get("awaiting") and not announced:
+            announced = True
+            progress.console.print(
+                "The plan waits at a manual gate. To let it through, an operator runs:\n"
+                f"  gate-middleware --url {client.url} --token {token} plan resume\n"
+                "(the demo now sends that request itself)",
+                markup=False,
+                soft_wrap=True,
+            )
+            time.sleep(1.0)
+            client.request("POST", "plan/resume", {})
         time.sleep(0.25)
     return False
+
+
+def plan_timeline(events: list[dict[str, Any]], started: float) -> list[str]:
+    """(step, time entered, verdict) of each step the release went through."""
+    lines = []
+    entered: dict[str, Any] | None = None
+    for event in events:
+        if event["kind"] == "rollback" or event["action"] in (
+            "start_canary",
+            "plan_step",
+            "retry",
+            "skip",
+            "promote",
+            "set_traffic",
+        ):
+            if entered is not None:
+                verdict = (event.get("health") or {}).get("verdict", "-")
+                lines[-1] += f"  left on {verdict} ({event.get('actor', '')})"
+            target = (
+                "production (rolled back)"
+                if event["kind"] == "rollback"
+                else environment_label(event["to_environment"])
+            )
+            at = datetime.fromisoformat(event["timestamp"]).timestamp() - started
+            lines.append(f"  {target:<26} entered at {at:6.1f} s")
+            entered = event
+    return lines
 
 
 def verify_everyone_gets_the_flag(port: int, users: int) -> bool:
@@ -341,8 +368,10 @@ def run_demo(scenario: str, duration: float, users: int, keep_serving: bool, por
     token = secrets.token_urlsafe(24)
     base = f"http://127.0.0.1:{port}"
     client = AdminClient(f"{base}/gate", token)
-    server = start_server(port, token, scenario)
+    bake = max(1.0, duration / 16)
+    server = start_server(port, token, scenario, bake)
     started = time.monotonic()
+    started_wall = time.time()
     deadline = started + duration
     traffic = Traffic(port, users)
     ok = False
@@ -351,16 +380,21 @@ def run_demo(scenario: str, duration: float, users: int, keep_serving: bool, por
         console.print(f"gate-middleware demo ({scenario}): the app serves {base}/checkout")
         console.print(f"dashboard: {base}/gate/#token={token}")
         traffic.start()
+        console.print(
+            f"plan: {' -> '.join(f'{p}%' for p in PLAN_STEPS)} -> staging -> production, "
+            f"{bake:g} s of bake per step"
+        )
         with Progress(console, traffic) as progress:
-            if scenario == "healthy":
-                hold = max(1.0, duration / 8)
-                ok = drive_healthy(client, progress, hold, deadline)()
-            else:
-                ok = drive_faulty(client, progress, deadline)
+            ok = watch_the_plan(
+                client, progress, deadline, token=token, manual=scenario == "manual"
+            )
         traffic.close()
         ok = summarise(
             console, client, traffic, scenario, port, users, ok, time.monotonic() - started
         )
+        console.print("Plan timeline:")
+        for line in plan_timeline(client.history(), started_wall):
+            console.print(line, markup=False, soft_wrap=True)
         if keep_serving:
             console.print(
                 f"still serving; the dashboard is at {base}/gate/#token={token} (Ctrl-C stops)"
@@ -397,7 +431,7 @@ def summarise(
     for event in client.history():
         console.print(printable(f"  {event_line(event)}"))
     ok = reached
-    if scenario == "healthy":
+    if scenario in ("healthy", "manual"):
         everyone = (
             reached
             and FLAG in status["flags"]["stable"]

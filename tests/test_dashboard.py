@@ -191,3 +191,43 @@ def test_opened_as_a_double_slash_the_page_calls_its_own_origin(
         api_calls = [url for url in requested if url.endswith(("/status", "/history"))]
         assert api_calls
         assert all(url.startswith(root + "/") for url in requested), requested
+
+
+def test_the_plan_panel_shows_the_plan_and_steers_it(page: Page, clock: FakeClock) -> None:
+    from gate_middleware.plan import RolloutPlan
+
+    plan = RolloutPlan(steps=(1, 5, 25), bake_seconds=3600, staging_bake_seconds=3600)
+    gate = PromotionGate(PromotionConfig(name="checkout", plan=plan), clock=clock, plan_timer=False)
+    gate.start_canary(feature_flags=["new_checkout_flow"])
+    app = Starlette(routes=[Mount("/gate", AdminASGIApp(gate, token=TOKEN))])
+    with serving(app) as url:
+        page.goto(f"{url}/gate/#token={TOKEN}")
+        page.wait_for_selector('#plan-status[data-value="running"]')
+        steps = page.eval_on_selector_all(
+            "#plan-steps li", "items => items.map(i => i.textContent)"
+        )
+        assert steps[0] == "canary 1% · bake 3600 s" and steps[-1].startswith("production")
+        assert page.get_attribute('#plan-steps li[data-step="0"]', "class") == "current"
+        assert "production at the earliest" in (page.text_content("#plan-eta") or "")
+        assert page.is_disabled("#btn-plan-retry") and page.is_disabled("#btn-plan-resume")
+        page.click("#btn-plan-pause")
+        page.wait_for_selector('#plan-status[data-value="paused"]')
+        page.click("#btn-plan-resume")
+        page.wait_for_selector('#plan-status[data-value="running"]')
+        page.fill("#plan-reason", "totals look wrong")
+        page.click("#btn-plan-abort")
+        page.wait_for_selector('#plan-status[data-value="aborted"]')
+        assert gate.environment == Environment.PRODUCTION
+        page.click("#btn-plan-retry")
+        page.wait_for_selector('#plan-status[data-value="running"]')
+        assert gate.environment == Environment.canary(1)
+        page.click("#btn-plan-now")  # refused: no evidence yet
+        page.wait_for_selector("#message.error")
+        assert "Refused by the gate" in (page.text_content("#message") or "")
+    actions = [(getattr(e, "action", "rollback"), e.actor) for e in gate.get_history()]
+    assert actions[1:] == [
+        ("pause", "admin (dashboard)"),
+        ("resume", "admin (dashboard)"),
+        ("rollback", "admin (dashboard)"),
+        ("retry", "admin (dashboard)"),
+    ]

@@ -18,26 +18,55 @@ def demo(scenario: str, duration: int) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_healthy_release_reaches_production() -> None:
+def actions(out: str) -> list[str]:
+    history = out.split("History:")[1].split("Plan timeline:")[0]
+    events = [line for line in history.splitlines() if line.startswith("  ") and ": " in line]
+    return [line.split(": ", 1)[0].split()[-1] for line in events]
+
+
+def test_the_plan_carries_the_healthy_release_to_production() -> None:
     result = demo("healthy", 40)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "Final environment: production" in out
     assert "new_checkout_flow is on for every session" in out
-    history = out.split("History:")[1]
-    steps = [line.split(": ", 1)[0].split()[-1] for line in history.splitlines() if ": " in line]
-    assert steps[:5] == ["start_canary", "set_traffic", "set_traffic", "promote", "promote"]
-    assert "canary (25%) -> staging" in history and "staging -> production" in history
-    assert "rollback" not in history
+    steps = [a for a in actions(out) if a != "hold"]  # a hold is the plan waiting, not a step
+    assert steps == ["start_canary"] + ["plan_step"] * 5  # nobody steered it
+    timeline = out.split("Plan timeline:")[1].splitlines()[1:]
+    entered = [line.split(" entered at")[0].strip() for line in timeline]
+    assert entered == [
+        "canary (5%)",
+        "canary (10%)",
+        "canary (25%)",
+        "canary (50%)",
+        "staging",
+        "production",
+    ]
+    assert all("left on HEALTHY (gate)" in line for line in timeline[1:-1])
+    assert "rollback" not in out.split("History:")[1]
     assert "RESULT: OK" in out
 
 
-def test_the_faulty_release_is_rolled_back_by_the_gate() -> None:
+def test_the_faulty_release_is_rolled_back_by_the_judge() -> None:
     result = demo("faulty", 30)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "Final environment: production" in out
-    assert "automatic rollback: canary (10%) -> production" in out
+    assert "automatic rollback: canary (5%) -> production" in out
     reason = out.split("Rolled back automatically: ")[1].splitlines()[0]
     assert reason.startswith(("Canary SLO violation", "Canary health score"))
+    assert "plan_step" not in out
+    assert "production (rolled back)" in out.split("Plan timeline:")[1]
     assert "RESULT: OK" in out
+
+
+def test_the_manual_gate_waits_and_shows_how_to_resume() -> None:
+    result = demo("manual", 40)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "The plan waits at a manual gate" in out
+    assert "plan resume" in out
+    steps = [a for a in actions(out) if a != "hold"]
+    assert steps[:5] == ["start_canary", "plan_step", "plan_step", "await_approval", "resume"]
+    assert steps[5:] == ["plan_step"] * 3
+    assert "Final environment: production" in out and "RESULT: OK" in out

@@ -1,0 +1,43 @@
+"""One worker of the shared-gate plan test: records healthy outcomes into the
+shared gate, lets the plan's timer run, and announces what it did itself to
+a webhook at ``sys.argv[3]``; exits once the release is in production."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from gate_middleware import Environment, PromotionConfig, PromotionGate
+from gate_middleware.plan import RolloutPlan
+from gate_middleware.webhooks import Webhook
+
+SECRET = "a-webhook-secret-of-some-length"  # tests/test_webhooks.py's receiver checks it
+
+
+def main(redis_url: str, rollout: str, hook: str) -> int:
+    plan = RolloutPlan(steps=(5, 10, 25), bake_seconds=0.5, staging_bake_seconds=0.5)
+    config = PromotionConfig(
+        name=rollout, min_requests=50, evaluation_interval_seconds=0.05, plan=plan
+    )
+    webhook = Webhook(hook, secret=SECRET, backoff_seconds=0.05)
+    gate = PromotionGate.from_url(redis_url, config, webhooks=[webhook])
+    deadline = time.monotonic() + 60
+    i = 0
+    seen_release = False
+    while time.monotonic() < deadline:
+        environment = gate.environment
+        seen_release = seen_release or environment != Environment.PRODUCTION
+        if seen_release and environment == Environment.PRODUCTION:
+            break
+        for _ in range(20):
+            i += 1
+            gate.record_request_outcome(f"s{i}", i % 50 != 0, 0.02, variant="stable")
+            gate.record_request_outcome(f"c{i}", i % 50 != 0, 0.02, variant="canary")
+        time.sleep(0.01)
+    ok = webhook.wait_idle(20)
+    gate.close()
+    return 0 if ok and gate.environment == Environment.PRODUCTION else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:4]))
