@@ -63,6 +63,7 @@ class GateRequest:
         "started",
         "status",
         "finished",
+        "scheme",
     )
 
     def __init__(
@@ -73,6 +74,7 @@ class GateRequest:
         set_cookie: str | None,
         method: str,
         started: float,
+        scheme: str = "http",
     ) -> None:
         self.decision = decision
         self.session_id = session_id
@@ -84,6 +86,7 @@ class GateRequest:
         self.started = started
         self.status: int | None = None
         self.finished = False
+        self.scheme = scheme
 
 
 class RequestLifecycle:
@@ -192,11 +195,13 @@ class RequestLifecycle:
     ) -> GateRequest:
         """Identify the session and route it; never raises."""
         started = self._clock()
+        scheme = "https" if https else "http"
         try:
             session_id, needs_cookie = self._identify(cookie_header, request)
         except Exception as exc:
             stage = "session_key" if self._session_key is not None else "session_cookie"
-            return GateRequest(self.fail_open(stage, exc), "", None, None, method, started)
+            decision = self.fail_open(stage, exc)
+            return GateRequest(decision, "", None, None, method, started, scheme)
         value = header = None
         try:
             if needs_cookie and set_cookie:
@@ -208,7 +213,7 @@ class RequestLifecycle:
                 decision = self._override(decision, override_variant, override_token, expected)
         except Exception as exc:
             decision = self.fail_open("route", exc)
-        return GateRequest(decision, session_id, value, header, method, started)
+        return GateRequest(decision, session_id, value, header, method, started, scheme)
 
     def _identify(self, cookie_header: str | None, request: Any) -> tuple[str, bool]:
         """(session id, whether the response sets the cookie: a new id, or an
@@ -289,7 +294,9 @@ class RequestLifecycle:
         except Exception as exc:
             self.report_fault("record", exc)
         try:
-            self.metrics.record(decision, request.method, status, route, exception, duration)
+            self.metrics.record(
+                decision, request.method, status, route, exception, duration, request.scheme
+            )
         except Exception as exc:
             self.report_fault("metrics", exc)
 

@@ -1,18 +1,20 @@
 """The middleware's per-request OpenTelemetry instruments.
 
 - ``gate_middleware.request.duration``: a histogram in seconds, with
-  latency-sized bucket boundaries (5 ms … 10 s).
+  exactly the boundaries OpenTelemetry's HTTP semantic conventions recommend
+  (5 ms … 10 s).
 - ``gate_middleware.requests``: the requests served, a counter. It is an
   *observable* counter read from the middleware's own per-attribute-set
   counts when the SDK collects, so a request costs one dictionary increment
   instead of a second synchronous instrument call.
 - ``gate_middleware.middleware.errors``: faults that were failed open, by
-  ``gate.stage``.
+  ``gate.stage``. Every stage is exported at 0 from the start, so
+  ``increase(...) > 0`` sees the first fault.
 
 Request attributes: ``http.request.method`` (known methods, else
 ``_OTHER``), ``http.response.status_code`` (absent when the app raised
 before responding), ``http.route`` (the route template, when the framework
-knows it), ``error.type`` (the exception's class name, or the status code of
+knows it), ``url.scheme`` (``http`` or ``https``), ``error.type`` (the exception's class name, or the status code of
 a 5xx), ``gate.variant``, ``gate.environment`` (the environment that served
 the request) and ``gate.rollout``. No raw path or session id is ever an
 attribute. Past ``MAX_ATTRIBUTE_SETS`` distinct sets (a misbehaving router,
@@ -24,6 +26,7 @@ can run in one app.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable
 
@@ -31,8 +34,8 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, g
 
 from gate_middleware.routing import RoutingDecision
 
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
 DURATION_BUCKETS = (
-    0.0,
     0.005,
     0.01,
     0.025,
@@ -52,10 +55,12 @@ KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
 MAX_ATTRIBUTE_SETS = 2000
+#: Where ``RequestLifecycle`` can fail open (the ``gate.stage`` attribute).
+FAULT_STAGES = ("session_cookie", "session_key", "route", "is_success", "record", "metrics")
 
-AttributeKey = tuple[str, str, str, "int | None", "str | None", "str | None"]
+AttributeKey = tuple[str, str, str, "int | None", "str | None", "str | None", str]
 Attributes = dict[str, "str | int | bool"]
-_OVERFLOW: AttributeKey = ("", "", "", None, None, None)
+_OVERFLOW: AttributeKey = ("", "", "", None, None, None, "")
 
 
 class RequestMetrics:
@@ -64,7 +69,9 @@ class RequestMetrics:
     def __init__(self, rollout: str, meter_provider: MeterProvider | None = None) -> None:
         from gate_middleware import __version__
 
-        meter = get_meter("gate_middleware", __version__, meter_provider=meter_provider)
+        meter = get_meter(
+            "gate_middleware", __version__, meter_provider=meter_provider, schema_url=SCHEMA_URL
+        )
         self._rollout = rollout
         self._lock = threading.Lock()
         self._attributes: dict[AttributeKey, Attributes] = {
@@ -88,6 +95,10 @@ class RequestMetrics:
             unit="{error}",
             description="Faults inside the gate or middleware that were failed open",
         )
+        # A metrics pipeline that fails must not stop the app from starting.
+        with contextlib.suppress(Exception):
+            for stage in FAULT_STAGES:
+                self._errors.add(0, {"gate.stage": stage, "gate.rollout": rollout})
 
     def record(
         self,
@@ -97,6 +108,7 @@ class RequestMetrics:
         route: str | None,
         exception: BaseException | None,
         duration: float,
+        scheme: str = "http",
     ) -> None:
         if exception is not None:
             error: str | None = type(exception).__qualname__
@@ -111,6 +123,7 @@ class RequestMetrics:
             status,
             route,
             error,
+            scheme,
         )
         attributes = self._attributes.get(key)
         if attributes is None:
@@ -123,9 +136,10 @@ class RequestMetrics:
         with self._lock:
             if len(self._attributes) > MAX_ATTRIBUTE_SETS:
                 return _OVERFLOW, self._attributes[_OVERFLOW]
-            variant, environment, method, status, route, error = key
+            variant, environment, method, status, route, error, scheme = key
             attributes: Attributes = {
                 "http.request.method": method,
+                "url.scheme": scheme,
                 "gate.variant": variant,
                 "gate.environment": environment,
                 "gate.rollout": self._rollout,
