@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections.abc import Iterable
 
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
+from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation, get_meter
 
 from gate_middleware.routing import RoutingDecision
 
@@ -84,12 +85,7 @@ class RequestMetrics:
             description="Duration of HTTP requests, from the first byte in to the last byte out",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
-        meter.create_observable_counter(
-            "gate_middleware.requests",
-            callbacks=[self._observe_counts],
-            unit="{request}",
-            description="HTTP requests served, per variant",
-        )
+        _request_counter(meter).sources.add(self)
         self._errors = meter.create_counter(
             "gate_middleware.middleware.errors",
             unit="{error}",
@@ -153,10 +149,46 @@ class RequestMetrics:
             self._attributes[key] = attributes
             return key, attributes
 
-    def _observe_counts(self, options: CallbackOptions) -> Iterable[Observation]:
+    def counts(self) -> list[tuple[Attributes, int]]:
         with self._lock:
-            counts = list(self._counts.items())
-        return [Observation(count, self._attributes[key]) for key, count in counts]
+            return [(self._attributes[key], count) for key, count in self._counts.items()]
 
     def count_error(self, stage: str) -> None:
         self._errors.add(1, {"gate.stage": stage, "gate.rollout": self._rollout})
+
+
+class _RequestCounter:
+    """The ``gate_middleware.requests`` instrument of one meter, summing every
+    live ``RequestMetrics`` on it. A second middleware on the same meter (each
+    of Django's test clients loads its own) would otherwise register the name
+    again, and the SDK keeps only the first callback."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.sources: weakref.WeakSet[RequestMetrics] = weakref.WeakSet()
+        meter.create_observable_counter(
+            "gate_middleware.requests",
+            callbacks=[self.observe],
+            unit="{request}",
+            description="HTTP requests served, per variant",
+        )
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals: dict[frozenset[tuple[str, str | int | bool]], tuple[Attributes, int]] = {}
+        for source in list(self.sources):
+            for attributes, count in source.counts():
+                key = frozenset(attributes.items())
+                previous = totals.get(key)
+                totals[key] = (attributes, count + (previous[1] if previous else 0))
+        return [Observation(count, attributes) for attributes, count in totals.values()]
+
+
+_counters: weakref.WeakKeyDictionary[Meter, _RequestCounter] = weakref.WeakKeyDictionary()
+_counters_lock = threading.Lock()
+
+
+def _request_counter(meter: Meter) -> _RequestCounter:
+    with _counters_lock:
+        counter = _counters.get(meter)
+        if counter is None:
+            counter = _counters[meter] = _RequestCounter(meter)
+        return counter

@@ -8,9 +8,11 @@ For each request it identifies and routes the session, puts the decision in
 ``environ["gate_middleware.decision"]`` and behind
 ``gate_middleware.current_decision()``, adds ``Set-Cookie`` to the response
 headers when it minted an id, and wraps the response iterable: the outcome
-is recorded when the server has consumed the body and called ``close()``,
-so the time covers the whole response, streamed bodies included. The
-wrapped iterable's own ``close()`` is called exactly once. An exception
+is recorded when the body is exhausted or closed, whichever comes first
+(still exactly once), so the time covers the whole response, streamed
+bodies included, and a test client that reads the body without closing it
+(Flask's and Werkzeug's ``client.get()``) records too. The wrapped
+iterable's own ``close()`` is called exactly once. An exception
 from the app (or from its body) is recorded as a failure and re-raised
 unchanged. A body that is not an iterable of bytes (``None``, a ``str``, a
 ``str`` chunk: PEP 3333 forbids them, and the server answers 500) is
@@ -94,7 +96,7 @@ class GateWSGIMiddleware:
 
 
 class _TimedBody:
-    """The app's response iterable; the outcome is recorded in ``close()``."""
+    """The app's response iterable; the outcome is recorded at its end or in ``close()``."""
 
     __slots__ = (
         "_body",
@@ -106,6 +108,7 @@ class _TimedBody:
         "_error",
         "_closed",
         "_chunks",
+        "_left",
     )
 
     def __init__(
@@ -125,6 +128,7 @@ class _TimedBody:
         self._error: BaseException | None = None
         self._closed = False
         self._chunks = 0
+        self._left = False
 
     # An iterator, not a generator: a generator's ``yield from`` would close
     # the app's iterable a second time when the server drops it early.
@@ -138,6 +142,7 @@ class _TimedBody:
         try:
             chunk = next(self._iterator)
         except StopIteration:
+            self._finish()  # the whole body is out: record now, close() may never come
             raise
         except BaseException as exc:
             self._error = exc
@@ -163,7 +168,12 @@ class _TimedBody:
             self._error = self._error or exc
             raise
         finally:
-            self._lifecycle.finish(
-                self._request, exception=self._error, route=self._environ.get(ROUTE_KEY)
-            )
+            self._finish()
+
+    def _finish(self) -> None:
+        self._lifecycle.finish(
+            self._request, exception=self._error, route=self._environ.get(ROUTE_KEY)
+        )
+        if not self._left:
+            self._left = True
             context.leave(self._entered)
