@@ -44,6 +44,31 @@ IsSuccess = Callable[[int | None, BaseException | None], bool]
 OVERRIDE_VARIANT_HEADER = "x-gate-variant"
 OVERRIDE_TOKEN_HEADER = "x-gate-override-token"
 FAULT_LOG_INTERVAL_SECONDS = 60.0
+COOKIE_MAX_AGE = 365 * 24 * 3600  # seconds: a year
+
+
+#: The keyword options of ``RequestLifecycle`` and of every middleware and adapter.
+OPTION_NAMES = (
+    "cookie_name",
+    "secret",
+    "secret_fallbacks",
+    "cookie_max_age",
+    "cookie_secure",
+    "session_key",
+    "override_token",
+    "is_success",
+    "exclude_paths",
+    "meter_provider",
+)
+
+
+def check_option_names(names: Iterable[str], where: str) -> None:
+    """A ``TypeError`` naming the first option that is not one of ``OPTION_NAMES``."""
+    for name in names:
+        if name not in OPTION_NAMES:
+            raise TypeError(
+                f"{where} got an unexpected option {name!r}; the options are {', '.join(OPTION_NAMES)}"
+            )
 
 
 def default_is_success(status: int | None, exception: BaseException | None) -> bool:
@@ -123,7 +148,7 @@ class RequestLifecycle:
         cookie_name: str = "gate_session",
         secret: str | bytes | None = None,
         secret_fallbacks: Iterable[str | bytes] = (),
-        cookie_max_age: int | None = 365 * 24 * 3600,
+        cookie_max_age: int | None = COOKIE_MAX_AGE,
         cookie_secure: bool | None = None,
         session_key: SessionKey | None = None,
         override_token: str | None = None,

@@ -1,7 +1,8 @@
 """Starlette and FastAPI: ``app.add_middleware(GateMiddleware, gate=gate, ...)``.
 
 The decision is ``request.state.gate`` in every endpoint (and
-``gate_middleware.current_decision()`` anywhere in the request). The
+``gate_middleware.current_decision()`` anywhere in the request);
+``gate_decision(request)`` returns it typed, as a ``RoutingDecision``. The
 options are those of ``gate_middleware.lifecycle.RequestLifecycle``; a
 ``session_key`` callable receives the ``starlette.requests.Request``. The
 ``http.route`` of a request served by a mounted app is the whole template
@@ -23,9 +24,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from gate_middleware.asgi import GateASGIMiddleware
+from gate_middleware.routing import RoutingDecision
 from gate_middleware.types import Receive, Scope, Send
 
-__all__ = ["GateMiddleware"]
+__all__ = ["GateMiddleware", "gate_decision"]
 
 _TOP_APP = "gate_middleware.app"
 
@@ -52,6 +54,20 @@ class GateMiddleware(GateASGIMiddleware):
             return super().route_template(scope)
         pristine = {**scope, "root_path": app_root, "path_params": {}}
         return _template(routes, pristine)
+
+
+def gate_decision(request: Request) -> RoutingDecision:
+    """The request's decision (``request.state.gate``), typed.
+
+    ``RuntimeError`` on a path the gate excludes or in an app without the
+    middleware. FastAPI takes it as a dependency:
+    ``Annotated[RoutingDecision, Depends(gate_decision)]`` (that is
+    ``gate_middleware.integrations.fastapi.GateDecision``).
+    """
+    decision = request.scope.get("state", {}).get("gate")
+    if not isinstance(decision, RoutingDecision):
+        raise RuntimeError("no gate decision: an excluded path, or the app has no GateMiddleware")
+    return decision
 
 
 def _template(routes: list[BaseRoute], scope: Scope) -> str | None:
