@@ -1,6 +1,6 @@
 """The request lifecycle, written once for every protocol and framework.
 
-identify the session -> route -> (inject: the caller) -> time -> classify the
+identify the session -> route (the decision goes on the active span) -> (inject: the caller) -> time -> classify the
 outcome -> record it in the gate -> emit metrics.
 
 ``RequestLifecycle.begin`` does the first steps and returns a small
@@ -35,6 +35,7 @@ from gate_middleware.metrics import RequestMetrics
 from gate_middleware.routing import STABLE, VARIANTS, RoutingDecision
 from gate_middleware.session import SessionCookie
 from gate_middleware.tokens import TOKEN_EXPECTED, valid_token
+from gate_middleware.tracing import annotate_span
 
 logger = logging.getLogger("gate_middleware")
 
@@ -238,6 +239,10 @@ class RequestLifecycle:
                 decision = self._override(decision, override_variant, override_token, expected)
         except Exception as exc:
             decision = self.fail_open("route", exc)
+        try:
+            annotate_span(decision, self.gate.name)
+        except Exception as exc:
+            self.report_fault("trace", exc)
         return GateRequest(decision, session_id, value, header, method, started, scheme)
 
     def _identify(self, cookie_header: str | None, request: Any) -> tuple[str, bool]:

@@ -57,7 +57,15 @@ KNOWN_METHODS = frozenset(
 )
 MAX_ATTRIBUTE_SETS = 2000
 #: Where ``RequestLifecycle`` can fail open (the ``gate.stage`` attribute).
-FAULT_STAGES = ("session_cookie", "session_key", "route", "is_success", "record", "metrics")
+FAULT_STAGES = (
+    "session_cookie",
+    "session_key",
+    "route",
+    "trace",
+    "is_success",
+    "record",
+    "metrics",
+)
 
 AttributeKey = tuple[str, str, str, "int | None", "str | None", "str | None", str]
 Attributes = dict[str, "str | int | bool"]

@@ -65,8 +65,8 @@ def test_a_million_sessions_and_ten_thousand_paths_keep_memory_and_series_flat()
     # variants x methods (3 known + _OTHER) x statuses, per request instrument,
     # and the gate's fixed series: its gauges (2 error rates, 2 p99s, a score,
     # the traffic, 4 verdicts, 3 stages), counters at 0 (6 rollbacks, 2
-    # promotions) and 6 fault stages.
-    assert series_end <= 2 * (2 * 4 * 2) + 1 + (2 + 2 + 1 + 1 + 4 + 3) + (6 + 2) + 6
+    # promotions) and 7 fault stages.
+    assert series_end <= 2 * (2 * 4 * 2) + 1 + (2 + 2 + 1 + 1 + 4 + 3) + (6 + 2) + 7
     for points in metric_points(reader).values():
         for point in points:
             for value in point.attributes.values():
