@@ -9,14 +9,14 @@ metrics in Prometheus' format. Set GATE_SECRET to sign the session cookie.
 
 import os
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from opentelemetry import metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
-from gate_middleware.integrations.fastapi import GateMiddleware
+from gate_middleware.integrations.fastapi import GateDecision, GateMiddleware
 
 metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
 
@@ -31,8 +31,7 @@ app.add_middleware(
 
 
 @app.get("/")
-async def checkout(request: Request) -> dict[str, str]:
-    decision = request.state.gate
+async def checkout(decision: GateDecision) -> dict[str, str]:
     flow = "new" if decision.is_enabled("new_checkout_flow") else "old"
     return {"checkout": flow, "variant": decision.variant}
 

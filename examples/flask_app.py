@@ -9,14 +9,14 @@ metrics in Prometheus' format. Set GATE_SECRET to sign the session cookie.
 
 import os
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, jsonify
 from opentelemetry import metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
-from gate_middleware.integrations.flask import GateExtension
+from gate_middleware.integrations.flask import GateExtension, gate_decision
 
 metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
 
@@ -25,15 +25,17 @@ gate = PromotionGate(
 )
 
 app = Flask(__name__)
-GateExtension(gate=gate, secret=os.environ.get("GATE_SECRET"), exclude_paths=["/metrics"]).init_app(
-    app
-)
+app.config["GATE"] = gate
+app.config["GATE_SECRET"] = os.environ.get("GATE_SECRET")
+app.config["GATE_EXCLUDE_PATHS"] = ["/metrics"]
+GateExtension(app)  # reads GATE_* from app.config; app.extensions["gate_middleware"]
 
 
 @app.get("/")
 def checkout() -> Response:
-    flow = "new" if g.gate.is_enabled("new_checkout_flow") else "old"
-    return jsonify(checkout=flow, variant=g.gate.variant)
+    decision = gate_decision()  # flask.g.gate, typed
+    flow = "new" if decision.is_enabled("new_checkout_flow") else "old"
+    return jsonify(checkout=flow, variant=decision.variant)
 
 
 @app.get("/metrics")

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
-from gate_middleware.integrations.starlette import GateMiddleware
+from gate_middleware.integrations.starlette import GateMiddleware, gate_decision
 
 metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
 
@@ -29,7 +29,7 @@ gate = PromotionGate(
 
 
 async def checkout(request: Request) -> JSONResponse:
-    decision = request.state.gate
+    decision = gate_decision(request)  # request.state.gate, typed
     flow = "new" if decision.is_enabled("new_checkout_flow") else "old"
     return JSONResponse({"checkout": flow, "variant": decision.variant})
 

@@ -19,14 +19,20 @@ response started: the server answers 500) and re-raised unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+from opentelemetry.metrics import MeterProvider
 
 from gate_middleware import context
 from gate_middleware.gate import PromotionGate
 from gate_middleware.lifecycle import (
+    COOKIE_MAX_AGE,
     OVERRIDE_TOKEN_HEADER,
     OVERRIDE_VARIANT_HEADER,
+    IsSuccess,
     RequestLifecycle,
+    SessionKey,
     private_response_headers,
 )
 from gate_middleware.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,9 +45,39 @@ _OVERRIDE_TOKEN = OVERRIDE_TOKEN_HEADER.encode("latin-1")
 class GateASGIMiddleware:
     """Route, inject, time and record every HTTP request of an ASGI app."""
 
-    def __init__(self, app: ASGIApp, *, gate: PromotionGate, **options: Any) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        gate: PromotionGate,
+        cookie_name: str = "gate_session",
+        secret: str | bytes | None = None,
+        secret_fallbacks: Iterable[str | bytes] = (),
+        cookie_max_age: int | None = COOKIE_MAX_AGE,
+        cookie_secure: bool | None = None,
+        session_key: SessionKey | None = None,
+        override_token: str | None = None,
+        is_success: IsSuccess | None = None,
+        exclude_paths: Iterable[str] = (),
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        # The options are spelt out (not **options) so that a type checker
+        # sees them through Starlette's add_middleware, and a misspelt one is
+        # a TypeError naming it when the middleware is built.
         self.app = app
-        self.lifecycle = RequestLifecycle(gate, **options)
+        self.lifecycle = RequestLifecycle(
+            gate,
+            cookie_name=cookie_name,
+            secret=secret,
+            secret_fallbacks=secret_fallbacks,
+            cookie_max_age=cookie_max_age,
+            cookie_secure=cookie_secure,
+            session_key=session_key,
+            override_token=override_token,
+            is_success=is_success,
+            exclude_paths=exclude_paths,
+            meter_provider=meter_provider,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -1,6 +1,6 @@
 """The request lifecycle, written once for every protocol and framework.
 
-identify the session -> route -> (inject: the caller) -> time -> classify the
+identify the session -> route (the decision goes on the active span) -> (inject: the caller) -> time -> classify the
 outcome -> record it in the gate -> emit metrics.
 
 ``RequestLifecycle.begin`` does the first steps and returns a small
@@ -35,6 +35,7 @@ from gate_middleware.metrics import RequestMetrics
 from gate_middleware.routing import STABLE, VARIANTS, RoutingDecision
 from gate_middleware.session import SessionCookie
 from gate_middleware.tokens import TOKEN_EXPECTED, valid_token
+from gate_middleware.tracing import annotate_span
 
 logger = logging.getLogger("gate_middleware")
 
@@ -44,6 +45,31 @@ IsSuccess = Callable[[int | None, BaseException | None], bool]
 OVERRIDE_VARIANT_HEADER = "x-gate-variant"
 OVERRIDE_TOKEN_HEADER = "x-gate-override-token"
 FAULT_LOG_INTERVAL_SECONDS = 60.0
+COOKIE_MAX_AGE = 365 * 24 * 3600  # seconds: a year
+
+
+#: The keyword options of ``RequestLifecycle`` and of every middleware and adapter.
+OPTION_NAMES = (
+    "cookie_name",
+    "secret",
+    "secret_fallbacks",
+    "cookie_max_age",
+    "cookie_secure",
+    "session_key",
+    "override_token",
+    "is_success",
+    "exclude_paths",
+    "meter_provider",
+)
+
+
+def check_option_names(names: Iterable[str], where: str) -> None:
+    """A ``TypeError`` naming the first option that is not one of ``OPTION_NAMES``."""
+    for name in names:
+        if name not in OPTION_NAMES:
+            raise TypeError(
+                f"{where} got an unexpected option {name!r}; the options are {', '.join(OPTION_NAMES)}"
+            )
 
 
 def default_is_success(status: int | None, exception: BaseException | None) -> bool:
@@ -63,6 +89,7 @@ class GateRequest:
         "started",
         "status",
         "finished",
+        "scheme",
     )
 
     def __init__(
@@ -73,6 +100,7 @@ class GateRequest:
         set_cookie: str | None,
         method: str,
         started: float,
+        scheme: str = "http",
     ) -> None:
         self.decision = decision
         self.session_id = session_id
@@ -84,6 +112,7 @@ class GateRequest:
         self.started = started
         self.status: int | None = None
         self.finished = False
+        self.scheme = scheme
 
 
 class RequestLifecycle:
@@ -120,7 +149,7 @@ class RequestLifecycle:
         cookie_name: str = "gate_session",
         secret: str | bytes | None = None,
         secret_fallbacks: Iterable[str | bytes] = (),
-        cookie_max_age: int | None = 365 * 24 * 3600,
+        cookie_max_age: int | None = COOKIE_MAX_AGE,
         cookie_secure: bool | None = None,
         session_key: SessionKey | None = None,
         override_token: str | None = None,
@@ -192,11 +221,13 @@ class RequestLifecycle:
     ) -> GateRequest:
         """Identify the session and route it; never raises."""
         started = self._clock()
+        scheme = "https" if https else "http"
         try:
             session_id, needs_cookie = self._identify(cookie_header, request)
         except Exception as exc:
             stage = "session_key" if self._session_key is not None else "session_cookie"
-            return GateRequest(self.fail_open(stage, exc), "", None, None, method, started)
+            decision = self.fail_open(stage, exc)
+            return GateRequest(decision, "", None, None, method, started, scheme)
         value = header = None
         try:
             if needs_cookie and set_cookie:
@@ -208,7 +239,11 @@ class RequestLifecycle:
                 decision = self._override(decision, override_variant, override_token, expected)
         except Exception as exc:
             decision = self.fail_open("route", exc)
-        return GateRequest(decision, session_id, value, header, method, started)
+        try:
+            annotate_span(decision, self.gate.name)
+        except Exception as exc:
+            self.report_fault("trace", exc)
+        return GateRequest(decision, session_id, value, header, method, started, scheme)
 
     def _identify(self, cookie_header: str | None, request: Any) -> tuple[str, bool]:
         """(session id, whether the response sets the cookie: a new id, or an
@@ -289,7 +324,9 @@ class RequestLifecycle:
         except Exception as exc:
             self.report_fault("record", exc)
         try:
-            self.metrics.record(decision, request.method, status, route, exception, duration)
+            self.metrics.record(
+                decision, request.method, status, route, exception, duration, request.scheme
+            )
         except Exception as exc:
             self.report_fault("metrics", exc)
 

@@ -1,18 +1,20 @@
 """The middleware's per-request OpenTelemetry instruments.
 
 - ``gate_middleware.request.duration``: a histogram in seconds, with
-  latency-sized bucket boundaries (5 ms … 10 s).
+  exactly the boundaries OpenTelemetry's HTTP semantic conventions recommend
+  (5 ms … 10 s).
 - ``gate_middleware.requests``: the requests served, a counter. It is an
   *observable* counter read from the middleware's own per-attribute-set
   counts when the SDK collects, so a request costs one dictionary increment
   instead of a second synchronous instrument call.
 - ``gate_middleware.middleware.errors``: faults that were failed open, by
-  ``gate.stage``.
+  ``gate.stage``. Every stage is exported at 0 from the start, so
+  ``increase(...) > 0`` sees the first fault.
 
 Request attributes: ``http.request.method`` (known methods, else
 ``_OTHER``), ``http.response.status_code`` (absent when the app raised
 before responding), ``http.route`` (the route template, when the framework
-knows it), ``error.type`` (the exception's class name, or the status code of
+knows it), ``url.scheme`` (``http`` or ``https``), ``error.type`` (the exception's class name, or the status code of
 a 5xx), ``gate.variant``, ``gate.environment`` (the environment that served
 the request) and ``gate.rollout``. No raw path or session id is ever an
 attribute. Past ``MAX_ATTRIBUTE_SETS`` distinct sets (a misbehaving router,
@@ -24,15 +26,17 @@ can run in one app.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import weakref
 from collections.abc import Iterable
 
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
+from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation, get_meter
 
 from gate_middleware.routing import RoutingDecision
 
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
 DURATION_BUCKETS = (
-    0.0,
     0.005,
     0.01,
     0.025,
@@ -52,10 +56,20 @@ KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
 MAX_ATTRIBUTE_SETS = 2000
+#: Where ``RequestLifecycle`` can fail open (the ``gate.stage`` attribute).
+FAULT_STAGES = (
+    "session_cookie",
+    "session_key",
+    "route",
+    "trace",
+    "is_success",
+    "record",
+    "metrics",
+)
 
-AttributeKey = tuple[str, str, str, "int | None", "str | None", "str | None"]
+AttributeKey = tuple[str, str, str, "int | None", "str | None", "str | None", str]
 Attributes = dict[str, "str | int | bool"]
-_OVERFLOW: AttributeKey = ("", "", "", None, None, None)
+_OVERFLOW: AttributeKey = ("", "", "", None, None, None, "")
 
 
 class RequestMetrics:
@@ -64,7 +78,9 @@ class RequestMetrics:
     def __init__(self, rollout: str, meter_provider: MeterProvider | None = None) -> None:
         from gate_middleware import __version__
 
-        meter = get_meter("gate_middleware", __version__, meter_provider=meter_provider)
+        meter = get_meter(
+            "gate_middleware", __version__, meter_provider=meter_provider, schema_url=SCHEMA_URL
+        )
         self._rollout = rollout
         self._lock = threading.Lock()
         self._attributes: dict[AttributeKey, Attributes] = {
@@ -77,17 +93,16 @@ class RequestMetrics:
             description="Duration of HTTP requests, from the first byte in to the last byte out",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
-        meter.create_observable_counter(
-            "gate_middleware.requests",
-            callbacks=[self._observe_counts],
-            unit="{request}",
-            description="HTTP requests served, per variant",
-        )
+        _request_counter(meter).sources.add(self)
         self._errors = meter.create_counter(
             "gate_middleware.middleware.errors",
             unit="{error}",
             description="Faults inside the gate or middleware that were failed open",
         )
+        # A metrics pipeline that fails must not stop the app from starting.
+        with contextlib.suppress(Exception):
+            for stage in FAULT_STAGES:
+                self._errors.add(0, {"gate.stage": stage, "gate.rollout": rollout})
 
     def record(
         self,
@@ -97,6 +112,7 @@ class RequestMetrics:
         route: str | None,
         exception: BaseException | None,
         duration: float,
+        scheme: str = "http",
     ) -> None:
         if exception is not None:
             error: str | None = type(exception).__qualname__
@@ -111,6 +127,7 @@ class RequestMetrics:
             status,
             route,
             error,
+            scheme,
         )
         attributes = self._attributes.get(key)
         if attributes is None:
@@ -123,9 +140,10 @@ class RequestMetrics:
         with self._lock:
             if len(self._attributes) > MAX_ATTRIBUTE_SETS:
                 return _OVERFLOW, self._attributes[_OVERFLOW]
-            variant, environment, method, status, route, error = key
+            variant, environment, method, status, route, error, scheme = key
             attributes: Attributes = {
                 "http.request.method": method,
+                "url.scheme": scheme,
                 "gate.variant": variant,
                 "gate.environment": environment,
                 "gate.rollout": self._rollout,
@@ -139,10 +157,46 @@ class RequestMetrics:
             self._attributes[key] = attributes
             return key, attributes
 
-    def _observe_counts(self, options: CallbackOptions) -> Iterable[Observation]:
+    def counts(self) -> list[tuple[Attributes, int]]:
         with self._lock:
-            counts = list(self._counts.items())
-        return [Observation(count, self._attributes[key]) for key, count in counts]
+            return [(self._attributes[key], count) for key, count in self._counts.items()]
 
     def count_error(self, stage: str) -> None:
         self._errors.add(1, {"gate.stage": stage, "gate.rollout": self._rollout})
+
+
+class _RequestCounter:
+    """The ``gate_middleware.requests`` instrument of one meter, summing every
+    live ``RequestMetrics`` on it. A second middleware on the same meter (each
+    of Django's test clients loads its own) would otherwise register the name
+    again, and the SDK keeps only the first callback."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.sources: weakref.WeakSet[RequestMetrics] = weakref.WeakSet()
+        meter.create_observable_counter(
+            "gate_middleware.requests",
+            callbacks=[self.observe],
+            unit="{request}",
+            description="HTTP requests served, per variant",
+        )
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals: dict[frozenset[tuple[str, str | int | bool]], tuple[Attributes, int]] = {}
+        for source in list(self.sources):
+            for attributes, count in source.counts():
+                key = frozenset(attributes.items())
+                previous = totals.get(key)
+                totals[key] = (attributes, count + (previous[1] if previous else 0))
+        return [Observation(count, attributes) for attributes, count in totals.values()]
+
+
+_counters: weakref.WeakKeyDictionary[Meter, _RequestCounter] = weakref.WeakKeyDictionary()
+_counters_lock = threading.Lock()
+
+
+def _request_counter(meter: Meter) -> _RequestCounter:
+    with _counters_lock:
+        counter = _counters.get(meter)
+        if counter is None:
+            counter = _counters[meter] = _RequestCounter(meter)
+        return counter

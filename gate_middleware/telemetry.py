@@ -7,15 +7,24 @@ Observable gauges (read when the app's SDK collects):
   not a score)
 - ``gate_middleware.gate.error_rate`` (unit ``1``): per ``gate.variant``
 - ``gate_middleware.gate.latency.p99`` (unit ``s``): per ``gate.variant``
-- ``gate_middleware.gate.traffic`` (unit ``%``): with ``gate.environment``
+- ``gate_middleware.gate.traffic`` (unit ``%``): the canary's share, one
+  series whatever the stage
+- ``gate_middleware.gate.verdict`` (unit ``1``): one point per
+  ``gate.verdict`` (HEALTHY, MONITOR, ROLLBACK, INSUFFICIENT_DATA), 1 for
+  the current verdict and 0 for the others, so an alert can tell a stuck
+  INSUFFICIENT_DATA from HEALTHY
+- ``gate_middleware.gate.stage`` (unit ``1``): one point per
+  ``gate.environment`` (canary, staging, production), 1 for the current one
 
-Counters:
+Counters, exported at 0 for every attribute set from the start (so
+``increase(...[5m]) > 0`` fires on the first event, not the second):
 
 - ``gate_middleware.gate.rollbacks``: with ``gate.environment`` (rolled back
   from) and ``gate.automatic``
 - ``gate_middleware.gate.promotions``: with ``gate.environment`` (promoted to)
 
-Every point carries ``gate.rollout`` (the rollout name).
+Every point carries ``gate.rollout`` (the rollout name). The meter carries
+the semantic conventions' ``schema_url``.
 
 The gauges are read when the app's SDK collects; the callbacks hold only a
 weak reference to the gate, so a discarded gate does not stay alive.
@@ -30,11 +39,16 @@ from typing import Protocol
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
-from gate_middleware.environment import Environment
+from gate_middleware.environment import CANARY as CANARY_STAGE
+from gate_middleware.environment import PRODUCTION, STAGING, Environment
 from gate_middleware.health import CanaryHealth
+from gate_middleware.judge import HEALTHY, INSUFFICIENT_DATA, MONITOR, ROLLBACK
+from gate_middleware.metrics import SCHEMA_URL
 from gate_middleware.routing import CANARY, STABLE
 
 METER_NAME = "gate_middleware"
+VERDICTS = (HEALTHY, MONITOR, ROLLBACK, INSUFFICIENT_DATA)
+STAGES = (CANARY_STAGE, STAGING, PRODUCTION)
 logger = logging.getLogger("gate_middleware")
 
 
@@ -56,7 +70,9 @@ class GateTelemetry:
     def __init__(self, gate: ObservedGate, meter_provider: MeterProvider | None) -> None:
         from gate_middleware import __version__
 
-        meter = get_meter(METER_NAME, __version__, meter_provider=meter_provider)
+        meter = get_meter(
+            METER_NAME, __version__, meter_provider=meter_provider, schema_url=SCHEMA_URL
+        )
         self._rollout = gate.name
         gate_ref = weakref.ref(gate)
 
@@ -86,10 +102,17 @@ class GateTelemetry:
             yield Observation(health.production_p99_latency, {**rollout, "gate.variant": STABLE})
 
         def traffic(gate: ObservedGate, health: CanaryHealth) -> Iterable[Observation]:
-            environment = gate.environment
-            yield Observation(
-                environment.traffic_percent, {**rollout, "gate.environment": environment.name}
-            )
+            yield Observation(gate.environment.traffic_percent, rollout)
+
+        def verdict(gate: ObservedGate, health: CanaryHealth) -> Iterable[Observation]:
+            current = health.verdict
+            for name in VERDICTS:
+                yield Observation(int(name == current), {**rollout, "gate.verdict": name})
+
+        def stage(gate: ObservedGate, health: CanaryHealth) -> Iterable[Observation]:
+            current = gate.environment.name
+            for name in STAGES:
+                yield Observation(int(name == current), {**rollout, "gate.environment": name})
 
         meter.create_observable_gauge(
             "gate_middleware.gate.health_score",
@@ -115,6 +138,18 @@ class GateTelemetry:
             unit="%",
             description="Share of sessions on the canary path",
         )
+        meter.create_observable_gauge(
+            "gate_middleware.gate.verdict",
+            callbacks=[observe(verdict)],
+            unit="1",
+            description="The judge's current verdict: 1 for it, 0 for the others",
+        )
+        meter.create_observable_gauge(
+            "gate_middleware.gate.stage",
+            callbacks=[observe(stage)],
+            unit="1",
+            description="The release's current stage: 1 for it, 0 for the others",
+        )
         self._rollbacks = meter.create_counter(
             "gate_middleware.gate.rollbacks",
             unit="{rollback}",
@@ -125,6 +160,14 @@ class GateTelemetry:
             unit="{promotion}",
             description="Promotions to staging or production",
         )
+        try:
+            for name in STAGES:
+                for automatic in (False, True):
+                    self._add_rollback(name, automatic, 0)
+            for name in (STAGING, PRODUCTION):
+                self._promotions.add(0, {"gate.rollout": self._rollout, "gate.environment": name})
+        except Exception:  # a broken metrics pipeline must not stop the gate
+            logger.warning("Exporting the gate's counters at 0 failed", exc_info=True)
 
     def count_rollback(self, environment: str, automatic: bool) -> None:
         try:
@@ -140,9 +183,9 @@ class GateTelemetry:
         except Exception:  # a broken metrics pipeline must not undo a promotion
             logger.warning("Counting a promotion failed", exc_info=True)
 
-    def _add_rollback(self, environment: str, automatic: bool) -> None:
+    def _add_rollback(self, environment: str, automatic: bool, amount: int = 1) -> None:
         self._rollbacks.add(
-            1,
+            amount,
             {
                 "gate.rollout": self._rollout,
                 "gate.environment": environment,

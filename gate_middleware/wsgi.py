@@ -8,9 +8,11 @@ For each request it identifies and routes the session, puts the decision in
 ``environ["gate_middleware.decision"]`` and behind
 ``gate_middleware.current_decision()``, adds ``Set-Cookie`` to the response
 headers when it minted an id, and wraps the response iterable: the outcome
-is recorded when the server has consumed the body and called ``close()``,
-so the time covers the whole response, streamed bodies included. The
-wrapped iterable's own ``close()`` is called exactly once. An exception
+is recorded when the body is exhausted or closed, whichever comes first
+(still exactly once), so the time covers the whole response, streamed
+bodies included, and a test client that reads the body without closing it
+(Flask's and Werkzeug's ``client.get()``) records too. The wrapped
+iterable's own ``close()`` is called exactly once. An exception
 from the app (or from its body) is recorded as a failure and re-raised
 unchanged. A body that is not an iterable of bytes (``None``, a ``str``, a
 ``str`` chunk: PEP 3333 forbids them, and the server answers 500) is
@@ -26,9 +28,18 @@ from collections.abc import Iterable, Iterator
 from contextvars import Token
 from typing import Any
 
+from opentelemetry.metrics import MeterProvider
+
 from gate_middleware import context
 from gate_middleware.gate import PromotionGate
-from gate_middleware.lifecycle import GateRequest, RequestLifecycle, private_response_headers
+from gate_middleware.lifecycle import (
+    COOKIE_MAX_AGE,
+    GateRequest,
+    IsSuccess,
+    RequestLifecycle,
+    SessionKey,
+    private_response_headers,
+)
 from gate_middleware.routing import RoutingDecision
 from gate_middleware.types import Environ, ExcInfo, Headers, StartResponse, WSGIApp
 
@@ -39,9 +50,39 @@ ROUTE_KEY = "gate_middleware.route"
 class GateWSGIMiddleware:
     """Route, inject, time and record every request of a WSGI app."""
 
-    def __init__(self, app: WSGIApp, *, gate: PromotionGate, **options: Any) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        gate: PromotionGate,
+        cookie_name: str = "gate_session",
+        secret: str | bytes | None = None,
+        secret_fallbacks: Iterable[str | bytes] = (),
+        cookie_max_age: int | None = COOKIE_MAX_AGE,
+        cookie_secure: bool | None = None,
+        session_key: SessionKey | None = None,
+        override_token: str | None = None,
+        is_success: IsSuccess | None = None,
+        exclude_paths: Iterable[str] = (),
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        # The options are spelt out (not **options) so that a type checker
+        # sees them through Starlette's add_middleware, and a misspelt one is
+        # a TypeError naming it when the middleware is built.
         self.app = app
-        self.lifecycle = RequestLifecycle(gate, **options)
+        self.lifecycle = RequestLifecycle(
+            gate,
+            cookie_name=cookie_name,
+            secret=secret,
+            secret_fallbacks=secret_fallbacks,
+            cookie_max_age=cookie_max_age,
+            cookie_secure=cookie_secure,
+            session_key=session_key,
+            override_token=override_token,
+            is_success=is_success,
+            exclude_paths=exclude_paths,
+            meter_provider=meter_provider,
+        )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         lifecycle = self.lifecycle
@@ -94,7 +135,7 @@ class GateWSGIMiddleware:
 
 
 class _TimedBody:
-    """The app's response iterable; the outcome is recorded in ``close()``."""
+    """The app's response iterable; the outcome is recorded at its end or in ``close()``."""
 
     __slots__ = (
         "_body",
@@ -106,6 +147,7 @@ class _TimedBody:
         "_error",
         "_closed",
         "_chunks",
+        "_left",
     )
 
     def __init__(
@@ -125,6 +167,7 @@ class _TimedBody:
         self._error: BaseException | None = None
         self._closed = False
         self._chunks = 0
+        self._left = False
 
     # An iterator, not a generator: a generator's ``yield from`` would close
     # the app's iterable a second time when the server drops it early.
@@ -138,6 +181,7 @@ class _TimedBody:
         try:
             chunk = next(self._iterator)
         except StopIteration:
+            self._finish()  # the whole body is out: record now, close() may never come
             raise
         except BaseException as exc:
             self._error = exc
@@ -163,7 +207,12 @@ class _TimedBody:
             self._error = self._error or exc
             raise
         finally:
-            self._lifecycle.finish(
-                self._request, exception=self._error, route=self._environ.get(ROUTE_KEY)
-            )
+            self._finish()
+
+    def _finish(self) -> None:
+        self._lifecycle.finish(
+            self._request, exception=self._error, route=self._environ.get(ROUTE_KEY)
+        )
+        if not self._left:
+            self._left = True
             context.leave(self._entered)

@@ -10,6 +10,14 @@
         "EXCLUDE_PATHS": ["/healthz", "/static"],
     }
 
+``SECRET`` defaults to a secret derived from ``SECRET_KEY`` (salted, as
+Django's signing does), and ``SECRET_FALLBACKS`` to ``SECRET_KEY_FALLBACKS``'s.
+Add ``"gate_middleware.integrations"`` to ``INSTALLED_APPS`` for the system
+checks (``manage.py check`` reports a bad ``GATE`` path, an unknown key, a
+missing or short secret) and the ``manage.py gate`` command (status,
+promote, rollback, flags). ``gate_decision(request)`` is ``request.gate``,
+typed.
+
 ``GATE_MIDDLEWARE`` may also be just the gate (or its dotted path). The
 other keys are the options of ``RequestLifecycle`` in capitals
 (``SECRET_FALLBACKS``, ``COOKIE_NAME``, ``COOKIE_MAX_AGE``,
@@ -38,10 +46,14 @@ from typing import Any
 
 try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+    from django.apps import AppConfig
     from django.conf import settings
+    from django.core.checks import CheckMessage, Error, Tags, Warning, register
+    from django.core.exceptions import ImproperlyConfigured
     from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
     from django.urls import URLPattern, re_path
     from django.utils.cache import patch_cache_control, patch_vary_headers
+    from django.utils.crypto import salted_hmac
     from django.utils.module_loading import import_string
     from django.views.decorators.csrf import csrf_exempt
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -57,7 +69,7 @@ from gate_middleware.lifecycle import GateRequest, RequestLifecycle
 from gate_middleware.routing import RoutingDecision
 from gate_middleware.wsgi import DECISION_KEY
 
-__all__ = ["GateMiddleware", "admin_urls"]
+__all__ = ["GateConfig", "GateMiddleware", "admin_urls", "gate_decision"]
 
 _OPTIONS = {
     "COOKIE_NAME": "cookie_name",
@@ -75,8 +87,26 @@ _DOTTED = {"GATE", "SESSION_KEY", "IS_SUCCESS", "METER_PROVIDER"}
 _EXCEPTION_KEY = "gate_middleware.exception"
 
 
-def lifecycle_from_settings() -> RequestLifecycle:
-    """Build the lifecycle from ``settings.GATE_MIDDLEWARE``."""
+MIN_SECRET_LENGTH = 32
+_SECRET_SALT = "gate_middleware.session_cookie"
+
+
+def derived_secret(secret_key: str | bytes) -> str:
+    """The cookie secret derived from Django's ``SECRET_KEY``, salted as
+    Django's own signing salts it, so it says nothing about the key itself."""
+    return salted_hmac(
+        _SECRET_SALT, "cookie secret", secret=secret_key, algorithm="sha256"
+    ).hexdigest()
+
+
+def gate_settings() -> tuple[PromotionGate, dict[str, Any]]:
+    """The gate and ``RequestLifecycle`` options from ``settings.GATE_MIDDLEWARE``.
+
+    ``SECRET`` (absent or ``None``) defaults to a secret derived from
+    ``SECRET_KEY``, and ``SECRET_FALLBACKS`` to those of
+    ``SECRET_KEY_FALLBACKS``: rotating Django's key rotates the cookie's.
+    ``ConfigError`` names what is wrong.
+    """
     raw = getattr(settings, "GATE_MIDDLEWARE", None)
     if raw is None:
         raise ConfigError(
@@ -99,7 +129,92 @@ def lifecycle_from_settings() -> RequestLifecycle:
     gate = values.pop("GATE", None)
     if not isinstance(gate, PromotionGate):
         raise ConfigError("GATE_MIDDLEWARE['GATE']", gate, "a PromotionGate or its dotted path")
-    return RequestLifecycle(gate, **{_OPTIONS[key]: value for key, value in values.items()})
+    try:
+        secret_key = getattr(settings, "SECRET_KEY", None)
+    except ImproperlyConfigured:  # an empty SECRET_KEY raises when read
+        secret_key = None
+    if values.get("SECRET") is None and secret_key:
+        values["SECRET"] = derived_secret(secret_key)
+        if "SECRET_FALLBACKS" not in values:
+            fallbacks = getattr(settings, "SECRET_KEY_FALLBACKS", ())
+            values["SECRET_FALLBACKS"] = [derived_secret(key) for key in fallbacks]
+    return gate, {_OPTIONS[key]: value for key, value in values.items()}
+
+
+def lifecycle_from_settings() -> RequestLifecycle:
+    """Build the lifecycle from ``settings.GATE_MIDDLEWARE``."""
+    gate, options = gate_settings()
+    return RequestLifecycle(gate, **options)
+
+
+def gate_decision(request: HttpRequest) -> RoutingDecision:
+    """The request's decision (``request.gate``), typed for django-stubs.
+
+    ``RuntimeError`` on a path the gate excludes or without the middleware.
+    """
+    decision = getattr(request, "gate", None)
+    if not isinstance(decision, RoutingDecision):
+        raise RuntimeError("no gate decision: an excluded path, or GateMiddleware is not installed")
+    return decision
+
+
+def check_settings(**kwargs: Any) -> list[CheckMessage]:
+    """``manage.py check``: the ``GATE_MIDDLEWARE`` setting, before any request.
+
+    - ``gate_middleware.E001``: the setting is missing, names no gate (a
+      dotted path that does not import), or has an unknown key or a bad value.
+    - ``gate_middleware.W001``: no ``SECRET`` and no ``SECRET_KEY``: the
+      session cookie is not signed, so anyone can pick their bucket.
+    - ``gate_middleware.W002``: a ``SECRET`` shorter than 32 characters.
+    """
+    middleware = "gate_middleware.integrations.django.GateMiddleware"
+    configured = getattr(settings, "GATE_MIDDLEWARE", None) is not None
+    if not configured and middleware not in getattr(settings, "MIDDLEWARE", ()):
+        return []
+    try:
+        gate, options = gate_settings()
+        RequestLifecycle(gate, **options)
+    except (ConfigError, TypeError) as exc:
+        return [
+            Error(
+                str(exc),
+                hint="GATE_MIDDLEWARE = {'GATE': 'myproject.rollout.gate', ...}; "
+                "see gate_middleware.integrations.django",
+                id="gate_middleware.E001",
+            )
+        ]
+    secret = options.get("secret")
+    if secret is None:
+        return [
+            Warning(
+                "The gate's session cookie is not signed: no GATE_MIDDLEWARE['SECRET'] "
+                "and no SECRET_KEY to derive one from.",
+                hint="Set SECRET_KEY (the secret is derived from it) or GATE_MIDDLEWARE['SECRET'].",
+                id="gate_middleware.W001",
+            )
+        ]
+    if len(secret) < MIN_SECRET_LENGTH:
+        return [
+            Warning(
+                f"GATE_MIDDLEWARE['SECRET'] has {len(secret)} characters; "
+                f"use at least {MIN_SECRET_LENGTH}.",
+                hint="python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+                id="gate_middleware.W002",
+            )
+        ]
+    return []
+
+
+class GateConfig(AppConfig):
+    """``INSTALLED_APPS = [..., "gate_middleware.integrations"]``: the system
+    checks and the ``manage.py gate`` command."""
+
+    name = "gate_middleware.integrations"
+    label = "gate_middleware"
+    verbose_name = "gate-middleware"
+
+    def ready(self) -> None:
+        register(check_settings, Tags.security)
 
 
 class GateMiddleware:

@@ -1,15 +1,33 @@
-"""FastAPI: the Starlette adapter, under the name FastAPI users look for.
+"""FastAPI: the Starlette adapter, and the decision as a dependency.
 
 ::
 
-    from gate_middleware.integrations.fastapi import GateMiddleware
-    app.add_middleware(GateMiddleware, gate=gate)
+    from gate_middleware.integrations.fastapi import GateDecision, GateMiddleware
 
-The decision is ``request.state.gate``.
+    app.add_middleware(GateMiddleware, gate=gate, secret=SECRET)
+
+    @app.get("/checkout")
+    async def checkout(decision: GateDecision) -> dict[str, str]:
+        return {"variant": decision.variant}
+
+``GateDecision`` is ``Annotated[RoutingDecision, Depends(gate_decision)]``;
+the decision is also ``request.state.gate``.
 """
 
 from __future__ import annotations
 
-from gate_middleware.integrations.starlette import GateMiddleware
+from typing import Annotated
 
-__all__ = ["GateMiddleware"]
+try:
+    from fastapi import Depends
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        'gate_middleware.integrations.fastapi needs FastAPI: pip install "gate-middleware[fastapi]"'
+    ) from exc
+
+from gate_middleware.integrations.starlette import GateMiddleware, gate_decision
+from gate_middleware.routing import RoutingDecision
+
+__all__ = ["GateDecision", "GateMiddleware", "gate_decision"]
+
+GateDecision = Annotated[RoutingDecision, Depends(gate_decision)]

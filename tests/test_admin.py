@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx2 as httpx
+import httpx
 import pytest
 from openapi_spec_validator import validate
 from starlette.testclient import TestClient

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx2 as httpx
+import httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
 from starlette.applications import Starlette

@@ -9,7 +9,7 @@ import threading
 import time
 import warnings
 
-import httpx2 as httpx
+import httpx
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
 

@@ -451,8 +451,63 @@ def test_gate_instruments(clock: FakeClock, meter_provider, metric_reader) -> No
     }
     gate.monitor_canary_health()  # rolls back
     points = metric_points(metric_reader)
-    [rollbacks] = points["gate_middleware.gate.rollbacks"]
+    [rollbacks] = [p for p in points["gate_middleware.gate.rollbacks"] if p.value]
     assert rollbacks.value == 1 and rollbacks.attributes["gate.automatic"] is True
+
+
+def test_counters_start_at_zero_so_the_first_event_is_an_increase(  # type: ignore[no-untyped-def]
+    clock: FakeClock, meter_provider, metric_reader
+) -> None:
+    gate = make_gate(clock, meter_provider=meter_provider)
+    points = metric_points(metric_reader)
+    rollbacks = points["gate_middleware.gate.rollbacks"]
+    assert {
+        (p.attributes["gate.environment"], p.attributes["gate.automatic"]) for p in rollbacks
+    } == {
+        (stage, automatic)
+        for stage in ("canary", "staging", "production")
+        for automatic in (False, True)
+    }
+    assert {p.value for p in rollbacks} == {0}
+    promotions = points["gate_middleware.gate.promotions"]
+    assert {p.attributes["gate.environment"]: p.value for p in promotions} == {
+        "staging": 0,
+        "production": 0,
+    }
+    gate.rollback("by hand")
+    points = metric_points(metric_reader)
+    counted = {
+        (p.attributes["gate.environment"], p.attributes["gate.automatic"]): p.value
+        for p in points["gate_middleware.gate.rollbacks"]
+    }
+    assert counted[("canary", False)] == 1 and sum(counted.values()) == 1
+
+
+def test_verdict_stage_and_traffic_are_exported(  # type: ignore[no-untyped-def]
+    clock: FakeClock, meter_provider, metric_reader
+) -> None:
+    gate = make_gate(clock, meter_provider=meter_provider)
+
+    def current(name: str, attribute: str) -> dict[str, float]:
+        points = metric_points(metric_reader)[name]
+        return {p.attributes[attribute]: p.value for p in points}
+
+    verdicts = current("gate_middleware.gate.verdict", "gate.verdict")
+    assert verdicts == {"HEALTHY": 0, "MONITOR": 0, "ROLLBACK": 0, "INSUFFICIENT_DATA": 1}
+    assert current("gate_middleware.gate.stage", "gate.environment") == {
+        "canary": 1,
+        "staging": 0,
+        "production": 0,
+    }
+    feed(gate, "stable", 1000, duration=0.1)
+    feed(gate, "canary", 200, duration=0.1)
+    verdicts = current("gate_middleware.gate.verdict", "gate.verdict")
+    assert verdicts["INSUFFICIENT_DATA"] == 0 and sum(verdicts.values()) == 1
+    gate.promote(Environment.STAGING, force=True)
+    assert current("gate_middleware.gate.stage", "gate.environment")["staging"] == 1
+    # One traffic series across stages: no attribute but the rollout.
+    [traffic] = metric_points(metric_reader)["gate_middleware.gate.traffic"]
+    assert dict(traffic.attributes) == {"gate.rollout": "default"} and traffic.value == 100.0
 
 
 def test_custom_slo(clock: FakeClock) -> None:

@@ -62,8 +62,11 @@ def test_a_million_sessions_and_ten_thousand_paths_keep_memory_and_series_flat()
     # per session would add over 6 MiB.
     assert rss_end - rss_warm < 6 * 1024, (rss_warm, rss_end)
     assert series_end == series_warm
-    # variants x methods (3 known + _OTHER) x statuses, per instrument: a fixed set.
-    assert series_end <= 2 * (2 * 4 * 2) + 1
+    # variants x methods (3 known + _OTHER) x statuses, per request instrument,
+    # and the gate's fixed series: its gauges (2 error rates, 2 p99s, a score,
+    # the traffic, 4 verdicts, 3 stages), counters at 0 (6 rollbacks, 2
+    # promotions) and 7 fault stages.
+    assert series_end <= 2 * (2 * 4 * 2) + 1 + (2 + 2 + 1 + 1 + 4 + 3) + (6 + 2) + 7
     for points in metric_points(reader).values():
         for point in points:
             for value in point.attributes.values():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx2 as httpx
+import httpx
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -188,7 +188,17 @@ def test_metrics_have_the_documented_names_and_attributes(
     assert attributes["gate.environment"] in ("canary", "production")
     assert attributes["gate.rollout"] == "default"
     assert not any(isinstance(v, str) and ("42" in v or session in v) for v in attributes.values())
-    assert 0.005 in duration.explicit_bounds and 10.0 in duration.explicit_bounds
+    assert attributes["url.scheme"] == "http"
+    # Exactly the HTTP semantic conventions' recommended boundaries.
+    assert list(duration.explicit_bounds) == [
+        0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0
+    ]  # fmt: skip
+    assert not any(name.startswith("http.server.") for name in points)
+    assert metric_reader.get_metrics_data() is not None
+    scopes = metric_reader.get_metrics_data().resource_metrics[0].scope_metrics
+    assert {scope.scope.schema_url for scope in scopes} == {
+        "https://opentelemetry.io/schemas/1.26.0"
+    }
 
 
 def test_a_canary_that_returns_500s_is_rolled_back(

@@ -95,3 +95,69 @@ def test_a_missing_framework_names_the_extra(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert 'pip install "gate-middleware[flask]"' in result.stderr
+
+
+def test_both_readme_commands_resolve_on_python_3_10(tmp_path: Path) -> None:
+    # ./dev installs ".[test,bench]": every requirement needs a release that
+    # supports the oldest Python the README promises.
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "-q",
+            "--python-version",
+            "3.10",
+            "--only-binary=:all:",
+            "--ignore-installed",
+            "--target",
+            str(tmp_path / "target"),
+            "--report",
+            str(report),
+            f"{ROOT}[test,bench]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert {"httpx", "starlette", "django", "flask", "openfeature-sdk"} <= names
+    assert "httpx2" not in names
+
+
+def test_the_sdist_ships_the_license_and_changelog_and_no_tests(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-c", SDIST, str(ROOT), str(tmp_path)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    [sdist] = tmp_path.glob("gate_middleware-*.tar.gz")
+    import tarfile
+
+    with tarfile.open(sdist) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+        pkg_info = archive.extractfile(f"{sdist.name[: -len('.tar.gz')]}/PKG-INFO")
+        assert pkg_info is not None
+        metadata = pkg_info.read().decode()
+    assert {"LICENSE", "CHANGELOG.md", "README.md", "gate_middleware/py.typed"} <= names
+    assert not [name for name in names if name.startswith(("tests/", "benchmarks/"))]
+    assert "License-Expression: MIT" in metadata
+    assert "License-File: LICENSE" in metadata
+    assert "Classifier: Programming Language :: Python :: 3.10" in metadata
+    assert "Classifier: Typing :: Typed" in metadata
+
+
+SDIST = """
+import sys
+from setuptools import build_meta
+import os
+os.chdir(sys.argv[1])
+build_meta.build_sdist(sys.argv[2])
+"""

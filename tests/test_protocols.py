@@ -281,7 +281,7 @@ def test_a_wsgi_body_that_is_not_bytes_is_a_failure(
     import threading
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-    import httpx2 as httpx
+    import httpx
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         start_response("200 OK", [("Content-Type", "text/plain")])

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import httpx2 as httpx
+import httpx
 import pytest
 
 from gate_middleware import (

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import httpx2 as httpx
+import httpx
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-import httpx2 as httpx
+import httpx
 import pytest
 
 from .servers import free_port, python, running

@@ -1,4 +1,6 @@
-"""Settings of the Django example: one middleware entry and GATE_MIDDLEWARE."""
+"""Settings of the Django example: one middleware entry and GATE_MIDDLEWARE.
+
+The cookie's secret is derived from SECRET_KEY."""
 
 import os
 
@@ -6,7 +8,7 @@ DEBUG = False
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-only-not-secret")
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 ROOT_URLCONF = "shop.urls"
-INSTALLED_APPS: list[str] = []
+INSTALLED_APPS = ["gate_middleware.integrations"]  # manage.py check and manage.py gate
 DATABASES: dict[str, dict[str, str]] = {}
 USE_TZ = True
 
@@ -15,6 +17,5 @@ MIDDLEWARE = [
 ]
 GATE_MIDDLEWARE = {
     "GATE": "shop.rollout.gate",
-    "SECRET": os.environ.get("GATE_SECRET"),
     "EXCLUDE_PATHS": ["/metrics"],
 }

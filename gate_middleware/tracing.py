@@ -1,0 +1,51 @@
+"""The decision on the active span, and flag evaluations as span events.
+
+Per OpenTelemetry's semantic conventions for feature flags: each flag read
+through the OpenFeature provider is a ``feature_flag.evaluation`` event with
+``feature_flag.key``, ``feature_flag.result.variant``,
+``feature_flag.result.reason`` and ``feature_flag.provider.name``; the
+request's span carries ``gate.variant``, ``gate.rollout``,
+``gate.environment`` and ``gate.bucket`` (so traces split by variant). The
+session id is never an attribute. ``opentelemetry-api`` only: without an SDK
+(or outside a sampled span) the span is not recording and nothing is done.
+"""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+
+from gate_middleware.routing import RoutingDecision
+
+PROVIDER_NAME = "gate-middleware"
+EVALUATION_EVENT = "feature_flag.evaluation"
+
+
+def annotate_span(decision: RoutingDecision, rollout: str) -> None:
+    """Put the routing decision on the active span, if one is recording."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    span.set_attributes(
+        {
+            "gate.variant": decision.variant,
+            "gate.rollout": rollout,
+            "gate.environment": decision.target_environment.name,
+            "gate.bucket": decision.bucket,
+        }
+    )
+
+
+def add_evaluation_event(flag_key: str, variant: str, reason: str) -> None:
+    """A ``feature_flag.evaluation`` event on the active span, if one is recording."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    span.add_event(
+        EVALUATION_EVENT,
+        {
+            "feature_flag.key": flag_key,
+            "feature_flag.result.variant": variant,
+            "feature_flag.result.reason": reason.lower(),
+            "feature_flag.provider.name": PROVIDER_NAME,
+        },
+    )

@@ -1,0 +1,223 @@
+"""OpenFeature and OpenTelemetry traces, with the real SDKs.
+
+``client.get_boolean_value("new_api", False)`` answers from the request's
+decision inside a request and from the targeting key outside one; the
+decision is on the request's span and each flag read is a
+``feature_flag.evaluation`` event, under OpenTelemetry's own ASGI and WSGI
+instrumentation, with and without OpenFeature's ``TracingHook``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from openfeature import api
+from openfeature.client import OpenFeatureClient
+from openfeature.contrib.hook.opentelemetry import TracingHook
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.exception import ErrorCode
+from openfeature.flag_evaluation import Reason
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from gate_middleware import Environment, PromotionConfig, PromotionGate
+from gate_middleware.openfeature import GateProvider
+
+FLAG = "new_api"
+TOKEN = "qa-token-" + "x" * 24
+_domains = itertools.count()
+
+
+def make_gate(percent: float = 50) -> PromotionGate:
+    return PromotionGate(
+        PromotionConfig(environment=Environment.canary(percent), feature_flags=[FLAG])
+    )
+
+
+def feature_client(gate: PromotionGate, *, hook: bool = False) -> OpenFeatureClient:
+    domain = f"gate-test-{next(_domains)}"
+    api.set_provider(GateProvider(gate, emit_events=not hook), domain=domain)
+    client = api.get_client(domain=domain)
+    if hook:
+        client.add_hooks([TracingHook()])
+    return client
+
+
+@pytest.fixture
+def spans() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+def server_span(exporter: InMemorySpanExporter) -> ReadableSpan:
+    [span] = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    return span
+
+
+def starlette_app(gate: PromotionGate, client: OpenFeatureClient) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from gate_middleware.integrations.starlette import GateMiddleware, gate_decision
+
+    async def index(request: Request) -> JSONResponse:
+        details = client.get_boolean_details(FLAG, False)
+        decision = gate_decision(request)
+        return JSONResponse(
+            {
+                "value": details.value,
+                "reason": str(details.reason),
+                "variant": details.variant,
+                "decision_variant": decision.variant,
+                "decision_value": decision.is_enabled(FLAG),
+            }
+        )
+
+    app = Starlette(routes=[Route("/", index)])
+    app.add_middleware(GateMiddleware, gate=gate, override_token=TOKEN)
+    return app
+
+
+def flask_app(gate: PromotionGate, client: OpenFeatureClient) -> Any:
+    from flask import Flask, jsonify
+
+    from gate_middleware.integrations.flask import GateExtension, gate_decision
+
+    app = Flask(__name__)
+
+    @app.get("/")
+    def index() -> Any:
+        details = client.get_boolean_details(FLAG, False)
+        decision = gate_decision()
+        return jsonify(
+            value=details.value,
+            reason=str(details.reason),
+            variant=details.variant,
+            decision_variant=decision.variant,
+            decision_value=decision.is_enabled(FLAG),
+        )
+
+    GateExtension(app, gate=gate, override_token=TOKEN)
+    return app
+
+
+def test_in_a_request_the_flag_is_the_requests_decision() -> None:
+    from starlette.testclient import TestClient
+
+    gate = make_gate(50)
+    app = starlette_app(gate, feature_client(gate))
+    seen = set()
+    with TestClient(app) as http:
+        for _ in range(40):
+            http.cookies.clear()
+            body = http.get("/").json()
+            assert body["value"] == body["decision_value"]
+            assert body["variant"] == body["decision_variant"]
+            assert body["reason"] == "SPLIT"
+            seen.add(body["variant"])
+        # The QA override picks the variant: a targeting match.
+        body = http.get(
+            "/", headers={"X-Gate-Variant": "canary", "X-Gate-Override-Token": TOKEN}
+        ).json()
+        assert body == {
+            "value": True,
+            "reason": "TARGETING_MATCH",
+            "variant": "canary",
+            "decision_variant": "canary",
+            "decision_value": True,
+        }
+    assert seen == {"canary", "stable"}
+
+
+def test_outside_a_request_the_targeting_key_is_routed_the_same_way() -> None:
+    gate = make_gate(50)
+    client = feature_client(gate)
+    variants = set()
+    for n in range(50):
+        key = f"user-{n}"
+        details = client.get_boolean_details(FLAG, False, EvaluationContext(targeting_key=key))
+        decision = gate.route_request(key)
+        assert (details.value, details.variant) == (decision.is_enabled(FLAG), decision.variant)
+        assert details.reason == Reason.SPLIT
+        assert details.flag_metadata["gate.rollout"] == "default"
+        variants.add(details.variant)
+    assert variants == {"canary", "stable"}
+    missing = client.get_boolean_details(FLAG, True)
+    assert missing.value is True and missing.error_code == ErrorCode.TARGETING_KEY_MISSING
+    unknown = client.get_boolean_details("no_such_flag", True, EvaluationContext("user-1"))
+    assert unknown.value is False and unknown.reason == Reason.DISABLED
+    wrong_type = client.get_string_details(FLAG, "x", EvaluationContext("user-1"))
+    assert wrong_type.value == "x" and wrong_type.error_code == ErrorCode.TYPE_MISMATCH
+
+
+def test_a_rolled_back_flag_is_off() -> None:
+    gate = make_gate(100)
+    client = feature_client(gate)
+    context = EvaluationContext(targeting_key="user-1")
+    assert client.get_boolean_value(FLAG, False, context) is True
+    gate.rollback("checkout errors")
+    details = client.get_boolean_details(FLAG, True, context)
+    assert details.value is False and details.variant == "stable"
+
+
+def events(span: ReadableSpan) -> list[dict[str, Any]]:
+    return [dict(e.attributes or {}) for e in span.events if e.name == "feature_flag.evaluation"]
+
+
+@pytest.mark.parametrize("hook", [False, True], ids=["provider-events", "openfeature-hook"])
+@pytest.mark.parametrize("protocol", ["asgi", "wsgi"])
+def test_traces_under_opentelemetrys_own_instrumentation(
+    protocol: str, hook: bool, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    import httpx
+
+    tracer_provider, exporter = spans
+    gate = make_gate(50)
+    client = feature_client(gate, hook=hook)
+    if protocol == "asgi":
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as ASGITracing
+        from starlette.testclient import TestClient
+
+        app = ASGITracing(starlette_app(gate, client), tracer_provider=tracer_provider)
+        http: httpx.Client = TestClient(app)
+    else:
+        from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as WSGITracing
+
+        flask = flask_app(gate, client)
+        flask.wsgi_app = WSGITracing(flask.wsgi_app, tracer_provider=tracer_provider)
+        http = httpx.Client(transport=httpx.WSGITransport(app=flask), base_url="http://testserver")
+    with http:
+        body = http.get("/").json()
+    span = server_span(exporter)
+    attributes = dict(span.attributes or {})
+    assert attributes["gate.variant"] == body["decision_variant"]
+    assert attributes["gate.rollout"] == "default"
+    assert attributes["gate.environment"] in ("canary", "production")
+    [event] = events(span)
+    assert event["feature_flag.key"] == FLAG
+    assert event["feature_flag.result.variant"] == body["variant"]
+    assert event["feature_flag.provider.name"] == "gate-middleware"
+    assert event["feature_flag.result.reason"] == "split"
+    assert not any("gate_session" in str(v) for v in [*attributes.values(), *event.values()])
+
+
+def test_no_tracer_no_trace_and_no_error() -> None:
+    from opentelemetry import trace
+    from starlette.testclient import TestClient
+
+    # No SDK: the global tracer provider is the API's proxy, spans never record.
+    assert not trace.get_current_span().is_recording()
+    gate = make_gate(50)
+    with TestClient(starlette_app(gate, feature_client(gate))) as http:
+        body = http.get("/").json()
+    assert body["reason"] == "SPLIT"
