@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx2 as httpx
+import httpx
 import pytest
 from openapi_spec_validator import validate
 from starlette.testclient import TestClient
