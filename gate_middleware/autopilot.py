@@ -1,0 +1,422 @@
+"""The gate carrying out its rollout plan: ``Autopilot``, the timer and the controls.
+
+``gate_middleware.plan`` decides what the plan's next step is (pure: state in,
+action out); this module carries it out through the gate's own transitions.
+``PromotionGate`` takes ``Autopilot`` as a base, so the plan's controls
+(``pause``, ``resume``, ``abort``, ``retry``, ``skip_to``, ``promote_now``,
+``plan_status``) are the gate's methods, while their code lives here, beside
+the timer that moves the plan on when no request comes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from gate_middleware import plan as plans
+from gate_middleware.config import PromotionConfig
+from gate_middleware.environment import CANARY as CANARY_ENV
+from gate_middleware.environment import PRODUCTION, STAGING, Environment
+from gate_middleware.errors import ConfigError, PromotionError
+from gate_middleware.health import CanaryHealth
+from gate_middleware.plan import PlanPosition, RolloutPlan
+from gate_middleware.reasons import validate_reason
+from gate_middleware.routing import CANARY
+from gate_middleware.state import GateEvent, GateState, PromotionEvent, RollbackEvent
+
+if TYPE_CHECKING:
+    from gate_middleware.telemetry import GateTelemetry
+    from gate_middleware.window import WindowStore
+
+logger = logging.getLogger("gate_middleware")
+
+GATE_ACTOR = "gate"  # the actor of what the gate does by itself
+API_ACTOR = "api"  # the default actor of a call in the app's code
+
+
+def validate_actor(actor: Any) -> str:
+    """Return ``actor`` if it can name who made a change, or raise ``ConfigError``."""
+    if not isinstance(actor, str) or not 1 <= len(actor) <= 200 or not actor.isprintable():
+        raise ConfigError("actor", actor, "1 to 200 printable characters")
+    return actor
+
+
+class PlanTimer:
+    """Evaluates the gate every ``interval`` seconds on a daemon thread, so
+    the plan moves on without traffic. Started again in a forked child."""
+
+    def __init__(self, gate: Autopilot, interval: float) -> None:
+        self._gate = weakref.ref(gate)
+        self._interval = interval
+        self._pid = -1
+        self._stop = threading.Event()
+        self._closed = False
+
+    def ensure(self) -> None:
+        if self._pid == os.getpid() or self._closed:
+            return
+        self._pid = os.getpid()
+        self._stop = threading.Event()
+        threading.Thread(
+            target=self._run, args=(self._stop,), name="gate-plan", daemon=True
+        ).start()
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self._interval):
+            gate = self._gate()
+            if gate is None:
+                return
+            try:
+                gate.tick()
+            except Exception:  # the timer must never die
+                logger.exception("The plan's timed evaluation failed; retrying")
+            del gate
+
+    def close(self) -> None:
+        self._closed = True  # a forked child of a closed gate starts no timer either
+        self._stop.set()
+
+
+class Autopilot:
+    """The plan's part of ``PromotionGate`` (a base class of it; not used alone)."""
+
+    if TYPE_CHECKING:  # what the plan uses of the gate
+        config: PromotionConfig
+        plan: RolloutPlan | None
+        _windows: WindowStore
+        _evaluation_lock: threading.Lock
+        _last_evaluation: float
+        _next_evaluation: float
+        _telemetry: GateTelemetry
+        _promotion_callbacks: list[Callable[[PromotionEvent], Any]]
+        _clock: Callable[[], float]
+        _wall_clock: Callable[[], float]
+
+        def _utcnow(self) -> datetime: ...
+        def _current(self) -> GateState: ...
+        def _transition(
+            self, change: Callable[[GateState], tuple[GateState, Any] | None]
+        ) -> tuple[GateState, Any] | None: ...
+        def _evaluate(self, act: bool) -> tuple[CanaryHealth, float, bool]: ...
+        def _check_promotable(
+            self, health: CanaryHealth, compliance: float, enough: bool
+        ) -> None: ...
+        @staticmethod
+        def _notify(callbacks: list[Callable[[Any], Any]], event: GateEvent) -> None: ...
+        def rollback(self, reason: str, *, actor: str = API_ACTOR) -> RollbackEvent: ...
+
+    def tick(self) -> None:
+        """Evaluate now unless another thread is (the plan's timer calls it)."""
+        if not self._evaluation_lock.acquire(blocking=False):
+            return
+        try:
+            now = self._clock()
+            self._last_evaluation = now
+            self._next_evaluation = now + self.config.evaluation_interval_seconds
+            self._evaluate(act=True)
+        except PromotionError as exc:  # a shared store that is down: logged there
+            logger.warning("The plan could not change the shared state: %s", exc)
+        finally:
+            self._evaluation_lock.release()
+
+    # -- the rollout plan ---------------------------------------------------
+
+    def _carry_out_plan(self, state: GateState, health: CanaryHealth) -> None:
+        plan, position = self.plan, state.plan
+        if plan is None or position is None:
+            return
+        action = plans.next_action(
+            plan,
+            position,
+            verdict=health.verdict,
+            canary_requests=self._windows.evidence(CANARY).requests,
+            min_requests=self.config.min_requests,
+            now=self._wall_clock(),
+        )
+        if action.kind == plans.ADVANCE:
+            self._move_plan(
+                state, position, action.to_index, "plan_step", action.reason, GATE_ACTOR, health
+            )
+        elif action.kind == plans.HOLD:
+            self._mark_plan(state, position, "hold", action.reason, GATE_ACTOR, held=True)
+        elif action.kind == plans.AWAIT_APPROVAL:
+            self._mark_plan(
+                state, position, "await_approval", action.reason, GATE_ACTOR, awaiting=True
+            )
+        elif action.kind == plans.PAUSE:
+            self._mark_plan(
+                state,
+                position,
+                "pause",
+                action.reason,
+                GATE_ACTOR,
+                status=plans.PAUSED,
+                reason=action.reason,
+            )
+
+    def _entered(
+        self, current: GateState, index: int, event: PromotionEvent, position: PlanPosition
+    ) -> GateState:
+        """``current`` moved to step ``index`` of the plan."""
+        plan = self._the_plan()
+        step = plan.step(index)
+        entered = position.entering(index, self._wall_clock())
+        if step.stage == PRODUCTION:
+            return current.evolve(
+                event,
+                environment=Environment.PRODUCTION,
+                stable_flags=current.stable_flags | current.release_flags,
+                release_flags=frozenset(),
+                step=current.step + 1,
+                plan=replace(entered, status=plans.DONE),
+            )
+        environment = (
+            Environment.STAGING
+            if step.stage == STAGING
+            else Environment.canary(step.traffic_percent)
+        )
+        return current.evolve(event, environment=environment, step=current.step + 1, plan=entered)
+
+    def _target(self, index: int) -> Environment:
+        step = self._the_plan().step(index)
+        if step.stage == CANARY_ENV:
+            return Environment.canary(step.traffic_percent)
+        return Environment.STAGING if step.stage == STAGING else Environment.PRODUCTION
+
+    def _move_plan(
+        self,
+        state: GateState,
+        position: PlanPosition,
+        index: int,
+        action: str,
+        reason: str,
+        actor: str,
+        health: CanaryHealth | None,
+        *,
+        forced: bool = False,
+    ) -> bool:
+        """Move the plan from ``position`` to step ``index``, once (``False``:
+        someone else moved it first)."""
+        target = self._target(index)
+
+        def change(current: GateState) -> tuple[GateState, PromotionEvent] | None:
+            if current.plan != position or current.release != state.release:
+                return None  # another process (or thread) made this step already
+            event = PromotionEvent(
+                current.environment,
+                target,
+                self._utcnow(),
+                action,
+                forced,
+                health,
+                reason,
+                actor,
+            )
+            return self._entered(current, index, event, position), event
+
+        result = self._transition(change)
+        if result is None:
+            return False
+        self._windows.clear()
+        logger.info("Plan: %s -> %s (%s)", state.environment, target, reason)
+        if target.name != CANARY_ENV:
+            self._telemetry.count_promotion(target.name)
+            self._notify(self._promotion_callbacks, result[1])
+        return True
+
+    def _mark_plan(
+        self,
+        state: GateState,
+        position: PlanPosition,
+        action: str,
+        why: str,
+        actor: str,
+        **changes: Any,
+    ) -> bool:
+        """Record a change of the plan's position that keeps the step (hold, pause...)."""
+
+        def change(current: GateState) -> tuple[GateState, PromotionEvent] | None:
+            if current.plan != position or current.release != state.release:
+                return None
+            event = PromotionEvent(
+                current.environment,
+                current.environment,
+                self._utcnow(),
+                action,
+                reason=why,
+                actor=actor,
+            )
+            return current.evolve(event, plan=replace(position, **changes)), event
+
+        result = self._transition(change)
+        if result is not None:
+            log = logger.warning if action in ("pause", "hold") else logger.info
+            log("Plan %s: %s", action, why)
+        return result is not None
+
+    def _the_plan(self) -> RolloutPlan:
+        if self.plan is None:
+            raise PromotionError("the gate has no rollout plan (PromotionConfig.plan)")
+        return self.plan
+
+    def _plan_after(self, current: GateState, target: Environment) -> PlanPosition | None:
+        """The plan's position after a change made by hand to ``target``."""
+        position = current.plan
+        if position is None or self.plan is None:
+            return position
+        if target.name == PRODUCTION:
+            if position.status in (plans.RUNNING, plans.PAUSED):
+                return replace(position, status=plans.DONE)
+            return position
+        index = self.plan.index_for(target.name, target.traffic_percent)
+        entered = position.entering(index, self._wall_clock())
+        return replace(entered, status=position.status, reason=position.reason)
+
+    def _running_plan(self, what: str) -> tuple[GateState, PlanPosition]:
+        state = self._current()
+        if self.plan is None:
+            raise PromotionError(
+                f"cannot {what}: the gate has no rollout plan (PromotionConfig.plan)"
+            )
+        position = state.plan
+        if position is None or state.environment.name == PRODUCTION:
+            raise PromotionError(f"cannot {what}: no release is following the plan")
+        return state, position
+
+    def pause(self, reason: str = "paused by an operator", *, actor: str = API_ACTOR) -> None:
+        """Stop the plan where it is (the judge still rolls back on a failing verdict)."""
+        validate_reason(reason)
+        actor = validate_actor(actor)
+        state, position = self._running_plan("pause the plan")
+        if position.status == plans.PAUSED:
+            return
+        self._mark_plan(state, position, "pause", reason, actor, status=plans.PAUSED, reason=reason)
+
+    def resume(self, *, actor: str = API_ACTOR) -> None:
+        """Let the plan go on: after a pause, or through a manual gate (approval)."""
+        actor = validate_actor(actor)
+        state, position = self._running_plan("resume the plan")
+        plan = self._the_plan()
+        step = plan.step(position.index)
+        if position.status == plans.RUNNING and not (step.manual and not position.approved):
+            return
+        self._mark_plan(
+            state,
+            position,
+            "resume",
+            f"{step.label}: resumed" + (" (manual gate approved)" if step.manual else ""),
+            actor,
+            status=plans.RUNNING,
+            resumed_at=self._wall_clock(),
+            held=False,
+            approved=step.manual or position.approved,
+            reason="",
+        )
+        self._evaluate(act=True)  # go on now if the step is ready
+
+    def abort(self, reason: str, *, actor: str = API_ACTOR) -> RollbackEvent:
+        """Roll the release back and end its plan (``retry`` starts it again)."""
+        return self.rollback(reason, actor=actor)
+
+    def retry(self, *, actor: str = API_ACTOR) -> Environment:
+        """Start the plan again, from its first step, for the release last rolled back."""
+        actor = validate_actor(actor)
+        plan = self.plan
+        if plan is None:
+            raise PromotionError(
+                "cannot retry: the gate has no rollout plan (PromotionConfig.plan)"
+            )
+        state = self._current()
+        position = state.plan
+        if (
+            position is None
+            or state.environment.name != PRODUCTION
+            or position.status not in (plans.ROLLED_BACK, plans.ABORTED)
+        ):
+            raise PromotionError(
+                "cannot retry: retry restarts a release that was rolled back or aborted, "
+                f"and the gate is in {state.environment}"
+                + (f" with its plan {position.status}" if position is not None else "")
+            )
+        target = self._target(0)
+
+        def change(current: GateState) -> tuple[GateState, PromotionEvent] | None:
+            if current.plan != position or current.version != state.version:
+                raise PromotionError("cannot retry: the gate changed meanwhile")
+            event = PromotionEvent(
+                current.environment,
+                target,
+                self._utcnow(),
+                "retry",
+                reason=f"plan restarted for the release with {list(position.release_flags)}",
+                actor=actor,
+            )
+            new = current.evolve(
+                event,
+                environment=target,
+                release_flags=frozenset(position.release_flags),
+                release=current.release + 1,
+                step=current.step + 1,
+                plan=position.entering(0, self._wall_clock()),
+            )
+            return new, event
+
+        self._transition(change)
+        self._windows.clear()
+        logger.info("Plan restarted at %s", target)
+        return target
+
+    def skip_to(self, index: int, *, force: bool = False, actor: str = API_ACTOR) -> Environment:
+        """Move the plan on to step ``index`` now (its last step: production).
+
+        Refused unless the judge's verdict is HEALTHY with enough evidence,
+        as ``promote`` is; ``force=True`` skips the checks.
+        """
+        actor = validate_actor(actor)
+        state, position = self._running_plan("skip a step")
+        plan = self._the_plan()
+        if (
+            isinstance(index, bool)
+            or not isinstance(index, int)
+            or not (position.index < index <= plan.last)
+        ):
+            raise ConfigError(
+                "step",
+                index,
+                f"a step after the current one ({position.index}), up to {plan.last} (production)",
+            )
+        if not isinstance(force, bool):
+            raise ConfigError("force", force, "True or False")
+        health, compliance, enough = self._evaluate(act=False)
+        if not force:
+            self._check_promotable(health, compliance, enough)
+        reason = f"skipped to {plan.step(index).label}" + (" (forced)" if force else "")
+        if not self._move_plan(state, position, index, "skip", reason, actor, health, forced=force):
+            raise PromotionError("cannot skip: the plan moved meanwhile; look again")
+        return self._target(index)
+
+    def promote_now(self, *, force: bool = False, actor: str = API_ACTOR) -> Environment:
+        """Skip the rest of the plan: promote to production now."""
+        plan = self.plan
+        if plan is None:
+            raise PromotionError("cannot promote now: the gate has no rollout plan")
+        return self.skip_to(plan.last, force=force, actor=actor)
+
+    def plan_status(self) -> dict[str, Any] | None:
+        """The plan as an operator reads it: its steps, the current one, the
+        bake's progress and the ETA (Unix seconds), or ``None`` without a plan."""
+        plan = self.plan
+        if plan is None:
+            return None
+        state = self._current()
+        now = self._wall_clock()
+        position = state.plan
+        if position is None:
+            return {**plan.to_dict(), "position": None, "current": None, "eta": None}
+        return plans.progress(plan, position, now)
