@@ -93,7 +93,11 @@ class RequestMetrics:
             description="Duration of HTTP requests, from the first byte in to the last byte out",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
-        _request_counter(meter).sources.add(self)
+        counter = _request_counter(meter)
+        counter.sources.add(self)
+        # When this middleware is dropped, its counts stay in the total: a
+        # counter never goes down.
+        weakref.finalize(self, counter.retire, self._counts, self._attributes, self._lock)
         self._errors = meter.create_counter(
             "gate_middleware.middleware.errors",
             unit="{error}",
@@ -173,6 +177,9 @@ class _RequestCounter:
 
     def __init__(self, meter: Meter) -> None:
         self.sources: weakref.WeakSet[RequestMetrics] = weakref.WeakSet()
+        self.retired: dict[frozenset[tuple[str, str | int | bool]], tuple[Attributes, int]] = {}
+        # Reentrant: a garbage collection inside observe() may retire a source.
+        self._lock = threading.RLock()
         meter.create_observable_counter(
             "gate_middleware.requests",
             callbacks=[self.observe],
@@ -180,14 +187,34 @@ class _RequestCounter:
             description="HTTP requests served, per variant",
         )
 
+    def retire(
+        self,
+        counts: dict[AttributeKey, int],
+        attributes: dict[AttributeKey, Attributes],
+        lock: threading.Lock,
+    ) -> None:
+        """Keep a dropped source's counts (called when it is garbage collected)."""
+        with lock:
+            items = [(attributes[key], count) for key, count in counts.items()]
+        with self._lock:
+            _add(self.retired, items)
+
     def observe(self, options: CallbackOptions) -> Iterable[Observation]:
-        totals: dict[frozenset[tuple[str, str | int | bool]], tuple[Attributes, int]] = {}
-        for source in list(self.sources):
-            for attributes, count in source.counts():
-                key = frozenset(attributes.items())
-                previous = totals.get(key)
-                totals[key] = (attributes, count + (previous[1] if previous else 0))
+        with self._lock:
+            totals = dict(self.retired)
+            for source in list(self.sources):
+                _add(totals, source.counts())
         return [Observation(count, attributes) for attributes, count in totals.values()]
+
+
+def _add(
+    totals: dict[frozenset[tuple[str, str | int | bool]], tuple[Attributes, int]],
+    items: Iterable[tuple[Attributes, int]],
+) -> None:
+    for attributes, count in items:
+        key = frozenset(attributes.items())
+        previous = totals.get(key)
+        totals[key] = (attributes, count + (previous[1] if previous else 0))
 
 
 _counters: weakref.WeakKeyDictionary[Meter, _RequestCounter] = weakref.WeakKeyDictionary()

@@ -8,6 +8,7 @@ FastAPI sub-app's requests carry the whole route template.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,8 +71,11 @@ def test_django_test_client_records(
     try:
         # Each Client loads its own middleware: both count on the one meter.
         assert Client().get("/items/7").status_code == 200
+        gc.collect()  # the first client's middleware is gone: its count must stay
         streamed: Any = Client().get("/stream")
         assert b"".join(streamed.streaming_content) == b"chunk0\nchunk1\nchunk2\n"
+        del streamed
+        gc.collect()
     finally:
         override.disable()
     assert outcomes(gate) == 2
