@@ -6,6 +6,10 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from gate_middleware import PromotionGate
+
+from .servers import RedisServer
+
 
 class FakeClock:
     """A monotonic clock that tests move by hand."""
@@ -48,3 +52,26 @@ def metric_points(reader: InMemoryMetricReader) -> dict[str, list[object]]:
             for metric in scope_metrics.metrics:
                 found.setdefault(metric.name, []).extend(metric.data.data_points)
     return found
+
+
+# -- a real redis-server for the shared gate's tests --------------------------
+
+OPEN_GATES: list[PromotionGate] = []
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def close_gates() -> Iterator[None]:
+    """Stop every shared gate's follower threads when its test ends."""
+    yield
+    while OPEN_GATES:
+        OPEN_GATES.pop().close()

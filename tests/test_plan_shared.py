@@ -8,9 +8,6 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-
-import pytest
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
 from gate_middleware.plan import RolloutPlan
@@ -19,16 +16,6 @@ from .servers import ROOT, RedisServer, python
 from .test_webhooks import Receiver
 
 WORKERS = 4
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 def test_four_workers_make_each_step_exactly_once(redis_server: RedisServer) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -18,31 +17,11 @@ from gate_middleware import (
     RollbackEvent,
 )
 
+from .conftest import OPEN_GATES
 from .servers import RedisServer, free_port, python, running
 
 TOKEN = "redis-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
-_OPEN: list[PromotionGate] = []
-
-
-@pytest.fixture(autouse=True)
-def close_gates() -> Iterator[None]:
-    """Stop every shared gate's follower threads when its test ends."""
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
 
 
 def shared(url: str, rollout: str, **config: object) -> PromotionGate:
@@ -54,7 +33,7 @@ def shared(url: str, rollout: str, **config: object) -> PromotionGate:
         **config,
     }
     gate = PromotionGate.from_url(url, PromotionConfig(**settings))  # type: ignore[arg-type]
-    _OPEN.append(gate)
+    OPEN_GATES.append(gate)
     return gate
 
 

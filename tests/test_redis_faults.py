@@ -37,22 +37,12 @@ from gate_middleware.admin import AdminAPI, AdminASGIApp
 from gate_middleware.integrations.starlette import GateMiddleware
 from gate_middleware.redis_store import RedisWindowStore, connect
 
-from .conftest import metric_points
+from .conftest import OPEN_GATES, metric_points
 from .faults import RedisProxy
 from .servers import RedisClusterServers, RedisSentinelSet, RedisServer, serving
 
 TOKEN = "redis-admin-token-0123456789"
 AUTH = f"Bearer {TOKEN}"
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture
@@ -62,17 +52,6 @@ def proxy(redis_server: RedisServer) -> Iterator[RedisProxy]:
         yield faulty
     finally:
         faulty.close()
-
-
-_OPEN: list[PromotionGate] = []
-
-
-@pytest.fixture(autouse=True)
-def close_gates() -> Iterator[None]:
-    """Stop every shared gate's follower threads when its test ends."""
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
 
 
 def shared(url: str, rollout: str, **settings: object) -> PromotionGate:
@@ -87,7 +66,7 @@ def shared(url: str, rollout: str, **settings: object) -> PromotionGate:
         **settings,
     }
     gate = PromotionGate.from_url(url, PromotionConfig(**config), **options)  # type: ignore[arg-type]
-    _OPEN.append(gate)
+    OPEN_GATES.append(gate)
     return gate
 
 
@@ -390,7 +369,7 @@ def test_from_url_needs_a_named_rollout_and_its_keys_share_one_slot(
         PromotionGate.from_url(redis_server.url)
     orders = shared(redis_server.url, "orders")
     search = PromotionGate.from_url(redis_server.url, PromotionConfig(), key_prefix="search-app:")
-    _OPEN.append(search)
+    OPEN_GATES.append(search)
     orders.rollback("orders only")
     orders.record_request_outcome("x", True, 0.01)
     time.sleep(0.5)
