@@ -115,6 +115,22 @@ class GateRequest:
         self.scheme = scheme
 
 
+_UNSIGNED_WARNED: set[str] = set()
+
+
+def _warn_unsigned_once(cookie_name: str) -> None:
+    """Say once per cookie name that its value is the bare session id."""
+    if cookie_name in _UNSIGNED_WARNED:
+        return
+    _UNSIGNED_WARNED.add(cookie_name)
+    logger.warning(
+        "gate-middleware: the %r cookie is not signed (no secret and no session_key): a "
+        "visitor can choose their own session id and, by trying ids, the canary. Pass "
+        "secret= (at least 16 bytes) or session_key=",
+        cookie_name,
+    )
+
+
 class RequestLifecycle:
     """Identify, route, time, classify, record and emit, for one gate.
 
@@ -187,6 +203,8 @@ class RequestLifecycle:
         self.metrics = RequestMetrics(gate.name, meter_provider)
         self._clock = clock
         self._fault_logged: dict[str, float] = {}
+        if secret is None and session_key is None:
+            _warn_unsigned_once(cookie_name)
 
     @staticmethod
     def _prefixes(paths: Iterable[str]) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 from typing import Any
@@ -443,3 +444,18 @@ def test_cookies_that_crashed_the_parser_are_absent(
     assert fresh.startswith("gate_session=") and not decision.reason.startswith("fail open")
     errors = metric_points(metric_reader)["gate_middleware.middleware.errors"]
     assert sum(p.value for p in errors) == 0
+
+
+def test_an_unsigned_cookie_is_announced_once(caplog: pytest.LogCaptureFixture) -> None:
+    from gate_middleware import GateASGIMiddleware
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        return None
+
+    gate = PromotionGate(PromotionConfig(environment=Environment.canary(10)))
+    with caplog.at_level(logging.WARNING, logger="gate_middleware"):
+        GateASGIMiddleware(app, gate=gate, cookie_name="unsigned_once")
+        GateASGIMiddleware(app, gate=gate, cookie_name="unsigned_once")
+        GateASGIMiddleware(app, gate=gate, cookie_name="signed_one", secret="s" * 32)
+    warned = [r for r in caplog.records if "is not signed" in r.getMessage()]
+    assert len(warned) == 1 and "'unsigned_once'" in warned[0].getMessage()
