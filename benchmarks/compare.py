@@ -68,25 +68,47 @@ def measure(quick: bool) -> dict[str, float]:
     )
     floor = micro["floor"].median
     health = {size: median for size, median, *_ in gate_bench.health_rows(quick=True)}
+    from gate_middleware.integrations.flask import GateExtension
     from gate_middleware.integrations.starlette import GateMiddleware
 
-    bare = requests_bench.starlette_app()
-    wrapped = requests_bench.starlette_app()
-    wrapped.add_middleware(
+    # The README's in-process table: returning visitors (no Set-Cookie).
+    starlette = requests_bench.starlette_cases(shared=False)
+    # Every request a new visitor: a signed cookie minted and set each time.
+    minting = requests_bench.starlette_app()
+    minting.add_middleware(
         GateMiddleware, gate=requests_bench.gate(NoOpMeterProvider()), secret="s" * 32
     )
-    requests = interleaved(
-        {"bare": requests_bench.asgi_case(bare), "gate": requests_bench.asgi_case(wrapped)},
-        number // 5,
+    starlette["new visitors"] = requests_bench.asgi_case(minting)
+    requests = interleaved(starlette, number // 5, repeat)
+    bare = requests["Starlette, bare"].median
+    gate_api = requests["+ gate middleware, metrics API only"].median - bare
+    gate_sdk = requests["+ gate middleware, OpenTelemetry SDK"].median - bare
+    otel = requests["+ OpenTelemetry ASGI instrumentation, SDK"].median - bare
+    flask_bare = requests_bench.flask_app()
+    flask_gate = requests_bench.flask_app()
+    GateExtension(
+        gate=requests_bench.gate(NoOpMeterProvider()), meter_provider=NoOpMeterProvider()
+    ).init_app(flask_gate)
+    flask = interleaved(
+        {
+            "bare": requests_bench.wsgi_case(flask_bare),
+            "gate": requests_bench.wsgi_case(flask_gate),
+        },
+        number // 10,
         repeat,
     )
-    base = requests["bare"].median
+    flask_base = flask["bare"].median
     return {
         "route_request / sha256 floor": micro["route"].median / floor,
         "record_request_outcome / sha256 floor": micro["record"].median / floor,
         "monitor_canary_health µs after 10^3": health["1,000"] * 1e6,
         "monitor_canary_health µs after 10^5": health["100,000"] * 1e6,
-        "Starlette request: gate overhead / bare": (requests["gate"].median - base) / base,
+        "Starlette bare request µs": bare * 1e6,
+        "Starlette: gate overhead µs (metrics API)": gate_api * 1e6,
+        "Starlette: gate overhead / bare": gate_api / bare,
+        "Starlette: gate+SDK / OTel ASGI overhead": gate_sdk / otel,
+        "Starlette, new visitors: overhead / bare": (requests["new visitors"].median - bare) / bare,
+        "Flask: gate overhead / bare": (flask["gate"].median - flask_base) / flask_base,
     }
 
 

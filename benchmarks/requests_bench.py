@@ -78,7 +78,7 @@ def asgi_case(app: Any) -> Callable[[int], None]:
     return run
 
 
-def starlette_cases() -> dict[str, Callable[[int], None]]:
+def starlette_cases(shared: bool = True) -> dict[str, Callable[[int], None]]:
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
     from gate_middleware.integrations.starlette import GateMiddleware
@@ -99,7 +99,7 @@ def starlette_cases() -> dict[str, Callable[[int], None]]:
         "+ gate middleware, OpenTelemetry SDK": asgi_case(with_sdk),
         "+ OpenTelemetry ASGI instrumentation, SDK": asgi_case(otel),
     }
-    url = redis_url()
+    url = redis_url() if shared else None
     if url is not None:
         shared = starlette_app()
         shared_gate = PromotionGate.from_url(

@@ -19,7 +19,7 @@ response started: the server answers 500) and re-raised unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from opentelemetry.metrics import MeterProvider
@@ -30,10 +30,11 @@ from gate_middleware.lifecycle import (
     COOKIE_MAX_AGE,
     OVERRIDE_TOKEN_HEADER,
     OVERRIDE_VARIANT_HEADER,
+    GateRequest,
     IsSuccess,
     RequestLifecycle,
     SessionKey,
-    private_response_headers,
+    private_raw_headers,
 )
 from gate_middleware.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -79,12 +80,20 @@ class GateASGIMiddleware:
             meter_provider=meter_provider,
         )
 
+    #: A scope key that receives ``scope["app"]`` (the outermost app) before
+    #: the app runs, for an adapter's ``route_template``; ``None``: none.
+    top_app_key: str | None = None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind not in ("http", "websocket") or self.lifecycle.is_excluded(scope.get("path", "")):
+        lifecycle = self.lifecycle
+        if (kind != "http" and kind != "websocket") or (
+            lifecycle.exclude_paths and lifecycle.is_excluded(scope.get("path", ""))
+        ):
             await self.app(scope, receive, send)
             return
-        lifecycle = self.lifecycle
+        if self.top_app_key is not None:
+            scope[self.top_app_key] = scope.get("app")
         cookies: list[str] = []
         variant = token = None
         for name, value in scope.get("headers", ()):
@@ -105,9 +114,10 @@ class GateASGIMiddleware:
             set_cookie=kind == "http",
         )
         decision = request.decision
-        if "state" not in scope:
-            scope["state"] = {}
-        scope["state"]["gate"] = decision
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["gate"] = decision
         entered = context.enter(decision)
         if kind == "websocket":
             try:
@@ -115,34 +125,8 @@ class GateASGIMiddleware:
             finally:
                 context.leave(entered)
             return
-
-        set_cookie = request.set_cookie
-
-        async def send_and_time(message: Message) -> None:
-            message_type = message["type"]
-            if message_type == "http.response.start":
-                request.status = message["status"]
-                if set_cookie is not None:
-                    headers = [
-                        (name.encode("latin-1"), value.encode("latin-1"))
-                        for name, value in private_response_headers(
-                            [
-                                (name.decode("latin-1"), value.decode("latin-1"))
-                                for name, value in message.get("headers", ())
-                            ]
-                        )
-                    ]
-                    headers.append((b"set-cookie", set_cookie.encode("latin-1")))
-                    message = {**message, "headers": headers}
-                await send(message)
-            elif message_type == "http.response.body" and not message.get("more_body", False):
-                await send(message)
-                lifecycle.finish(request, route=self.route_template(scope))
-            else:
-                await send(message)
-
         try:
-            await self.app(scope, receive, send_and_time)
+            await self.app(scope, receive, _TimedSend(self, scope, request, send))
         except BaseException as exc:
             lifecycle.finish(request, exception=exc, route=self.route_template(scope))
             raise
@@ -161,3 +145,43 @@ class GateASGIMiddleware:
         """The matched route's template (``/items/{item_id}``), if the router left it in the scope."""
         path = getattr(scope.get("route"), "path", None)
         return path if isinstance(path, str) else None
+
+
+class _TimedSend:
+    """The ``send`` the app gets: it notes the status, adds the cookie headers
+    to the one response that sets the cookie, and records the outcome once
+    the final body message is sent.
+
+    Not a coroutine function: every message but the final body goes to the
+    server's ``send`` with no frame of ours in between (the app awaits what
+    the server's ``send`` returned).
+    """
+
+    __slots__ = ("_middleware", "_scope", "_request", "_send")
+
+    def __init__(
+        self, middleware: GateASGIMiddleware, scope: Scope, request: GateRequest, send: Send
+    ) -> None:
+        self._middleware = middleware
+        self._scope = scope
+        self._request = request
+        self._send = send
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        message_type = message["type"]
+        if message_type == "http.response.body":
+            if message.get("more_body", False):
+                return self._send(message)
+            return self._send_final(message)
+        if message_type == "http.response.start":
+            request = self._request
+            request.status = message["status"]
+            if request.set_cookie is not None:
+                headers = private_raw_headers(message.get("headers", ()), request.set_cookie)
+                message = {**message, "headers": headers}
+        return self._send(message)
+
+    async def _send_final(self, message: Message) -> None:
+        await self._send(message)
+        middleware = self._middleware
+        middleware.lifecycle.finish(self._request, route=middleware.route_template(self._scope))

@@ -19,8 +19,9 @@ def current_decision() -> RoutingDecision | None:
     return _current.get()
 
 
-def enter(decision: RoutingDecision | None) -> Token[RoutingDecision | None]:
-    return _current.set(decision)
+#: ``enter(decision)`` makes ``decision`` current and returns the token for
+#: ``leave``: the ContextVar's own ``set``, with no frame of ours around it.
+enter = _current.set
 
 
 def leave(token: Token[RoutingDecision | None]) -> None:

@@ -138,13 +138,16 @@ def routing_salt(config: PromotionConfig, release: int) -> str:
 class _RoutingTable:
     """What routing needs from one state, computed once per state change."""
 
-    __slots__ = ("threshold", "canary", "stable", "version", "step", "prefix")
+    __slots__ = ("threshold", "canary", "stable", "version", "step", "prefix", "hasher")
 
     def __init__(self, state: GateState, config: PromotionConfig) -> None:
         environment = state.environment
         self.version = state.version
         self.step = state.step
         self.prefix = f"{routing_salt(config, state.release)}:".encode()
+        # SHA-256 with the prefix already fed: route_request copies it (a
+        # copy skips OpenSSL's digest lookup and hashing the prefix again).
+        self.hasher = sha256(self.prefix)
         holdback = config.holdback_percent
         limit = 100.0 - holdback
         self.threshold = canary_threshold(min(environment.traffic_percent, limit))
@@ -418,11 +421,12 @@ class PromotionGate(Autopilot):
         """Which path ``session_id`` takes and which flags it gets (no lock)."""
         table = self._routing
         # compute_bucket(), inlined: this is the hottest line of the package.
+        hasher = table.hasher.copy()
         try:
-            data = table.prefix + session_id.encode()
+            hasher.update(session_id.encode())
         except UnicodeEncodeError:
-            data = table.prefix + session_id.encode("utf-8", "surrogatepass")
-        bucket = int.from_bytes(sha256(data).digest()[:8], "big") % BUCKETS
+            hasher.update(session_id.encode("utf-8", "surrogatepass"))
+        bucket = int.from_bytes(hasher.digest()[:8], "big") % BUCKETS
         is_canary, environment, flags, flag_set, reason = (
             table.canary if bucket < table.threshold else table.stable
         )

@@ -325,15 +325,22 @@ class RequestLifecycle:
         if request.finished:
             return
         request.finished = True
-        duration = max(0.0, self._clock() - request.started)
-        status = request.status if status is None else status
-        if status is None and isinstance(exception, Exception):
-            status = 500  # raised before responding: the server answers 500
-        try:
-            success = bool(self._is_success(status, exception))
-        except Exception as exc:
-            self.report_fault("is_success", exc)
-            success = default_is_success(status, exception)
+        duration = self._clock() - request.started
+        if duration < 0.0:
+            duration = 0.0
+        if status is None:
+            status = request.status
+            if status is None and isinstance(exception, Exception):
+                status = 500  # raised before responding: the server answers 500
+        is_success = self._is_success
+        if is_success is default_is_success:  # the common case, without a call
+            success = exception is None and status is not None and status < 500
+        else:
+            try:
+                success = bool(is_success(status, exception))
+            except Exception as exc:
+                self.report_fault("is_success", exc)
+                success = default_is_success(status, exception)
         decision = request.decision
         try:
             self.gate.record_outcome(
@@ -341,12 +348,13 @@ class RequestLifecycle:
             )
         except Exception as exc:
             self.report_fault("record", exc)
-        try:
-            self.metrics.record(
-                decision, request.method, status, route, exception, duration, request.scheme
-            )
-        except Exception as exc:
-            self.report_fault("metrics", exc)
+        if self.metrics.enabled:  # False for the no-op meter: nothing would be seen
+            try:
+                self.metrics.record(
+                    decision, request.method, status, route, exception, duration, request.scheme
+                )
+            except Exception as exc:
+                self.report_fault("metrics", exc)
 
 
 def private_response_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -362,18 +370,50 @@ def private_response_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[s
     for name, value in headers:
         lower = name.lower()
         if lower == "vary":
-            tokens = {token.strip().lower() for token in value.split(",")}
-            varies = varies or "cookie" in tokens or "*" in tokens
+            varies = varies or _varies_by_cookie(value)
         elif lower == "cache-control":
             cache_control = True
-            directives = [d.strip() for d in value.split(",") if d.strip()]
-            names = {d.split("=", 1)[0].strip().lower() for d in directives}
-            if not names & {"private", "no-store"}:
-                kept = [d for d in directives if d.split("=", 1)[0].strip().lower() != "public"]
-                value = ", ".join(["private", *kept])
+            value = _private_cache_control(value)
         result.append((name, value))
     if not varies:
         result.append(("Vary", "Cookie"))
     if not cache_control:
         result.append(("Cache-Control", "private"))
     return result
+
+
+def private_raw_headers(
+    headers: Iterable[tuple[bytes, bytes]], set_cookie: str
+) -> list[tuple[bytes, bytes]]:
+    """``private_response_headers`` for ASGI's raw (bytes) headers, plus the
+    ``Set-Cookie`` header: only ``Vary`` and ``Cache-Control`` are decoded."""
+    result: list[tuple[bytes, bytes]] = []
+    varies = cache_control = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"vary":
+            varies = varies or _varies_by_cookie(value.decode("latin-1"))
+        elif lower == b"cache-control":
+            cache_control = True
+            value = _private_cache_control(value.decode("latin-1")).encode("latin-1")
+        result.append((name, value))
+    if not varies:
+        result.append((b"vary", b"Cookie"))
+    if not cache_control:
+        result.append((b"cache-control", b"private"))
+    result.append((b"set-cookie", set_cookie.encode("latin-1")))
+    return result
+
+
+def _varies_by_cookie(vary: str) -> bool:
+    tokens = {token.strip().lower() for token in vary.split(",")}
+    return "cookie" in tokens or "*" in tokens
+
+
+def _private_cache_control(value: str) -> str:
+    directives = [d.strip() for d in value.split(",") if d.strip()]
+    names = {d.split("=", 1)[0].strip().lower() for d in directives}
+    if names & {"private", "no-store"}:
+        return value
+    kept = [d for d in directives if d.split("=", 1)[0].strip().lower() != "public"]
+    return ", ".join(["private", *kept])

@@ -31,7 +31,14 @@ import threading
 import weakref
 from collections.abc import Iterable
 
-from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation, get_meter
+from opentelemetry.metrics import (
+    CallbackOptions,
+    Meter,
+    MeterProvider,
+    NoOpMeter,
+    Observation,
+    get_meter,
+)
 
 from gate_middleware.routing import RoutingDecision
 
@@ -81,6 +88,10 @@ class RequestMetrics:
         meter = get_meter(
             "gate_middleware", __version__, meter_provider=meter_provider, schema_url=SCHEMA_URL
         )
+        #: False for the no-op meter (``NoOpMeterProvider``): nothing it
+        #: records is ever seen, so the middleware skips ``record``. (The
+        #: global provider's proxy meter may get an SDK later: it records.)
+        self.enabled = not isinstance(meter, NoOpMeter)
         self._rollout = rollout
         self._lock = threading.Lock()
         self._attributes: dict[AttributeKey, Attributes] = {

@@ -210,9 +210,10 @@ class _TimedBody:
             self._finish()
 
     def _finish(self) -> None:
-        self._lifecycle.finish(
-            self._request, exception=self._error, route=self._environ.get(ROUTE_KEY)
-        )
+        if not self._request.finished:  # the body ran out, then close(): once
+            self._lifecycle.finish(
+                self._request, exception=self._error, route=self._environ.get(ROUTE_KEY)
+            )
         if not self._left:
             self._left = True
             context.leave(self._entered)

@@ -25,7 +25,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from gate_middleware.asgi import GateASGIMiddleware
 from gate_middleware.routing import RoutingDecision
-from gate_middleware.types import Receive, Scope, Send
+from gate_middleware.types import Scope
 
 __all__ = ["GateMiddleware", "gate_decision"]
 
@@ -35,10 +35,8 @@ _TOP_APP = "gate_middleware.app"
 class GateMiddleware(GateASGIMiddleware):
     """The ASGI middleware, handing ``session_key`` a Starlette ``Request``."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The outermost app, before a mounted Starlette app puts itself there.
-        scope[_TOP_APP] = scope.get("app")
-        await super().__call__(scope, receive, send)
+    # The outermost app, before a mounted Starlette app puts itself there.
+    top_app_key = _TOP_APP
 
     def session_key_input(self, scope: Scope) -> Any:
         return Request(scope)
@@ -46,7 +44,9 @@ class GateMiddleware(GateASGIMiddleware):
     def route_template(self, scope: Scope) -> str | None:
         app_root = scope.get("app_root_path")
         if app_root is None or scope.get("root_path", "") == app_root:
-            return super().route_template(scope)  # no mount matched: the route is whole
+            # No mount matched: the route is whole (the base class's lookup, inlined).
+            path = getattr(scope.get("route"), "path", None)
+            return path if isinstance(path, str) else None
         # The router keeps only the innermost route: match again from the
         # top, as the request was before any mount changed its root_path.
         routes = getattr(scope.get(_TOP_APP), "routes", None)

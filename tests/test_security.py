@@ -348,6 +348,32 @@ def test_set_cookie_contract(secret: str | None, name: str, https: bool) -> None
     assert call(middleware, value, **scheme)[1] == []  # a valid cookie is not set again
 
 
+@pytest.mark.parametrize("max_age", [31536000, 60, None])
+@pytest.mark.parametrize("secure", [False, True])
+@pytest.mark.parametrize(
+    "value", ["abc", "id-_0123456789abcdef.1764530000.sig_-x", 'needs "quotes"; yes']
+)
+def test_the_set_cookie_header_is_what_werkzeug_writes(
+    max_age: int | None, secure: bool, value: str
+) -> None:
+    from werkzeug.http import dump_cookie
+
+    now = 1_764_530_000.6
+    cookie = SessionCookie(name="gate_session", max_age=max_age, wall_clock=lambda: now)
+    expected = dump_cookie(
+        "gate_session",
+        value,
+        max_age=max_age,
+        expires=None if max_age is None else int(now) + max_age,
+        path="/",
+        secure=secure,
+        httponly=True,
+        samesite="Lax",
+    )
+    assert cookie.set_cookie_header(value, secure) == expected
+    assert cookie.set_cookie_header(value, secure) == expected  # from the cache the second time
+
+
 # -- the issued field and the verifier ----------------------------------------------
 
 
