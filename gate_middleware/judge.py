@@ -86,7 +86,7 @@ from typing import Any
 
 from gate_middleware.config import PromotionConfig, SloConfig
 from gate_middleware.evidence import CLUSTERS, Evidence
-from gate_middleware.sketch import GAMMA, bucket_value
+from gate_middleware.sketch import GAMMA, quantile
 
 HEALTHY = "HEALTHY"
 MONITOR = "MONITOR"
@@ -421,15 +421,8 @@ def _strength(tests: tuple[TestResult, ...], settings: JudgeSettings) -> float:
 
 
 def _p99(evidence: Evidence) -> float:
-    if not evidence.requests:
-        return 0.0
-    above = evidence.requests - 1 - int(0.99 * (evidence.requests - 1))
-    seen = 0
-    for index in range(evidence.highest, evidence.lowest - 1, -1):
-        seen += evidence.latency[index]
-        if seen > above:
-            return bucket_value(index)
-    return bucket_value(evidence.lowest)
+    """The evidence's p99 duration (for reasons and the score; no test rests on it)."""
+    return quantile(evidence.latency, evidence.requests, 0.99, max(evidence.highest, 0))
 
 
 def _error_ratio(canary: Evidence, baseline: Evidence) -> float:
