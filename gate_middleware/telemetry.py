@@ -114,42 +114,26 @@ class GateTelemetry:
             for name in STAGES:
                 yield Observation(int(name == current), {**rollout, "gate.environment": name})
 
-        meter.create_observable_gauge(
-            "gate_middleware.gate.health_score",
-            callbacks=[observe(health_score)],
-            unit="1",
-            description="Canary health score, 0..1 (0.9 and above HEALTHY, below 0.8 ROLLBACK)",
+        gauges = (
+            (
+                "health_score",
+                health_score,
+                "1",
+                "Canary health score, 0..1 (0.9 and above HEALTHY, below 0.8 ROLLBACK)",
+            ),
+            ("error_rate", error_rate, "1", "Error rate per variant over the rollback window"),
+            ("latency.p99", p99, "s", "p99 request duration per variant over the rollback window"),
+            ("traffic", traffic, "%", "Share of sessions on the canary path"),
+            ("verdict", verdict, "1", "The judge's current verdict: 1 for it, 0 for the others"),
+            ("stage", stage, "1", "The release's current stage: 1 for it, 0 for the others"),
         )
-        meter.create_observable_gauge(
-            "gate_middleware.gate.error_rate",
-            callbacks=[observe(error_rate)],
-            unit="1",
-            description="Error rate per variant over the rollback window",
-        )
-        meter.create_observable_gauge(
-            "gate_middleware.gate.latency.p99",
-            callbacks=[observe(p99)],
-            unit="s",
-            description="p99 request duration per variant over the rollback window",
-        )
-        meter.create_observable_gauge(
-            "gate_middleware.gate.traffic",
-            callbacks=[observe(traffic)],
-            unit="%",
-            description="Share of sessions on the canary path",
-        )
-        meter.create_observable_gauge(
-            "gate_middleware.gate.verdict",
-            callbacks=[observe(verdict)],
-            unit="1",
-            description="The judge's current verdict: 1 for it, 0 for the others",
-        )
-        meter.create_observable_gauge(
-            "gate_middleware.gate.stage",
-            callbacks=[observe(stage)],
-            unit="1",
-            description="The release's current stage: 1 for it, 0 for the others",
-        )
+        for name, read, unit, description in gauges:
+            meter.create_observable_gauge(
+                f"gate_middleware.gate.{name}",
+                callbacks=[observe(read)],
+                unit=unit,
+                description=description,
+            )
         self._rollbacks = meter.create_counter(
             "gate_middleware.gate.rollbacks",
             unit="{rollback}",
