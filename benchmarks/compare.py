@@ -2,7 +2,9 @@
 
 ``python -m benchmarks.compare`` compares ``main`` with the working tree;
 ``python -m benchmarks.compare REV_A REV_B`` two revisions (``.`` is the
-working tree). Each side's ``gate_middleware`` (with its adapters) is copied
+working tree; ``REV+mypyc`` is that revision's compiled build, made with its
+setup.py, so ``python -m benchmarks.compare . .+mypyc`` weighs the compiled
+build against the pure-Python one). Each side's ``gate_middleware`` (with its adapters) is copied
 into a temporary folder; the measuring code is this tree's, the same for
 both. The sides then take turns, ``--rounds`` times, each turn a fresh
 process measuring every case with its own floor or bare baseline, so a noisy
@@ -27,12 +29,18 @@ from benchmarks.timing import interleaved
 ROOT = Path(__file__).resolve().parent.parent
 
 
+COMPILED_SUFFIX = "+mypyc"
+
+
 def export(revision: str, into: Path) -> Path:
-    """``gate_middleware`` of ``revision`` (``.``: the working tree), importable from ``into``."""
-    package = into / "gate_middleware"
+    """``gate_middleware`` of ``revision`` (``.``: the working tree), importable from ``into``.
+
+    ``REV+mypyc``: compiled in place there by the revision's own setup.py.
+    """
+    compiled = revision.endswith(COMPILED_SUFFIX)
+    revision = revision.removesuffix(COMPILED_SUFFIX)
     if revision == ".":
-        shutil.copytree(ROOT / "gate_middleware", package)
-        shutil.copytree(ROOT / "integrations", package / "integrations")
+        _copy(ROOT, into, compiled)
         return into
     tree = into / "tree"
     subprocess.run(
@@ -40,13 +48,32 @@ def export(revision: str, into: Path) -> Path:
         check=True,
     )
     try:
-        shutil.copytree(tree / "gate_middleware", package)
-        shutil.copytree(tree / "integrations", package / "integrations")
+        _copy(tree, into, compiled)
     finally:
         subprocess.run(
             ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True
         )
     return into
+
+
+def _copy(tree: Path, into: Path, compiled: bool) -> None:
+    # Sources only: a compiled build of the working tree must not leak in.
+    ignore = shutil.ignore_patterns("*.so", "*.pyd", "__pycache__")
+    package = into / "gate_middleware"
+    shutil.copytree(tree / "gate_middleware", package, ignore=ignore)
+    shutil.copytree(tree / "integrations", package / "integrations", ignore=ignore)
+    if not compiled:
+        return
+    if not (tree / "setup.py").exists():
+        raise SystemExit(f"{tree}: this revision has no compiled build (no setup.py)")
+    shutil.copy(tree / "setup.py", into / "setup.py")
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=into,
+        env={**os.environ, "GATE_MIDDLEWARE_MYPYC": "1"},
+        check=True,
+        capture_output=True,
+    )
 
 
 def measure(quick: bool) -> dict[str, float]:
@@ -121,18 +148,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
+        import gate_middleware
+
+        expected = os.environ["GATE_COMPARE_COMPILED"] == "1"
+        if getattr(gate_middleware, "COMPILED", False) != expected:
+            print(f"{gate_middleware.__file__}: compiled is not {expected}", file=sys.stderr)
+            return 1
         print(json.dumps(measure(args.quick)))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         sides = {}
-        for name, revision in (("A", args.a), ("B", args.b)):
+        revisions = {"A": args.a, "B": args.b}
+        for name, revision in revisions.items():
             folder = Path(tmp) / name
             folder.mkdir()
             sides[name] = export(revision, folder)
         turns: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
         for round_number in range(args.rounds):
             for name, folder in sides.items():
-                env = {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{ROOT}"}
+                env = {
+                    **os.environ,
+                    "PYTHONPATH": f"{folder}{os.pathsep}{ROOT}",
+                    "GATE_COMPARE_COMPILED": str(int(revisions[name].endswith(COMPILED_SUFFIX))),
+                }
                 command = [sys.executable, "-m", "benchmarks.compare", "--worker"]
                 if args.quick:
                     command.append("--quick")

@@ -6,6 +6,9 @@ The core knows no web framework: the framework adapters live in
 
 from __future__ import annotations
 
+from importlib.machinery import EXTENSION_SUFFIXES
+
+from gate_middleware import routing as _routing
 from gate_middleware.asgi import GateASGIMiddleware
 from gate_middleware.config import PromotionConfig, SloConfig
 from gate_middleware.context import current_decision
@@ -21,7 +24,12 @@ from gate_middleware.wsgi import GateWSGIMiddleware
 
 __version__ = "0.1.0"
 
+#: True when the request path runs compiled (a wheel built with mypyc, see
+#: setup.py); False for the pure-Python install, which behaves the same.
+COMPILED: bool = (_routing.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
+
 __all__ = [
+    "COMPILED",
     "CanaryHealth",
     "ConfigError",
     "Environment",

@@ -30,7 +30,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from werkzeug.http import dump_cookie, http_date
 from werkzeug.sansio.http import parse_cookie
@@ -140,7 +140,10 @@ class SessionCookie:
         if value is None:
             if len(cookie_header) > MAX_PARSED_HEADER:
                 return None  # no browser sends this; not worth a full parse
-            value = parse_cookie(cookie_header).get(self.name)
+            # Typed as a Mapping, not as the MultiDict (a dict subclass) it is:
+            # compiled code would read the dict's own storage, a list of values.
+            parsed: Mapping[str, str] = parse_cookie(cookie_header)
+            value = parsed.get(self.name)
         if not value or len(value) > MAX_COOKIE_VALUE:
             return None
         return value

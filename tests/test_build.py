@@ -1,0 +1,153 @@
+"""The two builds: pure Python (any ``pip install`` from source) and the
+compiled one (``GATE_MIDDLEWARE_MYPYC=1``, mypyc). ``./dev test`` runs the
+whole suite against each and says which in ``GATE_EXPECT_BUILD``."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+import pytest
+
+import gate_middleware
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = os.environ.get("GATE_EXPECT_BUILD")
+
+
+def compiled_modules() -> list[str]:
+    """The module names setup.py compiles, read from its COMPILED list."""
+    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "COMPILED":
+            paths = ast.literal_eval(node.value)
+            return [path.removesuffix(".py").replace("/", ".") for path in paths]
+    raise AssertionError("setup.py has no COMPILED list")
+
+
+def is_extension(module_name: str) -> bool:
+    module = __import__(module_name, fromlist=["_"])
+    return (module.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
+
+
+@pytest.mark.skipif(BUILD is None, reason="GATE_EXPECT_BUILD is set by ./dev test")
+def test_the_suite_runs_against_the_build_it_names() -> None:
+    names = compiled_modules()
+    assert names, "setup.py compiles nothing"
+    if BUILD == "compiled":
+        assert gate_middleware.COMPILED
+        assert [name for name in names if not is_extension(name)] == []
+    else:
+        assert BUILD == "pure"
+        assert not gate_middleware.COMPILED
+        assert [name for name in names if is_extension(name)] == []
+
+
+def source_copy(into: Path) -> Path:
+    """The checkout's files a wheel is built from, without any compiled build."""
+    ignore = shutil.ignore_patterns("*.so", "*.pyd", "__pycache__", "*.egg-info", "build")
+    into.mkdir(parents=True)
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, into / name)
+    for name in ("gate_middleware", "integrations"):
+        shutil.copytree(ROOT / name, into / name, ignore=ignore)
+    return into
+
+
+def build_wheel(source: Path, out: Path, **env: str) -> Path:
+    environ = {k: v for k, v in os.environ.items() if k != "GATE_MIDDLEWARE_MYPYC"}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(source),
+        ],  # fmt: skip
+        env={**environ, **env},
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    (wheel,) = out.glob("*.whl")
+    return wheel
+
+
+def test_a_source_install_needs_no_compiler(tmp_path: Path) -> None:
+    # CC pointing at a program that always fails: any compile step would fail.
+    wheel = build_wheel(source_copy(tmp_path / "src"), tmp_path / "out", CC="false")
+    assert wheel.name.endswith("-py3-none-any.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "gate_middleware/routing.py" in names
+    assert "gate_middleware/integrations/starlette.py" in names
+    assert not [name for name in names if name.endswith((".so", ".pyd", ".c"))]
+
+
+@pytest.mark.skipif(BUILD != "compiled", reason="builds with mypyc: run in the compiled pass")
+def test_a_compiled_wheel_runs_without_mypy(tmp_path: Path) -> None:
+    wheel = build_wheel(source_copy(tmp_path / "src"), tmp_path / "out", GATE_MIDDLEWARE_MYPYC="1")
+    assert not wheel.name.endswith("-none-any.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for module in compiled_modules():
+        path = module.replace(".", "/")
+        assert any(name.startswith(path + ".") and name != path + ".py" for name in names)
+        assert path + ".py" in names  # the readable source ships beside it
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    # A user's environment: the wheel and its runtime dependencies, no mypy.
+    script = (
+        "import sys\n"
+        "for name in ('mypy', 'mypyc', 'mypy_extensions', 'librt'):\n"
+        "    sys.modules[name] = None\n"
+        f"sys.path.insert(0, {str(site)!r})\n"
+        "import gate_middleware as g\n"
+        "assert g.COMPILED and g.__file__.startswith(sys.path[0]), g.__file__\n"
+        "gate = g.PromotionGate(g.PromotionConfig(environment=g.Environment.canary(50.0)))\n"
+        "for i in range(2000):\n"
+        "    d = gate.route_request(f'session-{i}')\n"
+        "    gate.record_request_outcome(f'session-{i}', success=i % 50 != 0,\n"
+        "                                duration=0.01 + (i % 7) / 1000, decision=d)\n"
+        "h = gate.monitor_canary_health()\n"
+        "print(h.verdict, h.canary_requests, h.production_requests, h.health_score)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    # The same requests through the pure-Python package give the same verdict.
+    pure = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script.replace(f"sys.path.insert(0, {str(site)!r})", "").replace(
+                "assert g.COMPILED and g.__file__.startswith(sys.path[0]), g.__file__",
+                "assert not g.COMPILED, g.__file__",
+            ),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "src")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert pure.returncode == 0, pure.stderr
+    assert done.stdout.split() == pure.stdout.split()
+    verdict, canary, production, _ = done.stdout.split()
+    assert int(canary) + int(production) == 2000 and int(canary) > 800
