@@ -18,11 +18,11 @@ import os
 from setuptools import setup
 
 # The modules every request runs through, and the judge every evaluation
-# runs. They import no module that is not compiled or not in the standard
-# library on their hot paths, and no user code subclasses their classes:
-# the ASGI/WSGI shells (subclassed by the adapters) and the gate (threads,
-# stores) stay interpreted.
+# runs. The ASGI and WSGI middlewares are marked (types.mypyc_attr) so that
+# the adapters and users may subclass them; the gate itself (threads,
+# stores, callbacks) stays interpreted.
 COMPILED = [
+    "gate_middleware/asgi.py",
     "gate_middleware/context.py",
     "gate_middleware/evidence.py",
     "gate_middleware/health.py",
@@ -33,6 +33,7 @@ COMPILED = [
     "gate_middleware/sketch.py",
     "gate_middleware/tracing.py",
     "gate_middleware/window.py",
+    "gate_middleware/wsgi.py",
 ]
 MYPY = "mypy==2.4.1"  # the version the compiled build is tested with (./dev test)
 

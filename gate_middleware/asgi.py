@@ -20,7 +20,7 @@ response started: the server answers 500) and re-raised unchanged.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from opentelemetry.metrics import MeterProvider
 
@@ -36,13 +36,14 @@ from gate_middleware.lifecycle import (
     SessionKey,
     private_raw_headers,
 )
-from gate_middleware.types import ASGIApp, Message, Receive, Scope, Send
+from gate_middleware.types import ASGIApp, Message, Receive, Scope, Send, mypyc_attr
 
 _COOKIE = b"cookie"
 _OVERRIDE_VARIANT = OVERRIDE_VARIANT_HEADER.encode("latin-1")
 _OVERRIDE_TOKEN = OVERRIDE_TOKEN_HEADER.encode("latin-1")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class GateASGIMiddleware:
     """Route, inject, time and record every HTTP request of an ASGI app."""
 
@@ -82,7 +83,7 @@ class GateASGIMiddleware:
 
     #: A scope key that receives ``scope["app"]`` (the outermost app) before
     #: the app runs, for an adapter's ``route_template``; ``None``: none.
-    top_app_key: str | None = None
+    top_app_key: ClassVar[str | None] = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -8,7 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from types import TracebackType
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
+
+if TYPE_CHECKING:
+    # Read by mypyc (the compiled build, setup.py) only: a compiled class so
+    # marked may be subclassed by interpreted code (the framework adapters,
+    # a user's own middleware).
+    from mypy_extensions import mypyc_attr as mypyc_attr
+else:
+    _T = TypeVar("_T")
+
+    def mypyc_attr(*_flags: str, **_options: object) -> Callable[[_T], _T]:
+        """The pure-Python build's stand-in: changes nothing."""
+        return lambda cls: cls
+
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]

@@ -41,12 +41,20 @@ from gate_middleware.lifecycle import (
     private_response_headers,
 )
 from gate_middleware.routing import RoutingDecision
-from gate_middleware.types import Environ, ExcInfo, Headers, StartResponse, WSGIApp
+from gate_middleware.types import (
+    Environ,
+    ExcInfo,
+    Headers,
+    StartResponse,
+    WSGIApp,
+    mypyc_attr,
+)
 
 DECISION_KEY = "gate_middleware.decision"
 ROUTE_KEY = "gate_middleware.route"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class GateWSGIMiddleware:
     """Route, inject, time and record every request of a WSGI app."""
 
@@ -159,7 +167,9 @@ class _TimedBody:
         entered: Token[RoutingDecision | None],
     ) -> None:
         self._body = body
-        self._iterator: Iterator[bytes] | None = None
+        # Typed loosely on purpose: a misbehaving app's chunks are checked
+        # below, and the compiled build would raise on a non-bytes one here.
+        self._iterator: Iterator[Any] | None = None
         self._lifecycle = lifecycle
         self._request = request
         self._environ = environ
@@ -175,7 +185,7 @@ class _TimedBody:
         self._iterator = iter(self._body)
         return self
 
-    def __next__(self) -> bytes:
+    def __next__(self) -> Any:
         if self._iterator is None:
             self._iterator = iter(self._body)
         try:
