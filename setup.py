@@ -28,6 +28,7 @@ COMPILED = [
     "gate_middleware/health.py",
     "gate_middleware/judge.py",
     "gate_middleware/lifecycle.py",
+    "gate_middleware/metrics.py",
     "gate_middleware/routing.py",
     "gate_middleware/session.py",
     "gate_middleware/sketch.py",

@@ -144,7 +144,10 @@ class GateASGIMiddleware:
 
     def route_template(self, scope: Scope) -> str | None:
         """The matched route's template (``/items/{item_id}``), if the router left it in the scope."""
-        path = getattr(scope.get("route"), "path", None)
+        route = scope.get("route")
+        if route is None:  # no router (getattr's default would raise and catch inside)
+            return None
+        path = getattr(route, "path", None)
         return path if isinstance(path, str) else None
 
 

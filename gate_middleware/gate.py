@@ -36,7 +36,6 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from hashlib import sha256
 from typing import Any, TypeVar
 
 from opentelemetry.metrics import MeterProvider
@@ -76,6 +75,7 @@ from gate_middleware.routing import (
     STABLE,
     VARIANTS,
     RoutingDecision,
+    RoutingTable,
     canary_threshold,
 )
 from gate_middleware.state import (
@@ -135,44 +135,39 @@ def routing_salt(config: PromotionConfig, release: int) -> str:
     return f"{salt}#{release}" if config.cohort == "release" else salt
 
 
-class _RoutingTable:
-    """What routing needs from one state, computed once per state change."""
-
-    __slots__ = ("threshold", "canary", "stable", "version", "step", "prefix", "hasher")
-
-    def __init__(self, state: GateState, config: PromotionConfig) -> None:
-        environment = state.environment
-        self.version = state.version
-        self.step = state.step
-        self.prefix = f"{routing_salt(config, state.release)}:".encode()
-        # SHA-256 with the prefix already fed: route_request copies it (a
-        # copy skips OpenSSL's digest lookup and hashing the prefix again).
-        self.hasher = sha256(self.prefix)
-        holdback = config.holdback_percent
-        limit = 100.0 - holdback
-        self.threshold = canary_threshold(min(environment.traffic_percent, limit))
-        stable = tuple(sorted(state.stable_flags))
-        canary = tuple(sorted(state.stable_flags | state.release_flags))
-        if environment.name == PRODUCTION:
-            self.threshold = 0
-            reasons = ("production: the release is stable for everyone",) * 2
-        elif environment.name == STAGING and not holdback:
-            self.threshold = BUCKETS
-            reasons = ("staging: every session takes the canary path",) * 2
-        elif environment.name == STAGING:
-            self.threshold = canary_threshold(limit)
-            reasons = (
-                f"staging: bucket below {self.threshold} of {BUCKETS}",
-                f"bucket at or above {self.threshold} of {BUCKETS}: the {holdback:g}% holdback",
-            )
-        else:
-            reasons = (
-                f"bucket below {self.threshold} of {BUCKETS}: canary ({environment.traffic_percent:g}%)",
-                f"bucket at or above {self.threshold} of {BUCKETS}: stable",
-            )
-        # (is_canary, target environment, flags, flag set, reason) per path.
-        self.canary = (True, environment, canary, frozenset(canary), reasons[0])
-        self.stable = (False, Environment.PRODUCTION, stable, frozenset(stable), reasons[1])
+def routing_table(state: GateState, config: PromotionConfig) -> RoutingTable:
+    """What routing needs from ``state``, computed once per state change."""
+    environment = state.environment
+    holdback = config.holdback_percent
+    limit = 100.0 - holdback
+    threshold = canary_threshold(min(environment.traffic_percent, limit))
+    stable = tuple(sorted(state.stable_flags))
+    canary = tuple(sorted(state.stable_flags | state.release_flags))
+    if environment.name == PRODUCTION:
+        threshold = 0
+        reasons = ("production: the release is stable for everyone",) * 2
+    elif environment.name == STAGING and not holdback:
+        threshold = BUCKETS
+        reasons = ("staging: every session takes the canary path",) * 2
+    elif environment.name == STAGING:
+        threshold = canary_threshold(limit)
+        reasons = (
+            f"staging: bucket below {threshold} of {BUCKETS}",
+            f"bucket at or above {threshold} of {BUCKETS}: the {holdback:g}% holdback",
+        )
+    else:
+        reasons = (
+            f"bucket below {threshold} of {BUCKETS}: canary ({environment.traffic_percent:g}%)",
+            f"bucket at or above {threshold} of {BUCKETS}: stable",
+        )
+    return RoutingTable(
+        routing_salt(config, state.release),
+        threshold,
+        (True, environment, canary, frozenset(canary), reasons[0]),
+        (False, Environment.PRODUCTION, stable, frozenset(stable), reasons[1]),
+        state.version,
+        state.step,
+    )
 
 
 class PromotionGate(Autopilot):
@@ -223,7 +218,7 @@ class PromotionGate(Autopilot):
         self._store = state_store
         self._windows = window_store or InMemoryWindowStore(config.rollback_window_seconds)
         self._state = state_store.load()
-        self._routing = _RoutingTable(self._state, config)
+        self._routing = routing_table(self._state, config)
         self.stale_outcomes = 0
         self._burn_lock = threading.Lock()
         self._step_began(clock())
@@ -347,7 +342,7 @@ class PromotionGate(Autopilot):
     def _adopt(self, state: GateState) -> None:
         new_step = state.step != self._state.step
         self._state = state
-        self._routing = _RoutingTable(state, self.config)
+        self._routing = routing_table(state, self.config)
         if new_step:
             self._step_began(self._clock())
 
@@ -419,22 +414,7 @@ class PromotionGate(Autopilot):
 
     def route_request(self, session_id: str) -> RoutingDecision:
         """Which path ``session_id`` takes and which flags it gets (no lock)."""
-        table = self._routing
-        # compute_bucket(), inlined: this is the hottest line of the package.
-        hasher = table.hasher.copy()
-        try:
-            hasher.update(session_id.encode())
-        except UnicodeEncodeError:
-            hasher.update(session_id.encode("utf-8", "surrogatepass"))
-        bucket = int.from_bytes(hasher.digest()[:8], "big") % BUCKETS
-        is_canary, environment, flags, flag_set, reason = (
-            table.canary if bucket < table.threshold else table.stable
-        )
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "Session routed to %s (bucket %d)", CANARY if is_canary else STABLE, bucket
-            )
-        return RoutingDecision(is_canary, environment, flags, bucket, reason, flag_set, table.step)
+        return self._routing.route(session_id)
 
     def decision_for_variant(
         self, variant: str, *, reason: str, bucket: int = -1
@@ -446,11 +426,7 @@ class PromotionGate(Autopilot):
         """
         if variant not in VARIANTS:
             raise ConfigError("variant", variant, "'canary' or 'stable'")
-        table = self._routing
-        is_canary, environment, flags, flag_set, _ = (
-            table.canary if variant == CANARY else table.stable
-        )
-        return RoutingDecision(is_canary, environment, flags, bucket, reason, flag_set, table.step)
+        return self._routing.decision(variant, reason, bucket)
 
     def record_request_outcome(
         self,

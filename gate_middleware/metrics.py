@@ -41,6 +41,7 @@ from opentelemetry.metrics import (
 )
 
 from gate_middleware.routing import RoutingDecision
+from gate_middleware.types import mypyc_attr
 
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
 DURATION_BUCKETS = (
@@ -93,11 +94,14 @@ class RequestMetrics:
         #: global provider's proxy meter may get an SDK later: it records.)
         self.enabled = not isinstance(meter, NoOpMeter)
         self._rollout = rollout
-        self._lock = threading.Lock()
-        self._attributes: dict[AttributeKey, Attributes] = {
-            _OVERFLOW: {"otel.metric.overflow": True, "gate.rollout": rollout}
-        }
-        self._counts: dict[AttributeKey, int] = {}
+        # The counts live in a plain object that the process-wide counter
+        # references weakly (the compiled build's classes take no weak
+        # references); this middleware holds it, and shares its dicts.
+        source = _Counts(rollout)
+        self._source = source
+        self._lock = source.lock
+        self._attributes = source.attributes
+        self._counts = source.counts
         self._duration = meter.create_histogram(
             "gate_middleware.request.duration",
             unit="s",
@@ -105,10 +109,10 @@ class RequestMetrics:
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
         counter = _request_counter(meter)
-        counter.sources.add(self)
+        counter.sources.add(source)
         # When this middleware is dropped, its counts stay in the total: a
         # counter never goes down.
-        weakref.finalize(self, counter.retire, self._counts, self._attributes, self._lock)
+        weakref.finalize(source, counter.retire, source.counts, source.attributes, source.lock)
         self._errors = meter.create_counter(
             "gate_middleware.middleware.errors",
             unit="{error}",
@@ -172,12 +176,24 @@ class RequestMetrics:
             self._attributes[key] = attributes
             return key, attributes
 
-    def counts(self) -> list[tuple[Attributes, int]]:
-        with self._lock:
-            return [(self._attributes[key], count) for key, count in self._counts.items()]
-
     def count_error(self, stage: str) -> None:
         self._errors.add(1, {"gate.stage": stage, "gate.rollout": self._rollout})
+
+
+@mypyc_attr(native_class=False)
+class _Counts:
+    """One middleware's requests per attribute set."""
+
+    def __init__(self, rollout: str) -> None:
+        self.lock = threading.Lock()
+        self.attributes: dict[AttributeKey, Attributes] = {
+            _OVERFLOW: {"otel.metric.overflow": True, "gate.rollout": rollout}
+        }
+        self.counts: dict[AttributeKey, int] = {}
+
+    def items(self) -> list[tuple[Attributes, int]]:
+        with self.lock:
+            return [(self.attributes[key], count) for key, count in self.counts.items()]
 
 
 class _RequestCounter:
@@ -187,7 +203,7 @@ class _RequestCounter:
     again, and the SDK keeps only the first callback."""
 
     def __init__(self, meter: Meter) -> None:
-        self.sources: weakref.WeakSet[RequestMetrics] = weakref.WeakSet()
+        self.sources: weakref.WeakSet[_Counts] = weakref.WeakSet()
         self.retired: dict[frozenset[tuple[str, str | int | bool]], tuple[Attributes, int]] = {}
         # Reentrant: a garbage collection inside observe() may retire a source.
         self._lock = threading.RLock()
@@ -214,7 +230,7 @@ class _RequestCounter:
         with self._lock:
             totals = dict(self.retired)
             for source in list(self.sources):
-                _add(totals, source.counts())
+                _add(totals, source.items())
         return [Observation(count, attributes) for attributes, count in totals.values()]
 
 

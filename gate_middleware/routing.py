@@ -17,6 +17,7 @@ salted per process.
 
 from __future__ import annotations
 
+import logging
 from hashlib import sha256
 
 from gate_middleware.environment import Environment
@@ -25,6 +26,11 @@ BUCKETS = 100_000
 CANARY = "canary"
 STABLE = "stable"
 VARIANTS = (CANARY, STABLE)
+
+logger = logging.getLogger("gate_middleware")
+
+#: One path's answer: (is_canary, target environment, flags, flag set, reason).
+Path = tuple[bool, Environment, tuple[str, ...], frozenset[str], str]
 
 
 def compute_bucket(name: str, session_id: str) -> int:
@@ -114,3 +120,46 @@ class RoutingDecision:
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+
+class RoutingTable:
+    """What routing needs from one gate state, made once per state change
+    (the gate builds it) and read by every request without a lock."""
+
+    __slots__ = ("threshold", "canary", "stable", "version", "step", "hasher")
+
+    def __init__(
+        self, name: str, threshold: int, canary: Path, stable: Path, version: int, step: int
+    ) -> None:
+        self.threshold = threshold
+        self.canary = canary
+        self.stable = stable
+        self.version = version
+        self.step = step
+        # SHA-256 with ``f"{name}:"`` already fed: route() copies it (a copy
+        # skips OpenSSL's digest lookup and hashing the prefix again).
+        self.hasher = sha256(f"{name}:".encode())
+
+    def route(self, session_id: str) -> RoutingDecision:
+        """``compute_bucket`` and the path it selects: the hottest code of the package."""
+        hasher = self.hasher.copy()
+        try:
+            hasher.update(session_id.encode())
+        except UnicodeEncodeError:
+            hasher.update(session_id.encode("utf-8", "surrogatepass"))
+        bucket = int.from_bytes(hasher.digest()[:8], "big") % BUCKETS
+        is_canary, environment, flags, flag_set, reason = (
+            self.canary if bucket < self.threshold else self.stable
+        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "Session routed to %s (bucket %d)", CANARY if is_canary else STABLE, bucket
+            )
+        return RoutingDecision(is_canary, environment, flags, bucket, reason, flag_set, self.step)
+
+    def decision(self, variant: str, reason: str, bucket: int) -> RoutingDecision:
+        """The decision for ``variant`` ("canary" or "stable"), without hashing."""
+        is_canary, environment, flags, flag_set, _ = (
+            self.canary if variant == CANARY else self.stable
+        )
+        return RoutingDecision(is_canary, environment, flags, bucket, reason, flag_set, self.step)
