@@ -20,6 +20,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import gate_middleware
 from benchmarks import gate_bench, loopback, requests_bench
 
 RESULTS = Path(__file__).parent / "results"
@@ -62,6 +63,7 @@ def main() -> int:
         f"Python {platform.python_version()} ({sys.implementation.name}), "
         f"{__import__('os').cpu_count()} cores\n"
         f"versions: {versions()}\n"
+        f"build: {'compiled (mypyc)' if gate_middleware.COMPILED else 'pure Python'}\n"
     )
     print(header, flush=True)
     sections = [header]

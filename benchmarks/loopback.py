@@ -88,7 +88,10 @@ def measure(args: list[str], env: dict[str, str], port: int, seconds: int) -> tu
             server.wait()
 
 
-def run(quick: bool) -> list[str]:
+def run(quick: bool, builds: dict[str, str] | None = None) -> list[str]:
+    """``builds``: name → a folder to import ``gate_middleware`` from (one
+    gate row each, as ``benchmarks.compare.export`` makes them); by default
+    the one row of the installed package."""
     if shutil.which("wrk") is None:
         return ["Loopback throughput: skipped (wrk is not installed: apt-get install wrk)\n"]
     seconds = 3 if quick else 8
@@ -132,14 +135,15 @@ def run(quick: bool) -> list[str]:
         f"  {'server':<22} {'app':<26} {'req/s':>10} {'× bare':>8} {'server CPU µs/req':>18}",
     ]
     for server, command in servers.items():
-        samples: dict[str, list[tuple[float, float]]] = {
-            "bare": [],
-            "with gate (metrics API only)": [],
-        }
+        envs: dict[str, dict[str, str]] = {"bare": {"GATE_BENCH_WITH_GATE": ""}}
+        if builds is None:
+            envs["with gate (metrics API only)"] = {"GATE_BENCH_WITH_GATE": "1"}
+        for name, folder in (builds or {}).items():
+            envs[f"with gate, {name}"] = {"GATE_BENCH_WITH_GATE": "1", "PYTHONPATH": folder}
+        samples: dict[str, list[tuple[float, float]]] = {variant: [] for variant in envs}
         for _ in range(rounds):
-            for variant in samples:
+            for variant, env in envs.items():
                 port = free_port()
-                env = {"GATE_BENCH_WITH_GATE": "1" if variant != "bare" else ""}
                 samples[variant].append(measure(command(port), env, port, seconds))
         bare_rps = sorted(r for r, _ in samples["bare"])[len(samples["bare"]) // 2]
         for variant, values in samples.items():
@@ -149,3 +153,29 @@ def run(quick: bool) -> list[str]:
                 f"  {server:<22} {variant:<26} {rps:>10,.0f} {rps / bare_rps:>8.2f} {cpu:>18,.1f}"
             )
     return ["\n".join(lines) + "\n"]
+
+
+def main() -> int:
+    """``python -m benchmarks.loopback [--quick]``: bare, and the working
+    tree's pure-Python and compiled builds (each made in a temporary folder)."""
+    import argparse
+    import tempfile
+
+    from benchmarks.compare import export
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.loopback")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        builds = {}
+        for name, revision in (("pure Python", "."), ("compiled", ".+mypyc")):
+            folder = Path(tmp) / name.replace(" ", "-")
+            folder.mkdir()
+            builds[name] = str(export(revision, folder))
+        for section in run(args.quick, builds):
+            print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
