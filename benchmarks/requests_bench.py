@@ -146,11 +146,14 @@ def redis_url() -> str | None:
 # -- WSGI ------------------------------------------------------------------------
 
 
-def wsgi_case(app: Any) -> Callable[[int], None]:
+def wsgi_case(app: Any, cookies: list[str] | None = None) -> Callable[[int], None]:
+    """Returning visitors: ``cookies`` (default: unsigned ones, for a gate
+    without a secret) are valid session cookies, so no response sets one."""
+
     def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
         return None
 
-    cookies = [c.decode() for c in COOKIES]
+    cookies = cookies or [c.decode() for c in COOKIES]
 
     def run(number: int) -> None:
         for i in range(number):
@@ -251,11 +254,21 @@ def django_cases() -> dict[str, Callable[[int], None]]:
     otel = OpenTelemetryMiddleware(
         WSGIHandler(), meter_provider=sdk(), tracer_provider=NoOpTracerProvider()
     )
+    # Django signs the cookie with a secret derived from SECRET_KEY: the
+    # visitors return with cookies signed by it (unsigned ones would make
+    # every request a new visitor, a Set-Cookie on every response).
+    from gate_middleware.integrations.django import derived_secret
+    from gate_middleware.session import SessionCookie
+
+    signer = SessionCookie(secret=derived_secret(settings.SECRET_KEY))
+    cookies = [
+        f"gate_session={signer.value_for(cookie.decode().split('=', 1)[1])}" for cookie in COOKIES
+    ]
     return {
-        "Django, bare": wsgi_case(handler(None)),
-        "+ gate middleware, metrics API only": wsgi_case(handler(NoOpMeterProvider())),
-        "+ gate middleware, OpenTelemetry SDK": wsgi_case(handler(sdk())),
-        "+ OpenTelemetry WSGI instrumentation, SDK": wsgi_case(otel),
+        "Django, bare": wsgi_case(handler(None), cookies),
+        "+ gate middleware, metrics API only": wsgi_case(handler(NoOpMeterProvider()), cookies),
+        "+ gate middleware, OpenTelemetry SDK": wsgi_case(handler(sdk()), cookies),
+        "+ OpenTelemetry WSGI instrumentation, SDK": wsgi_case(otel, cookies),
     }
 
 
