@@ -132,10 +132,12 @@ def run(quick: bool, builds: dict[str, str] | None = None) -> list[str]:
         "Loopback throughput (wrk -t1 -c16, 127.0.0.1; medians of "
         f"{rounds} interleaved {seconds} s runs)",
         "",
-        f"  {'server':<22} {'app':<26} {'req/s':>10} {'× bare':>8} {'server CPU µs/req':>18}",
+        f"  {'server':<22} {'app':<30} {'req/s':>10} {'× bare':>8} {'server CPU µs/req':>18}",
     ]
     for server, command in servers.items():
         envs: dict[str, dict[str, str]] = {"bare": {"GATE_BENCH_WITH_GATE": ""}}
+        if builds is not None:
+            envs["a do-nothing middleware"] = {"GATE_BENCH_WITH_GATE": "passthrough"}
         if builds is None:
             envs["with gate (metrics API only)"] = {"GATE_BENCH_WITH_GATE": "1"}
         for name, folder in (builds or {}).items():
@@ -150,14 +152,15 @@ def run(quick: bool, builds: dict[str, str] | None = None) -> list[str]:
             rps = sorted(r for r, _ in values)[len(values) // 2]
             cpu = sorted(c for _, c in values)[len(values) // 2]
             lines.append(
-                f"  {server:<22} {variant:<26} {rps:>10,.0f} {rps / bare_rps:>8.2f} {cpu:>18,.1f}"
+                f"  {server:<22} {variant:<30} {rps:>10,.0f} {rps / bare_rps:>8.2f} {cpu:>18,.1f}"
             )
     return ["\n".join(lines) + "\n"]
 
 
 def main() -> int:
-    """``python -m benchmarks.loopback [--quick]``: bare, and the working
-    tree's pure-Python and compiled builds (each made in a temporary folder)."""
+    """``python -m benchmarks.loopback [--quick]``: bare, a do-nothing
+    middleware, and the working tree's pure-Python and compiled builds (each
+    made in a temporary folder)."""
     import argparse
     import tempfile
 

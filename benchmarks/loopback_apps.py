@@ -1,4 +1,6 @@
-"""The apps wrk loads: bare, or with the gate when GATE_BENCH_WITH_GATE is set."""
+"""The apps wrk loads: bare; with the gate when GATE_BENCH_WITH_GATE is
+set; with a middleware that does nothing but wrap ``send`` (ASGI) or the
+body (WSGI) when it is ``passthrough``: the floor any middleware pays."""
 
 import os
 
@@ -9,7 +11,7 @@ from starlette.routing import Route
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
 
-WITH_GATE = bool(os.environ.get("GATE_BENCH_WITH_GATE"))
+MODE = os.environ.get("GATE_BENCH_WITH_GATE", "")
 gate = PromotionGate(PromotionConfig(environment=Environment.canary(10), feature_flags=["new_api"]))
 
 
@@ -26,7 +28,29 @@ def flask_index() -> str:
     return "ok"
 
 
-if WITH_GATE:
+class PassthroughASGI:
+    def __init__(self, app):  # type: ignore[no-untyped-def]
+        self.app = app
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        async def wrapped(message):  # type: ignore[no-untyped-def]
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
+class PassthroughWSGI:
+    def __init__(self, app):  # type: ignore[no-untyped-def]
+        self.app = app
+
+    def __call__(self, environ, start_response):  # type: ignore[no-untyped-def]
+        yield from self.app(environ, start_response)
+
+
+if MODE == "passthrough":
+    starlette_app.add_middleware(PassthroughASGI)
+    flask_app.wsgi_app = PassthroughWSGI(flask_app.wsgi_app)  # type: ignore[method-assign]
+elif MODE:
     from gate_middleware.integrations.flask import GateExtension
     from gate_middleware.integrations.starlette import GateMiddleware
 
