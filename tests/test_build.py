@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import gate_middleware
+from tests.wheels import build_wheel, source_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = os.environ.get("GATE_EXPECT_BUILD")
@@ -47,41 +47,6 @@ def test_the_suite_runs_against_the_build_it_names() -> None:
         assert BUILD == "pure"
         assert not gate_middleware.COMPILED
         assert [name for name in names if is_extension(name)] == []
-
-
-def source_copy(into: Path) -> Path:
-    """The checkout's files a wheel is built from, without any compiled build."""
-    ignore = shutil.ignore_patterns("*.so", "*.pyd", "__pycache__", "*.egg-info", "build")
-    into.mkdir(parents=True)
-    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE"):
-        shutil.copy(ROOT / name, into / name)
-    for name in ("gate_middleware", "integrations"):
-        shutil.copytree(ROOT / name, into / name, ignore=ignore)
-    return into
-
-
-def build_wheel(source: Path, out: Path, **env: str) -> Path:
-    environ = {k: v for k, v in os.environ.items() if k != "GATE_MIDDLEWARE_MYPYC"}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(out),
-            str(source),
-        ],  # fmt: skip
-        env={**environ, **env},
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    (wheel,) = out.glob("*.whl")
-    return wheel
 
 
 def test_a_source_install_needs_no_compiler(tmp_path: Path) -> None:

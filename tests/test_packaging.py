@@ -8,6 +8,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from tests.wheels import build_wheel, source_copy
+
 ROOT = Path(__file__).parent.parent
 
 IMPORT_ALL = """
@@ -24,24 +26,7 @@ print("ok", s.GateMiddleware.__name__, f.GateExtension.__name__, d.GateMiddlewar
 
 
 def test_the_wheel_installs_the_core_and_the_adapters(tmp_path: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    [wheel] = tmp_path.glob("gate_middleware-*.whl")
+    wheel = build_wheel(source_copy(tmp_path / "src"), tmp_path / "out")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         archive.extractall(tmp_path / "site")
