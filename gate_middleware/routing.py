@@ -17,8 +17,11 @@ salted per process.
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Callable
 from hashlib import sha256
+from typing import Any
 
 from gate_middleware.environment import Environment
 
@@ -28,6 +31,22 @@ STABLE = "stable"
 VARIANTS = (CANARY, STABLE)
 
 logger = logging.getLogger("gate_middleware")
+
+
+def _small_input_sha256() -> Callable[[bytes], Any]:
+    """CPython's own SHA-256 (``_sha2``; ``_sha256`` before 3.12) when built
+    in, else hashlib's. Same digest; for a prefix and a session id, CPython's
+    needs no OpenSSL context, lock or provider lookup per copy."""
+    for name in ("_sha2", "_sha256"):
+        try:
+            constructor: Callable[[bytes], Any] = importlib.import_module(name).sha256
+        except (ImportError, AttributeError):
+            continue
+        return constructor
+    return sha256
+
+
+_sha256 = _small_input_sha256()
 
 #: One path's answer: (is_canary, target environment, flags, flag set, reason).
 Path = tuple[bool, Environment, tuple[str, ...], frozenset[str], str]
@@ -138,7 +157,7 @@ class RoutingTable:
         self.step = step
         # SHA-256 with ``f"{name}:"`` already fed: route() copies it (a copy
         # skips OpenSSL's digest lookup and hashing the prefix again).
-        self.hasher = sha256(f"{name}:".encode())
+        self.hasher = _sha256(f"{name}:".encode())
 
     def route(self, session_id: str) -> RoutingDecision:
         """``compute_bucket`` and the path it selects: the hottest code of the package."""
