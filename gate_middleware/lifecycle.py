@@ -23,7 +23,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from opentelemetry.metrics import MeterProvider
@@ -357,15 +357,17 @@ class RequestLifecycle:
                 self.report_fault("metrics", exc)
 
 
-def private_response_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+def private_response_headers(headers: Iterable[Any]) -> list[tuple[Any, Any]]:
     """``headers`` made fit for a response that sets the session cookie.
 
     Its body depends on the variant and it carries the visitor's cookie, so
     a shared cache must not store it: ``Vary: Cookie`` (as Django's session
     middleware adds) and ``Cache-Control: private`` (``public`` dropped;
-    ``no-store`` or ``private`` already there are kept).
+    ``no-store`` or ``private`` already there are kept). The headers are
+    typed ``Any``: an app may send tuples or lists, and the compiled build
+    checks annotated types at run time.
     """
-    result: list[tuple[str, str]] = []
+    result: list[tuple[Any, Any]] = []
     varies = cache_control = False
     for name, value in headers:
         lower = name.lower()
@@ -382,12 +384,11 @@ def private_response_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[s
     return result
 
 
-def private_raw_headers(
-    headers: Iterable[tuple[bytes, bytes]], set_cookie: str
-) -> list[tuple[bytes, bytes]]:
+def private_raw_headers(headers: Iterable[Any], set_cookie: str) -> list[tuple[Any, Any]]:
     """``private_response_headers`` for ASGI's raw (bytes) headers, plus the
-    ``Set-Cookie`` header: only ``Vary`` and ``Cache-Control`` are decoded."""
-    result: list[tuple[bytes, bytes]] = []
+    ``Set-Cookie`` header: only ``Vary`` and ``Cache-Control`` are decoded.
+    ASGI allows each header as a tuple or a list of two byte strings."""
+    result: list[tuple[Any, Any]] = []
     varies = cache_control = False
     for name, value in headers:
         lower = name.lower()

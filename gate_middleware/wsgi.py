@@ -43,8 +43,6 @@ from gate_middleware.lifecycle import (
 from gate_middleware.routing import RoutingDecision
 from gate_middleware.types import (
     Environ,
-    ExcInfo,
-    Headers,
     StartResponse,
     WSGIApp,
     mypyc_attr,
@@ -108,10 +106,13 @@ class GateWSGIMiddleware:
         entered = context.enter(request.decision)
         set_cookie = request.set_cookie
 
-        def start_and_time(status: str, headers: Headers, exc_info: ExcInfo | None = None) -> Any:
+        # Typed loosely on purpose: the app's arguments go to the server as
+        # they came (a tuple of headers, say), and the compiled build would
+        # raise on anything but the exact annotated types.
+        def start_and_time(status: Any, headers: Any, exc_info: Any = None) -> Any:
             try:
                 request.status = int(status[:3])
-            except ValueError:
+            except (ValueError, TypeError):
                 request.status = None
             if set_cookie is not None:
                 headers = [*private_response_headers(headers), ("Set-Cookie", set_cookie)]

@@ -332,3 +332,48 @@ def test_an_unhandled_exception_in_a_starlette_view_is_recorded_as_500(
     assert point.attributes["http.response.status_code"] == 500  # type: ignore[attr-defined]
     assert point.attributes["error.type"] == "RuntimeError"  # type: ignore[attr-defined]
     assert outcomes(gate) == (1, 1)
+
+
+def test_asgi_headers_as_lists_get_the_cookie_headers(
+    gate: PromotionGate, meter_provider: Any
+) -> None:
+    # ASGI allows each header as a list of two byte strings; a new visitor's
+    # response is the one the gate edits (Set-Cookie, Vary, Cache-Control).
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [[b"content-type", b"text/plain"], [b"cache-control", b"public, max-age=60"]]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    middleware = GateASGIMiddleware(app, gate=gate, meter_provider=meter_provider)
+    asyncio.run(middleware(http_scope(), receive_request, send))
+    names = [bytes(name) for name, _ in sent[0]["headers"]]
+    values = {bytes(name): bytes(value) for name, value in sent[0]["headers"]}
+    assert names[:2] == [b"content-type", b"cache-control"] and b"set-cookie" in names
+    assert values[b"cache-control"] == b"private, max-age=60" and values[b"vary"] == b"Cookie"
+    assert outcomes(gate) == (1, 0)
+
+
+def test_wsgi_headers_as_a_tuple_get_the_cookie_headers(
+    gate: PromotionGate, meter_provider: Any
+) -> None:
+    # PEP 3333 asks for a list of tuples; servers take any sequence of pairs,
+    # and the gate passes on what it was given.
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response(b"200 OK".decode(), (["Content-Type", "text/plain"],))
+        return [b"ok"]
+
+    seen: list[Any] = []
+    environ: dict[str, Any] = {}
+    setup_testing_defaults(environ)
+    middleware = GateWSGIMiddleware(app, gate=gate, meter_provider=meter_provider)
+    body = middleware(environ, lambda status, headers, exc_info=None: seen.append(headers))
+    assert b"".join(body) == b"ok"
+    body.close()  # type: ignore[attr-defined]
+    names = [name for name, _ in seen[0]]
+    assert names == ["Content-Type", "Vary", "Cache-Control", "Set-Cookie"]
+    assert outcomes(gate) == (1, 0)
