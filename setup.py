@@ -14,6 +14,7 @@ file, which stays in the wheel as the readable source of the same code.
 from __future__ import annotations
 
 import os
+import sys
 
 from setuptools import setup
 
@@ -39,14 +40,28 @@ COMPILED = [
 MYPY = "mypy>=2.4"  # as in the test extra, which ./dev test compiles with
 
 
+ON = ("1", "true", "yes")
+OFF = ("", "0", "false", "no")
+
+
 def extensions() -> dict[str, object]:
-    if os.environ.get("GATE_MIDDLEWARE_MYPYC", "0") in ("", "0"):
+    flag = os.environ.get("GATE_MIDDLEWARE_MYPYC", "").strip().lower()
+    if flag in OFF:
         return {}
+    if flag not in ON:
+        raise SystemExit(f"GATE_MIDDLEWARE_MYPYC={flag!r}: expected one of {ON + OFF}")
     try:
         from mypyc.build import mypycify
     except ImportError:
-        # First pass of an isolated build: ask for mypy, then run again.
-        return {"setup_requires": [MYPY]}
+        if "egg_info" in sys.argv:
+            # The build front end asks for the requirements (setuptools runs
+            # egg_info for get_requires_for_build_*): name mypy, and pip
+            # installs it in the isolated build environment before building.
+            return {"setup_requires": [MYPY]}
+        raise SystemExit(
+            f"GATE_MIDDLEWARE_MYPYC=1 compiles with mypyc: install {MYPY!r} in the build "
+            "environment (or build with isolation), or unset the variable for pure Python"
+        ) from None
     return {"ext_modules": mypycify(COMPILED, opt_level="3", group_name="gate_middleware._native")}
 
 

@@ -67,6 +67,7 @@ def _copy(tree: Path, into: Path, compiled: bool) -> None:
     if not (tree / "setup.py").exists():
         raise SystemExit(f"{tree}: this revision has no compiled build (no setup.py)")
     shutil.copy(tree / "setup.py", into / "setup.py")
+    shutil.copy(tree / "pyproject.toml", into / "pyproject.toml")  # mypy's settings
     subprocess.run(
         [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
         cwd=into,

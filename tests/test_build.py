@@ -59,6 +59,41 @@ def test_a_source_install_needs_no_compiler(tmp_path: Path) -> None:
     assert not [name for name in names if name.endswith((".so", ".pyd", ".c"))]
 
 
+# Run in a process where mypy cannot be imported, as in a fresh build environment.
+WITHOUT_MYPY = "import sys; sys.modules.update(dict.fromkeys(['mypy', 'mypyc', 'mypyc.build'])); "
+
+
+def without_mypy(source: Path, code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "GATE_MIDDLEWARE_MYPYC"}
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_MYPY + code],
+        cwd=source,
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_compiled_build_asks_for_mypy_and_fails_clearly_without_it(tmp_path: Path) -> None:
+    source = source_copy(tmp_path / "src")
+    # An isolated build (pip, python -m build) first asks what it needs.
+    query = "from setuptools import build_meta; print(build_meta.get_requires_for_build_wheel())"
+    asked = without_mypy(source, query, GATE_MIDDLEWARE_MYPYC="1")
+    assert asked.returncode == 0, asked.stderr
+    assert "'mypy>=" in asked.stdout
+    plain = without_mypy(source, query)
+    assert plain.returncode == 0 and "mypy" not in plain.stdout
+    # Building without mypy (no isolation) stops instead of going pure silently.
+    build = "sys.argv = ['setup.py', 'build_ext', '--inplace']; exec(open('setup.py').read())"
+    failed = without_mypy(source, build, GATE_MIDDLEWARE_MYPYC="1")
+    assert failed.returncode != 0 and "install 'mypy>=" in failed.stderr
+    assert not list((source / "gate_middleware").glob("*.so"))
+    refused = without_mypy(source, build, GATE_MIDDLEWARE_MYPYC="maybe")
+    assert refused.returncode != 0 and "GATE_MIDDLEWARE_MYPYC='maybe'" in refused.stderr
+
+
 @pytest.mark.skipif(BUILD != "compiled", reason="builds with mypyc: run in the compiled pass")
 def test_a_compiled_wheel_runs_without_mypy(tmp_path: Path) -> None:
     wheel = build_wheel(source_copy(tmp_path / "src"), tmp_path / "out", GATE_MIDDLEWARE_MYPYC="1")
