@@ -158,9 +158,11 @@ def run(quick: bool, builds: dict[str, str] | None = None) -> list[str]:
 
 
 def main() -> int:
-    """``python -m benchmarks.loopback [--quick]``: bare, a do-nothing
-    middleware, and the working tree's pure-Python and compiled builds (each
-    made in a temporary folder)."""
+    """``python -m benchmarks.loopback [--quick] [REV ...]``: bare, a
+    do-nothing middleware, and the gate of each revision (default ``.
+    .+mypyc``: the working tree's pure-Python and compiled builds; ``main``
+    for the main branch; each made in a temporary folder, as
+    ``benchmarks.compare`` makes them)."""
     import argparse
     import tempfile
 
@@ -168,13 +170,15 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loopback")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("revisions", nargs="*", default=[".", ".+mypyc"])
     args = parser.parse_args()
+    names = {".": "pure Python", ".+mypyc": "compiled"}
     with tempfile.TemporaryDirectory() as tmp:
         builds = {}
-        for name, revision in (("pure Python", "."), ("compiled", ".+mypyc")):
-            folder = Path(tmp) / name.replace(" ", "-")
+        for number, revision in enumerate(args.revisions):
+            folder = Path(tmp) / str(number)
             folder.mkdir()
-            builds[name] = str(export(revision, folder))
+            builds[names.get(revision, revision)] = str(export(revision, folder))
         for section in run(args.quick, builds):
             print(section)
     return 0
