@@ -17,6 +17,16 @@ import httpx
 ROOT = Path(__file__).parent.parent
 
 
+def eventually(check: object, seconds: float = 1.0) -> bool:
+    """Whether ``check()`` turns true within ``seconds`` (polled every 20 ms)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return True
+        time.sleep(0.02)
+    return bool(check())  # type: ignore[operator]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

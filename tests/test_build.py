@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import gate_middleware
-from tests.wheels import build_wheel, source_copy
+from tests.wheels import build_environ, build_wheel, source_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = os.environ.get("GATE_EXPECT_BUILD")
@@ -64,11 +64,10 @@ WITHOUT_MYPY = "import sys; sys.modules.update(dict.fromkeys(['mypy', 'mypyc', '
 
 
 def without_mypy(source: Path, code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k != "GATE_MIDDLEWARE_MYPYC"}
     return subprocess.run(
         [sys.executable, "-c", WITHOUT_MYPY + code],
         cwd=source,
-        env={**environ, **env},
+        env=build_environ(**env),
         capture_output=True,
         text=True,
         timeout=120,

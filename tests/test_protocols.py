@@ -364,7 +364,7 @@ def test_wsgi_headers_as_a_tuple_get_the_cookie_headers(
     # PEP 3333 asks for a list of tuples; servers take any sequence of pairs,
     # and the gate passes on what it was given.
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        start_response(b"200 OK".decode(), (["Content-Type", "text/plain"],))
+        start_response("200 OK", (["Content-Type", "text/plain"],))
         return [b"ok"]
 
     seen: list[Any] = []

@@ -18,7 +18,7 @@ from gate_middleware import (
 )
 
 from .conftest import OPEN_GATES
-from .servers import RedisServer, free_port, python, running
+from .servers import RedisServer, eventually, free_port, python, running
 
 TOKEN = "redis-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -35,15 +35,6 @@ def shared(url: str, rollout: str, **config: object) -> PromotionGate:
     gate = PromotionGate.from_url(url, PromotionConfig(**settings))  # type: ignore[arg-type]
     OPEN_GATES.append(gate)
     return gate
-
-
-def eventually(check: object, seconds: float = 1.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return True
-        time.sleep(0.02)
-    return bool(check())  # type: ignore[operator]
 
 
 def test_two_gates_share_state_and_windows(redis_server: RedisServer) -> None:

@@ -39,7 +39,7 @@ from gate_middleware.redis_store import RedisWindowStore, connect
 
 from .conftest import OPEN_GATES, metric_points
 from .faults import RedisProxy
-from .servers import RedisClusterServers, RedisSentinelSet, RedisServer, serving
+from .servers import RedisClusterServers, RedisSentinelSet, RedisServer, eventually, serving
 
 TOKEN = "redis-admin-token-0123456789"
 AUTH = f"Bearer {TOKEN}"
@@ -68,15 +68,6 @@ def shared(url: str, rollout: str, **settings: object) -> PromotionGate:
     gate = PromotionGate.from_url(url, PromotionConfig(**config), **options)  # type: ignore[arg-type]
     OPEN_GATES.append(gate)
     return gate
-
-
-def eventually(check: object, seconds: float = 1.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return True
-        time.sleep(0.02)
-    return bool(check())  # type: ignore[operator]
 
 
 def pause(gate: PromotionGate) -> None:

@@ -22,10 +22,15 @@ def source_copy(into: Path) -> Path:
     return into
 
 
+def build_environ(**env: str) -> dict[str, str]:
+    """This environment without the build switch, plus ``env``."""
+    environ = {k: v for k, v in os.environ.items() if k != "GATE_MIDDLEWARE_MYPYC"}
+    return {**environ, **env}
+
+
 def build_wheel(source: Path, out: Path, **env: str) -> Path:
     """``pip wheel`` of ``source`` into ``out``; pure Python unless ``env``
     sets ``GATE_MIDDLEWARE_MYPYC=1``."""
-    environ = {k: v for k, v in os.environ.items() if k != "GATE_MIDDLEWARE_MYPYC"}
     subprocess.run(
         [
             sys.executable,
@@ -39,7 +44,7 @@ def build_wheel(source: Path, out: Path, **env: str) -> Path:
             str(out),
             str(source),
         ],
-        env={**environ, **env},
+        env=build_environ(**env),
         check=True,
         capture_output=True,
         timeout=600,
