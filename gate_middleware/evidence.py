@@ -33,6 +33,12 @@ def _zeros(length: int, code: str = "q") -> array[int]:
     return array(code, bytes(array(code).itemsize * length))
 
 
+# Copied, not rebuilt, for each new Evidence: a compiled ``copy()`` runs
+# ``__init__`` as well (mypyc's ``__new__`` does), so ``__init__`` is kept cheap.
+_NO_LATENCY = _zeros(BUCKET_COUNT, "L")  # the sketch's layout
+_NO_CLUSTERS = _zeros(CLUSTERS)
+
+
 class Evidence:
     """One side's outcomes since the step began. Not locked: its store serialises access."""
 
@@ -52,12 +58,12 @@ class Evidence:
         self.requests = 0
         self.failures = 0
         self.bad = 0
-        self.latency = _zeros(BUCKET_COUNT, "L")  # the sketch's layout
+        self.latency = _NO_LATENCY[:]
         self.lowest = BUCKET_COUNT
         self.highest = -1
-        self.cluster_requests = _zeros(CLUSTERS)
-        self.cluster_failures = _zeros(CLUSTERS)
-        self.cluster_bad = _zeros(CLUSTERS)
+        self.cluster_requests = _NO_CLUSTERS[:]
+        self.cluster_failures = _NO_CLUSTERS[:]
+        self.cluster_bad = _NO_CLUSTERS[:]
 
     def record(self, success: bool, good: bool, duration: float, cluster: int) -> None:
         """Count one outcome (``cluster``: the session's routing bucket, any int)."""

@@ -80,8 +80,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
-from operator import add, mul
+from operator import mul
 from typing import Any
 
 from gate_middleware.config import PromotionConfig, SloConfig
@@ -358,10 +357,16 @@ def _shift_buckets(ratio: float) -> int:
 def _win_weights(baseline: Evidence) -> list[int]:
     """For each baseline bucket lo+j: 2 × (durations in buckets below it) +
     (durations in it), i.e. twice what a canary duration there wins (ties
-    count half): one integer pass instead of two."""
-    # below[j] + below[j + 1] = 2 × below[j] + counts[j]
-    below = list(accumulate(baseline.latency[baseline.lowest : baseline.highest + 1], initial=0))
-    return list(map(add, below, below[1:]))
+    count half), in integers.
+
+    A plain loop over a list: compiled, it runs at machine-integer speed
+    (2–3× ``accumulate`` and ``map``); interpreted, at the same speed."""
+    weights: list[int] = []
+    below = 0
+    for count in baseline.latency[baseline.lowest : baseline.highest + 1].tolist():
+        weights.append(below + below + count)
+        below += count
+    return weights
 
 
 def mann_whitney_theta(
@@ -391,7 +396,9 @@ def mann_whitney_theta(
     twice = 0
     if first <= last:
         offset = first - shift - lo_b
-        twice = sum(map(mul, counts[first : last + 1], weights[offset:]))
+        for count in counts[first : last + 1].tolist():
+            twice += count * weights[offset]
+            offset += 1
     above = max(first, last + 1, hi_b + shift + 1)
     if above <= canary.highest:
         twice += 2 * n_b * sum(counts[above : canary.highest + 1])
