@@ -2,7 +2,14 @@
 serving Starlette, and gunicorn serving Flask, each bare and with the gate.
 
 Only 127.0.0.1, bounded durations; servers are started here and stopped by
-PID. Reports requests per second and the server's CPU time per request.
+PID. Reports requests per second and the server's CPU time per request
+(user and system). Where ``taskset`` and two CPUs are available the server
+runs on one and wrk on the other, so they do not take turns on a core.
+
+Beside bare and the gate, the uvicorn rows include a middleware that does
+nothing and middlewares that burn 2, 5 and 10 µs of CPU per request on a
+warm cache: a calibration, in the same run, of what a middleware of known
+in-process cost costs the loaded server (see ``benchmarks/PROFILE.md``).
 """
 
 from __future__ import annotations
@@ -38,18 +45,32 @@ def wait_for(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def cpu_seconds(pid: int) -> float:
+BURNS_US = (2, 5, 10)
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a server and its workers."""
     process = psutil.Process(pid)
-    total = sum(process.cpu_times()[:2])
-    for child in process.children(recursive=True):
-        total += sum(child.cpu_times()[:2])
-    return total
+    times = [process.cpu_times()]
+    times += [child.cpu_times() for child in process.children(recursive=True)]
+    return sum(t.user for t in times), sum(t.system for t in times)
 
 
-def measure(args: list[str], env: dict[str, str], port: int, seconds: int) -> tuple[float, float]:
-    """(requests per second, server CPU µs per request)."""
+def pinning() -> tuple[list[str], list[str]]:
+    """Command prefixes that put the server and wrk on two different CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if shutil.which("taskset") is None or len(cpus) < 2:
+        return [], []
+    return ["taskset", "-c", str(cpus[0])], ["taskset", "-c", str(cpus[1])]
+
+
+def measure(
+    args: list[str], env: dict[str, str], port: int, seconds: int
+) -> tuple[float, float, float]:
+    """(requests per second, server user CPU µs per request, system µs)."""
+    on_server, on_client = pinning()
     server = subprocess.Popen(
-        args,
+        on_server + args,
         cwd=HERE,
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
@@ -59,10 +80,12 @@ def measure(args: list[str], env: dict[str, str], port: int, seconds: int) -> tu
     try:
         wait_for(port)
         url = f"http://127.0.0.1:{port}/"
-        subprocess.run(["wrk", "-t1", "-c16", "-d1s", url], capture_output=True, timeout=30)  # warm
-        before = cpu_seconds(server.pid)
+        warm = [*on_client, "wrk", "-t1", "-c16", "-d1s", url]
+        subprocess.run(warm, capture_output=True, timeout=30)
+        user_before, system_before = cpu_seconds(server.pid)
         out = subprocess.run(
             [
+                *on_client,
                 "wrk",
                 "-t1",
                 "-c16",
@@ -75,10 +98,10 @@ def measure(args: list[str], env: dict[str, str], port: int, seconds: int) -> tu
             text=True,
             timeout=seconds + 30,
         ).stdout
-        cpu = cpu_seconds(server.pid) - before
+        user, system = cpu_seconds(server.pid)
         total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-        return rps, cpu / total * 1e6
+        return rps, (user - user_before) / total * 1e6, (system - system_before) / total * 1e6
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -128,38 +151,50 @@ def run(quick: bool, builds: dict[str, str] | None = None) -> list[str]:
             "loopback_apps:flask_app",
         ],
     }
+    pinned = " (server and wrk on separate CPUs)" if pinning()[0] else ""
     lines = [
-        "Loopback throughput (wrk -t1 -c16, 127.0.0.1; medians of "
+        f"Loopback throughput (wrk -t1 -c16, 127.0.0.1{pinned}; medians of "
         f"{rounds} interleaved {seconds} s runs)",
         "",
-        f"  {'server':<22} {'app':<30} {'req/s':>10} {'× bare':>8} {'server CPU µs/req':>18}",
+        f"  {'server':<20} {'app':<32} {'req/s':>9} {'× bare':>7} "
+        f"{'CPU µs/req: user':>17} {'sys':>6} {'added':>6}",
     ]
     for server, command in servers.items():
-        envs: dict[str, dict[str, str]] = {"bare": {"GATE_BENCH_WITH_GATE": ""}}
-        if builds is not None:
-            envs["a do-nothing middleware"] = {"GATE_BENCH_WITH_GATE": "passthrough"}
+        envs: dict[str, dict[str, str]] = {
+            "bare": {"GATE_BENCH_WITH_GATE": ""},
+            "a do-nothing middleware": {"GATE_BENCH_WITH_GATE": "passthrough"},
+        }
+        if server.startswith("uvicorn"):
+            for burn in BURNS_US:
+                envs[f"a middleware burning {burn} µs"] = {"GATE_BENCH_WITH_GATE": f"burn:{burn}"}
         if builds is None:
             envs["with gate (metrics API only)"] = {"GATE_BENCH_WITH_GATE": "1"}
         for name, folder in (builds or {}).items():
             envs[f"with gate, {name}"] = {"GATE_BENCH_WITH_GATE": "1", "PYTHONPATH": folder}
-        samples: dict[str, list[tuple[float, float]]] = {variant: [] for variant in envs}
+        samples: dict[str, list[tuple[float, float, float]]] = {variant: [] for variant in envs}
         for _ in range(rounds):
             for variant, env in envs.items():
                 port = free_port()
                 samples[variant].append(measure(command(port), env, port, seconds))
-        bare_rps = sorted(r for r, _ in samples["bare"])[len(samples["bare"]) // 2]
+
+        def median(values: list[float]) -> float:
+            return sorted(values)[len(values) // 2]
+
+        bare_rps = median([r for r, _, _ in samples["bare"]])
+        bare_cpu = median([u + s for _, u, s in samples["bare"]])
         for variant, values in samples.items():
-            rps = sorted(r for r, _ in values)[len(values) // 2]
-            cpu = sorted(c for _, c in values)[len(values) // 2]
+            rps = median([r for r, _, _ in values])
+            user, system = median([u for _, u, _ in values]), median([s for _, _, s in values])
             lines.append(
-                f"  {server:<22} {variant:<30} {rps:>10,.0f} {rps / bare_rps:>8.2f} {cpu:>18,.1f}"
+                f"  {server:<20} {variant:<32} {rps:>9,.0f} {rps / bare_rps:>7.2f} "
+                f"{user:>17,.1f} {system:>6,.1f} {user + system - bare_cpu:>+6,.1f}"
             )
     return ["\n".join(lines) + "\n"]
 
 
 def main() -> int:
     """``python -m benchmarks.loopback [--quick] [REV ...]``: bare, a
-    do-nothing middleware, and the gate of each revision (default ``.
+    do-nothing middleware, the burning ones, and the gate of each revision (default ``.
     .+mypyc``: the working tree's pure-Python and compiled builds; ``main``
     for the main branch; each made in a temporary folder, as
     ``benchmarks.compare`` makes them)."""
