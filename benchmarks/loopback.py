@@ -181,7 +181,8 @@ def run(quick: bool, builds: dict[str, str] | None = None) -> list[str]:
             return sorted(values)[len(values) // 2]
 
         bare_rps = median([r for r, _, _ in samples["bare"]])
-        bare_cpu = median([u + s for _, u, s in samples["bare"]])
+        bare_cpu = median([u for _, u, _ in samples["bare"]])
+        bare_cpu += median([s for _, _, s in samples["bare"]])
         for variant, values in samples.items():
             rps = median([r for r, _, _ in values])
             user, system = median([u for _, u, _ in values]), median([s for _, _, s in values])
