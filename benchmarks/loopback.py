@@ -58,8 +58,10 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 
 def pinning() -> tuple[list[str], list[str]]:
     """Command prefixes that put the server and wrk on two different CPUs."""
+    if shutil.which("taskset") is None or not hasattr(os, "sched_getaffinity"):
+        return [], []
     cpus = sorted(os.sched_getaffinity(0))
-    if shutil.which("taskset") is None or len(cpus) < 2:
+    if len(cpus) < 2:
         return [], []
     return ["taskset", "-c", str(cpus[0])], ["taskset", "-c", str(cpus[1])]
 

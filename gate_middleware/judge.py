@@ -360,7 +360,7 @@ def _win_weights(baseline: Evidence) -> list[int]:
     count half), in integers.
 
     A plain loop over a list: compiled, it runs at machine-integer speed
-    (2–3× ``accumulate`` and ``map``); interpreted, at the same speed."""
+    (2–3× ``accumulate`` and ``map``); interpreted, about as fast."""
     weights: list[int] = []
     below = 0
     for count in baseline.latency[baseline.lowest : baseline.highest + 1].tolist():
