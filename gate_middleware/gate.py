@@ -165,7 +165,6 @@ def routing_table(state: GateState, config: PromotionConfig) -> RoutingTable:
         threshold,
         (True, environment, canary, frozenset(canary), reasons[0]),
         (False, Environment.PRODUCTION, stable, frozenset(stable), reasons[1]),
-        state.version,
         state.step,
     )
 

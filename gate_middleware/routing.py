@@ -145,18 +145,15 @@ class RoutingTable:
     """What routing needs from one gate state, made once per state change
     (the gate builds it) and read by every request without a lock."""
 
-    __slots__ = ("threshold", "canary", "stable", "version", "step", "hasher")
+    __slots__ = ("threshold", "canary", "stable", "step", "hasher")
 
-    def __init__(
-        self, name: str, threshold: int, canary: Path, stable: Path, version: int, step: int
-    ) -> None:
+    def __init__(self, name: str, threshold: int, canary: Path, stable: Path, step: int) -> None:
         self.threshold = threshold
         self.canary = canary
         self.stable = stable
-        self.version = version
         self.step = step
-        # SHA-256 with ``f"{name}:"`` already fed: route() copies it (a copy
-        # skips OpenSSL's digest lookup and hashing the prefix again).
+        # SHA-256 with ``f"{name}:"`` already fed: route() copies it rather
+        # than hashing the prefix again for every session.
         self.hasher = _sha256(f"{name}:".encode())
 
     def route(self, session_id: str) -> RoutingDecision:
