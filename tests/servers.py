@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,14 +17,14 @@ import httpx
 ROOT = Path(__file__).parent.parent
 
 
-def eventually(check: object, seconds: float = 1.0) -> bool:
+def eventually(check: Callable[[], object], seconds: float = 1.0) -> bool:
     """Whether ``check()`` turns true within ``seconds`` (polled every 20 ms)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
+        if check():
             return True
         time.sleep(0.02)
-    return bool(check())  # type: ignore[operator]
+    return bool(check())
 
 
 def free_port() -> int:
