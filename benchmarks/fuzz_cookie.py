@@ -13,7 +13,9 @@ request (method, path, ``Authorization``, ``Content-Type``, body). Each goes
 through:
 
 - ``SessionCookie.read_and_check``: must not raise, must return ``None`` or a
-  well-formed id, and must take less than ``MAX_PARSE_SECONDS``;
+  well-formed id, and must take less than ``MAX_PARSE_SECONDS`` (a campaign
+  here is a measurement; ``GATE_FUZZ_TIMED=0``, as the test suite's bounded
+  run sets it, leaves the clock out and checks the rest);
 - a full request through ``GateWSGIMiddleware`` and ``GateASGIMiddleware``
   (several ``Cookie`` headers under ASGI): a 200 from the app, never a
   fail-open fault, a well-formed ``Set-Cookie`` when one is set, with
@@ -33,6 +35,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import re
 import sys
 import time
@@ -58,6 +61,7 @@ WRONG_SECRET = "fuzz-wrong-secret-012345678901"
 OVERRIDE_TOKEN = "fuzz-override-token-0123456789"
 ADMIN_TOKEN = "fuzz-admin-token-0123456789abc"
 MAX_PARSE_SECONDS = 0.05  # a header of up to 16 KB; linear parsing takes well under 1 ms
+TIMED = os.environ.get("GATE_FUZZ_TIMED", "1") != "0"
 _ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
 DIGITS = list("0123456789\xb2\xb3\xb9\u0660\u0661\u06f1\u0967\uff11\U0001d7ce")
 
@@ -128,7 +132,7 @@ def parse_seconds(header: str) -> float:
 
 def check_reader(header: str) -> None:
     session_id, sign_again = READER.read_and_check(header)
-    if parse_seconds(header) > MAX_PARSE_SECONDS:
+    if TIMED and parse_seconds(header) > MAX_PARSE_SECONDS:
         # The best of five, so a busy machine's pause is not taken for the parser.
         elapsed = min(parse_seconds(header) for _ in range(5))
         if elapsed > MAX_PARSE_SECONDS:

@@ -178,11 +178,11 @@ def test_a_state_that_keeps_changing_gives_up_with_the_cause(redis_server: Redis
     try:
         assert eventually(lambda: "foreign" in (redis_server.cli("HGET", key, "id") or ""), 5.0)
         calls_before = _evalsha_calls(redis_server)
-        started = time.monotonic()
         with pytest.raises(PromotionError, match="another process keeps changing it"):
             gate.set_traffic_percent(20)
-        assert time.monotonic() - started < 1.5
-        assert _evalsha_calls(redis_server) - calls_before < 100  # backs off; no busy loop
+        # It tried more than once, then gave up after a bounded number of tries
+        # with back-off between them: no busy loop. (Counted, not timed.)
+        assert 2 <= _evalsha_calls(redis_server) - calls_before < 100
     finally:
         writer.kill()
         writer.wait()
@@ -300,6 +300,7 @@ def test_a_corrupt_epoch_or_bucket_field_loses_no_outcome(
 # -- 5. Redis I/O on the event loop ------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_admin_writes_and_automatic_rollbacks_do_not_stall_the_event_loop(
     redis_server: RedisServer,
 ) -> None:
@@ -314,18 +315,20 @@ def test_admin_writes_and_automatic_rollbacks_do_not_stall_the_event_loop(
         routes=[Route("/plain", plain), Mount("/gate", AdminASGIApp(gate, token=TOKEN))]
     )
     app.add_middleware(GateMiddleware, gate=gate, exclude_paths=["/gate"])
-    slowest: list[float] = []
+    # Requests answered while Redis sleeps under an admin write: a stalled event
+    # loop answers none of them until Redis wakes. (Counted, not timed.)
+    awake = threading.Event()
+    answered_asleep: list[bool] = []
     with serving(app) as base, httpx.Client(base_url=base, timeout=5.0) as client:
         client.get("/plain")
 
         async def traffic(seconds: float) -> None:
             async with httpx.AsyncClient(base_url=base, timeout=5.0) as browser:
                 deadline = time.monotonic() + seconds
-                while time.monotonic() < deadline:
+                while time.monotonic() < deadline and not awake.is_set():
                     browser.cookies.clear()
-                    started = time.monotonic()
                     await browser.get("/plain")
-                    slowest.append(time.monotonic() - started)
+                    answered_asleep.append(not awake.is_set())
 
         def admin_post() -> None:
             httpx.post(
@@ -335,7 +338,11 @@ def test_admin_writes_and_automatic_rollbacks_do_not_stall_the_event_loop(
                 timeout=10.0,
             )
 
-        sleeper = threading.Thread(target=redis_server.cli, args=("DEBUG", "SLEEP", "1.5"))
+        def sleep_redis() -> None:
+            redis_server.cli("DEBUG", "SLEEP", "1.5")
+            awake.set()
+
+        sleeper = threading.Thread(target=sleep_redis)
         sleeper.start()
         time.sleep(0.1)
         poster = threading.Thread(target=admin_post)
@@ -343,8 +350,7 @@ def test_admin_writes_and_automatic_rollbacks_do_not_stall_the_event_loop(
         asyncio.run(traffic(1.2))  # ...and failures trigger an automatic rollback meanwhile
         sleeper.join()
         poster.join()
-    assert len(slowest) > 20
-    assert max(slowest) < 0.3, f"a request waited {max(slowest):.2f} s"
+    assert answered_asleep.count(True) >= 10, answered_asleep
     assert eventually(lambda: gate.environment == Environment.PRODUCTION, 3.0)
 
 
@@ -381,8 +387,11 @@ def test_processes_whose_clocks_are_off_neither_lose_nor_double_outcomes(
     rollout = rollout_name("skew")
     with caplog.at_level(logging.WARNING, logger="gate_middleware"):
         stores = [
-            RedisWindowStore(client, rollout, 2.0, clock=lambda off=off: time.time() + off)
-            for off in (2.0, 0.0, -2.0)
+            # Clocks 12 s apart around a 6 s window: uncorrected, each would see
+            # the others' slices as expired or not yet begun; the window is
+            # long enough that a loaded machine's pauses expire nothing.
+            RedisWindowStore(client, rollout, 6.0, clock=lambda off=off: time.time() + off)
+            for off in (6.0, 0.0, -6.0)
         ]
     for store in stores:
         for _ in range(25):

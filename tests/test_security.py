@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import time
 from typing import Any
 from wsgiref.util import setup_testing_defaults
@@ -20,6 +21,9 @@ from gate_middleware.session import SessionCookie
 
 from .apps import FRAMEWORKS, app_for
 from .conftest import metric_points
+
+# What a session id the middleware accepts looks like (gate_middleware/session.py).
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 SECRET = "the-real-secret-0123456789abcdef"
 PERCENT = 10.0
@@ -289,12 +293,10 @@ def test_hostile_cookie_headers_break_nothing(framework: str) -> None:
     @given(header=cookie_headers())
     def hostile(header: bytes) -> None:
         text = header.decode("latin-1")
-        parse_seconds = math.inf
-        for _ in range(3):  # the best of three: a GC pause is not the parser
-            started = time.perf_counter()
-            reader.read(text)
-            parse_seconds = min(parse_seconds, time.perf_counter() - started)
-        assert parse_seconds < 0.010
+        # How long a parse takes is measured in benchmarks/fuzz_cookie.py (and
+        # its growth in test_cookie_parsing_time_grows_linearly), not per case.
+        session_id = reader.read(text)
+        assert session_id is None or SESSION_ID.fullmatch(session_id), session_id
         status, body = client(framework).get(header)
         assert status == 200, body
         assert json.loads(body)["variant"] in ("canary", "stable")
@@ -302,6 +304,8 @@ def test_hostile_cookie_headers_break_nothing(framework: str) -> None:
     hostile()
 
 
+# Two sizes timed in one run: alone on the machine, so the other tests are not the noise.
+@pytest.mark.serial
 def test_cookie_parsing_time_grows_linearly() -> None:
     reader = SessionCookie(secret=SECRET)
 
