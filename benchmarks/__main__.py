@@ -58,7 +58,7 @@ def main() -> int:
     args = parser.parse_args()
 
     header = (
-        f"gate-middleware benchmarks, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n"
+        f"gate-middleware benchmarks, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n"
         f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
         f"Python {platform.python_version()} ({sys.implementation.name}), "
         f"{__import__('os').cpu_count()} cores\n"
@@ -77,7 +77,7 @@ def main() -> int:
             sections.append(section)
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H%M")
         path = RESULTS / f"{stamp}{'-quick' if args.quick else ''}.txt"
         path.write_text("\n".join(sections), encoding="utf-8")
         print(f"saved {path}")

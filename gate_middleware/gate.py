@@ -35,7 +35,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from opentelemetry.metrics import MeterProvider
@@ -1063,7 +1063,7 @@ class PromotionGate(Autopilot):
             self._timer.ensure()  # threads do not survive a fork; started once all is fresh
 
     def _utcnow(self) -> datetime:
-        return datetime.fromtimestamp(self._wall_clock(), timezone.utc)
+        return datetime.fromtimestamp(self._wall_clock(), UTC)
 
     def __repr__(self) -> str:
         return f"<PromotionGate {self.name!r} {self._state.environment}>"

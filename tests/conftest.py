@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -9,6 +10,24 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from gate_middleware import PromotionGate
 
 from .servers import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# ./dev test's compiled pass runs the suite from a copy of the checkout without
+# the package's sources, against the compiled wheel installed in its venv.
+SOURCES = (ROOT / "gate_middleware").is_dir()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if SOURCES:
+        return
+    skip = pytest.mark.skip(
+        reason="checks the sources, which this pass (an installed wheel) does not have: "
+        "it ran in the pure pass"
+    )
+    for item in items:
+        if item.get_closest_marker("sources"):
+            item.add_marker(skip)
 
 
 class FakeClock:

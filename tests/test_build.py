@@ -1,11 +1,14 @@
 """The two builds: pure Python (any ``pip install`` from source) and the
 compiled one (``GATE_MIDDLEWARE_MYPYC=1``, mypyc). ``./dev test`` runs the
-whole suite against each and says which in ``GATE_EXPECT_BUILD``."""
+whole suite against each and says which in ``GATE_EXPECT_BUILD``: the pure
+pass in the checkout, the compiled pass against the compiled wheel (``./dev
+wheel``, named in ``GATE_WHEEL``) installed in a venv of its own."""
 
 from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,6 +22,7 @@ from tests.wheels import build_environ, build_wheel, source_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = os.environ.get("GATE_EXPECT_BUILD")
+WHEEL = os.environ.get("GATE_WHEEL")
 
 
 def compiled_modules() -> list[str]:
@@ -43,12 +47,15 @@ def test_the_suite_runs_against_the_build_it_names() -> None:
     if BUILD == "compiled":
         assert gate_middleware.COMPILED
         assert [name for name in names if not is_extension(name)] == []
+        # The installed wheel, not a build beside the checkout's sources.
+        assert not Path(gate_middleware.__file__ or "").is_relative_to(ROOT)
     else:
         assert BUILD == "pure"
         assert not gate_middleware.COMPILED
         assert [name for name in names if is_extension(name)] == []
 
 
+@pytest.mark.sources
 def test_a_source_install_needs_no_compiler(tmp_path: Path) -> None:
     # CC pointing at a program that always fails: any compile step would fail.
     wheel = build_wheel(source_copy(tmp_path / "src"), tmp_path / "out", CC="false")
@@ -75,6 +82,7 @@ def without_mypy(source: Path, code: str, **env: str) -> subprocess.CompletedPro
     )
 
 
+@pytest.mark.sources
 def test_a_compiled_build_asks_for_mypy_and_fails_clearly_without_it(tmp_path: Path) -> None:
     source = source_copy(tmp_path / "src")
     # An isolated build (pip, python -m build) first asks what it needs.
@@ -93,9 +101,11 @@ def test_a_compiled_build_asks_for_mypy_and_fails_clearly_without_it(tmp_path: P
     assert refused.returncode != 0 and "GATE_MIDDLEWARE_MYPYC='maybe'" in refused.stderr
 
 
-@pytest.mark.skipif(BUILD != "compiled", reason="builds with mypyc: run in the compiled pass")
-def test_a_compiled_wheel_runs_without_mypy(tmp_path: Path) -> None:
-    wheel = build_wheel(source_copy(tmp_path / "src"), tmp_path / "out", GATE_MIDDLEWARE_MYPYC="1")
+@pytest.mark.skipif(WHEEL is None, reason="GATE_WHEEL is set by ./dev test's compiled pass")
+def test_the_compiled_wheel_runs_without_mypy_and_agrees_with_its_own_sources(
+    tmp_path: Path,
+) -> None:
+    wheel = Path(WHEEL or "")
     assert not wheel.name.endswith("-none-any.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for module in compiled_modules():
@@ -104,14 +114,20 @@ def test_a_compiled_wheel_runs_without_mypy(tmp_path: Path) -> None:
         assert path + ".py" in names  # the readable source ships beside it
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
+    # The same wheel's Python sources alone: the pure build of the same code.
+    pure = tmp_path / "pure"
+    shutil.copytree(
+        site, pure, ignore=shutil.ignore_patterns(*(f"*{s}" for s in EXTENSION_SUFFIXES))
+    )
     # A user's environment: the wheel and its runtime dependencies, no mypy.
     script = (
         "import sys\n"
         "for name in ('mypy', 'mypyc', 'mypy_extensions', 'librt'):\n"
         "    sys.modules[name] = None\n"
-        f"sys.path.insert(0, {str(site)!r})\n"
+        "sys.path.insert(0, sys.argv[1])\n"
         "import gate_middleware as g\n"
-        "assert g.COMPILED and g.__file__.startswith(sys.path[0]), g.__file__\n"
+        "assert g.__file__.startswith(sys.argv[1]), g.__file__\n"
+        "print(g.COMPILED)\n"
         "gate = g.PromotionGate(g.PromotionConfig(environment=g.Environment.canary(50.0)))\n"
         "for i in range(2000):\n"
         "    d = gate.route_request(f'session-{i}')\n"
@@ -120,33 +136,21 @@ def test_a_compiled_wheel_runs_without_mypy(tmp_path: Path) -> None:
         "h = gate.monitor_canary_health()\n"
         "print(h.verdict, h.canary_requests, h.production_requests, h.health_score)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    # The same requests through the pure-Python package give the same verdict.
-    pure = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            script.replace(f"sys.path.insert(0, {str(site)!r})", "").replace(
-                "assert g.COMPILED and g.__file__.startswith(sys.path[0]), g.__file__",
-                "assert not g.COMPILED, g.__file__",
-            ),
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(tmp_path / "src")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert pure.returncode == 0, pure.stderr
-    assert done.stdout.split() == pure.stdout.split()
-    verdict, canary, production, _ = done.stdout.split()
+
+    def run(where: Path) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(where)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    compiled, interpreted = run(site), run(pure)
+    assert compiled[0] == "True" and interpreted[0] == "False"
+    assert compiled[1:] == interpreted[1:]
+    verdict, canary, production, _ = compiled[1:]
     assert int(canary) + int(production) == 2000 and int(canary) > 800

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta
 
 import pytest
 
@@ -136,7 +136,7 @@ def test_rollback_when_error_rate_is_over_one_and_a_half_times(
     assert fired == [event]
     assert event.feature == "all" and event.automatic
     assert event.environment == Environment.canary(10)
-    assert event.timestamp.tzinfo is timezone.utc
+    assert event.timestamp.tzinfo is UTC
     assert event.reason.startswith("Canary health score")
     assert "error rate" in event.reason
     assert event.health is not None and event.health.canary_error_rate == pytest.approx(0.1)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.wheels import build_wheel, source_copy
 
@@ -25,6 +31,7 @@ print("ok", s.GateMiddleware.__name__, f.GateExtension.__name__, d.GateMiddlewar
 """
 
 
+@pytest.mark.sources
 def test_the_wheel_installs_the_core_and_the_adapters(tmp_path: Path) -> None:
     wheel = build_wheel(source_copy(tmp_path / "src"), tmp_path / "out")
     with zipfile.ZipFile(wheel) as archive:
@@ -82,40 +89,82 @@ def test_a_missing_framework_names_the_extra(tmp_path: Path) -> None:
     assert 'pip install "gate-middleware[flask]"' in result.stderr
 
 
-def test_both_readme_commands_resolve_on_python_3_10(tmp_path: Path) -> None:
-    # ./dev installs ".[test,bench]": every requirement needs a release that
-    # supports the oldest Python the README promises.
-    report = tmp_path / "report.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--dry-run",
-            "-q",
-            "--python-version",
-            "3.10",
-            "--only-binary=:all:",
-            "--ignore-installed",
-            "--target",
-            str(tmp_path / "target"),
-            "--report",
-            str(report),
-            f"{ROOT}[test,bench]",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    import json
-
-    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
-    assert {"httpx", "starlette", "django", "flask", "openfeature-sdk"} <= names
-    assert "httpx2" not in names
+def _pins(lock: Path) -> list[tuple[Requirement, str]]:
+    """(name==version with its marker, version) for each line of a lock file."""
+    pins = []
+    for line in lock.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith(("#", " ")):
+            requirement = Requirement(line)
+            (spec,) = requirement.specifier
+            assert spec.operator == "==", line
+            pins.append((requirement, spec.version))
+    return pins
 
 
+def _requirements(extras: list[str]) -> list[Requirement]:
+    """The project's requirements with ``extras``, its own extras expanded."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    found = [Requirement(text) for text in project["dependencies"]]
+    todo, seen = list(extras), set()
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for text in project["optional-dependencies"][extra]:
+            requirement = Requirement(text)
+            if requirement.name == "gate-middleware":
+                todo.extend(requirement.extras)
+            else:
+                found.append(requirement)
+    return found
+
+
+def _supported_pythons() -> list[str]:
+    classifiers = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["classifiers"]
+    prefix = "Programming Language :: Python :: 3."
+    return [c.rsplit(" ", 1)[1] for c in classifiers if c.startswith(prefix)]
+
+
+@pytest.mark.parametrize(
+    ("lock", "extras"), [("dev.txt", ["test", "bench"]), ("demo.txt", ["demo"])]
+)
+def test_the_lock_files_pin_what_pyproject_asks_for(lock: str, extras: list[str]) -> None:
+    # ./dev installs from these; after an edit to pyproject.toml, ./dev lock refreshes them.
+    pins = _pins(ROOT / "requirements" / lock)
+    for python in _supported_pythons():
+        for platform in ("linux", "darwin", "win32"):
+            env = {"python_version": python, "python_full_version": f"{python}.0"}
+            env["sys_platform"] = platform
+            chosen = {
+                canonicalize_name(r.name): version
+                for r, version in pins
+                if r.marker is None or r.marker.evaluate(env)
+            }
+            for requirement in _requirements(extras):
+                if requirement.marker is not None and not requirement.marker.evaluate(env):
+                    continue
+                name = canonicalize_name(requirement.name)
+                assert name in chosen, f"{lock} pins no {name} for Python {python} on {platform}"
+                assert requirement.specifier.contains(chosen[name], prereleases=True), (
+                    f"{lock}: {name}=={chosen[name]} is outside {requirement} "
+                    f"(Python {python}, {platform}): run ./dev lock"
+                )
+
+
+def test_the_pythons_claimed_are_the_pythons_ci_runs() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    claimed = _supported_pythons()
+    ci = re.search(r'^PYTHONS="([^"]*)"', (ROOT / ".ci" / "run").read_text(), re.M)
+    assert ci is not None, ".ci/run names no PYTHONS"
+    assert ci.group(1).split() == claimed
+    oldest = claimed[0]
+    assert project["project"]["requires-python"] == f">={oldest}"
+    assert project["tool"]["mypy"]["python_version"] == oldest
+    assert project["tool"]["ruff"]["target-version"] == "py" + oldest.replace(".", "")
+
+
+@pytest.mark.sources
 def test_the_sdist_ships_the_license_and_changelog_and_no_tests(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, "-c", SDIST, str(ROOT), str(tmp_path)],
@@ -135,7 +184,8 @@ def test_the_sdist_ships_the_license_and_changelog_and_no_tests(tmp_path: Path) 
     assert not [name for name in names if name.startswith(("tests/", "benchmarks/"))]
     assert "License-Expression: MIT" in metadata
     assert "License-File: LICENSE" in metadata
-    assert "Classifier: Programming Language :: Python :: 3.10" in metadata
+    assert "Classifier: Programming Language :: Python :: 3.11" in metadata
+    assert "Requires-Python: >=3.11" in metadata
     assert "Classifier: Typing :: Typed" in metadata
 
 
@@ -146,3 +196,37 @@ import os
 os.chdir(sys.argv[1])
 build_meta.build_sdist(sys.argv[2])
 """
+
+
+@pytest.mark.parametrize(
+    ("platform", "tags"),
+    [
+        (
+            "linux",
+            {"manylinux_x86_64", "manylinux_aarch64", "musllinux_x86_64", "musllinux_aarch64"},
+        ),
+        ("macos", {"macosx_x86_64", "macosx_arm64"}),
+        ("windows", {"win_amd64"}),
+    ],
+)
+def test_compiled_wheels_are_built_for_each_supported_python(platform: str, tags: set[str]) -> None:
+    cibuildwheel = Path(sys.executable).parent / "cibuildwheel"
+    result = subprocess.run(
+        [str(cibuildwheel), "--print-build-identifiers", "--platform", platform],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    built = {tuple(line.split("-", 1)) for line in result.stdout.split()}
+    pythons = {"cp" + version.replace(".", "") for version in _supported_pythons()}
+    assert built == {(python, tag) for python in pythons for tag in tags}
+
+
+def test_the_wheel_workflow_builds_with_the_locked_cibuildwheel() -> None:
+    workflow = (ROOT / ".github" / "workflows" / "wheels.yml").read_text(encoding="utf-8")
+    locked = dict((r.name, v) for r, v in _pins(ROOT / "requirements" / "dev.txt"))
+    assert f"pypa/cibuildwheel@v{locked['cibuildwheel']}" in workflow
+    for arch in ("x86_64", "aarch64", "arm64", "AMD64"):
+        assert f"arch: {arch}" in workflow

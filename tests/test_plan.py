@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -272,7 +272,7 @@ def test_a_whole_plan_night_manual_gate_pause_rollback_and_retry(clock: FakeCloc
         ("plan_step", "gate"),
     ]
     for event in gate.get_history():
-        assert event.timestamp.tzinfo is timezone.utc
+        assert event.timestamp.tzinfo is UTC
     gate.close()
 
 

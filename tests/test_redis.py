@@ -137,6 +137,7 @@ def worker_app(
     return args, {"GATE_REDIS_URL": redis_server.url, "GATE_ROLLOUT": rollout, **env}
 
 
+@pytest.mark.serial
 def test_four_workers_roll_back_once_and_follow_promotions(redis_server: RedisServer) -> None:
     port = free_port()
     args, env = worker_app(
