@@ -31,8 +31,8 @@ from gate_middleware.routing import CANARY
 from gate_middleware.state import GateEvent, GateState, PromotionEvent, RollbackEvent
 
 if TYPE_CHECKING:
+    from gate_middleware.stores import WindowStore
     from gate_middleware.telemetry import GateTelemetry
-    from gate_middleware.window import WindowStore
 
 logger = logging.getLogger("gate_middleware")
 

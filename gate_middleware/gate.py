@@ -87,11 +87,11 @@ from gate_middleware.state import (
     InMemoryStateStore,
     PromotionEvent,
     RollbackEvent,
-    StateStore,
 )
+from gate_middleware.stores import StateStore, WindowStore, missing_members, open_stores
 from gate_middleware.telemetry import GateTelemetry
 from gate_middleware.webhooks import Webhook
-from gate_middleware.window import InMemoryWindowStore, WindowStats, WindowStore
+from gate_middleware.window import InMemoryWindowStore, WindowStats
 
 logger = logging.getLogger("gate_middleware")
 
@@ -104,6 +104,21 @@ _GATES: weakref.WeakSet[PromotionGate] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for gate in list(_GATES):
         gate._after_fork()
+
+
+def _checked(store: Any, port: type, name: str) -> Any:
+    """``store`` if it has every member of ``port``; else a ``ConfigError``
+    naming what it lacks (a store subclasses ``gate_middleware.stores``'
+    ``StateStoreBase`` / ``WindowStoreBase`` for the optional ones)."""
+    missing = missing_members(store, port)
+    if missing:
+        raise ConfigError(
+            name,
+            type(store).__name__,
+            f"a {port.__name__} (gate_middleware.stores); it lacks {', '.join(missing)}: "
+            f"subclass {port.__name__}Base for no-op defaults of the optional methods",
+        )
+    return store
 
 
 Callback = TypeVar("Callback", bound=Callable[..., Any])
@@ -214,16 +229,17 @@ class PromotionGate(Autopilot):
             self.add_webhook(webhook)
         if state_store is None:
             state_store = InMemoryStateStore(self._initial_state(config, wall_clock()))
-        self._store = state_store
-        self._windows = window_store or InMemoryWindowStore(config.rollback_window_seconds)
+        if window_store is None:
+            window_store = InMemoryWindowStore(config.rollback_window_seconds)
+        self._store: StateStore = _checked(state_store, StateStore, "state_store")
+        self._windows: WindowStore = _checked(window_store, WindowStore, "window_store")
         self._state = state_store.load()
         self._routing = routing_table(self._state, config)
         self.stale_outcomes = 0
         self._burn_lock = threading.Lock()
         self._step_began(clock())
-        subscribe = getattr(state_store, "subscribe", None)
-        if subscribe is not None:  # a shared store tells us of other processes' changes
-            subscribe(self._adopt_if_newer)
+        # A shared store tells us of other processes' changes.
+        self._store.subscribe(self._adopt_if_newer)
         self._rollback_callbacks: list[Callable[[RollbackEvent], Any]] = []
         self._promotion_callbacks: list[Callable[[PromotionEvent], Any]] = []
         self._evaluation_lock = threading.Lock()
@@ -316,8 +332,6 @@ class PromotionGate(Autopilot):
         Needs ``pip install "gate-middleware[redis]"``; see
         ``gate_middleware.redis_store`` for what holds while Redis is down.
         """
-        from gate_middleware.redis_store import DEFAULT_KEY_PREFIX, shared_stores
-
         if key_prefix is None and (config is None or config.name == PromotionConfig.name):
             raise ConfigError(
                 "config",
@@ -327,14 +341,17 @@ class PromotionGate(Autopilot):
             )
         config = PromotionConfig() if config is None else config
         wall_clock = options.get("wall_clock", time.time)
-        state_store, window_store = shared_stores(
+        backend: dict[str, Any] = {"transition_timeout": transition_timeout}
+        if key_prefix is not None:
+            backend["key_prefix"] = key_prefix
+        if wait_replicas is not None:
+            backend["wait_replicas"] = wait_replicas
+        state_store, window_store = open_stores(
             url,
             config,
             cls._initial_state(config, wall_clock()),
             options.get("meter_provider"),
-            key_prefix=DEFAULT_KEY_PREFIX if key_prefix is None else key_prefix,
-            wait_replicas=wait_replicas,
-            transition_timeout=transition_timeout,
+            **backend,
         )
         return cls(config, slo, state_store=state_store, window_store=window_store, **options)
 
@@ -361,7 +378,7 @@ class PromotionGate(Autopilot):
         this transition, reported once. Bounded: after the store's
         ``transition_timeout`` (5 s) of lost races, ``PromotionError``.
         """
-        timeout = float(getattr(self._store, "transition_timeout", 5.0))
+        timeout = self._store.transition_timeout
         deadline = time.monotonic() + timeout
         attempts: dict[str, tuple[GateState, Event]] = {}
         pause = 0.001
@@ -495,7 +512,7 @@ class PromotionGate(Autopilot):
             return
         self._last_evaluation = now
         self._next_evaluation = now + self.config.evaluation_interval_seconds
-        if getattr(self._store, "remote", False):
+        if self._store.remote:
             # A rollback through a shared store is network I/O: never on the
             # request's thread (an ASGI worker's event loop). The thread
             # releases the lock.
@@ -1025,13 +1042,9 @@ class PromotionGate(Autopilot):
 
     def _store_status(self) -> dict[str, Any]:
         """The stores' health: "ok", "unreachable" or "corrupt" (the worst), and why."""
-        found = [
-            status()
-            for status in (getattr(store, "status", None) for store in (self._store, self._windows))
-            if status is not None
-        ]
-        if not found:
+        if not (self._store.remote or self._windows.remote):
             return {"kind": "memory", "status": "ok"}
+        found = [self._store.status(), self._windows.status()]
         problems = [detail for _, detail in found if detail]
         names = {name for name, _ in found}
         worst = next((n for n in ("corrupt", "unreachable") if n in names), "ok")
@@ -1044,19 +1057,15 @@ class PromotionGate(Autopilot):
             self._timer.close()
         for webhook in self._webhooks:
             webhook.close()
-        for store in (self._store, self._windows):
-            close = getattr(store, "close", None)
-            if close is not None:
-                close()
+        self._store.close()
+        self._windows.close()
 
     def _after_fork(self) -> None:
         """In a forked child: new locks for the gate and its stores."""
         self._evaluation_lock = threading.Lock()
         self._burn_lock = threading.Lock()
-        for store in (self._store, self._windows):
-            after_fork = getattr(store, "after_fork", None)
-            if after_fork is not None:
-                after_fork()
+        self._store.after_fork()
+        self._windows.after_fork()
         for webhook in self._webhooks:
             webhook.after_fork()
         if self._timer is not None:

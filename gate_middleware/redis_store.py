@@ -92,6 +92,12 @@ from gate_middleware.plan import PlanPosition
 from gate_middleware.routing import CANARY, STABLE
 from gate_middleware.sketch import BUCKET_COUNT, bucket_index, quantile
 from gate_middleware.state import MAX_HISTORY, GateEvent, GateState, PromotionEvent, RollbackEvent
+from gate_middleware.stores.port import (
+    TRANSITION_TIMEOUT_SECONDS,
+    StateStoreBase,
+    StoreCondition,
+    WindowStoreBase,
+)
 from gate_middleware.window import SLICES, WindowStats
 
 try:
@@ -111,7 +117,6 @@ Unavailable = (RedisError, RedisClusterException, OSError)
 STORED_HISTORY = 200  # events kept in Redis (the newest)
 DEFAULT_KEY_PREFIX = "gate_middleware:"
 MAX_CLOCK_SKEW_SECONDS = 1.0  # a process further off Redis's clock is logged
-TRANSITION_TIMEOUT_SECONDS = 5.0
 FULL_READ_EVERY = 4  # follower steps (1 s): the whole state is read and checked
 
 # Write ``state`` only into an empty hash (a fresh or emptied Redis).
@@ -323,7 +328,7 @@ class _Follower:
         self._stop.set()
 
 
-class RedisStateStore:
+class RedisStateStore(StateStoreBase):
     """The gate's state, shared through Redis (see the module's documentation).
 
     ``wait_replicas`` > 0 makes every change wait (``WAIT``, up to
@@ -402,7 +407,7 @@ class RedisStateStore:
         self._follower.ensure()
         return self._state
 
-    def status(self) -> tuple[str, str]:
+    def status(self) -> tuple[StoreCondition, str]:
         """("ok" | "unreachable" | "corrupt", what is wrong)."""
         if self._corruption.problems:
             key, problem = next(iter(self._corruption.problems.items()))
@@ -728,13 +733,15 @@ def _decode_slice(reply: dict[bytes, bytes]) -> tuple[int, int, int, dict[int, i
     return totals[b"r"], totals[b"f"], totals[b"g"], buckets, problems
 
 
-class RedisWindowStore:
+class RedisWindowStore(WindowStoreBase):
     """Both windows, merged across every process of the rollout.
 
     Slices are numbered by Redis's clock: ``clock`` (wall-clock seconds)
     plus the offset to Redis's ``TIME`` measured at every flush, so that
     processes whose clocks disagree still number a moment alike.
     """
+
+    remote = True  # recorded outcomes are flushed to Redis off the request path
 
     def __init__(
         self,
@@ -798,7 +805,7 @@ class RedisWindowStore:
             for kind, count in counts.items()
         ]
 
-    def status(self) -> tuple[str, str]:
+    def status(self) -> tuple[StoreCondition, str]:
         """("ok" | "unreachable" | "corrupt", what is wrong)."""
         if self._corruption.problems:
             key, problem = next(iter(self._corruption.problems.items()))

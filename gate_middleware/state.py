@@ -13,12 +13,14 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from gate_middleware.config import PromotionConfig, SloConfig
 from gate_middleware.environment import Environment
 from gate_middleware.health import CanaryHealth
 from gate_middleware.plan import PlanPosition
+from gate_middleware.stores.port import StateStore as StateStore  # re-exported: the old path
+from gate_middleware.stores.port import StateStoreBase
 from gate_middleware.window import WindowStats
 
 MAX_HISTORY = 1000
@@ -128,22 +130,10 @@ class GateState:
         return replace(self, history=history, version=self.version + 1, **changes)
 
 
-class StateStore(Protocol):
-    """Where a gate keeps its ``GateState``."""
-
-    def load(self) -> GateState:
-        """The current state."""
-
-    def compare_and_set(
-        self, expected_version: int, new_state: GateState, *, expected_transition: str | None = None
-    ) -> bool:
-        """Store ``new_state`` if the stored version is still ``expected_version``
-        (and its transition id ``expected_transition``, when given)."""
-
-
 @dataclass
-class InMemoryStateStore:
-    """The state of one process's gate."""
+class InMemoryStateStore(StateStoreBase):
+    """The state of one process's gate: it dies with the process, and no other
+    process sees it."""
 
     state: GateState
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from gate_middleware.evidence import Evidence
 from gate_middleware.routing import CANARY, STABLE
 from gate_middleware.sketch import BLOCK_BITS, bucket_index, new_blocks, new_counts, quantile
+from gate_middleware.stores.port import StoreCondition
+from gate_middleware.stores.port import WindowStore as WindowStore  # re-exported: the old path
 
 SLICES = 10
 
@@ -60,41 +62,6 @@ class WindowStats:
             "p99_latency": self.p99_latency,
             "slo_compliance": self.slo_compliance,
         }
-
-
-class WindowStore(Protocol):
-    """Where the gate keeps its two windows (``"canary"`` and ``"stable"``)."""
-
-    def record(
-        self,
-        variant: str,
-        success: bool,
-        good: bool,
-        duration: float,
-        now: float,
-        cluster: int = 0,
-        evidence: bool = True,
-    ) -> None:
-        """Count one outcome at time ``now`` (seconds of the gate's clock).
-
-        ``cluster`` is the session's routing bucket (it groups the evidence
-        by session); ``evidence=False`` counts it in the window only (the
-        step's warm-up).
-        """
-
-    def stats(self, variant: str, now: float) -> WindowStats:
-        """The variant's window as of ``now``."""
-
-    def evidence(self, variant: str) -> Evidence:
-        """A copy of the variant's evidence since the step began."""
-
-    def clear(self) -> None:
-        """Forget every outcome: a new step began (a release started, its
-        share changed, it was promoted or rolled back).
-
-        A store may also define ``after_fork()``: the gate calls it in a
-        forked child, to replace locks, threads and connections.
-        """
 
 
 class _Counts:
@@ -245,6 +212,19 @@ class InMemoryWindowStore:
                 window.clear()
             self._evidence = {CANARY: Evidence(), STABLE: Evidence()}
 
+    @property
+    def remote(self) -> bool:
+        return False  # this process's alone
+
+    def flush(self) -> None:
+        """Nothing is held back: every outcome is counted as it comes."""
+
+    def status(self) -> tuple[StoreCondition, str]:
+        return ("ok", "")
+
     def after_fork(self) -> None:
         """In a forked child: a fresh lock (the inherited one may be held)."""
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Nothing to stop."""

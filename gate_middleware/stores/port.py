@@ -1,0 +1,225 @@
+"""The store port: every method a store has, declared.
+
+A gate keeps two things in stores: its ``GateState`` (environment, flags,
+history, plan position) in a **state store**, and the outcomes it judges by
+(the two sliding windows and each step's evidence) in a **window store**.
+The gate calls only the methods below and never probes a store for what it
+may have: each is either required or has a default here.
+
+Two ways to write a store, as OpenFeature declares its providers:
+
+- subclass ``StateStoreBase`` / ``WindowStoreBase``: implement the abstract
+  methods, and override the optional ones (no-op defaults) where the store
+  has something to do;
+- or write any class with every member of the ``StateStore`` /
+  ``WindowStore`` protocol (``mypy --strict`` checks it; the gate checks it
+  at run time and names what is missing).
+
+``tests/test_store_contract.py`` is the conformance suite every store runs:
+the in-memory stores, the Redis stores, and each new backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from gate_middleware.evidence import Evidence
+    from gate_middleware.state import GateState
+    from gate_middleware.window import WindowStats
+
+#: How a store is doing: ``ok``; ``unreachable`` (its server stopped
+#: answering; the gate serves from what it last knew); ``corrupt`` (it held
+#: data that did not decode; repaired or ignored, and logged).
+StoreCondition = Literal["ok", "unreachable", "corrupt"]
+
+#: The seconds a state change keeps retrying lost compare-and-set races
+#: before it gives up with ``PromotionError``.
+TRANSITION_TIMEOUT_SECONDS = 5.0
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Where a gate keeps its ``GateState``."""
+
+    @property
+    def remote(self) -> bool:
+        """True when the store is shared with other processes over the network:
+        the gate then keeps its writes (an automatic rollback) off the
+        request's thread, and reports the store's condition in its status."""
+        ...
+
+    @property
+    def transition_timeout(self) -> float:
+        """Seconds of lost compare-and-set races before a change gives up."""
+        ...
+
+    def load(self) -> GateState:
+        """The current state."""
+        ...
+
+    def compare_and_set(
+        self, expected_version: int, new_state: GateState, *, expected_transition: str | None = None
+    ) -> bool:
+        """Store ``new_state`` if the stored version is still ``expected_version``
+        (and its transition id ``expected_transition``, when given)."""
+        ...
+
+    def subscribe(self, listener: Callable[[GateState], None]) -> None:
+        """Call ``listener`` with each state another process stores."""
+        ...
+
+    def status(self) -> tuple[StoreCondition, str]:
+        """The store's condition and, unless ``ok``, what is wrong."""
+        ...
+
+    def after_fork(self) -> None:
+        """In a forked child: replace locks, threads and connections."""
+        ...
+
+    def close(self) -> None:
+        """Stop background work and release connections."""
+        ...
+
+
+@runtime_checkable
+class WindowStore(Protocol):
+    """Where the gate keeps its two windows (``"canary"`` and ``"stable"``)
+    and each step's evidence."""
+
+    @property
+    def remote(self) -> bool:
+        """True when the store is shared with other processes over the network."""
+        ...
+
+    def record(
+        self,
+        variant: str,
+        success: bool,
+        good: bool,
+        duration: float,
+        now: float,
+        cluster: int = 0,
+        evidence: bool = True,
+    ) -> None:
+        """Count one outcome at time ``now`` (seconds of the gate's clock).
+
+        ``cluster`` is the session's routing bucket (it groups the evidence
+        by session); ``evidence=False`` counts it in the window only (the
+        step's warm-up).
+        """
+        ...
+
+    def stats(self, variant: str, now: float) -> WindowStats:
+        """The variant's window as of ``now``."""
+        ...
+
+    def evidence(self, variant: str) -> Evidence:
+        """A copy of the variant's evidence since the step began."""
+        ...
+
+    def clear(self) -> None:
+        """Forget every outcome: a new step began (a release started, its
+        share changed, it was promoted or rolled back)."""
+        ...
+
+    def flush(self) -> None:
+        """Send outcomes held back for batching now (a shared store)."""
+        ...
+
+    def status(self) -> tuple[StoreCondition, str]:
+        """The store's condition and, unless ``ok``, what is wrong."""
+        ...
+
+    def after_fork(self) -> None:
+        """In a forked child: replace locks, threads and connections."""
+        ...
+
+    def close(self) -> None:
+        """Stop background work and release connections."""
+        ...
+
+
+class StateStoreBase(ABC):
+    """A state store's required methods, and no-op defaults for the rest."""
+
+    remote: bool = False
+    transition_timeout: float = TRANSITION_TIMEOUT_SECONDS
+
+    @abstractmethod
+    def load(self) -> GateState:
+        """The current state."""
+
+    @abstractmethod
+    def compare_and_set(
+        self, expected_version: int, new_state: GateState, *, expected_transition: str | None = None
+    ) -> bool:
+        """Store ``new_state`` if the stored version is still ``expected_version``."""
+
+    def subscribe(self, listener: Callable[[GateState], None]) -> None:  # noqa: B027
+        """No other process writes to this store: nothing to follow."""
+
+    def status(self) -> tuple[StoreCondition, str]:
+        return ("ok", "")
+
+    def after_fork(self) -> None:  # noqa: B027
+        """Nothing to replace."""
+
+    def close(self) -> None:  # noqa: B027
+        """Nothing to stop."""
+
+
+class WindowStoreBase(ABC):
+    """A window store's required methods, and no-op defaults for the rest."""
+
+    remote: bool = False
+
+    @abstractmethod
+    def record(
+        self,
+        variant: str,
+        success: bool,
+        good: bool,
+        duration: float,
+        now: float,
+        cluster: int = 0,
+        evidence: bool = True,
+    ) -> None:
+        """Count one outcome at time ``now``."""
+
+    @abstractmethod
+    def stats(self, variant: str, now: float) -> WindowStats:
+        """The variant's window as of ``now``."""
+
+    @abstractmethod
+    def evidence(self, variant: str) -> Evidence:
+        """A copy of the variant's evidence since the step began."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Forget every outcome."""
+
+    def flush(self) -> None:  # noqa: B027
+        """Nothing is held back."""
+
+    def status(self) -> tuple[StoreCondition, str]:
+        return ("ok", "")
+
+    def after_fork(self) -> None:  # noqa: B027
+        """Nothing to replace."""
+
+    def close(self) -> None:  # noqa: B027
+        """Nothing to stop."""
+
+
+def missing_members(store: object, port: type) -> list[str]:
+    """The members of ``port`` (``StateStore`` or ``WindowStore``) that
+    ``store`` lacks, in declaration order."""
+    names = [
+        name
+        for name, value in vars(port).items()
+        if not name.startswith("_") and (callable(value) or isinstance(value, property))
+    ]
+    return [name for name in names if not hasattr(store, name)]

@@ -1,0 +1,92 @@
+"""Which store a URL opens: one table from URL scheme to backend.
+
+``PromotionGate.from_url(url, config)`` looks the URL's scheme up here and
+calls the backend's opener, so the gate imports no backend: a backend's
+module (and its client library) is imported the first time its scheme is
+opened. A backend registers its schemes with ``register_store``; the
+built-in ones are listed in ``BUILT_IN`` by module path, as Unleash lists
+its strategies in one mapping and Argo Rollouts picks a metric provider by
+type in one factory.
+
+An opener is called as ``opener(url, config, initial, meter_provider,
+**options)`` and returns ``(state_store, window_store)``; ``options`` are the
+backend's own keywords (for Redis: ``key_prefix``, ``wait_replicas``,
+``transition_timeout``), and an unknown one is a ``ConfigError`` from the
+backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from gate_middleware.errors import ConfigError
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+
+    from gate_middleware.config import PromotionConfig
+    from gate_middleware.state import GateState
+    from gate_middleware.stores.port import StateStore, WindowStore
+
+StoreOpener = Callable[..., "tuple[StateStore, WindowStore]"]
+
+#: The built-in backends: scheme -> "module:opener", imported when first used.
+BUILT_IN: dict[str, str] = {
+    "redis": "gate_middleware.redis_store:shared_stores",
+    "rediss": "gate_middleware.redis_store:shared_stores",
+    "unix": "gate_middleware.redis_store:shared_stores",
+    "redis+cluster": "gate_middleware.redis_store:shared_stores",
+    "redis+sentinel": "gate_middleware.redis_store:shared_stores",
+}
+
+_REGISTERED: dict[str, StoreOpener] = {}
+
+
+def register_store(*schemes: str) -> Callable[[StoreOpener], StoreOpener]:
+    """Register an opener for ``schemes`` (a decorator); a registered
+    scheme takes precedence over a built-in one of the same name."""
+    for scheme in schemes:
+        if not scheme or scheme != scheme.lower() or ":" in scheme:
+            raise ConfigError("scheme", scheme, "a lower-case URL scheme without ':'")
+
+    def register(opener: StoreOpener) -> StoreOpener:
+        for scheme in schemes:
+            _REGISTERED[scheme] = opener
+        return opener
+
+    return register
+
+
+def schemes() -> list[str]:
+    """Every scheme a URL may have, sorted."""
+    return sorted({*BUILT_IN, *_REGISTERED})
+
+
+def _opener(url: str) -> StoreOpener:
+    scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else ""
+    opener = _REGISTERED.get(scheme)
+    if opener is not None:
+        return opener
+    target = BUILT_IN.get(scheme)
+    if target is None:
+        # Only the scheme is shown: the rest of a URL may hold a password.
+        raise ConfigError(
+            "url", f"{scheme}://…" if scheme else "(no scheme)", f"one of {schemes()}"
+        )
+    module_name, _, name = target.partition(":")
+    opener = getattr(importlib.import_module(module_name), name)
+    return opener  # type: ignore[no-any-return]
+
+
+def open_stores(
+    url: str,
+    config: PromotionConfig,
+    initial: GateState,
+    meter_provider: MeterProvider | None = None,
+    **options: Any,
+) -> tuple[StateStore, WindowStore]:
+    """The state and window stores of ``config.name``'s rollout at ``url``."""
+    return _opener(url)(url, config, initial, meter_provider, **options)
