@@ -68,11 +68,7 @@ When a key holds garbage
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
-import re
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -84,14 +80,27 @@ from urllib.parse import unquote, urlsplit
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
 from gate_middleware.config import PromotionConfig
-from gate_middleware.environment import Environment
 from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
 from gate_middleware.evidence import CLUSTERS, Evidence
-from gate_middleware.health import CanaryHealth
-from gate_middleware.plan import PlanPosition
 from gate_middleware.routing import CANARY, STABLE
 from gate_middleware.sketch import BUCKET_COUNT, bucket_index, quantile
-from gate_middleware.state import MAX_HISTORY, GateEvent, GateState, PromotionEvent, RollbackEvent
+from gate_middleware.state import MAX_HISTORY, GateState, PromotionEvent
+from gate_middleware.stores.buffer import (
+    EVIDENCE_SECONDS,
+    Merged,
+    Slice,
+    digest,
+    evidence_fields,
+)
+from gate_middleware.stores.codec import (
+    _INTEGER,
+    CorruptData,
+    config_differences,
+    decode_state,
+    encode_state,
+    new_transition_id,
+)
+from gate_middleware.stores.follower import Follower
 from gate_middleware.stores.port import (
     TRANSITION_TIMEOUT_SECONDS,
     StateStoreBase,
@@ -114,7 +123,6 @@ logger = logging.getLogger("gate_middleware")
 # raises RedisClusterException, which is no RedisError).
 Unavailable = (RedisError, RedisClusterException, OSError)
 
-STORED_HISTORY = 200  # events kept in Redis (the newest)
 DEFAULT_KEY_PREFIX = "gate_middleware:"
 MAX_CLOCK_SKEW_SECONDS = 1.0  # a process further off Redis's clock is logged
 FULL_READ_EVERY = 4  # follower steps (1 s): the whole state is read and checked
@@ -143,115 +151,12 @@ if value and not string.match(value, '^%-?%d+$') then redis.call('DEL', KEYS[1])
 return redis.call('INCR', KEYS[1])
 """
 
-_INTEGER = re.compile(rb"-?[0-9]{1,18}")
-
-
-class CorruptData(ValueError):
-    """A key of the shared store holds something the gate cannot decode."""
-
 
 def rollout_keys(rollout: str, key_prefix: str = DEFAULT_KEY_PREFIX) -> str:
     """The common start of a rollout's keys, with its name as the hash tag."""
     if not isinstance(key_prefix, str) or "{" in key_prefix or "}" in key_prefix:
         raise ConfigError("key_prefix", key_prefix, "a text without '{' or '}'")
     return f"{key_prefix}{{{rollout}}}"
-
-
-def new_transition_id() -> str:
-    return secrets.token_hex(8)
-
-
-# -- the state as JSON ---------------------------------------------------------------
-
-
-def _environment(data: dict[str, Any]) -> Environment:
-    return Environment(data["name"], data["traffic_percent"])
-
-
-def _health(data: dict[str, Any] | None) -> CanaryHealth | None:
-    if data is None:
-        return None
-    fields = {k: v for k, v in data.items() if k not in ("verdict",)}
-    return CanaryHealth(**fields)
-
-
-def _event(data: dict[str, Any]) -> GateEvent:
-    timestamp = datetime.fromisoformat(data["timestamp"])
-    if data["kind"] == "rollback":
-        return RollbackEvent(
-            data["reason"],
-            timestamp,
-            _environment(data["environment"]),
-            data["feature"],
-            _health(data["health"]),
-            data["automatic"],
-            data.get("actor", "api"),
-        )
-    return PromotionEvent(
-        _environment(data["from_environment"]),
-        _environment(data["to_environment"]),
-        timestamp,
-        data["action"],
-        data["forced"],
-        _health(data["health"]),
-        data.get("reason", ""),
-        data.get("actor", "api"),
-    )
-
-
-def encode_state(state: GateState) -> str:
-    """The state's content as JSON; its identity (version, id) is stored beside it."""
-    return json.dumps(
-        {
-            "environment": state.environment.to_dict(),
-            "stable_flags": sorted(state.stable_flags),
-            "release_flags": sorted(state.release_flags),
-            "history": [event.to_dict() for event in state.history[-STORED_HISTORY:]],
-            "release": state.release,
-            "step": state.step,
-            "plan": None if state.plan is None else state.plan.to_dict(),
-        },
-        separators=(",", ":"),
-    )
-
-
-def decode_state(
-    text: str | bytes, version: bytes | str, transition: bytes | str = b""
-) -> GateState:
-    """The state stored as ``text`` with identity (``version``, ``transition``).
-
-    Raises ``CorruptData`` (never anything else) when any part does not decode.
-    """
-    try:
-        if isinstance(version, str):
-            version = version.encode()
-        if not _INTEGER.fullmatch(version):
-            raise ValueError(f"the version {version[:40]!r} is not an integer")
-        if isinstance(transition, bytes):
-            transition = transition.decode("ascii")
-        data = json.loads(text)
-        release = data["release"]
-        if not isinstance(release, int):
-            raise ValueError(f"the release {release!r} is not an integer")
-        return GateState(
-            environment=_environment(data["environment"]),
-            stable_flags=frozenset(str(flag) for flag in data["stable_flags"]),
-            release_flags=frozenset(str(flag) for flag in data["release_flags"]),
-            history=tuple(_event(e) for e in data["history"])[-MAX_HISTORY:],
-            release=release,
-            step=int(data.get("step", 0)),
-            plan=None if data.get("plan") is None else PlanPosition.from_dict(data["plan"]),
-            version=int(version),
-            transition=transition,
-        )
-    except Exception as exc:  # anything a foreign write can provoke
-        raise CorruptData(f"{type(exc).__name__}: {exc}"[:200]) from exc
-
-
-def config_differences(ours: GateState, shared: GateState) -> list[str]:
-    """The fields in which two processes' configured starting states differ."""
-    fields = ("environment", "stable_flags", "release_flags", "release")
-    return [name for name in fields if getattr(ours, name) != getattr(shared, name)]
 
 
 class _Outage:
@@ -297,37 +202,6 @@ class _Corruption:
             logger.warning("Redis key %s decodes again", key)
 
 
-class _Follower:
-    """A background thread per process, started lazily (and again after a fork)."""
-
-    def __init__(self, name: str, step: Callable[[], None], interval: float) -> None:
-        self._name = name
-        self._step = step
-        self._interval = interval
-        self._pid = -1
-        self._stop = threading.Event()
-
-    def ensure(self) -> None:
-        if self._pid == os.getpid():
-            return
-        self._pid = os.getpid()
-        self._stop = threading.Event()
-        thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-        thread.start()
-
-    def _run(self) -> None:
-        stop = self._stop
-        while not stop.is_set():
-            try:
-                self._step()
-            except Exception:  # the follower must never die
-                logger.exception("%s failed; retrying", self._name)
-            stop.wait(self._interval)
-
-    def close(self) -> None:
-        self._stop.set()
-
-
 class RedisStateStore(StateStoreBase):
     """The gate's state, shared through Redis (see the module's documentation).
 
@@ -362,7 +236,7 @@ class RedisStateStore(StateStoreBase):
         self._wait_replicas = wait_replicas
         self._wait_ms = int(wait_seconds * 1000)
         if not initial.transition:  # the same config gives the same identity in every process
-            initial = replace(initial, transition="config-" + _digest(encode_state(initial)))
+            initial = replace(initial, transition="config-" + digest(encode_state(initial)))
         self._configured = initial
         self._state = initial
         self._seen_shared = False
@@ -373,7 +247,7 @@ class RedisStateStore(StateStoreBase):
         self._corruption = _Corruption()
         self._pubsub: Any = None
         self._steps = 0
-        self._follower = _Follower(f"gate-state-{rollout}", self._follow, refresh_seconds)
+        self._follower = Follower(f"gate-state-{rollout}", self._follow, refresh_seconds)
         meter = get_meter("gate_middleware", meter_provider=meter_provider)
         meter.create_observable_counter(
             "gate_middleware.store.corrupt",
@@ -669,42 +543,6 @@ def _never_sent(exc: Exception) -> bool:
     return isinstance(exc, redis.ConnectionError) and " connecting to " in str(exc)
 
 
-def _digest(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-class _Slice:
-    __slots__ = ("requests", "failures", "good", "buckets")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.failures = 0
-        self.good = 0
-        self.buckets: dict[int, int] = {}
-
-
-class _Merged:
-    __slots__ = ("requests", "failures", "good", "buckets", "highest")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.failures = 0
-        self.good = 0
-        self.buckets = [0] * BUCKET_COUNT
-        self.highest = 0
-
-    def add(self, requests: int, failures: int, good: int, buckets: dict[int, int]) -> None:
-        self.requests += requests
-        self.failures += failures
-        self.good += good
-        for index, count in buckets.items():
-            self.buckets[index] += count
-            if index > self.highest:
-                self.highest = index
-
-
 def _count(value: bytes) -> int:
     """A stored counter: a non-negative integer, or ``CorruptData``."""
     if not _INTEGER.fullmatch(value) or value.startswith(b"-"):
@@ -765,8 +603,8 @@ class RedisWindowStore(WindowStoreBase):
         self._offset = 0.0  # Redis's clock minus ours
         self._skew_logged = False
         self._lock = threading.Lock()
-        self._buffer: dict[tuple[str, int], _Slice] = {}
-        self._merged: dict[str, _Merged] = {CANARY: _Merged(), STABLE: _Merged()}
+        self._buffer: dict[tuple[str, int], Slice] = {}
+        self._merged: dict[str, Merged] = {CANARY: Merged(), STABLE: Merged()}
         # The step's evidence: unflushed here, merged from every process there.
         self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
         self._merged_evidence = {CANARY: Evidence(), STABLE: Evidence()}
@@ -774,7 +612,7 @@ class RedisWindowStore(WindowStoreBase):
         self.dropped_outcomes = 0
         self._outage = _Outage(f"rollout {rollout!r} windows")
         self._corruption = _Corruption()
-        self._follower = _Follower(f"gate-windows-{rollout}", self.flush, flush_seconds)
+        self._follower = Follower(f"gate-windows-{rollout}", self.flush, flush_seconds)
         self._rollout = rollout
         meter = get_meter("gate_middleware", meter_provider=meter_provider)
         meter.create_observable_counter(
@@ -857,7 +695,7 @@ class RedisWindowStore(WindowStoreBase):
                 self._evidence_buffer[variant].add(1, not success, not good, index, cluster)
             entry = self._buffer.get((variant, number))
             if entry is None:
-                entry = self._buffer[(variant, number)] = _Slice()
+                entry = self._buffer[(variant, number)] = Slice()
             entry.requests += 1
             if not success:
                 entry.failures += 1
@@ -869,7 +707,7 @@ class RedisWindowStore(WindowStoreBase):
     def stats(self, variant: str, now: float) -> WindowStats:
         self._follower.ensure()
         oldest = int(self._now() // self._slice_seconds) - SLICES + 1
-        total = _Merged()
+        total = Merged()
         with self._lock:
             merged = self._merged[variant]
             total.add(merged.requests, merged.failures, merged.good, {})
@@ -898,7 +736,7 @@ class RedisWindowStore(WindowStoreBase):
     def clear(self) -> None:
         with self._lock:
             self._buffer.clear()
-            self._merged = {CANARY: _Merged(), STABLE: _Merged()}
+            self._merged = {CANARY: Merged(), STABLE: Merged()}
             self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
             self._merged_evidence = {CANARY: Evidence(), STABLE: Evidence()}
         try:
@@ -937,7 +775,7 @@ class RedisWindowStore(WindowStoreBase):
             raise
 
     def _merge_back_all(
-        self, pending: dict[tuple[str, int], _Slice], evidence: dict[str, Evidence]
+        self, pending: dict[tuple[str, int], Slice], evidence: dict[str, Evidence]
     ) -> None:
         oldest = int(self._now() // self._slice_seconds) - SLICES + 1
         with self._lock:  # keep them for the next try (bounded: the window's slices)
@@ -947,7 +785,7 @@ class RedisWindowStore(WindowStoreBase):
             for variant, unsent in evidence.items():  # fixed size: never dropped
                 self._evidence_buffer[variant].merge(unsent)
 
-    def _flush(self, pending: dict[tuple[str, int], _Slice], evidence: dict[str, Evidence]) -> None:
+    def _flush(self, pending: dict[tuple[str, int], Slice], evidence: dict[str, Evidence]) -> None:
         now_slice = int(self._now() // self._slice_seconds)
         oldest = now_slice - SLICES + 1
         for key in [key for key, entry in pending.items() if not self._keep(key, entry, oldest)]:
@@ -970,7 +808,7 @@ class RedisWindowStore(WindowStoreBase):
         ]
         for variant in (CANARY, STABLE):
             evidence_key = f"{self._prefix}:{self._epoch}:{variant}:evidence"
-            for name, amount in _evidence_fields(evidence[variant]):
+            for name, amount in evidence_fields(evidence[variant]):
                 pipe.hincrby(evidence_key, name, amount)
             pipe.expire(evidence_key, EVIDENCE_SECONDS)
         for variant in (CANARY, STABLE):
@@ -986,7 +824,7 @@ class RedisWindowStore(WindowStoreBase):
             variant: _decode_evidence(reply)
             for variant, reply in zip((CANARY, STABLE), evidence_replies, strict=True)
         }
-        merged = {CANARY: _Merged(), STABLE: _Merged()}
+        merged = {CANARY: Merged(), STABLE: Merged()}
         for (variant, number), reply in zip(order, replies[-len(order) :], strict=True):
             if not reply:
                 continue
@@ -1004,13 +842,13 @@ class RedisWindowStore(WindowStoreBase):
             self._merged = merged
             self._merged_evidence = merged_evidence
 
-    def _keep(self, key: tuple[str, int], entry: _Slice, oldest: int) -> bool:
+    def _keep(self, key: tuple[str, int], entry: Slice, oldest: int) -> bool:
         if key[1] >= oldest:
             return True
         self.dropped_outcomes += entry.requests
         return False
 
-    def _merge_back(self, key: tuple[str, int], entry: _Slice) -> None:
+    def _merge_back(self, key: tuple[str, int], entry: Slice) -> None:
         current = self._buffer.get(key)
         if current is None:
             self._buffer[key] = entry
@@ -1028,28 +866,6 @@ class RedisWindowStore(WindowStoreBase):
 
     def close(self) -> None:
         self._follower.close()
-
-
-EVIDENCE_SECONDS = 7 * 24 * 3600  # a step's evidence outlives any window; refreshed at each flush
-
-
-def _evidence_fields(evidence: Evidence) -> list[tuple[str, int]]:
-    """The HINCRBY fields of a step's evidence: per session group r/f/x
-    (requests, failures, bad) and per sketch bucket b."""
-    fields: list[tuple[str, int]] = []
-    if not evidence.requests:
-        return fields
-    for group in range(CLUSTERS):
-        if evidence.cluster_requests[group]:
-            fields.append((f"r{group}", evidence.cluster_requests[group]))
-        if evidence.cluster_failures[group]:
-            fields.append((f"f{group}", evidence.cluster_failures[group]))
-        if evidence.cluster_bad[group]:
-            fields.append((f"x{group}", evidence.cluster_bad[group]))
-    for index in range(evidence.lowest, evidence.highest + 1):
-        if evidence.latency[index]:
-            fields.append((f"b{index}", evidence.latency[index]))
-    return fields
 
 
 def _decode_evidence(reply: dict[bytes, bytes]) -> Evidence:

@@ -124,7 +124,7 @@ def worker_app(
         "uvicorn",
         "--app-dir",
         "tests",
-        "redis_app:app",
+        "shared_app:app",
         "--host",
         "127.0.0.1",
         "--port",
@@ -134,7 +134,7 @@ def worker_app(
         "--log-level",
         "warning",
     )
-    return args, {"GATE_REDIS_URL": redis_server.url, "GATE_ROLLOUT": rollout, **env}
+    return args, {"GATE_STORE_URL": redis_server.url, "GATE_ROLLOUT": rollout, **env}
 
 
 @pytest.mark.serial

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class Backend:
     open: Callable[[str], Opened]
     shared: bool
     opened: list[Opened] = field(default_factory=list)
+    cleanup: Callable[[], None] | None = None
 
     def __call__(self, rollout: str) -> Opened:
         stores = self.open(rollout)
@@ -64,6 +66,8 @@ class Backend:
         for stores in self.opened:
             stores.state.close()
             stores.windows.close()
+        if self.cleanup is not None:
+            self.cleanup()
 
 
 def initial_state() -> GateState:
@@ -90,9 +94,25 @@ def redis_backend(server: RedisServer | None) -> Backend:
     return Backend(open_redis, shared=True)
 
 
+def sqlite_backend(_: RedisServer | None) -> Backend:
+    directory = tempfile.TemporaryDirectory(prefix="gate-contract-")
+    url = f"sqlite://{directory.name}/gate.db"
+
+    def open_sqlite(rollout: str) -> Opened:
+        initial = initial_state()
+        config = PromotionConfig(name=rollout, rollback_window_seconds=WINDOW_SECONDS)
+        state, windows = store_registry.open_stores(url, config, initial)
+        return Opened(state, windows, initial)
+
+    backend = Backend(open_sqlite, shared=True)
+    backend.cleanup = directory.cleanup
+    return backend
+
+
 BACKENDS: dict[str, Callable[[RedisServer | None], Backend]] = {
     "memory": memory_backend,
     "redis": redis_backend,
+    "sqlite": sqlite_backend,
 }
 
 
@@ -332,7 +352,7 @@ def test_an_unknown_scheme_names_the_known_ones_and_never_the_url() -> None:
     message = str(raised.value)
     assert "pw-SECRET" not in message and "postgres://" in message
     assert "redis" in message and "redis+sentinel" in message
-    assert set(schemes()) >= {"redis", "rediss", "redis+cluster", "redis+sentinel"}
+    assert set(schemes()) >= {"redis", "rediss", "redis+cluster", "redis+sentinel", "sqlite"}
 
 
 def test_a_registered_scheme_opens_its_own_stores() -> None:
@@ -363,7 +383,7 @@ def test_the_gate_imports_no_store_backend() -> None:
         "import sys, gate_middleware\n"
         "from gate_middleware import PromotionGate\n"
         "PromotionGate().route_request('a-session-id-0123456789')\n"
-        "print(sorted(m for m in sys.modules if m == 'redis' or m.endswith('redis_store')))"
+        "print(sorted(m for m in sys.modules if m in ('redis', 'sqlite3') or m.endswith('_store')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

@@ -35,6 +35,7 @@ StoreOpener = Callable[..., "tuple[StateStore, WindowStore]"]
 
 #: The built-in backends: scheme -> "module:opener", imported when first used.
 BUILT_IN: dict[str, str] = {
+    "sqlite": "gate_middleware.stores.sqlite:open_stores",
     "redis": "gate_middleware.redis_store:shared_stores",
     "rediss": "gate_middleware.redis_store:shared_stores",
     "unix": "gate_middleware.redis_store:shared_stores",

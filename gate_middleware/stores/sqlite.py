@@ -1,0 +1,650 @@
+"""One rollout across every process on a host: the gate's state and windows in a SQLite file.
+
+::
+
+    gate = PromotionGate.from_url("sqlite:///var/lib/shop/gate.db", PromotionConfig(name="checkout"))
+
+Every process that opens the same file and rollout name (gunicorn or
+uvicorn workers, a recycled worker, the app after a restart, ``manage.py
+gate`` or the CLI on the same host) shares one environment, traffic share,
+flag set, plan position and history (``SqliteStateStore``) and one merged
+pair of windows with each step's evidence (``SqliteWindowStore``). It needs
+nothing but the standard library's ``sqlite3``; several rollouts may share
+one file. ``sqlite:///abs/path.db`` names an absolute path,
+``sqlite:relative/path.db`` one relative to the working directory; the
+directory must exist. SQLite's locking needs a local filesystem: a file on
+a network filesystem (NFS, SMB) is not supported. To share a rollout across
+hosts, use Redis.
+
+How it stays fast
+    Routing never reads the file: each process keeps the last state it saw
+    and a background thread checks the state's identity every
+    ``refresh_seconds`` (0.25 s), reading the whole state only when it
+    changed. Outcomes are counted into a small local buffer (counts and
+    sketch buckets per time slice) and written in one transaction every
+    ``flush_seconds`` (0.25 s) by the same thread, which reads the merged
+    windows back: no request waits on the database, and evaluating health
+    costs no query.
+
+How it stays correct
+    The file is in WAL mode (readers never wait for the writer) with a busy
+    timeout. A state is identified by its version and a random transition
+    id, kept in their own columns; a change is a compare-and-set on that
+    identity inside an ``IMMEDIATE`` transaction, so two processes that
+    detect the same failure at the same moment make exactly one rollback
+    event, reported (callbacks, metrics, webhooks) by the process that made
+    it. The first process writes the configured state only into an empty
+    row. Window slices are numbered by the host's clock, which every
+    process shares; a clear (a new step) moves every process to a new
+    epoch, and rows of old epochs and expired slices are deleted at each
+    flush, so the file stays small however long the rollout runs.
+
+When the file cannot be used
+    Requests never fail and never wait on it. When the database is locked
+    for longer than the busy timeout, read-only, full or unreadable, each
+    process keeps serving its last known state; outcomes stay in the bounded
+    local buffer and are written when the file is usable again (slices that
+    leave the window first are dropped and counted in ``dropped_outcomes``);
+    the trouble is logged once and shown in the gate's status. State changes
+    are refused with ``PromotionError`` while it lasts, since they could not
+    be shared. A state that does not decode is reported as ``corrupt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
+
+from gate_middleware.config import PromotionConfig
+from gate_middleware.errors import ConfigError, PromotionError
+from gate_middleware.evidence import Evidence
+from gate_middleware.routing import CANARY, STABLE
+from gate_middleware.sketch import BUCKET_COUNT, bucket_index, quantile
+from gate_middleware.state import GateState
+from gate_middleware.stores.buffer import (
+    Merged,
+    Slice,
+    digest,
+    evidence_fields,
+    evidence_from_fields,
+)
+from gate_middleware.stores.codec import CorruptData, decode_state, encode_state, new_transition_id
+from gate_middleware.stores.follower import Follower
+from gate_middleware.stores.port import (
+    TRANSITION_TIMEOUT_SECONDS,
+    StateStoreBase,
+    StoreCondition,
+    WindowStoreBase,
+)
+from gate_middleware.window import SLICES, WindowStats
+
+logger = logging.getLogger("gate_middleware")
+
+BUSY_TIMEOUT_SECONDS = 2.0  # how long a statement waits for another process's write
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS gate_state (
+    rollout TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gate_epoch (
+    rollout TEXT PRIMARY KEY,
+    epoch INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gate_window (
+    rollout TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    variant TEXT NOT NULL,
+    slice INTEGER NOT NULL,
+    field TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (rollout, epoch, variant, slice, field)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gate_evidence (
+    rollout TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    variant TEXT NOT NULL,
+    field TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (rollout, epoch, variant, field)
+) WITHOUT ROWID;
+"""
+
+
+def database_path(url: str) -> Path:
+    """The file a ``sqlite:`` URL names; ``ConfigError`` for anything else."""
+    parts = urlsplit(url)
+    valid = "sqlite:///absolute/path.db or sqlite:relative/path.db (a file on this host)"
+    if parts.scheme != "sqlite" or parts.netloc not in ("", "localhost"):
+        raise ConfigError("url", f"{parts.scheme}://{parts.netloc}…", valid)
+    path = unquote(parts.path)
+    if not path or path in (":memory:", "/:memory:") or path.endswith("/"):
+        raise ConfigError(
+            "url", url, f"{valid}; an in-memory database is not shared between processes"
+        )
+    file = Path(path)
+    if not file.parent.is_dir():
+        raise ConfigError("url", url, f"{valid} in an existing directory ({file.parent} is none)")
+    return file
+
+
+class _Database:
+    """One connection per process to the file, guarded by a lock, opened
+    again in a forked child (a connection must not cross a fork)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pid = -1
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        with self.locked() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    def locked(self) -> _Locked:
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            self._connection = None
+        return _Locked(self)
+
+    def connection(self) -> sqlite3.Connection:
+        if self._connection is None:
+            connection = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_SECONDS,
+                isolation_level=None,  # transactions are explicit
+                check_same_thread=False,  # shared by the threads, under the lock
+            )
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._connection = connection
+        return self._connection
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None and self._pid == os.getpid():
+                self._connection.close()
+            self._connection = None
+
+
+class _Locked:
+    def __init__(self, database: _Database) -> None:
+        self._database = database
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._database._lock.acquire()
+        try:
+            return self._database.connection()
+        except BaseException:
+            self._database._lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self._database._lock.release()
+
+
+class _Trouble:
+    """The file's trouble (locked, read-only, full, unreadable), logged once
+    when it starts and once when it ends."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.problem = ""
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.problem:
+            logger.error(
+                "%s: the SQLite store failed (%s); serving the last known state", self.what, exc
+            )
+        self.problem = f"{type(exc).__name__}: {exc}"[:200]
+
+    def recovered(self) -> None:
+        if self.problem:
+            self.problem = ""
+            logger.warning("%s: the SQLite store works again; resynchronised", self.what)
+
+
+class SqliteStateStore(StateStoreBase):
+    """The gate's state, shared through a SQLite file (see the module's documentation)."""
+
+    remote = True  # the gate keeps its writes off the request path
+
+    def __init__(
+        self,
+        database: _Database,
+        rollout: str,
+        initial: GateState,
+        *,
+        refresh_seconds: float = 0.25,
+        transition_timeout: float = TRANSITION_TIMEOUT_SECONDS,
+    ) -> None:
+        self._database = database
+        self._rollout = rollout
+        self.transition_timeout = transition_timeout
+        if not initial.transition:  # the same config gives the same identity in every process
+            initial = replace(initial, transition="config-" + digest(encode_state(initial)))
+        self._state = initial
+        self._listeners: list[Callable[[GateState], None]] = []
+        self._trouble = _Trouble(f"rollout {rollout!r} state")
+        self._corrupt = ""
+        self._follower = Follower(f"gate-state-{rollout}", self._follow, refresh_seconds)
+        try:
+            with database.locked() as db:
+                db.execute(
+                    "INSERT OR IGNORE INTO gate_state (rollout, version, id, state) "
+                    "VALUES (?, ?, ?, ?)",
+                    (rollout, initial.version, initial.transition, encode_state(initial)),
+                )
+            self._follow()
+        except sqlite3.Error as exc:
+            self._trouble.failed(exc)
+            logger.warning(
+                "rollout %r could not read %s; starting from the configured environment (%s)",
+                rollout,
+                database.path,
+                initial.environment,
+            )
+
+    def subscribe(self, listener: Callable[[GateState], None]) -> None:
+        """Call ``listener(state)`` whenever another process changes the state."""
+        self._listeners.append(listener)
+        self._follower.ensure()
+
+    def load(self) -> GateState:
+        self._follower.ensure()
+        return self._state
+
+    def status(self) -> tuple[StoreCondition, str]:
+        if self._corrupt:
+            return "corrupt", f"{self._database.path} rollout {self._rollout!r}: {self._corrupt}"
+        if self._trouble.problem:
+            return "unreachable", f"{self._database.path}: {self._trouble.problem}"
+        return "ok", ""
+
+    def _read(self) -> GateState | None:
+        """The stored state if its identity differs from the one held; raises
+        ``sqlite3.Error`` or ``CorruptData``."""
+        with self._database.locked() as db:
+            row = db.execute(
+                "SELECT version, id FROM gate_state WHERE rollout = ?", (self._rollout,)
+            ).fetchone()
+            if row is None or (row[0], row[1]) == (self._state.version, self._state.transition):
+                return None
+            full = db.execute(
+                "SELECT version, id, state FROM gate_state WHERE rollout = ?", (self._rollout,)
+            ).fetchone()
+        if full is None:
+            return None
+        version, transition, text = full
+        return decode_state(text, str(version), str(transition))
+
+    def _follow(self) -> None:
+        try:
+            state = self._read()
+        except sqlite3.Error as exc:
+            self._trouble.failed(exc)
+            return
+        except CorruptData as exc:
+            if not self._corrupt:
+                logger.error(
+                    "rollout %r: the state in %s is corrupt (%s): serving the last good state; "
+                    "state changes are refused until it is repaired",
+                    self._rollout,
+                    self._database.path,
+                    exc,
+                )
+            self._corrupt = str(exc)
+            return
+        self._trouble.recovered()
+        self._corrupt = ""
+        if state is None:
+            return
+        self._state = state
+        for listener in list(self._listeners):
+            listener(state)
+
+    def compare_and_set(
+        self, expected_version: int, new_state: GateState, *, expected_transition: str | None = None
+    ) -> bool:
+        """Store ``new_state`` if the stored state is still the expected one.
+
+        Raises ``PromotionError`` when the file cannot be written (locked
+        beyond the busy timeout, read-only, full) or holds a corrupt state.
+        """
+        self._follower.ensure()
+        if self._corrupt:
+            raise PromotionError(
+                f"nothing changed: the state in {self._database.path} is corrupt "
+                f"({self._corrupt}); repair or delete the row of rollout {self._rollout!r}"
+            )
+        if not new_state.transition:
+            new_state = replace(new_state, transition=new_transition_id())
+        text = encode_state(new_state)
+        try:
+            with self._database.locked() as db:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    row = db.execute(
+                        "SELECT version, id FROM gate_state WHERE rollout = ?", (self._rollout,)
+                    ).fetchone()
+                    matches = row is not None and row[0] == expected_version
+                    if matches and expected_transition is not None:
+                        matches = row[1] == expected_transition
+                    if not matches:
+                        db.execute("ROLLBACK")
+                        return False
+                    db.execute(
+                        "UPDATE gate_state SET version = ?, id = ?, state = ? WHERE rollout = ?",
+                        (new_state.version, new_state.transition, text, self._rollout),
+                    )
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            self._trouble.failed(exc)
+            raise PromotionError(
+                f"nothing changed: the SQLite store {self._database.path} refused the change "
+                f"({type(exc).__name__}: {exc}); try again"
+            ) from exc
+        self._trouble.recovered()
+        self._state = new_state  # the follower sees its own identity: no second report
+        return True
+
+    def after_fork(self) -> None:
+        """In a forked child: the connection is opened again on first use."""
+
+    def close(self) -> None:
+        self._follower.close()
+
+
+class SqliteWindowStore(WindowStoreBase):
+    """Both windows and each step's evidence, merged across every process of the rollout."""
+
+    remote = True  # recorded outcomes are written off the request path
+
+    def __init__(
+        self,
+        database: _Database,
+        rollout: str,
+        window_seconds: float,
+        *,
+        flush_seconds: float = 0.25,
+        clock: Callable[[], float] = time.time,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        self._database = database
+        self._rollout = rollout
+        self._slice_seconds = window_seconds / SLICES
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buffer: dict[tuple[str, int], Slice] = {}
+        self._merged: dict[str, Merged] = {CANARY: Merged(), STABLE: Merged()}
+        self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
+        self._merged_evidence = {CANARY: Evidence(), STABLE: Evidence()}
+        self.dropped_outcomes = 0
+        self._trouble = _Trouble(f"rollout {rollout!r} windows")
+        self._follower = Follower(f"gate-windows-{rollout}", self.flush, flush_seconds)
+        meter = get_meter("gate_middleware", meter_provider=meter_provider)
+        meter.create_observable_counter(
+            "gate_middleware.store.dropped",
+            callbacks=[self._observe_dropped],
+            unit="{outcome}",
+            description="Outcomes that could not reach the shared store before leaving the window",
+        )
+
+    def _observe_dropped(self, options: CallbackOptions) -> list[Observation]:
+        return [Observation(self.dropped_outcomes, {"gate.rollout": self._rollout})]
+
+    def status(self) -> tuple[StoreCondition, str]:
+        if self._trouble.problem:
+            return "unreachable", f"{self._database.path}: {self._trouble.problem}"
+        return "ok", ""
+
+    def _slice_now(self) -> int:
+        return int(self._clock() // self._slice_seconds)
+
+    def record(
+        self,
+        variant: str,
+        success: bool,
+        good: bool,
+        duration: float,
+        now: float,
+        cluster: int = 0,
+        evidence: bool = True,
+    ) -> None:
+        number = self._slice_now()
+        index = bucket_index(duration)
+        with self._lock:
+            if evidence:
+                self._evidence_buffer[variant].add(1, not success, not good, index, cluster)
+            entry = self._buffer.get((variant, number))
+            if entry is None:
+                entry = self._buffer[(variant, number)] = Slice()
+            entry.requests += 1
+            if not success:
+                entry.failures += 1
+            if good:
+                entry.good += 1
+            entry.buckets[index] = entry.buckets.get(index, 0) + 1
+        self._follower.ensure()
+
+    def stats(self, variant: str, now: float) -> WindowStats:
+        self._follower.ensure()
+        oldest = self._slice_now() - SLICES + 1
+        total = Merged()
+        with self._lock:
+            merged = self._merged[variant]
+            total.add(merged.requests, merged.failures, merged.good, {})
+            total.buckets = list(merged.buckets)
+            total.highest = merged.highest
+            for (name, number), entry in self._buffer.items():
+                if name == variant and number >= oldest:
+                    total.add(entry.requests, entry.failures, entry.good, entry.buckets)
+        if total.requests == 0:
+            return WindowStats()
+        return WindowStats(
+            total.requests,
+            total.failures,
+            total.good,
+            quantile(total.buckets, total.requests, 0.99, total.highest),
+        )
+
+    def evidence(self, variant: str) -> Evidence:
+        """The step's evidence of every process (as of the last flush) and this one's unwritten."""
+        self._follower.ensure()
+        with self._lock:
+            evidence = self._merged_evidence[variant].copy()
+            evidence.merge(self._evidence_buffer[variant])
+        return evidence
+
+    def clear(self) -> None:
+        with self._lock:
+            self._buffer.clear()
+            self._merged = {CANARY: Merged(), STABLE: Merged()}
+            self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
+            self._merged_evidence = {CANARY: Evidence(), STABLE: Evidence()}
+        try:
+            with self._database.locked() as db:
+                db.execute(
+                    "INSERT INTO gate_epoch (rollout, epoch) VALUES (?, 1) "
+                    "ON CONFLICT (rollout) DO UPDATE SET epoch = epoch + 1",
+                    (self._rollout,),
+                )
+        except sqlite3.Error as exc:
+            self._trouble.failed(exc)
+
+    def flush(self) -> None:
+        """Write the buffered outcomes in one transaction and read the merged windows back."""
+        with self._lock:
+            pending, self._buffer = self._buffer, {}
+            evidence, self._evidence_buffer = (
+                self._evidence_buffer,
+                {CANARY: Evidence(), STABLE: Evidence()},
+            )
+        try:
+            self._flush(pending, evidence)
+        except sqlite3.Error as exc:
+            self._trouble.failed(exc)
+            self._merge_back_all(pending, evidence)
+        except Exception:
+            self._merge_back_all(pending, evidence)  # never lose the buffer to a bug
+            raise
+
+    def _merge_back_all(
+        self, pending: dict[tuple[str, int], Slice], evidence: dict[str, Evidence]
+    ) -> None:
+        oldest = self._slice_now() - SLICES + 1
+        with self._lock:  # kept for the next try (bounded: the window's slices)
+            for key, entry in pending.items():
+                if key[1] < oldest:
+                    self.dropped_outcomes += entry.requests
+                    continue
+                current = self._buffer.get(key)
+                if current is None:
+                    self._buffer[key] = entry
+                    continue
+                current.requests += entry.requests
+                current.failures += entry.failures
+                current.good += entry.good
+                for index, count in entry.buckets.items():
+                    current.buckets[index] = current.buckets.get(index, 0) + count
+            for variant, unsent in evidence.items():  # fixed size: never dropped
+                self._evidence_buffer[variant].merge(unsent)
+
+    def _flush(self, pending: dict[tuple[str, int], Slice], evidence: dict[str, Evidence]) -> None:
+        now_slice = self._slice_now()
+        oldest = now_slice - SLICES + 1
+        for key in [key for key in pending if key[1] < oldest]:
+            self.dropped_outcomes += pending.pop(key).requests
+        window_rows: list[tuple[Any, ...]] = []
+        for (variant, number), entry in pending.items():
+            fields = {"r": entry.requests, "f": entry.failures, "g": entry.good}
+            fields.update({f"b{index}": count for index, count in entry.buckets.items()})
+            window_rows += [(variant, number, name, n) for name, n in fields.items() if n]
+        evidence_rows = [
+            (variant, name, n)
+            for variant in (CANARY, STABLE)
+            for name, n in evidence_fields(evidence[variant])
+        ]
+        with self._database.locked() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(
+                    "SELECT epoch FROM gate_epoch WHERE rollout = ?", (self._rollout,)
+                ).fetchone()
+                epoch = 0 if row is None else int(row[0])
+                db.executemany(
+                    "INSERT INTO gate_window (rollout, epoch, variant, slice, field, count) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rollout, epoch, variant, slice, field) "
+                    "DO UPDATE SET count = count + excluded.count",
+                    [(self._rollout, epoch, *r) for r in window_rows],
+                )
+                db.executemany(
+                    "INSERT INTO gate_evidence (rollout, epoch, variant, field, count) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (rollout, epoch, variant, field) "
+                    "DO UPDATE SET count = count + excluded.count",
+                    [(self._rollout, epoch, *r) for r in evidence_rows],
+                )
+                # Expired slices and earlier steps: the file stays the window's size.
+                db.execute(
+                    "DELETE FROM gate_window WHERE rollout = ? AND (epoch <> ? OR slice < ?)",
+                    (self._rollout, epoch, oldest),
+                )
+                db.execute(
+                    "DELETE FROM gate_evidence WHERE rollout = ? AND epoch <> ?",
+                    (self._rollout, epoch),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            pending.clear()  # in the file now: nothing below may lose or repeat them
+            evidence.clear()
+            slices = db.execute(
+                "SELECT variant, slice, field, count FROM gate_window "
+                "WHERE rollout = ? AND epoch = ? AND slice >= ?",
+                (self._rollout, epoch, oldest),
+            ).fetchall()
+            steps = db.execute(
+                "SELECT variant, field, count FROM gate_evidence WHERE rollout = ? AND epoch = ?",
+                (self._rollout, epoch),
+            ).fetchall()
+        self._trouble.recovered()
+        merged = {CANARY: Merged(), STABLE: Merged()}
+        for variant, _, field, count in slices:
+            target = merged.get(variant)
+            if target is None or not isinstance(count, int) or count < 0:
+                continue
+            if field == "r":
+                target.add(count, 0, 0, {})
+            elif field == "f":
+                target.add(0, count, 0, {})
+            elif field == "g":
+                target.add(0, 0, count, {})
+            elif field[:1] == "b" and field[1:].isdigit() and int(field[1:]) < BUCKET_COUNT:
+                target.add(0, 0, 0, {int(field[1:]): count})
+        merged_evidence = {
+            variant: evidence_from_fields((f, n) for v, f, n in steps if v == variant)
+            for variant in (CANARY, STABLE)
+        }
+        with self._lock:
+            self._merged = merged
+            self._merged_evidence = merged_evidence
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer = {}  # the parent's outcomes are the parent's to write
+        self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
+
+    def close(self) -> None:
+        self._follower.close()
+        try:
+            self.flush()  # what this process counted is not lost with it
+        except sqlite3.Error as exc:
+            self._trouble.failed(exc)
+
+
+def open_stores(
+    url: str,
+    config: PromotionConfig,
+    initial: GateState,
+    meter_provider: MeterProvider | None = None,
+    *,
+    transition_timeout: float = TRANSITION_TIMEOUT_SECONDS,
+    **options: Any,
+) -> tuple[SqliteStateStore, SqliteWindowStore]:
+    """Both stores of ``config.name``'s rollout in the SQLite file ``url`` names."""
+    for name, value in options.items():
+        raise ConfigError(name, value, "no such option for a sqlite: store (transition_timeout)")
+    path = database_path(url)
+    try:
+        database = _Database(path)
+    except sqlite3.Error as exc:
+        raise ConfigError(
+            "url", url, f"a SQLite database file this process can open ({exc})"
+        ) from exc
+    return (
+        SqliteStateStore(database, config.name, initial, transition_timeout=transition_timeout),
+        SqliteWindowStore(
+            database, config.name, config.rollback_window_seconds, meter_provider=meter_provider
+        ),
+    )
+
+
+__all__ = ["SqliteStateStore", "SqliteWindowStore", "database_path", "open_stores"]
