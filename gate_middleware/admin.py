@@ -205,6 +205,10 @@ class AdminAPI:
             return _error(401, "a valid 'Authorization: Bearer <token>' header is required")
         try:
             handler, args = self._route(method, path)
+            alone = self.gate.decides_alone
+            if method == "POST" and alone is not None:
+                # A 200 would speak for one worker of several: refuse instead.
+                return _error(409, f"nothing changed: {alone}")
             payload = self._payload(method, body, content_type)
             args["actor"] = self._actor_of(actor)
             return handler(payload, args)

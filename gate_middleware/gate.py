@@ -92,6 +92,7 @@ from gate_middleware.stores import StateStore, WindowStore, missing_members, ope
 from gate_middleware.telemetry import GateTelemetry
 from gate_middleware.webhooks import Webhook
 from gate_middleware.window import InMemoryWindowStore, WindowStats
+from gate_middleware.workers import several_workers
 
 logger = logging.getLogger("gate_middleware")
 
@@ -235,6 +236,16 @@ class PromotionGate(Autopilot):
         self._windows: WindowStore = _checked(window_store, WindowStore, "window_store")
         self._state = state_store.load()
         self._routing = routing_table(self._state, config)
+        self._several_processes: str | None = None
+        if not self._store.remote:
+            logger.info(
+                "rollout %r keeps its state in this process's memory: it dies with the "
+                "process, and no other process sees it (share it with PromotionGate.from_url)",
+                self.name,
+            )
+            several = several_workers()
+            if several is not None:
+                self.note_several_processes(several)
         self.stale_outcomes = 0
         self._burn_lock = threading.Lock()
         self._step_began(clock())
@@ -1060,8 +1071,41 @@ class PromotionGate(Autopilot):
         self._store.close()
         self._windows.close()
 
+    @property
+    def shared(self) -> bool:
+        """Whether the state lives in a store other processes share (SQLite,
+        Redis), rather than in this process's memory."""
+        return self._store.remote
+
+    @property
+    def decides_alone(self) -> str | None:
+        """Why a change made through this gate would hold in this process only,
+        or ``None``: set when a gate that keeps its state in memory can tell
+        that it is one of several processes. The admin API then refuses
+        changes (409) with this text instead of answering for one worker."""
+        return self._several_processes
+
+    def note_several_processes(self, reason: str) -> None:
+        """This gate serves one of several processes (``reason``). For a gate
+        that keeps its state in memory, each process then decides alone: log
+        it once, with the fix. A shared store needs nothing."""
+        if self._several_processes is not None or self._store.remote:
+            return
+        self._several_processes = (
+            f"rollout {self.name!r} keeps its state in this process's memory, and this is one "
+            f"of several processes ({reason}): each process decides alone, a change made "
+            "through one reaches that one only, and a restarted process starts again from its "
+            "config. Share the rollout: PromotionGate.from_url('sqlite:///path/gate.db', config) "
+            "for the processes of one host, or a redis:// URL across hosts"
+        )
+        logger.warning("%s", self._several_processes)
+
     def _after_fork(self) -> None:
         """In a forked child: new locks for the gate and its stores."""
+        self.note_several_processes(
+            f"process {os.getpid()} was forked from {os.getppid()} after the gate was built "
+            "(gunicorn --preload, multiprocessing)"
+        )
         self._evaluation_lock = threading.Lock()
         self._burn_lock = threading.Lock()
         self._store.after_fork()

@@ -92,6 +92,8 @@ class GateWSGIMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         lifecycle = self.lifecycle
+        if environ.get("wsgi.multiprocess") is True and lifecycle.gate.decides_alone is None:
+            lifecycle.gate.note_several_processes("the WSGI server says wsgi.multiprocess")
         if lifecycle.is_excluded(environ.get("PATH_INFO", "")):
             return self.app(environ, start_response)
         request = lifecycle.begin(

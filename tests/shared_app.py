@@ -1,6 +1,6 @@
 """The multi-process test app: one rollout shared through a store (Redis or SQLite).
 
-Configured by the environment: GATE_STORE_URL, GATE_ROLLOUT, GATE_WINDOW.
+Configured by the environment: GATE_STORE_URL (none: in memory), GATE_ROLLOUT, GATE_WINDOW.
 ``/checkout`` fails on the canary path; ``/stats`` tells which process
 answered and what its gate holds; ``/gate`` is the admin API.
 """
@@ -20,17 +20,17 @@ from gate_middleware.admin import AdminASGIApp, AdminWSGIApp
 from gate_middleware.integrations.starlette import GateMiddleware
 
 TOKEN = "redis-admin-token-0123456789"
-gate = PromotionGate.from_url(
-    os.environ["GATE_STORE_URL"],
-    PromotionConfig(
-        environment=Environment.canary(50),
-        feature_flags=["new_checkout_flow"],
-        name=os.environ["GATE_ROLLOUT"],
-        rollback_window_seconds=float(os.environ.get("GATE_WINDOW", "10")),
-        min_requests=20,
-        evaluation_interval_seconds=0.2,
-    ),
+CONFIG = PromotionConfig(
+    environment=Environment.canary(50),
+    feature_flags=["new_checkout_flow"],
+    name=os.environ["GATE_ROLLOUT"],
+    rollback_window_seconds=float(os.environ.get("GATE_WINDOW", "10")),
+    min_requests=20,
+    evaluation_interval_seconds=0.2,
 )
+# No GATE_STORE_URL: the in-memory gate, each process its own.
+URL = os.environ.get("GATE_STORE_URL")
+gate = PromotionGate.from_url(URL, CONFIG) if URL else PromotionGate(CONFIG)
 
 
 async def checkout(request: Request) -> JSONResponse:
@@ -54,7 +54,7 @@ async def stats(request: Request) -> JSONResponse:
             "environment": gate.environment.name,
             "version": gate.state.version,
             "requests": health.canary_requests + health.production_requests,
-            "dropped": gate._windows.dropped_outcomes,  # type: ignore[attr-defined]
+            "dropped": getattr(gate._windows, "dropped_outcomes", 0),
         }
     )
 

@@ -232,14 +232,43 @@ def test_manage_py_gate_command(tmp_path: Path) -> None:
     shown = json.loads(status.stdout)
     assert shown["environment"] == "canary" and shown["traffic_percent"] == 10.0
     assert shown["verdict"] == "INSUFFICIENT_DATA" and shown["flags"] == ["new_api"]
+    # An in-memory gate: the command's own copy, which no server sees. Refused.
+    for command in (
+        ["promote", "staging", "--force"],
+        ["rollback", "x"],
+        ["flags", "--enable", "y"],
+    ):
+        refused = django_admin(project, "gate", *command)
+        assert refused.returncode != 0 and "keeps its state in memory" in refused.stderr
+
+
+def test_manage_py_gate_command_steers_a_shared_gate(tmp_path: Path) -> None:
+    project = django_project(tmp_path, '{"GATE": "proj.shared.gate"}')
+    (project / "proj" / "shared.py").write_text(
+        textwrap.dedent(
+            f"""
+            from gate_middleware import Environment, PromotionConfig, PromotionGate
+
+            gate = PromotionGate.from_url(
+                "sqlite://{tmp_path}/gate.db",
+                PromotionConfig(
+                    name="shop", environment=Environment.canary(10.0), feature_flags=["new_api"]
+                ),
+            )
+            """
+        )
+    )
     refused = django_admin(project, "gate", "promote", "staging")
     assert refused.returncode != 0 and "CommandError" in refused.stderr
     forced = django_admin(project, "gate", "promote", "staging", "--force")
     assert forced.returncode == 0 and "promoted to staging" in forced.stdout
+    # Each command is a new process: what one did, the next one (and the server) sees.
     rolled = django_admin(project, "gate", "rollback", "checkout errors")
-    assert rolled.returncode == 0 and "rolled back from canary" in rolled.stdout
+    assert rolled.returncode == 0 and "rolled back from staging" in rolled.stdout
     flags = django_admin(project, "gate", "flags", "--enable", "dark_mode")
-    assert flags.returncode == 0 and flags.stdout.split() == ["dark_mode", "new_api"]
+    assert flags.returncode == 0 and flags.stdout.split() == ["dark_mode"]  # new_api rolled back
+    status = django_admin(project, "gate", "status")
+    assert '"environment": "production"' in status.stdout
 
 
 def test_django_secret_defaults_from_secret_key(tmp_path: Path) -> None:

@@ -9,9 +9,11 @@
     manage.py gate flags --enable new_api / --disable new_api
 
 The command acts on the gate object ``GATE`` names, in this process: with a
-shared gate (``PromotionGate.from_url("redis://...")``) that is the gate
-every worker serves from; an in-process gate is this process's own copy
-(use the admin API or ``gate-middleware`` CLI to steer a running server).
+shared gate (``PromotionGate.from_url("sqlite:///...")`` or ``"redis://..."``)
+that is the rollout every worker serves from. A gate that keeps its state
+in memory is this command's own copy, which no server process sees: the
+command shows its status but refuses to change it (use the admin API or the
+``gate-middleware`` CLI to steer a running server, or share the gate).
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ class Command(BaseCommand):
         except ConfigError as exc:
             raise CommandError(str(exc)) from exc
         action = options["action"]
+        changes = (
+            action in ("promote", "rollback") or options.get("enable") or options.get("disable")
+        )
+        if changes and not gate.shared:
+            raise CommandError(
+                f"nothing changed: rollout {gate.name!r} keeps its state in memory, so this "
+                "command would change its own copy, not the server's. Steer the running server "
+                "with its admin API (gate-middleware CLI), or share the rollout: "
+                "PromotionGate.from_url('sqlite:///path/gate.db', config) in GATE_MIDDLEWARE"
+            )
         try:
             if action == "status":
                 status = gate.status()
