@@ -91,6 +91,7 @@ from gate_middleware.window import SLICES, WindowStats
 logger = logging.getLogger("gate_middleware")
 
 BUSY_TIMEOUT_SECONDS = 2.0  # how long a statement waits for another process's write
+FULL_READ_EVERY = 4  # follower steps (1 s): the whole state row is decoded and checked
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS gate_state (
@@ -149,9 +150,26 @@ class _Database:
         self._pid = -1
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
-        with self.locked() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+        self._inode = -1
+        with self.locked():
+            pass  # opened (and the schema made) now: a bad path fails at start
+
+    def file_changed(self) -> bool:
+        """Whether the file was deleted or replaced since this process opened it
+        (its connection would go on with the old one): then the next use opens
+        the file at the path again, and it is made anew if it is gone."""
+        try:
+            inode = os.stat(self.path).st_ino
+        except OSError:
+            inode = -2
+        if self._connection is None or inode == self._inode:
+            return False
+        logger.warning("%s was deleted or replaced: opening the file at that path again", self.path)
+        with self._lock:
+            if self._pid == os.getpid() and self._connection is not None:
+                self._connection.close()
+            self._connection = None
+        return True
 
     def locked(self) -> _Locked:
         if self._pid != os.getpid():
@@ -168,7 +186,14 @@ class _Database:
                 isolation_level=None,  # transactions are explicit
                 check_same_thread=False,  # shared by the threads, under the lock
             )
-            connection.execute("PRAGMA synchronous=NORMAL")
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+                connection.executescript(_SCHEMA)
+                self._inode = os.stat(self.path).st_ino
+            except BaseException:
+                connection.close()
+                raise
             self._connection = connection
         return self._connection
 
@@ -238,7 +263,11 @@ class SqliteStateStore(StateStoreBase):
         self._state = initial
         self._listeners: list[Callable[[GateState], None]] = []
         self._trouble = _Trouble(f"rollout {rollout!r} state")
+        # A write can fail while reads work (another process holds the write
+        # lock): kept until a write, or the follower's probe, goes through.
+        self._write_trouble = _Trouble(f"rollout {rollout!r} state changes")
         self._corrupt = ""
+        self._steps = 0
         self._follower = Follower(f"gate-state-{rollout}", self._follow, refresh_seconds)
         try:
             with database.locked() as db:
@@ -269,26 +298,76 @@ class SqliteStateStore(StateStoreBase):
     def status(self) -> tuple[StoreCondition, str]:
         if self._corrupt:
             return "corrupt", f"{self._database.path} rollout {self._rollout!r}: {self._corrupt}"
-        if self._trouble.problem:
-            return "unreachable", f"{self._database.path}: {self._trouble.problem}"
+        problem = self._trouble.problem or self._write_trouble.problem
+        if problem:
+            return "unreachable", f"{self._database.path}: {problem}"
         return "ok", ""
 
+    def _probe_writes(self) -> None:
+        """Whether the write lock can be taken again (nothing is written)."""
+        with self._database.locked() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+        self._write_trouble.recovered()
+
     def _read(self) -> GateState | None:
-        """The stored state if its identity differs from the one held; raises
-        ``sqlite3.Error`` or ``CorruptData``."""
+        """The stored state if it is newer than the one held, else ``None``;
+        raises ``sqlite3.Error`` or ``CorruptData``.
+
+        Never goes back: a missing row (the file was deleted, replaced or
+        emptied) or an older one gets this process's state written back, as
+        the Redis store does; the whole row is decoded every
+        ``FULL_READ_EVERY`` steps even when its identity is unchanged, so a
+        foreign write to it is found.
+        """
+        self._database.file_changed()
+        self._steps += 1
         with self._database.locked() as db:
             row = db.execute(
                 "SELECT version, id FROM gate_state WHERE rollout = ?", (self._rollout,)
             ).fetchone()
-            if row is None or (row[0], row[1]) == (self._state.version, self._state.transition):
+            held = self._state
+            if row is None or row[0] < held.version:
+                self._write_back(db, held, None if row is None else (row[0], row[1]))
                 return None
+            same = (row[0], row[1]) == (held.version, held.transition)
+            if same and self._steps % FULL_READ_EVERY and not self._corrupt:
+                return None  # (while corrupt, every step reads it whole until repaired)
             full = db.execute(
                 "SELECT version, id, state FROM gate_state WHERE rollout = ?", (self._rollout,)
             ).fetchone()
         if full is None:
             return None
         version, transition, text = full
-        return decode_state(text, str(version), str(transition))
+        state = decode_state(text, str(version), str(transition))
+        return None if same else state
+
+    def _write_back(
+        self, db: sqlite3.Connection, state: GateState, found: tuple[int, str] | None
+    ) -> None:
+        """Put ``state`` where the stored row is missing or older than it."""
+        text = encode_state(state)
+        if found is None:
+            written = db.execute(
+                "INSERT OR IGNORE INTO gate_state (rollout, version, id, state) VALUES (?, ?, ?, ?)",
+                (self._rollout, state.version, state.transition, text),
+            ).rowcount
+        else:
+            written = db.execute(
+                "UPDATE gate_state SET version = ?, id = ?, state = ? "
+                "WHERE rollout = ? AND version = ? AND id = ?",
+                (state.version, state.transition, text, self._rollout, *found),
+            ).rowcount
+        if written:
+            logger.warning(
+                "rollout %r: %s held %s; wrote back the newer state this process holds "
+                "(version %d, %s)",
+                self._rollout,
+                self._database.path,
+                "no state" if found is None else f"an older state (version {found[0]})",
+                state.version,
+                state.environment,
+            )
 
     def _follow(self) -> None:
         try:
@@ -309,6 +388,11 @@ class SqliteStateStore(StateStoreBase):
             return
         self._trouble.recovered()
         self._corrupt = ""
+        if self._write_trouble.problem:
+            try:
+                self._probe_writes()
+            except sqlite3.Error as exc:
+                self._write_trouble.failed(exc)
         if state is None:
             return
         self._state = state
@@ -332,6 +416,8 @@ class SqliteStateStore(StateStoreBase):
         if not new_state.transition:
             new_state = replace(new_state, transition=new_transition_id())
         text = encode_state(new_state)
+        if self._database.file_changed():
+            self._follow()  # the file at the path now: our state written back first
         try:
             with self._database.locked() as db:
                 db.execute("BEGIN IMMEDIATE")
@@ -355,12 +441,12 @@ class SqliteStateStore(StateStoreBase):
                         db.execute("ROLLBACK")
                     raise
         except sqlite3.Error as exc:
-            self._trouble.failed(exc)
+            self._write_trouble.failed(exc)
             raise PromotionError(
                 f"nothing changed: the SQLite store {self._database.path} refused the change "
                 f"({type(exc).__name__}: {exc}); try again"
             ) from exc
-        self._trouble.recovered()
+        self._write_trouble.recovered()
         self._state = new_state  # the follower sees its own identity: no second report
         return True
 

@@ -1,0 +1,231 @@
+"""The SQLite store under faults, in figures: ``python -m benchmarks.sqlite_faults``.
+
+Each fault is done for real to a real file, with the drill of
+``benchmarks.drill``: three gates of one rollout open the file each with its
+own connection (three processes' worth), a thread per gate sends requests
+through the gate's API, and an operator rolls the canary back during the
+fault, retrying every 0.2 s. The table shows, per fault: requests served /
+failed, the rollback's attempts / applied (rollback events in the shared
+history) / reported (calls that returned an event), callbacks fired across
+the gates, and the seconds until every gate holds the same state once the
+fault ends. Targets: 0 failed requests, 1 applied, 1 reported, 1 callback,
+agreement within 1 s.
+
+The faults: another process holding the write lock for 3 s; the disk full
+(a 1 MiB tmpfs of the drill's own, filled, then freed; needs root and
+``mount``, else reported as skipped); the state's row overwritten with
+garbage by a foreign write, then deleted by the operator; the file deleted
+under the running gates; the file replaced by garbage bytes, then deleted;
+a process SIGKILLed in the middle of a write transaction. ``tests/
+test_sqlite_faults.py`` runs each one and checks the targets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from benchmarks.drill import Figures, Rollout
+
+HOLD_SECONDS = 3.0
+
+
+@contextlib.contextmanager
+def database_directory() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="gate-sqlite-faults-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _url(path: Path) -> str:
+    return f"sqlite://{path}"
+
+
+def _drill(name: str, path: Path, fault: Callable[[Rollout, Figures], None]) -> Figures:
+    """Run ``fault`` under traffic (it returns once the fault is over), then
+    the operator's rollback; agreement is timed from the fault's end."""
+    figures = Figures(name)
+    rollout = Rollout([_url(path)] * 3)
+    with rollout.traffic():
+        time.sleep(0.3)
+        fault(rollout, figures)
+        ended = time.monotonic()
+        rollout.roll_back(figures, rollout.gates[1])
+        agreed = rollout.agree_seconds()
+        figures.agree_seconds = time.monotonic() - ended if agreed < float("inf") else agreed
+    return rollout.finish(figures)
+
+
+def lock_held() -> Figures:
+    with database_directory() as directory:
+        path = directory / "gate.db"
+
+        def fault(rollout: Rollout, figures: Figures) -> None:
+            holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            holder.execute("BEGIN IMMEDIATE")
+            release = threading.Timer(HOLD_SECONDS, lambda: holder.execute("ROLLBACK"))
+            release.start()
+            rollout.roll_back(figures, rollout.gates[0])  # retries until the lock is gone
+            release.join()
+            holder.close()
+
+        return _drill(f"another process holds the write lock {HOLD_SECONDS:g} s", path, fault)
+
+
+def disk_full() -> Figures:
+    with database_directory() as directory:
+        mount = directory / "small"
+        mount.mkdir()
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+            capture_output=True,
+            check=False,
+        )
+        if mounted.returncode != 0:
+            figures = Figures("the disk full")
+            figures.notes.append("skipped: mounting a small tmpfs needs root and mount")
+            return figures
+        try:
+            path = mount / "gate.db"
+
+            def fault(rollout: Rollout, figures: Figures) -> None:
+                filler = mount / "filler"
+                file = open(filler, "wb", buffering=0)  # noqa: SIM115 - closed below
+                with contextlib.suppress(OSError):
+                    while True:
+                        file.write(b"\0" * 4096)
+                with contextlib.suppress(OSError):
+                    file.close()
+                # Full now: a change fails, the requests go on.
+                rollout.roll_back(figures, rollout.gates[0], deadline=HOLD_SECONDS)
+                filler.unlink()  # space again
+
+            return _drill("the disk full, then freed", path, fault)
+        finally:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def garbage_state() -> Figures:
+    with database_directory() as directory:
+        path = directory / "gate.db"
+
+        def fault(rollout: Rollout, figures: Figures) -> None:
+            name = rollout.gates[0].name
+            foreign = sqlite3.connect(path, isolation_level=None)
+            foreign.execute("UPDATE gate_state SET state = '{garbage' WHERE rollout = ?", (name,))
+            time.sleep(1.0)  # every gate reads it, serves on, and refuses changes
+            status = rollout.gates[0].status().to_dict()["store"]
+            figures.notes.append(f"while corrupt, the store's status: {status['status']}")
+            with contextlib.suppress(Exception):
+                figures.attempts += 1
+                rollout.gates[0].rollback("refused while corrupt")
+                figures.reported += 1
+            # The operator repairs it: delete the row; the gates write back their state.
+            foreign.execute("DELETE FROM gate_state WHERE rollout = ?", (name,))
+            foreign.close()
+
+        return _drill("the state's row overwritten with garbage, then deleted", path, fault)
+
+
+def file_deleted() -> Figures:
+    with database_directory() as directory:
+        path = directory / "gate.db"
+
+        def fault(rollout: Rollout, figures: Figures) -> None:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(f"{path}{suffix}")
+
+        return _drill("the file deleted under the running gates", path, fault)
+
+
+def file_replaced_by_garbage() -> Figures:
+    with database_directory() as directory:
+        path = directory / "gate.db"
+
+        def fault(rollout: Rollout, figures: Figures) -> None:
+            garbage = directory / "garbage"
+            garbage.write_bytes(os.urandom(64 * 1024))
+            os.replace(garbage, path)
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(f"{path}{suffix}")
+            time.sleep(1.0)  # every gate finds it unreadable and serves on
+            status = rollout.gates[0].status().to_dict()["store"]
+            figures.notes.append(f"while unreadable, the store's status: {status['status']}")
+            path.unlink()  # the operator removes it
+
+        return _drill("the file replaced by garbage bytes, then deleted", path, fault)
+
+
+KILLED_WRITER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
+db.execute("BEGIN IMMEDIATE")
+db.execute("UPDATE gate_state SET state = '{half-written', version = version + 1")
+print("in the transaction", flush=True)
+time.sleep(60)
+"""
+
+
+def killed_mid_transaction() -> Figures:
+    with database_directory() as directory:
+        path = directory / "gate.db"
+
+        def fault(rollout: Rollout, figures: Figures) -> None:
+            writer = subprocess.Popen(
+                [sys.executable, "-c", KILLED_WRITER, str(path)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert writer.stdout is not None
+            writer.stdout.readline()  # it holds the lock, its change uncommitted
+            time.sleep(0.5)
+            writer.send_signal(signal.SIGKILL)
+            writer.wait()
+            writer.stdout.close()
+
+        return _drill("a process SIGKILLed in the middle of a write", path, fault)
+
+
+FAULTS: list[Callable[[], Figures]] = [
+    lock_held,
+    disk_full,
+    garbage_state,
+    file_deleted,
+    file_replaced_by_garbage,
+    killed_mid_transaction,
+]
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.CRITICAL)  # the faults log by design
+    print(
+        "| fault | requests served / failed | rollback attempts / applied / reported "
+        "| callbacks | seconds to agree |"
+    )
+    print("|---|---|---|---|---|")
+    notes = []
+    for fault in FAULTS:
+        figures = fault()
+        print(figures.row(), flush=True)
+        notes += [f"{figures.fault}: {note}" for note in figures.notes]
+    for note in notes:
+        print(f"- {note}")
+
+
+if __name__ == "__main__":
+    main()
