@@ -603,6 +603,7 @@ class RedisWindowStore(WindowStoreBase):
         self._offset = 0.0  # Redis's clock minus ours
         self._skew_logged = False
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._buffer: dict[tuple[str, int], Slice] = {}
         self._merged: dict[str, Merged] = {CANARY: Merged(), STABLE: Merged()}
         # The step's evidence: unflushed here, merged from every process there.
@@ -759,20 +760,23 @@ class RedisWindowStore(WindowStoreBase):
 
     def flush(self) -> None:
         """Send the buffered outcomes in one pipeline and read the merged windows back."""
-        with self._lock:
-            pending, self._buffer = self._buffer, {}
-            evidence, self._evidence_buffer = (
-                self._evidence_buffer,
-                {CANARY: Evidence(), STABLE: Evidence()},
-            )
-        try:
-            self._flush(pending, evidence)
-        except Unavailable as exc:
-            self._outage.failed(exc)
-            self._merge_back_all(pending, evidence)
-        except Exception:
-            self._merge_back_all(pending, evidence)  # never lose the buffer to a bug
-            raise
+        # One flush at a time: when an explicit flush returns, its read-back
+        # includes what a background flush had in flight.
+        with self._flush_lock:
+            with self._lock:
+                pending, self._buffer = self._buffer, {}
+                evidence, self._evidence_buffer = (
+                    self._evidence_buffer,
+                    {CANARY: Evidence(), STABLE: Evidence()},
+                )
+            try:
+                self._flush(pending, evidence)
+            except Unavailable as exc:
+                self._outage.failed(exc)
+                self._merge_back_all(pending, evidence)
+            except Exception:
+                self._merge_back_all(pending, evidence)  # never lose the buffer to a bug
+                raise
 
     def _merge_back_all(
         self, pending: dict[tuple[str, int], Slice], evidence: dict[str, Evidence]
@@ -861,6 +865,7 @@ class RedisWindowStore(WindowStoreBase):
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._buffer = {}  # the parent's outcomes are the parent's to flush
         self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
 

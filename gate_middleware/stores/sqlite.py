@@ -477,6 +477,7 @@ class SqliteWindowStore(WindowStoreBase):
         self._slice_seconds = window_seconds / SLICES
         self._clock = clock
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._buffer: dict[tuple[str, int], Slice] = {}
         self._merged: dict[str, Merged] = {CANARY: Merged(), STABLE: Merged()}
         self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
@@ -576,20 +577,23 @@ class SqliteWindowStore(WindowStoreBase):
 
     def flush(self) -> None:
         """Write the buffered outcomes in one transaction and read the merged windows back."""
-        with self._lock:
-            pending, self._buffer = self._buffer, {}
-            evidence, self._evidence_buffer = (
-                self._evidence_buffer,
-                {CANARY: Evidence(), STABLE: Evidence()},
-            )
-        try:
-            self._flush(pending, evidence)
-        except sqlite3.Error as exc:
-            self._trouble.failed(exc)
-            self._merge_back_all(pending, evidence)
-        except Exception:
-            self._merge_back_all(pending, evidence)  # never lose the buffer to a bug
-            raise
+        # One flush at a time: when an explicit flush returns, its read-back
+        # includes what a background flush had in flight.
+        with self._flush_lock:
+            with self._lock:
+                pending, self._buffer = self._buffer, {}
+                evidence, self._evidence_buffer = (
+                    self._evidence_buffer,
+                    {CANARY: Evidence(), STABLE: Evidence()},
+                )
+            try:
+                self._flush(pending, evidence)
+            except sqlite3.Error as exc:
+                self._trouble.failed(exc)
+                self._merge_back_all(pending, evidence)
+            except Exception:
+                self._merge_back_all(pending, evidence)  # never lose the buffer to a bug
+                raise
 
     def _merge_back_all(
         self, pending: dict[tuple[str, int], Slice], evidence: dict[str, Evidence]
@@ -695,6 +699,7 @@ class SqliteWindowStore(WindowStoreBase):
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._buffer = {}  # the parent's outcomes are the parent's to write
         self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
 
