@@ -7,10 +7,11 @@ applied and reported, callbacks, seconds until every gate agrees).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -130,3 +131,19 @@ class Rollout:
         for gate in self.gates:
             gate.close()
         return figures
+
+
+def print_table(faults: list[Callable[[], Figures]]) -> list[str]:
+    """Run each fault, print its row as it ends; the notes, to print after."""
+    logging.basicConfig(level=logging.CRITICAL)  # the faults log by design
+    print(
+        "| fault | requests served / failed | rollback attempts / applied / reported "
+        "| callbacks | seconds to agree |"
+    )
+    print("|---|---|---|---|---|")
+    notes = []
+    for fault in faults:
+        figures = fault()
+        print(figures.row(), flush=True)
+        notes += [f"{figures.fault}: {note}" for note in figures.notes]
+    return notes

@@ -16,13 +16,12 @@ Needs redis-server and redis-cli (``./dev bench`` installs them).
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from benchmarks.drill import Figures, Rollout
+from benchmarks.drill import Figures, Rollout, print_table
 from gate_middleware import PromotionError, PromotionGate
 from tests.faults import RedisProxy
 from tests.servers import RedisClusterServers, RedisSentinelSet, RedisServer
@@ -209,17 +208,7 @@ FAULTS: list[Callable[[], Figures]] = [
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.CRITICAL)  # the faults log by design
-    print(
-        "| fault | requests served / failed | rollback attempts / applied / reported "
-        "| callbacks | seconds to agree |"
-    )
-    print("|---|---|---|---|---|")
-    notes = []
-    for fault in FAULTS:
-        figures = fault()
-        print(figures.row(), flush=True)
-        notes += [f"{figures.fault}: {note}" for note in figures.notes]
+    notes = print_table(FAULTS)
     notes.append(restart_race())
     for note in notes:
         print(f"- {note}")

@@ -99,9 +99,10 @@ def starlette_cases(shared: bool = True) -> dict[str, Callable[[int], None]]:
         "+ gate middleware, OpenTelemetry SDK": asgi_case(with_sdk),
         "+ OpenTelemetry ASGI instrumentation, SDK": asgi_case(otel),
     }
-    url = redis_url() if shared else None
+    with_stores = shared
+    url = redis_url() if with_stores else None
     if url is not None:
-        shared = starlette_app()
+        shared_app = starlette_app()
         shared_gate = PromotionGate.from_url(
             url,
             PromotionConfig(
@@ -109,9 +110,33 @@ def starlette_cases(shared: bool = True) -> dict[str, Callable[[int], None]]:
             ),
             meter_provider=NoOpMeterProvider(),
         )
-        shared.add_middleware(GateMiddleware, gate=shared_gate, meter_provider=NoOpMeterProvider())
-        cases["+ gate middleware on Redis (loopback), metrics API only"] = asgi_case(shared)
+        shared_app.add_middleware(
+            GateMiddleware, gate=shared_gate, meter_provider=NoOpMeterProvider()
+        )
+        cases["+ gate middleware on Redis (loopback), metrics API only"] = asgi_case(shared_app)
+    if with_stores:
+        on_file = starlette_app()
+        file_gate = PromotionGate.from_url(
+            f"sqlite://{sqlite_directory()}/gate.db",
+            PromotionConfig(
+                environment=Environment.canary(10), feature_flags=["new_api"], name="bench"
+            ),
+            meter_provider=NoOpMeterProvider(),
+        )
+        on_file.add_middleware(GateMiddleware, gate=file_gate, meter_provider=NoOpMeterProvider())
+        cases["+ gate middleware on SQLite (a file), metrics API only"] = asgi_case(on_file)
     return cases
+
+
+def sqlite_directory() -> str:
+    """A directory of our own for the SQLite case's file, removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="gate-bench-")
+    atexit.register(shutil.rmtree, directory, True)
+    return directory
 
 
 def redis_url() -> str | None:
@@ -282,15 +307,17 @@ def run(quick: bool) -> list[str]:
     ):
         results = interleaved(cases, number, repeat)
         sections.append(table(title, results, next(iter(cases)), overhead=True))
-        shared = results.get("+ gate middleware on Redis (loopback), metrics API only")
-        if shared is not None:
+        for store in ("Redis (loopback)", "SQLite (a file)"):
+            shared = results.get(f"+ gate middleware on {store}, metrics API only")
+            if shared is None:
+                continue
             base = results[next(iter(cases))].median
             in_memory = results["+ gate middleware, metrics API only"].median - base
             sections.append(
                 bars(
                     [
                         (
-                            "shared-store overhead <= 1.2x the in-memory gate's",
+                            f"{store.split()[0]} store overhead <= 1.2x the in-memory gate's",
                             (shared.median - base) / in_memory,
                             1.2,
                         )

@@ -23,7 +23,6 @@ test_sqlite_faults.py`` runs each one and checks the targets.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import signal
@@ -36,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from benchmarks.drill import Figures, Rollout
+from benchmarks.drill import Figures, Rollout, print_table
 
 HOLD_SECONDS = 3.0
 
@@ -212,17 +211,7 @@ FAULTS: list[Callable[[], Figures]] = [
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.CRITICAL)  # the faults log by design
-    print(
-        "| fault | requests served / failed | rollback attempts / applied / reported "
-        "| callbacks | seconds to agree |"
-    )
-    print("|---|---|---|---|---|")
-    notes = []
-    for fault in FAULTS:
-        figures = fault()
-        print(figures.row(), flush=True)
-        notes += [f"{figures.fault}: {note}" for note in figures.notes]
+    notes = print_table(FAULTS)
     for note in notes:
         print(f"- {note}")
 

@@ -83,10 +83,11 @@ from gate_middleware.config import PromotionConfig
 from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
 from gate_middleware.evidence import CLUSTERS, Evidence
 from gate_middleware.routing import CANARY, STABLE
-from gate_middleware.sketch import BUCKET_COUNT, bucket_index, quantile
+from gate_middleware.sketch import BUCKET_COUNT
 from gate_middleware.state import MAX_HISTORY, GateState, PromotionEvent
 from gate_middleware.stores.buffer import (
     EVIDENCE_SECONDS,
+    BufferedWindowStore,
     Merged,
     Slice,
     digest,
@@ -105,9 +106,8 @@ from gate_middleware.stores.port import (
     TRANSITION_TIMEOUT_SECONDS,
     StateStoreBase,
     StoreCondition,
-    WindowStoreBase,
 )
-from gate_middleware.window import SLICES, WindowStats
+from gate_middleware.window import SLICES
 
 try:
     import redis
@@ -571,7 +571,7 @@ def _decode_slice(reply: dict[bytes, bytes]) -> tuple[int, int, int, dict[int, i
     return totals[b"r"], totals[b"f"], totals[b"g"], buckets, problems
 
 
-class RedisWindowStore(WindowStoreBase):
+class RedisWindowStore(BufferedWindowStore):
     """Both windows, merged across every process of the rollout.
 
     Slices are numbered by Redis's clock: ``clock`` (wall-clock seconds)
@@ -579,7 +579,7 @@ class RedisWindowStore(WindowStoreBase):
     processes whose clocks disagree still number a moment alike.
     """
 
-    remote = True  # recorded outcomes are flushed to Redis off the request path
+    unreachable_errors = Unavailable
 
     def __init__(
         self,
@@ -592,36 +592,22 @@ class RedisWindowStore(WindowStoreBase):
         clock: Callable[[], float] = time.time,
         meter_provider: MeterProvider | None = None,
     ) -> None:
+        super().__init__(
+            rollout, window_seconds, flush_seconds=flush_seconds, meter_provider=meter_provider
+        )
         base = rollout_keys(rollout, key_prefix)
         self._client = client
         self._prefix = f"{base}:window"
         self._epoch_key = f"{base}:epoch"
         self._next_epoch = client.register_script(_NEXT_EPOCH)
-        self._slice_seconds = window_seconds / SLICES
         self._expire = int(window_seconds + 2 * self._slice_seconds) + 1
         self._clock = clock
         self._offset = 0.0  # Redis's clock minus ours
         self._skew_logged = False
-        self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._buffer: dict[tuple[str, int], Slice] = {}
-        self._merged: dict[str, Merged] = {CANARY: Merged(), STABLE: Merged()}
-        # The step's evidence: unflushed here, merged from every process there.
-        self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
-        self._merged_evidence = {CANARY: Evidence(), STABLE: Evidence()}
         self._epoch = 0
-        self.dropped_outcomes = 0
         self._outage = _Outage(f"rollout {rollout!r} windows")
         self._corruption = _Corruption()
-        self._follower = Follower(f"gate-windows-{rollout}", self.flush, flush_seconds)
-        self._rollout = rollout
         meter = get_meter("gate_middleware", meter_provider=meter_provider)
-        meter.create_observable_counter(
-            "gate_middleware.store.dropped",
-            callbacks=[self._observe_dropped],
-            unit="{outcome}",
-            description="Outcomes that could not reach the shared store before leaving the window",
-        )
         meter.create_observable_counter(
             "gate_middleware.store.corrupt",
             callbacks=[self._observe_corrupt],
@@ -631,8 +617,8 @@ class RedisWindowStore(WindowStoreBase):
         with contextlib.suppress(*Unavailable):  # if Redis is away, the first flush says so
             self._measure_offset()
 
-    def _observe_dropped(self, options: CallbackOptions) -> list[Observation]:
-        return [Observation(self.dropped_outcomes, {"gate.rollout": self._rollout})]
+    def _unreachable(self, exc: BaseException) -> None:
+        self._outage.failed(exc)
 
     def _observe_corrupt(self, options: CallbackOptions) -> list[Observation]:
         counts: dict[str, int] = {}
@@ -679,67 +665,7 @@ class RedisWindowStore(WindowStoreBase):
         """Redis's clock minus this process's, as last measured."""
         return self._offset
 
-    def record(
-        self,
-        variant: str,
-        success: bool,
-        good: bool,
-        duration: float,
-        now: float,
-        cluster: int = 0,
-        evidence: bool = True,
-    ) -> None:
-        number = int(self._now() // self._slice_seconds)
-        index = bucket_index(duration)
-        with self._lock:
-            if evidence:
-                self._evidence_buffer[variant].add(1, not success, not good, index, cluster)
-            entry = self._buffer.get((variant, number))
-            if entry is None:
-                entry = self._buffer[(variant, number)] = Slice()
-            entry.requests += 1
-            if not success:
-                entry.failures += 1
-            if good:
-                entry.good += 1
-            entry.buckets[index] = entry.buckets.get(index, 0) + 1
-        self._follower.ensure()
-
-    def stats(self, variant: str, now: float) -> WindowStats:
-        self._follower.ensure()
-        oldest = int(self._now() // self._slice_seconds) - SLICES + 1
-        total = Merged()
-        with self._lock:
-            merged = self._merged[variant]
-            total.add(merged.requests, merged.failures, merged.good, {})
-            total.buckets = list(merged.buckets)
-            total.highest = merged.highest
-            for (name, number), entry in self._buffer.items():
-                if name == variant and number >= oldest:
-                    total.add(entry.requests, entry.failures, entry.good, entry.buckets)
-        if total.requests == 0:
-            return WindowStats()
-        return WindowStats(
-            total.requests,
-            total.failures,
-            total.good,
-            quantile(total.buckets, total.requests, 0.99, total.highest),
-        )
-
-    def evidence(self, variant: str) -> Evidence:
-        """The step's evidence of every process (as of the last flush) and this one's unflushed."""
-        self._follower.ensure()
-        with self._lock:
-            evidence = self._merged_evidence[variant].copy()
-            evidence.merge(self._evidence_buffer[variant])
-        return evidence
-
-    def clear(self) -> None:
-        with self._lock:
-            self._buffer.clear()
-            self._merged = {CANARY: Merged(), STABLE: Merged()}
-            self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
-            self._merged_evidence = {CANARY: Evidence(), STABLE: Evidence()}
+    def _clear_shared(self) -> None:
         try:
             self._epoch = int(self._next_epoch(keys=[self._epoch_key]))
         except Unavailable as exc:
@@ -758,42 +684,10 @@ class RedisWindowStore(WindowStoreBase):
         self._corruption.repaired(self._epoch_key)
         return int(raw)
 
-    def flush(self) -> None:
-        """Send the buffered outcomes in one pipeline and read the merged windows back."""
-        # One flush at a time: when an explicit flush returns, its read-back
-        # includes what a background flush had in flight.
-        with self._flush_lock:
-            with self._lock:
-                pending, self._buffer = self._buffer, {}
-                evidence, self._evidence_buffer = (
-                    self._evidence_buffer,
-                    {CANARY: Evidence(), STABLE: Evidence()},
-                )
-            try:
-                self._flush(pending, evidence)
-            except Unavailable as exc:
-                self._outage.failed(exc)
-                self._merge_back_all(pending, evidence)
-            except Exception:
-                self._merge_back_all(pending, evidence)  # never lose the buffer to a bug
-                raise
-
-    def _merge_back_all(
-        self, pending: dict[tuple[str, int], Slice], evidence: dict[str, Evidence]
-    ) -> None:
-        oldest = int(self._now() // self._slice_seconds) - SLICES + 1
-        with self._lock:  # keep them for the next try (bounded: the window's slices)
-            for key, entry in pending.items():
-                if self._keep(key, entry, oldest):
-                    self._merge_back(key, entry)
-            for variant, unsent in evidence.items():  # fixed size: never dropped
-                self._evidence_buffer[variant].merge(unsent)
-
-    def _flush(self, pending: dict[tuple[str, int], Slice], evidence: dict[str, Evidence]) -> None:
+    def _write(self, pending: dict[tuple[str, int], Slice], evidence: dict[str, Evidence]) -> None:
         now_slice = int(self._now() // self._slice_seconds)
         oldest = now_slice - SLICES + 1
-        for key in [key for key, entry in pending.items() if not self._keep(key, entry, oldest)]:
-            del pending[key]
+        self._buffer.drop_expired(pending, oldest)
         self._measure_offset()  # TIME cannot be pipelined on a cluster
         self._epoch = self._read_epoch()
         pipe = self._client.pipeline(transaction=False)
@@ -842,35 +736,7 @@ class RedisWindowStore(WindowStoreBase):
         for old_key in [k for k in self._corruption.problems if k.startswith(self._prefix)]:
             if not any(old_key.endswith(f":{v}:{n}") for v, n in order):
                 self._corruption.repaired(old_key)  # it left the window
-        with self._lock:
-            self._merged = merged
-            self._merged_evidence = merged_evidence
-
-    def _keep(self, key: tuple[str, int], entry: Slice, oldest: int) -> bool:
-        if key[1] >= oldest:
-            return True
-        self.dropped_outcomes += entry.requests
-        return False
-
-    def _merge_back(self, key: tuple[str, int], entry: Slice) -> None:
-        current = self._buffer.get(key)
-        if current is None:
-            self._buffer[key] = entry
-            return
-        current.requests += entry.requests
-        current.failures += entry.failures
-        current.good += entry.good
-        for index, count in entry.buckets.items():
-            current.buckets[index] = current.buckets.get(index, 0) + count
-
-    def after_fork(self) -> None:
-        self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._buffer = {}  # the parent's outcomes are the parent's to flush
-        self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
-
-    def close(self) -> None:
-        self._follower.close()
+        self._buffer.publish(merged, merged_evidence)
 
 
 def _decode_evidence(reply: dict[bytes, bytes]) -> Evidence:

@@ -1,5 +1,6 @@
 """What a shared store's process holds before it writes: outcomes counted per
-time slice, and a step's evidence as named counters.
+time slice, and a step's evidence as named counters; and the window store
+written once for every shared backend (``BufferedWindowStore``).
 
 Outcomes are counted here on the request path (a short lock, no I/O) and
 written by the store's background thread; the windows read back are the
@@ -9,10 +10,19 @@ sum over every process. Used by the Redis and SQLite stores.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import threading
+from abc import abstractmethod
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
 from gate_middleware.evidence import CLUSTERS, Evidence
-from gate_middleware.sketch import BUCKET_COUNT
+from gate_middleware.routing import CANARY, STABLE
+from gate_middleware.sketch import BUCKET_COUNT, bucket_index, quantile
+from gate_middleware.stores.follower import Follower
+from gate_middleware.stores.port import WindowStoreBase
+from gate_middleware.window import SLICES, WindowStats
 
 
 def digest(text: str) -> str:
@@ -89,3 +99,250 @@ def evidence_from_fields(fields: Iterable[tuple[str, int]]) -> Evidence:
         elif kind in groups and index < CLUSTERS:
             groups[kind][index] = count
     return Evidence.from_counts(latency, groups["r"], groups["f"], groups["x"])
+
+
+class OutcomeBuffer:
+    """A shared window store's side in one process: the outcomes not yet
+    written (per variant and time slice, and the step's evidence), and the
+    windows and evidence of every process as last read back. ``lock`` is
+    the only lock the request path takes (``record``), and never over I/O.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.slices: dict[tuple[str, int], Slice] = {}
+        self.evidence = _both(Evidence)
+        self.merged = _both(Merged)
+        self.merged_evidence = _both(Evidence)
+        self.dropped = 0  # outcomes whose slice left the window before they were written
+
+    def record(
+        self,
+        variant: str,
+        success: bool,
+        good: bool,
+        index: int,
+        cluster: int,
+        number: int,
+        evidence: bool,
+    ) -> None:
+        """Count one outcome (latency bucket ``index``) in slice ``number``."""
+        with self.lock:
+            if evidence:
+                self.evidence[variant].add(1, not success, not good, index, cluster)
+            entry = self.slices.get((variant, number))
+            if entry is None:
+                entry = self.slices[(variant, number)] = Slice()
+            entry.requests += 1
+            if not success:
+                entry.failures += 1
+            if good:
+                entry.good += 1
+            entry.buckets[index] = entry.buckets.get(index, 0) + 1
+
+    def stats(self, variant: str, oldest: int) -> WindowStats:
+        """The variant's window: every process's as last read, and this one's unwritten
+        slices from ``oldest`` on."""
+        total = Merged()
+        with self.lock:
+            merged = self.merged[variant]
+            total.add(merged.requests, merged.failures, merged.good, {})
+            total.buckets = list(merged.buckets)
+            total.highest = merged.highest
+            for (name, number), entry in self.slices.items():
+                if name == variant and number >= oldest:
+                    total.add(entry.requests, entry.failures, entry.good, entry.buckets)
+        if total.requests == 0:
+            return WindowStats()
+        return WindowStats(
+            total.requests,
+            total.failures,
+            total.good,
+            quantile(total.buckets, total.requests, 0.99, total.highest),
+        )
+
+    def step_evidence(self, variant: str) -> Evidence:
+        """The step's evidence of every process (as last read) and this one's unwritten."""
+        with self.lock:
+            evidence = self.merged_evidence[variant].copy()
+            evidence.merge(self.evidence[variant])
+        return evidence
+
+    def clear(self) -> None:
+        with self.lock:
+            self.slices.clear()
+            self.evidence = _both(Evidence)
+            self.merged = _both(Merged)
+            self.merged_evidence = _both(Evidence)
+
+    def take(self) -> tuple[dict[tuple[str, int], Slice], dict[str, Evidence]]:
+        """What is to be written, taken out (``put_back`` if the write fails)."""
+        with self.lock:
+            pending, self.slices = self.slices, {}
+            evidence, self.evidence = self.evidence, _both(Evidence)
+        return pending, evidence
+
+    def drop_expired(self, pending: dict[tuple[str, int], Slice], oldest: int) -> None:
+        """Remove the slices older than ``oldest`` from ``pending``, counting them dropped."""
+        for key in [key for key in pending if key[1] < oldest]:
+            self.dropped += pending.pop(key).requests
+
+    def put_back(
+        self, pending: dict[tuple[str, int], Slice], evidence: dict[str, Evidence], oldest: int
+    ) -> None:
+        """Keep what could not be written for the next try (bounded: the window's
+        slices; the evidence has a fixed size and is never dropped)."""
+        self.drop_expired(pending, oldest)
+        with self.lock:
+            for key, entry in pending.items():
+                current = self.slices.get(key)
+                if current is None:
+                    self.slices[key] = entry
+                    continue
+                current.requests += entry.requests
+                current.failures += entry.failures
+                current.good += entry.good
+                for index, count in entry.buckets.items():
+                    current.buckets[index] = current.buckets.get(index, 0) + count
+            for variant, unsent in evidence.items():
+                self.evidence[variant].merge(unsent)
+
+    def publish(self, merged: dict[str, Merged], merged_evidence: dict[str, Evidence]) -> None:
+        """The windows and evidence of every process, as just read back."""
+        with self.lock:
+            self.merged = merged
+            self.merged_evidence = merged_evidence
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock; the parent's outcomes are the parent's to write."""
+        self.lock = threading.Lock()
+        self.slices = {}
+        self.evidence = _both(Evidence)
+
+
+_T = TypeVar("_T")
+
+
+def _both(kind: Callable[[], _T]) -> dict[str, _T]:
+    return {CANARY: kind(), STABLE: kind()}
+
+
+class BufferedWindowStore(WindowStoreBase):
+    """A window store shared through a backend, written once for every backend.
+
+    The request path only counts into this process's ``OutcomeBuffer``
+    (``record``: a short lock, no I/O); a background thread calls
+    ``flush`` every ``flush_seconds``, which hands what was counted to the
+    backend's ``_write`` (write it, read every process's windows back,
+    ``publish`` them) and puts it back for the next try when the backend
+    cannot be reached. A backend supplies ``_now`` (the clock its slices
+    are numbered by), ``_write``, ``_clear_shared`` (a new step for every
+    process), ``_unreachable`` (note an error of ``unreachable_errors``) and
+    ``status``.
+    """
+
+    remote = True  # outcomes reach the backend off the request path
+    unreachable_errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(
+        self,
+        rollout: str,
+        window_seconds: float,
+        *,
+        flush_seconds: float,
+        meter_provider: MeterProvider | None,
+    ) -> None:
+        self._rollout = rollout
+        self._slice_seconds = window_seconds / SLICES
+        self._buffer = OutcomeBuffer()
+        self._flush_lock = threading.Lock()
+        self._follower = Follower(f"gate-windows-{rollout}", self.flush, flush_seconds)
+        meter = get_meter("gate_middleware", meter_provider=meter_provider)
+        meter.create_observable_counter(
+            "gate_middleware.store.dropped",
+            callbacks=[self._observe_dropped],
+            unit="{outcome}",
+            description="Outcomes that could not reach the shared store before leaving the window",
+        )
+
+    @abstractmethod
+    def _now(self) -> float:
+        """Seconds of the clock every process numbers slices by."""
+
+    @abstractmethod
+    def _write(self, pending: dict[tuple[str, int], Slice], evidence: dict[str, Evidence]) -> None:
+        """Write ``pending`` and ``evidence`` (emptying both once they are
+        written), read every process's windows back and ``publish`` them."""
+
+    @abstractmethod
+    def _clear_shared(self) -> None:
+        """Start a new step for every process of the rollout."""
+
+    @abstractmethod
+    def _unreachable(self, exc: BaseException) -> None:
+        """The backend could not be reached (``exc`` is one of ``unreachable_errors``)."""
+
+    @property
+    def dropped_outcomes(self) -> int:
+        """Outcomes whose slice left the window before they could be written."""
+        return self._buffer.dropped
+
+    def _observe_dropped(self, options: CallbackOptions) -> list[Observation]:
+        return [Observation(self.dropped_outcomes, {"gate.rollout": self._rollout})]
+
+    def _slice_now(self) -> int:
+        return int(self._now() // self._slice_seconds)
+
+    def _oldest(self) -> int:
+        return self._slice_now() - SLICES + 1
+
+    def record(
+        self,
+        variant: str,
+        success: bool,
+        good: bool,
+        duration: float,
+        now: float,
+        cluster: int = 0,
+        evidence: bool = True,
+    ) -> None:
+        number = self._slice_now()
+        self._buffer.record(
+            variant, success, good, bucket_index(duration), cluster, number, evidence
+        )
+        self._follower.ensure()
+
+    def stats(self, variant: str, now: float) -> WindowStats:
+        self._follower.ensure()
+        return self._buffer.stats(variant, self._oldest())
+
+    def evidence(self, variant: str) -> Evidence:
+        """The step's evidence of every process (as of the last flush) and this one's unwritten."""
+        self._follower.ensure()
+        return self._buffer.step_evidence(variant)
+
+    def clear(self) -> None:
+        self._buffer.clear()
+        self._clear_shared()
+
+    def flush(self) -> None:
+        """Write what was counted and read the merged windows back."""
+        # One flush at a time: when an explicit flush returns, its read-back
+        # includes what a background flush had in flight.
+        with self._flush_lock:
+            pending, evidence = self._buffer.take()
+            try:
+                self._write(pending, evidence)
+            except self.unreachable_errors as exc:
+                self._unreachable(exc)
+                self._buffer.put_back(pending, evidence, self._oldest())
+            except Exception:  # never lose the buffer to a bug
+                self._buffer.put_back(pending, evidence, self._oldest())
+                raise
+
+    def after_fork(self) -> None:
+        self._buffer.after_fork()
+        self._flush_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._follower.close()

@@ -63,15 +63,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
+from opentelemetry.metrics import MeterProvider
 
 from gate_middleware.config import PromotionConfig
 from gate_middleware.errors import ConfigError, PromotionError
 from gate_middleware.evidence import Evidence
 from gate_middleware.routing import CANARY, STABLE
-from gate_middleware.sketch import BUCKET_COUNT, bucket_index, quantile
+from gate_middleware.sketch import BUCKET_COUNT
 from gate_middleware.state import GateState
 from gate_middleware.stores.buffer import (
+    BufferedWindowStore,
     Merged,
     Slice,
     digest,
@@ -84,9 +85,8 @@ from gate_middleware.stores.port import (
     TRANSITION_TIMEOUT_SECONDS,
     StateStoreBase,
     StoreCondition,
-    WindowStoreBase,
 )
-from gate_middleware.window import SLICES, WindowStats
+from gate_middleware.window import SLICES
 
 logger = logging.getLogger("gate_middleware")
 
@@ -457,10 +457,13 @@ class SqliteStateStore(StateStoreBase):
         self._follower.close()
 
 
-class SqliteWindowStore(WindowStoreBase):
-    """Both windows and each step's evidence, merged across every process of the rollout."""
+class SqliteWindowStore(BufferedWindowStore):
+    """Both windows and each step's evidence, merged across every process of the rollout.
 
-    remote = True  # recorded outcomes are written off the request path
+    Slices are numbered by ``clock`` (the host's wall clock, which every
+    process on the host shares)."""
+
+    unreachable_errors = (sqlite3.Error,)
 
     def __init__(
         self,
@@ -472,99 +475,26 @@ class SqliteWindowStore(WindowStoreBase):
         clock: Callable[[], float] = time.time,
         meter_provider: MeterProvider | None = None,
     ) -> None:
-        self._database = database
-        self._rollout = rollout
-        self._slice_seconds = window_seconds / SLICES
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._buffer: dict[tuple[str, int], Slice] = {}
-        self._merged: dict[str, Merged] = {CANARY: Merged(), STABLE: Merged()}
-        self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
-        self._merged_evidence = {CANARY: Evidence(), STABLE: Evidence()}
-        self.dropped_outcomes = 0
-        self._trouble = _Trouble(f"rollout {rollout!r} windows")
-        self._follower = Follower(f"gate-windows-{rollout}", self.flush, flush_seconds)
-        meter = get_meter("gate_middleware", meter_provider=meter_provider)
-        meter.create_observable_counter(
-            "gate_middleware.store.dropped",
-            callbacks=[self._observe_dropped],
-            unit="{outcome}",
-            description="Outcomes that could not reach the shared store before leaving the window",
+        super().__init__(
+            rollout, window_seconds, flush_seconds=flush_seconds, meter_provider=meter_provider
         )
+        self._database = database
+        self._clock = clock
+        self.transactions = 0  # write transactions committed by this process
+        self._trouble = _Trouble(f"rollout {rollout!r} windows")
 
-    def _observe_dropped(self, options: CallbackOptions) -> list[Observation]:
-        return [Observation(self.dropped_outcomes, {"gate.rollout": self._rollout})]
+    def _now(self) -> float:
+        return self._clock()
+
+    def _unreachable(self, exc: BaseException) -> None:
+        self._trouble.failed(exc)
 
     def status(self) -> tuple[StoreCondition, str]:
         if self._trouble.problem:
             return "unreachable", f"{self._database.path}: {self._trouble.problem}"
         return "ok", ""
 
-    def _slice_now(self) -> int:
-        return int(self._clock() // self._slice_seconds)
-
-    def record(
-        self,
-        variant: str,
-        success: bool,
-        good: bool,
-        duration: float,
-        now: float,
-        cluster: int = 0,
-        evidence: bool = True,
-    ) -> None:
-        number = self._slice_now()
-        index = bucket_index(duration)
-        with self._lock:
-            if evidence:
-                self._evidence_buffer[variant].add(1, not success, not good, index, cluster)
-            entry = self._buffer.get((variant, number))
-            if entry is None:
-                entry = self._buffer[(variant, number)] = Slice()
-            entry.requests += 1
-            if not success:
-                entry.failures += 1
-            if good:
-                entry.good += 1
-            entry.buckets[index] = entry.buckets.get(index, 0) + 1
-        self._follower.ensure()
-
-    def stats(self, variant: str, now: float) -> WindowStats:
-        self._follower.ensure()
-        oldest = self._slice_now() - SLICES + 1
-        total = Merged()
-        with self._lock:
-            merged = self._merged[variant]
-            total.add(merged.requests, merged.failures, merged.good, {})
-            total.buckets = list(merged.buckets)
-            total.highest = merged.highest
-            for (name, number), entry in self._buffer.items():
-                if name == variant and number >= oldest:
-                    total.add(entry.requests, entry.failures, entry.good, entry.buckets)
-        if total.requests == 0:
-            return WindowStats()
-        return WindowStats(
-            total.requests,
-            total.failures,
-            total.good,
-            quantile(total.buckets, total.requests, 0.99, total.highest),
-        )
-
-    def evidence(self, variant: str) -> Evidence:
-        """The step's evidence of every process (as of the last flush) and this one's unwritten."""
-        self._follower.ensure()
-        with self._lock:
-            evidence = self._merged_evidence[variant].copy()
-            evidence.merge(self._evidence_buffer[variant])
-        return evidence
-
-    def clear(self) -> None:
-        with self._lock:
-            self._buffer.clear()
-            self._merged = {CANARY: Merged(), STABLE: Merged()}
-            self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
-            self._merged_evidence = {CANARY: Evidence(), STABLE: Evidence()}
+    def _clear_shared(self) -> None:
         try:
             with self._database.locked() as db:
                 db.execute(
@@ -575,52 +505,9 @@ class SqliteWindowStore(WindowStoreBase):
         except sqlite3.Error as exc:
             self._trouble.failed(exc)
 
-    def flush(self) -> None:
-        """Write the buffered outcomes in one transaction and read the merged windows back."""
-        # One flush at a time: when an explicit flush returns, its read-back
-        # includes what a background flush had in flight.
-        with self._flush_lock:
-            with self._lock:
-                pending, self._buffer = self._buffer, {}
-                evidence, self._evidence_buffer = (
-                    self._evidence_buffer,
-                    {CANARY: Evidence(), STABLE: Evidence()},
-                )
-            try:
-                self._flush(pending, evidence)
-            except sqlite3.Error as exc:
-                self._trouble.failed(exc)
-                self._merge_back_all(pending, evidence)
-            except Exception:
-                self._merge_back_all(pending, evidence)  # never lose the buffer to a bug
-                raise
-
-    def _merge_back_all(
-        self, pending: dict[tuple[str, int], Slice], evidence: dict[str, Evidence]
-    ) -> None:
+    def _write(self, pending: dict[tuple[str, int], Slice], evidence: dict[str, Evidence]) -> None:
         oldest = self._slice_now() - SLICES + 1
-        with self._lock:  # kept for the next try (bounded: the window's slices)
-            for key, entry in pending.items():
-                if key[1] < oldest:
-                    self.dropped_outcomes += entry.requests
-                    continue
-                current = self._buffer.get(key)
-                if current is None:
-                    self._buffer[key] = entry
-                    continue
-                current.requests += entry.requests
-                current.failures += entry.failures
-                current.good += entry.good
-                for index, count in entry.buckets.items():
-                    current.buckets[index] = current.buckets.get(index, 0) + count
-            for variant, unsent in evidence.items():  # fixed size: never dropped
-                self._evidence_buffer[variant].merge(unsent)
-
-    def _flush(self, pending: dict[tuple[str, int], Slice], evidence: dict[str, Evidence]) -> None:
-        now_slice = self._slice_now()
-        oldest = now_slice - SLICES + 1
-        for key in [key for key in pending if key[1] < oldest]:
-            self.dropped_outcomes += pending.pop(key).requests
+        self._buffer.drop_expired(pending, oldest)
         window_rows: list[tuple[Any, ...]] = []
         for (variant, number), entry in pending.items():
             fields = {"r": entry.requests, "f": entry.failures, "g": entry.good}
@@ -660,6 +547,7 @@ class SqliteWindowStore(WindowStoreBase):
                     (self._rollout, epoch),
                 )
                 db.execute("COMMIT")
+                self.transactions += 1
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
@@ -693,22 +581,11 @@ class SqliteWindowStore(WindowStoreBase):
             variant: evidence_from_fields((f, n) for v, f, n in steps if v == variant)
             for variant in (CANARY, STABLE)
         }
-        with self._lock:
-            self._merged = merged
-            self._merged_evidence = merged_evidence
-
-    def after_fork(self) -> None:
-        self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._buffer = {}  # the parent's outcomes are the parent's to write
-        self._evidence_buffer = {CANARY: Evidence(), STABLE: Evidence()}
+        self._buffer.publish(merged, merged_evidence)
 
     def close(self) -> None:
-        self._follower.close()
-        try:
-            self.flush()  # what this process counted is not lost with it
-        except sqlite3.Error as exc:
-            self._trouble.failed(exc)
+        super().close()
+        self.flush()  # what this process counted is not lost with it
 
 
 def open_stores(
