@@ -15,10 +15,24 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any
+from urllib.parse import urlsplit
 
 from gate_middleware.environment import Environment, validate_traffic_percent
 from gate_middleware.errors import ConfigError
 from gate_middleware.plan import RolloutPlan
+
+
+def validate_store_url(url: object) -> str:
+    """``url`` if it names a store by a known scheme; else a ``ConfigError``
+    that shows its scheme only (the rest may hold a password)."""
+    from gate_middleware.stores.registry import schemes
+
+    scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else ""
+    if scheme not in schemes():
+        shown = f"{scheme}://…" if scheme else type(url).__name__
+        raise ConfigError("store", shown, f"None or a store URL with a scheme of {schemes()}")
+    return str(url)
+
 
 _FLAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _ROLLOUT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
@@ -143,7 +157,11 @@ class PromotionConfig:
     (``"rollout"``, the default, keeps the published formula and its test
     vectors). ``plan``: a ``RolloutPlan`` (or a dict of its fields) that the
     gate carries out by itself once a release starts (``None``: every step
-    is a person's call).
+    is a person's call). ``store``: the URL of a store that every process
+    of the app shares (``sqlite:///path/gate.db`` on one host,
+    ``redis://...`` across hosts; see ``PromotionGate.from_url``): a
+    ``PromotionGate(config)`` opens it; ``None`` keeps the state in the
+    process's memory.
     """
 
     environment: Environment = field(default_factory=lambda: Environment.PRODUCTION)
@@ -159,8 +177,11 @@ class PromotionConfig:
     salt: str | None = None
     cohort: str = "rollout"
     plan: RolloutPlan | None = None
+    store: str | None = field(default=None, repr=False)  # may hold a password
 
     def __post_init__(self) -> None:
+        if self.store is not None:
+            validate_store_url(self.store)
         if not isinstance(self.environment, Environment):
             raise ConfigError(
                 "environment",
@@ -224,7 +245,8 @@ class PromotionConfig:
         ``evaluation_interval_seconds``, ``name`` and a ``plan`` table
         (``[scenarios.NAME.plan]``: ``steps``, ``bake_seconds``,
         ``staging_bake_seconds``, ``staging_manual``,
-        ``inconclusive_limit_seconds``). With ``scenario=None``
+        ``inconclusive_limit_seconds``), and ``store``, the URL of a shared
+        store (``"sqlite:///var/lib/shop/gate.db"``). With ``scenario=None``
         the file must hold exactly one scenario. Keyword ``overrides``
         replace fields after reading.
         """
@@ -267,6 +289,7 @@ class PromotionConfig:
             "salt",
             "cohort",
             "plan",
+            "store",
         }
         unknown = sorted(set(table) - known)
         if unknown:
@@ -305,6 +328,7 @@ class PromotionConfig:
             "initial_delay_seconds",
             "salt",
             "cohort",
+            "store",
         ):
             if key in table:
                 fields[key] = table[key]

@@ -107,6 +107,17 @@ def _after_fork_in_child() -> None:
         gate._after_fork()
 
 
+def _require_a_named_rollout(config: PromotionConfig | None) -> None:
+    if config is None or config.name == PromotionConfig.name:
+        raise ConfigError(
+            "config",
+            config if config is None else config.name,
+            "a PromotionConfig that names the rollout (PromotionConfig(name='checkout')) or, "
+            "for Redis, an explicit key_prefix=: two apps on one store would otherwise share "
+            "a rollout",
+        )
+
+
 def _checked(store: Any, port: type, name: str) -> Any:
     """``store`` if it has every member of ``port``; else a ``ConfigError``
     naming what it lacks (a store subclasses ``gate_middleware.stores``'
@@ -228,6 +239,11 @@ class PromotionGate(Autopilot):
         self._webhooks: list[Webhook] = []
         for webhook in webhooks:
             self.add_webhook(webhook)
+        if config.store is not None and state_store is None and window_store is None:
+            _require_a_named_rollout(config)
+            state_store, window_store = open_stores(
+                config.store, config, self._initial_state(config, wall_clock()), meter_provider
+            )
         if state_store is None:
             state_store = InMemoryStateStore(self._initial_state(config, wall_clock()))
         if window_store is None:
@@ -331,9 +347,13 @@ class PromotionGate(Autopilot):
         transition_timeout: float = 5.0,
         **options: Any,
     ) -> PromotionGate:
-        """A gate whose state and windows are shared through Redis at ``url``.
+        """A gate whose state and windows are shared through the store at ``url``:
+        ``sqlite:///path/gate.db`` (every process on the host), ``redis://``
+        (every process that reaches the Redis); the scheme picks the backend
+        (``gate_middleware.stores.registry``). ``PromotionConfig(store=url)``
+        with ``PromotionGate(config)`` does the same.
 
-        Every process that uses the same Redis, ``key_prefix`` and
+        Every process that uses the same store (and ``key_prefix``) and
         ``config.name`` shares one rollout, so the rollout must be named:
         ``PromotionConfig(name="checkout")`` (or an explicit ``key_prefix``).
         ``url`` may also be ``redis+cluster://host:port`` or
@@ -343,13 +363,8 @@ class PromotionGate(Autopilot):
         Needs ``pip install "gate-middleware[redis]"``; see
         ``gate_middleware.redis_store`` for what holds while Redis is down.
         """
-        if key_prefix is None and (config is None or config.name == PromotionConfig.name):
-            raise ConfigError(
-                "config",
-                config if config is None else config.name,
-                "a PromotionConfig that names the rollout (PromotionConfig(name='checkout')) or "
-                "an explicit key_prefix=: two apps on one Redis would otherwise share a rollout",
-            )
+        if key_prefix is None:
+            _require_a_named_rollout(config)
         config = PromotionConfig() if config is None else config
         wall_clock = options.get("wall_clock", time.time)
         backend: dict[str, Any] = {"transition_timeout": transition_timeout}

@@ -261,3 +261,31 @@ def test_state_written_by_another_process_is_read_back_whole(url: str) -> None:
     assert isinstance(start, PromotionEvent) and start.action == "start_canary"
     assert isinstance(rollback, RollbackEvent) and rollback.actor == "alice"
     assert os.path.getsize(database_path(url)) > 0
+
+
+def test_the_store_url_in_a_config_file_shares_the_rollout(tmp_path: Path) -> None:
+    scenarios = tmp_path / "promotion.toml"
+    scenarios.write_text(
+        "[scenarios.checkout]\n"
+        'name = "checkout"\n'
+        'promotion_environment = "canary"\n'
+        "promotion_traffic_percent = 10\n"
+        "auto_rollback_enabled = true\n"
+        "slo_threshold = 0.99\n"
+        f'store = "sqlite://{tmp_path}/gate.db"\n'
+    )
+    config = PromotionConfig.from_toml(scenarios)
+    assert "gate.db" not in repr(config)  # a URL may hold a password: not in the repr
+    one, two = PromotionGate(config), PromotionGate(config)
+    OPEN_GATES.extend([one, two])
+    assert one.shared and two.shared
+    one.rollback("from the config file's store")
+    assert eventually(lambda: two.environment == Environment.PRODUCTION, 2.0)
+
+
+def test_a_bad_store_in_a_config_is_refused_without_its_password(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="store") as raised:
+        PromotionConfig(name="checkout", store="mysql://root:pw-SECRET@db/gate")
+    assert "pw-SECRET" not in str(raised.value) and "sqlite" in str(raised.value)
+    with pytest.raises(ConfigError, match="names the rollout"):
+        PromotionGate(PromotionConfig(store=f"sqlite://{tmp_path}/gate.db"))
