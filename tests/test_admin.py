@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -316,7 +317,13 @@ def test_the_bearer_scheme_is_case_insensitive(client: httpx.Client, scheme: str
         ("/canary", b'{"percent": -0.0}', "traffic_percent"),
         ("/traffic", b'{"percent": Infinity}', None),
         ("/traffic", b"[" * 2000 + b"]" * 2000, None),  # 4 KB; RecursionError before
-        ("/traffic", b'{"a":' * 2000 + b"1" + b"}" * 2000, None),
+        # Too deep for the parser (Python 3.11, 3.12) or an unknown field 'a' (3.13
+        # parses 2,000 levels): refused either way, and nothing changed.
+        (
+            "/traffic",
+            b'{"a":' * 2000 + b"1" + b"}" * 2000,
+            "a" if sys.version_info >= (3, 13) else None,
+        ),
         ("/traffic", b'\xff\xfe{"percent": 1}', None),
         ("/traffic", b'{"percent": 1' + b"0" * 5000 + b"}", None),  # past int's digit limit
     ],
