@@ -35,6 +35,11 @@ def main(redis_url: str, rollout: str, hook: str) -> int:
             gate.record_request_outcome(f"s{i}", i % 50 != 0, 0.02, variant="stable")
             gate.record_request_outcome(f"c{i}", i % 50 != 0, 0.02, variant="canary")
         time.sleep(0.01)
+    # The step this process made may still be on its way out: the gate takes
+    # the new state first and announces it just after, on the plan's thread,
+    # and a process that exits in between loses the delivery (a pending
+    # webhook lives in memory only). Let that thread finish.
+    time.sleep(1.0)
     # A step whose reply was lost is announced when the follower sees it
     # applied, just after the environment turns: let that finish first.
     settle = time.monotonic() + 10
