@@ -76,6 +76,9 @@ class GateWSGIMiddleware:
         # sees them through Starlette's add_middleware, and a misspelt one is
         # a TypeError naming it when the middleware is built.
         self.app = app
+        # Set once the server said wsgi.multiprocess (and the gate was told):
+        # from then on the request path skips that look-up.
+        self._multiprocess_noted = False
         self.lifecycle = RequestLifecycle(
             gate,
             cookie_name=cookie_name,
@@ -92,7 +95,8 @@ class GateWSGIMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         lifecycle = self.lifecycle
-        if environ.get("wsgi.multiprocess") is True and lifecycle.gate.decides_alone is None:
+        if not self._multiprocess_noted and environ.get("wsgi.multiprocess") is True:
+            self._multiprocess_noted = True
             lifecycle.gate.note_several_processes("the WSGI server says wsgi.multiprocess")
         if lifecycle.is_excluded(environ.get("PATH_INFO", "")):
             return self.app(environ, start_response)

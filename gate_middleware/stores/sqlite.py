@@ -143,7 +143,8 @@ def database_path(url: str) -> Path:
 
 class _Database:
     """One connection per process to the file, guarded by a lock, opened
-    again in a forked child (a connection must not cross a fork)."""
+    again in a forked child (a connection must not cross a fork): the
+    stores need no ``after_fork`` of their own for it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -449,9 +450,6 @@ class SqliteStateStore(StateStoreBase):
         self._write_trouble.recovered()
         self._state = new_state  # the follower sees its own identity: no second report
         return True
-
-    def after_fork(self) -> None:
-        """In a forked child: the connection is opened again on first use."""
 
     def close(self) -> None:
         self._follower.close()
