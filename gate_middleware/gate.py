@@ -250,6 +250,9 @@ class PromotionGate(Autopilot):
             window_store = InMemoryWindowStore(config.rollback_window_seconds)
         self._store: StateStore = _checked(state_store, StateStore, "state_store")
         self._windows: WindowStore = _checked(window_store, WindowStore, "window_store")
+        # Bakes, deadlines and event times on the store's clock (Redis's TIME
+        # for a shared store): a process whose clock is off cannot move a step.
+        self._wall_clock = self._store.clock(wall_clock)
         self._state = state_store.load()
         self._routing = routing_table(self._state, config)
         self._several_processes: str | None = None

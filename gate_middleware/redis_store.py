@@ -42,7 +42,11 @@ How it stays correct
     whose reply was lost is looked up by its id before anyone retries it.
     Window slices are numbered by Redis's clock (``TIME``, read on every
     flush), so a process whose clock is off neither loses nor doubles
-    outcomes; an offset beyond ``MAX_CLOCK_SKEW_SECONDS`` is logged.
+    outcomes; an offset beyond ``MAX_CLOCK_SKEW_SECONDS`` is logged. Bake
+    starts, plan deadlines and event timestamps are read on Redis's clock
+    too (``RedisStateStore.clock``: the process's clock plus the offset the
+    follower measures every few seconds), so a skewed process can neither
+    shorten nor stretch a step.
 
 When Redis is unavailable
     Requests never fail and never wait on Redis. Each process keeps serving
@@ -126,6 +130,7 @@ Unavailable = (RedisError, RedisClusterException, OSError)
 DEFAULT_KEY_PREFIX = "gate_middleware:"
 MAX_CLOCK_SKEW_SECONDS = 1.0  # a process further off Redis's clock is logged
 FULL_READ_EVERY = 4  # follower steps (1 s): the whole state is read and checked
+CLOCK_EVERY = 16  # follower steps (4 s): the offset to Redis's clock is measured again
 
 # Write ``state`` only into an empty hash (a fresh or emptied Redis).
 _SEED = """
@@ -157,6 +162,40 @@ def rollout_keys(rollout: str, key_prefix: str = DEFAULT_KEY_PREFIX) -> str:
     if not isinstance(key_prefix, str) or "{" in key_prefix or "}" in key_prefix:
         raise ConfigError("key_prefix", key_prefix, "a text without '{' or '}'")
     return f"{key_prefix}{{{rollout}}}"
+
+
+class RedisClock:
+    """A process's wall clock corrected to Redis's: ``local()`` plus the
+    offset to Redis's ``TIME``, measured again by ``measure`` (a round trip
+    slower than 0.2 s is not trusted). An offset beyond
+    ``MAX_CLOCK_SKEW_SECONDS`` is logged once, naming what it is used for."""
+
+    def __init__(self, local: Callable[[], float], rollout: str, use: str) -> None:
+        self._local = local
+        self._rollout = rollout
+        self._use = use
+        self.offset = 0.0  # Redis's clock minus ours
+        self._skew_logged = False
+
+    def __call__(self) -> float:
+        return self._local() + self.offset
+
+    def measure(self, client: Any) -> None:
+        before = self._local()
+        seconds, micros = client.time()
+        after = self._local()
+        if after - before > 0.2:
+            return  # too slow a round trip to tell
+        self.offset = seconds + micros / 1e6 - (before + after) / 2
+        if abs(self.offset) > MAX_CLOCK_SKEW_SECONDS and not self._skew_logged:
+            self._skew_logged = True
+            logger.warning(
+                "rollout %r: this process's clock is %+.1f s off Redis's; "
+                "%s Redis's clock (check NTP)",
+                self._rollout,
+                -self.offset,
+                self._use,
+            )
 
 
 class _Outage:
@@ -247,6 +286,7 @@ class RedisStateStore(StateStoreBase):
         self._corruption = _Corruption()
         self._pubsub: Any = None
         self._steps = 0
+        self._clocks: list[RedisClock] = []
         self._follower = Follower(f"gate-state-{rollout}", self._follow, refresh_seconds)
         meter = get_meter("gate_middleware", meter_provider=meter_provider)
         meter.create_observable_counter(
@@ -523,12 +563,25 @@ class RedisStateStore(StateStoreBase):
                 self._sync()
             else:
                 self._outage.recovered()
+            if self._steps % CLOCK_EVERY == 1:
+                for clock in self._clocks:
+                    clock.measure(self._client)
         except redis.ResponseError as exc:  # Redis answered: the key is not what we wrote
             self._outage.recovered()
             self._corruption.found(self._key, str(exc))
         except Unavailable as exc:
             self._outage.failed(exc)
             self._pubsub = None
+
+    def clock(self, local: Callable[[], float]) -> Callable[[], float]:
+        """``local`` corrected to Redis's clock, measured now (if Redis answers)
+        and again by the follower every ``CLOCK_EVERY`` steps."""
+        clock = RedisClock(local, self._rollout, "bakes, deadlines and event times follow")
+        with contextlib.suppress(*Unavailable):
+            clock.measure(self._client)
+        self._clocks.append(clock)
+        self._follower.ensure()
+        return clock
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
@@ -601,9 +654,7 @@ class RedisWindowStore(BufferedWindowStore):
         self._epoch_key = f"{base}:epoch"
         self._next_epoch = client.register_script(_NEXT_EPOCH)
         self._expire = int(window_seconds + 2 * self._slice_seconds) + 1
-        self._clock = clock
-        self._offset = 0.0  # Redis's clock minus ours
-        self._skew_logged = False
+        self._clock = RedisClock(clock, rollout, "outcomes are numbered by")
         self._epoch = 0
         self._outage = _Outage(f"rollout {rollout!r} windows")
         self._corruption = _Corruption()
@@ -640,30 +691,15 @@ class RedisWindowStore(BufferedWindowStore):
         return "ok", ""
 
     def _now(self) -> float:
-        return self._clock() + self._offset
+        return self._clock()
 
     def _measure_offset(self) -> None:
-        before = self._clock()
-        seconds, micros = self._client.time()
-        self._take_offset(before, self._clock(), seconds + micros / 1e6)
-
-    def _take_offset(self, before: float, after: float, redis_now: float) -> None:
-        if after - before > 0.2:
-            return  # too slow a round trip to tell
-        self._offset = redis_now - (before + after) / 2
-        if abs(self._offset) > MAX_CLOCK_SKEW_SECONDS and not self._skew_logged:
-            self._skew_logged = True
-            logger.warning(
-                "rollout %r: this process's clock is %+.1f s off Redis's; "
-                "outcomes are numbered by Redis's clock (check NTP)",
-                self._rollout,
-                -self._offset,
-            )
+        self._clock.measure(self._client)
 
     @property
     def clock_offset_seconds(self) -> float:
         """Redis's clock minus this process's, as last measured."""
-        return self._offset
+        return self._clock.offset
 
     def _clear_shared(self) -> None:
         try:

@@ -35,6 +35,7 @@ from gate_middleware import (
 )
 from gate_middleware.admin import AdminAPI, AdminASGIApp
 from gate_middleware.integrations.starlette import GateMiddleware
+from gate_middleware.plan import RolloutPlan
 from gate_middleware.redis_store import RedisWindowStore, connect
 
 from .conftest import OPEN_GATES, metric_points
@@ -408,6 +409,33 @@ def test_processes_whose_clocks_are_off_neither_lose_nor_double_outcomes(
     assert len(skew) == 2  # the two processes beyond the bound, once each
     for store in stores:
         store.close()
+
+
+def test_a_process_whose_clock_is_fast_cannot_shorten_a_step(redis_server: RedisServer) -> None:
+    """The bake is read on Redis's clock: a replica 60 s fast sees a 30 s
+    step as just begun, with healthy evidence enough to move on."""
+    plan = RolloutPlan(steps=(1, 5), bake_seconds=30, staging_bake_seconds=30)
+    config = PromotionConfig(name=rollout_name("bake"), min_requests=100, plan=plan)
+    honest = PromotionGate.from_url(redis_server.url, config, plan_timer=False)
+    fast = PromotionGate.from_url(
+        redis_server.url, config, plan_timer=False, wall_clock=lambda: time.time() + 60
+    )
+    OPEN_GATES.extend([honest, fast])
+    honest.start_canary(feature_flags=["new_checkout"])
+    eventually(lambda: fast.environment == Environment.canary(1))
+    for variant in ("canary", "stable"):
+        for i in range(200):
+            fast.record_request_outcome(f"{variant}-{i}", i % 50 != 0, 0.05, variant=variant)
+    fast._windows.flush()
+    fast.tick()
+    assert fast.environment == Environment.canary(1)
+    assert honest.environment == Environment.canary(1)
+    status = fast.plan_status()
+    assert status is not None and status["eta"] is not None
+    assert 80 < status["eta"] - time.time() <= 91  # three 30 s bakes left, on Redis's clock
+    fast.rollback("the fast replica's own change")
+    event = fast.get_history()[-1]
+    assert abs(event.timestamp.timestamp() - time.time()) < 5  # stamped on Redis's clock
 
 
 # -- real topologies ---------------------------------------------------------------------

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class Backend:
 
     open: Callable[[str], Opened]
     shared: bool
+    name: str = ""
     opened: list[Opened] = field(default_factory=list)
     cleanup: Callable[[], None] | None = None
 
@@ -120,6 +122,7 @@ BACKENDS: dict[str, Callable[[RedisServer | None], Backend]] = {
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     server = request.getfixturevalue("redis_server") if request.param == "redis" else None
     opened = BACKENDS[request.param](server)
+    opened.name = request.param
     try:
         yield opened
     finally:
@@ -256,6 +259,22 @@ def test_outcomes_are_merged_across_openings_of_a_shared_rollout(backend: Backen
     assert eventually(lambda: one.windows.stats("canary", 1_000.0).requests == expected, 5.0)
     assert one.windows.evidence("canary").requests == expected
     assert one.windows.evidence("canary").failures == (5 if backend.shared else 3)
+
+
+def test_the_store_clock_is_the_hosts_or_corrected_to_the_servers(backend: Backend) -> None:
+    """A process whose clock is 60 s fast reads a shared rollout's times on
+    the store's clock: Redis's ``TIME`` (this host's, on loopback) for a
+    store on a server; the host's own for a store on the host."""
+    stores = backend(rollout())
+    fast = 60.0
+
+    def skewed() -> float:
+        return time.time() + fast
+
+    clock = stores.state.clock(skewed)
+    on_a_server = backend.name == "redis"
+    expected = time.time() if on_a_server else skewed()
+    assert abs(clock() - expected) < 1.0, (backend.name, clock() - time.time())
 
 
 def test_after_fork_and_close_leave_the_data(backend: Backend) -> None:

@@ -71,6 +71,15 @@ class StateStore(Protocol):
         """Call ``listener`` with each state another process stores."""
         ...
 
+    def clock(self, local: Callable[[], float]) -> Callable[[], float]:
+        """The wall clock (Unix seconds) a rollout's times are read on, given
+        this process's ``local`` one: bake starts, plan deadlines and event
+        timestamps, so that a process whose clock is off neither shortens
+        nor stretches a step. A store on this host returns ``local`` (every
+        process on a host shares its clock); a store on a server returns
+        ``local`` corrected by the offset to the server's clock."""
+        ...
+
     def status(self) -> tuple[StoreCondition, str]:
         """The store's condition and, unless ``ok``, what is wrong."""
         ...
@@ -160,6 +169,10 @@ class StateStoreBase(ABC):
 
     def subscribe(self, listener: Callable[[GateState], None]) -> None:  # noqa: B027
         """No other process writes to this store: nothing to follow."""
+
+    def clock(self, local: Callable[[], float]) -> Callable[[], float]:
+        """A store on this host reads times on the host's clock."""
+        return local
 
     def status(self) -> tuple[StoreCondition, str]:
         return ("ok", "")
