@@ -11,7 +11,6 @@ the timer that moves the plan on when no request comes.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from gate_middleware import plan as plans
+from gate_middleware.background import BackgroundThread
 from gate_middleware.config import PromotionConfig
 from gate_middleware.environment import CANARY as CANARY_ENV
 from gate_middleware.environment import PRODUCTION, STAGING, Environment
@@ -48,39 +48,26 @@ def validate_actor(actor: Any) -> str:
 
 
 class PlanTimer:
-    """Evaluates the gate every ``interval`` seconds on a daemon thread, so
-    the plan moves on without traffic. Started again in a forked child."""
+    """Evaluates the gate every ``interval`` seconds on a background thread,
+    so the plan moves on without traffic; holds the gate weakly (a gate
+    dropped without ``close()`` stops its timer)."""
 
     def __init__(self, gate: Autopilot, interval: float) -> None:
         self._gate = weakref.ref(gate)
-        self._interval = interval
-        self._pid = -1
-        self._stop = threading.Event()
-        self._closed = False
+        self._thread = BackgroundThread("gate-plan", self._tick, interval, wait_first=True)
+
+    def _tick(self) -> None:
+        gate = self._gate()
+        if gate is None:
+            self._thread.close()
+            return
+        gate.tick()
 
     def ensure(self) -> None:
-        if self._pid == os.getpid() or self._closed:
-            return
-        self._pid = os.getpid()
-        self._stop = threading.Event()
-        threading.Thread(
-            target=self._run, args=(self._stop,), name="gate-plan", daemon=True
-        ).start()
-
-    def _run(self, stop: threading.Event) -> None:
-        while not stop.wait(self._interval):
-            gate = self._gate()
-            if gate is None:
-                return
-            try:
-                gate.tick()
-            except Exception:  # the timer must never die
-                logger.exception("The plan's timed evaluation failed; retrying")
-            del gate
+        self._thread.ensure()
 
     def close(self) -> None:
-        self._closed = True  # a forked child of a closed gate starts no timer either
-        self._stop.set()
+        self._thread.close()
 
 
 class Autopilot:

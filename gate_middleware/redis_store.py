@@ -83,6 +83,7 @@ from urllib.parse import unquote, urlsplit
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
+from gate_middleware.background import BackgroundThread
 from gate_middleware.config import PromotionConfig
 from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
 from gate_middleware.evidence import CLUSTERS, Evidence
@@ -105,7 +106,6 @@ from gate_middleware.stores.codec import (
     encode_state,
     new_transition_id,
 )
-from gate_middleware.stores.follower import Follower
 from gate_middleware.stores.port import (
     TRANSITION_TIMEOUT_SECONDS,
     StateStoreBase,
@@ -287,7 +287,7 @@ class RedisStateStore(StateStoreBase):
         self._pubsub: Any = None
         self._steps = 0
         self._clocks: list[RedisClock] = []
-        self._follower = Follower(f"gate-state-{rollout}", self._follow, refresh_seconds)
+        self._follower = BackgroundThread(f"gate-state-{rollout}", self._follow, refresh_seconds)
         meter = get_meter("gate_middleware", meter_provider=meter_provider)
         meter.create_observable_counter(
             "gate_middleware.store.corrupt",

@@ -357,7 +357,7 @@ def test_a_closed_gate_starts_no_timer_in_a_forked_child() -> None:
     assert timers() == before + 1
     gate.close()
     assert gate._timer is not None
-    gate._timer._pid = -1  # as in a forked child: another process id
+    gate._timer._thread._pid = -1  # as in a forked child: another process id
     gate._after_fork()  # what os.register_at_fork runs in the child
     deadline = time.monotonic() + 10
     while timers() > before and time.monotonic() < deadline:

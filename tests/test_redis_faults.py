@@ -79,6 +79,7 @@ def pause(gate: PromotionGate) -> None:
 
 def resume(gate: PromotionGate) -> None:
     follower = gate._store._follower  # type: ignore[attr-defined]
+    follower._closed = False  # a closed thread never starts again: reopen it
     follower._pid = -1
     follower.ensure()
 

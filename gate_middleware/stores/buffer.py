@@ -17,10 +17,10 @@ from typing import TypeVar
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
+from gate_middleware.background import BackgroundThread
 from gate_middleware.evidence import CLUSTERS, Evidence
 from gate_middleware.routing import CANARY, STABLE
 from gate_middleware.sketch import BUCKET_COUNT, bucket_index, quantile
-from gate_middleware.stores.follower import Follower
 from gate_middleware.stores.port import WindowStoreBase
 from gate_middleware.window import SLICES, WindowStats
 
@@ -256,7 +256,7 @@ class BufferedWindowStore(WindowStoreBase):
         self._slice_seconds = window_seconds / SLICES
         self._buffer = OutcomeBuffer()
         self._flush_lock = threading.Lock()
-        self._follower = Follower(f"gate-windows-{rollout}", self.flush, flush_seconds)
+        self._follower = BackgroundThread(f"gate-windows-{rollout}", self.flush, flush_seconds)
         meter = get_meter("gate_middleware", meter_provider=meter_provider)
         meter.create_observable_counter(
             "gate_middleware.store.dropped",

@@ -65,6 +65,7 @@ from urllib.parse import unquote, urlsplit
 
 from opentelemetry.metrics import MeterProvider
 
+from gate_middleware.background import BackgroundThread
 from gate_middleware.config import PromotionConfig
 from gate_middleware.errors import ConfigError, PromotionError
 from gate_middleware.evidence import Evidence
@@ -80,7 +81,6 @@ from gate_middleware.stores.buffer import (
     evidence_from_fields,
 )
 from gate_middleware.stores.codec import CorruptData, decode_state, encode_state, new_transition_id
-from gate_middleware.stores.follower import Follower
 from gate_middleware.stores.port import (
     TRANSITION_TIMEOUT_SECONDS,
     StateStoreBase,
@@ -269,7 +269,7 @@ class SqliteStateStore(StateStoreBase):
         self._write_trouble = _Trouble(f"rollout {rollout!r} state changes")
         self._corrupt = ""
         self._steps = 0
-        self._follower = Follower(f"gate-state-{rollout}", self._follow, refresh_seconds)
+        self._follower = BackgroundThread(f"gate-state-{rollout}", self._follow, refresh_seconds)
         try:
             with database.locked() as db:
                 db.execute(
