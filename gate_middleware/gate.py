@@ -236,9 +236,6 @@ class PromotionGate(Autopilot):
         self._clock = clock
         self._wall_clock = wall_clock
         self.plan: RolloutPlan | None = config.plan
-        self._webhooks: list[Webhook] = []
-        for webhook in webhooks:
-            self.add_webhook(webhook)
         if config.store is not None and state_store is None and window_store is None:
             _require_a_named_rollout(config)
             state_store, window_store = open_stores(
@@ -253,6 +250,9 @@ class PromotionGate(Autopilot):
         # Bakes, deadlines and event times on the store's clock (Redis's TIME
         # for a shared store): a process whose clock is off cannot move a step.
         self._wall_clock = self._store.clock(wall_clock)
+        self._webhooks: list[Webhook] = []
+        for webhook in webhooks:
+            self.add_webhook(webhook)
         self._state = state_store.load()
         self._routing = routing_table(self._state, config)
         self._several_processes: str | None = None
@@ -671,11 +671,14 @@ class PromotionGate(Autopilot):
     # -- notifications ------------------------------------------------------
 
     def add_webhook(self, webhook: Webhook) -> Webhook:
-        """Send every event this process makes to ``webhook`` (see
-        ``gate_middleware.webhooks``): with a shared gate, each event is
-        sent once, by the process that made it."""
+        """Send every event to ``webhook`` (see ``gate_middleware.webhooks``):
+        the process that makes an event puts it once into the store's outbox;
+        a durable one (SQLite) is shared by every process running the webhook
+        and kept across restarts, so a delivery left by a process that exited
+        is made by another, or by the next one to start."""
         if not isinstance(webhook, Webhook):
             raise ConfigError("webhook", webhook, "a gate_middleware.webhooks.Webhook")
+        webhook.attach(self._store.outbox())
         self._webhooks.append(webhook)
         return webhook
 

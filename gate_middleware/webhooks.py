@@ -12,13 +12,21 @@ per event (the same on every retry, so a receiver can drop a duplicate),
 ``X-Gate-Event`` the event's action. With ``slack=True`` the body is a
 Slack-compatible ``{"text": ...}`` instead (still signed).
 
-Deliveries leave on a background thread per webhook, never on a request's
-thread, in order; a failed one (no answer, or a status other than 2xx) is
-retried with exponential backoff (``backoff_seconds`` doubling up to
-``max_backoff_seconds``) for ``max_attempts`` attempts. Waiting deliveries
-are bounded (``max_pending``; the oldest is dropped and counted beyond
-it). ``status()`` gives the counts and the last ``log_size`` deliveries
-(shown in the admin API's ``/status``).
+Deliveries never leave on a request's thread. The process that makes an
+event puts it into its gate's outbox (``gate_middleware.stores.outbox``);
+a background thread in every process that runs the webhook takes the oldest
+due delivery (leased to that process while it posts), so each event is
+posted at least once and by one process at a time, in order. A failed one
+(no answer, or a status other than 2xx) is retried with exponential backoff
+(``backoff_seconds`` doubling up to ``max_backoff_seconds``) for
+``max_attempts`` attempts. With a SQLite store the outbox is in the file:
+what a process could not deliver before it exited (recycled, restarted,
+killed) is delivered by another process or by the next one to start. With
+the in-memory and the Redis stores it is this process's memory and dies
+with it. Waiting deliveries are bounded (``max_pending``; the oldest is
+dropped and counted beyond it). ``status()`` gives the counts and the last
+``log_size`` deliveries of this process (shown in the admin API's
+``/status``).
 """
 
 from __future__ import annotations
@@ -29,22 +37,26 @@ import json
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
+from gate_middleware.background import BackgroundThread
 from gate_middleware.errors import ConfigError
+from gate_middleware.stores.outbox import Delivery, MemoryOutbox, Outbox
 
 logger = logging.getLogger("gate_middleware")
 
 SIGNATURE_HEADER = "X-Gate-Signature-256"
 DELIVERY_HEADER = "X-Gate-Delivery"
 EVENT_HEADER = "X-Gate-Event"
+POLL_SECONDS = 0.25  # the sender looks for due deliveries (its own and other processes')
+LEASE_MARGIN_SECONDS = 5.0  # beyond the post's timeout, before another process may retake it
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -89,15 +101,15 @@ class Webhook:
         timeout_seconds: float = 5.0,
         max_pending: int = 1000,
         log_size: int = 50,
-        sleep: Callable[[float], None] | None = None,
     ) -> None:
         parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError("webhook url", url, "an http:// or https:// address")
         if not isinstance(secret, str) or len(secret) < 16:
             raise ConfigError("secret", "<hidden>", "a text of at least 16 characters")
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ConfigError("max_attempts", max_attempts, "a whole number of at least 1")
+        for name, count in (("max_attempts", max_attempts), ("max_pending", max_pending)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ConfigError(name, count, "a whole number of at least 1")
         for name, value in (
             ("backoff_seconds", backoff_seconds),
             ("max_backoff_seconds", max_backoff_seconds),
@@ -112,19 +124,38 @@ class Webhook:
         self.backoff_seconds = float(backoff_seconds)
         self.max_backoff_seconds = float(max_backoff_seconds)
         self.timeout_seconds = float(timeout_seconds)
-        self._pending: deque[tuple[str, str, bytes]] = deque()
-        self._max_pending = max_pending
+        self.max_pending = max_pending
+        #: The outbox's key for this receiver: the same in every process that
+        #: configures the same address and format (the secret is no part of it).
+        self.receiver = hashlib.sha256(f"{url} {self.slack}".encode()).hexdigest()[:24]
+        self._outbox: Outbox = MemoryOutbox()
+        self._unsent: deque[Delivery] = deque()  # not yet in the outbox (its store failed)
         self._log: deque[dict[str, Any]] = deque(maxlen=log_size)
         self.counts = {"attempted": 0, "delivered": 0, "retried": 0, "failed": 0, "dropped": 0}
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._stop = threading.Event()
-        self._pid = -1
+        self._idle = threading.Condition(self._lock)
         self._busy = False
+        self._trouble = ""
+        self._owner = _owner()
+        self._sender = BackgroundThread("gate-webhook", self._send_due, POLL_SECONDS)
         self._opener = urllib.request.build_opener(_NoRedirects())
 
+    def attach(self, outbox: Outbox) -> None:
+        """Keep deliveries in ``outbox`` (the gate's store's, when the webhook
+        is added to a gate); a durable one's sender starts now, to send what
+        an earlier process left."""
+        if self._outbox.durable and outbox is not self._outbox:
+            raise ConfigError(
+                "webhook", self.url, "a webhook of one gate (add another for this one)"
+            )
+        self._outbox = outbox
+        if outbox.durable:
+            self._sender.ensure()
+
     def send(self, rollout: str, event: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
-        """Queue one event; returns its delivery id. Never blocks on the network."""
+        """Queue one event in the outbox; returns its delivery id. Never waits
+        on the network; a durable outbox that fails keeps it in memory until
+        it can take it."""
         delivery = secrets.token_hex(12)
         payload: dict[str, Any] = {"rollout": rollout, "delivery": delivery, "event": event}
         if extra:
@@ -133,71 +164,97 @@ class Webhook:
             payload = {"text": slack_text(payload)}
         body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
         action = str(event.get("action", event.get("kind", "event")))
-        with self._wake:
-            if len(self._pending) >= self._max_pending:
-                self._pending.popleft()
-                self.counts["dropped"] += 1
-            self._pending.append((delivery, action, body))
-            self._wake.notify()
-        self._ensure_thread()
+        with self._lock:
+            self._unsent.append(Delivery(delivery, action, body))
+        self._move_unsent()
+        self._sender.ensure()
+        self._sender.wake()
         return delivery
 
-    def _ensure_thread(self) -> None:
-        if self._pid == os.getpid() or self._stop.is_set():
-            return
-        self._pid = os.getpid()
-        threading.Thread(target=self._run, name="gate-webhook", daemon=True).start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with self._wake:
-                while not self._pending and not self._stop.is_set():
-                    self._wake.wait(1.0)
-                if self._stop.is_set():
+    def _move_unsent(self) -> None:
+        with self._lock:
+            while self._unsent:
+                try:
+                    dropped = self._outbox.put(self.receiver, self._unsent[0], self.max_pending)
+                except Exception as exc:  # noqa: BLE001 - a failing store is reported, not raised
+                    self._failed_store(exc)
+                    if len(self._unsent) > self.max_pending:
+                        self._unsent.popleft()
+                        self.counts["dropped"] += 1
                     return
-                delivery, action, body = self._pending[0]
+                self._unsent.popleft()
+                self.counts["dropped"] += dropped
+        self._store_works()
+
+    def _send_due(self) -> None:
+        """The sender's step: every due delivery, oldest first."""
+        self._move_unsent()
+        lease = self.timeout_seconds + LEASE_MARGIN_SECONDS
+        while not self._sender.closed:
+            try:
+                item = self._outbox.take(self.receiver, self._owner, lease)
+            except Exception as exc:  # noqa: BLE001
+                self._failed_store(exc)
+                return
+            if item is None:
+                return
+            with self._lock:
                 self._busy = True
             try:
-                self._deliver(delivery, action, body)
-            except Exception:  # the sender must never die
-                logger.exception("webhook %s: delivery %s failed", self.url, delivery)
-            with self._wake:
-                if self._pending and self._pending[0][0] == delivery:
-                    self._pending.popleft()
-                self._busy = False
-                self._wake.notify_all()
+                self._deliver(item)
+            finally:
+                with self._idle:
+                    self._busy = False
+                    self._idle.notify_all()
 
-    def _deliver(self, delivery: str, action: str, body: bytes) -> None:
-        pause = self.backoff_seconds
-        for attempt in range(1, self.max_attempts + 1):
-            self.counts["attempted"] += 1
-            if attempt > 1:
-                self.counts["retried"] += 1
-            started = time.time()
-            status, error = self._post(delivery, action, body)
-            entry = {
-                "delivery": delivery,
-                "event": action,
-                "attempt": attempt,
-                "at": started,
-                "status": status,
-                "error": error,
-            }
-            with self._lock:
-                self._log.append(entry)
+    def _deliver(self, item: Delivery) -> None:
+        attempt = item.attempts + 1
+        self.counts["attempted"] += 1
+        if attempt > 1:
+            self.counts["retried"] += 1
+        started = time.time()
+        status, error = self._post(item.delivery, item.action, item.body)
+        with self._lock:
+            self._log.append(
+                {
+                    "delivery": item.delivery,
+                    "event": item.action,
+                    "attempt": attempt,
+                    "at": started,
+                    "status": status,
+                    "error": error,
+                }
+            )
+        try:
             if error is None:
+                self._outbox.done(self.receiver, item.delivery)
                 self.counts["delivered"] += 1
-                return
-            if attempt < self.max_attempts and self._stop.wait(pause):
-                return  # closed while waiting
-            pause = min(pause * 2, self.max_backoff_seconds)
-        self.counts["failed"] += 1
-        logger.error(
-            "webhook %s: delivery %s given up after %d attempts",
-            self.url,
-            delivery,
-            self.max_attempts,
-        )
+            elif attempt >= self.max_attempts:
+                self._outbox.done(self.receiver, item.delivery)
+                self.counts["failed"] += 1
+                logger.error(
+                    "webhook %s: delivery %s given up after %d attempts",
+                    self.url,
+                    item.delivery,
+                    attempt,
+                )
+            else:
+                pause = min(self.backoff_seconds * 2 ** (attempt - 1), self.max_backoff_seconds)
+                self._outbox.retry(self.receiver, item.delivery, attempt, time.time() + pause)
+        except Exception as exc:  # noqa: BLE001 - the lease runs out: it is sent again
+            self._failed_store(exc)
+
+    def _failed_store(self, exc: BaseException) -> None:
+        if not self._trouble:
+            logger.error(
+                "webhook %s: its outbox failed (%s); deliveries wait in memory", self.url, exc
+            )
+        self._trouble = f"{type(exc).__name__}: {exc}"[:200]
+
+    def _store_works(self) -> None:
+        if self._trouble:
+            self._trouble = ""
+            logger.warning("webhook %s: its outbox works again", self.url)
 
     def _post(self, delivery: str, action: str, body: bytes) -> tuple[int | None, str | None]:
         request = urllib.request.Request(self.url, data=body, method="POST")
@@ -219,39 +276,64 @@ class Webhook:
             return status, None
         return status, f"HTTP {status}"
 
+    def pending(self) -> int:
+        """Deliveries waiting for this receiver (in every process, with a
+        durable outbox)."""
+        with self._lock:
+            unsent = len(self._unsent)
+        try:
+            return unsent + self._outbox.pending(self.receiver)
+        except Exception as exc:  # noqa: BLE001
+            self._failed_store(exc)
+            return unsent
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is pending (for tests and shutdown); ``True`` if so."""
         deadline = time.monotonic() + timeout
-        with self._wake:
-            while self._pending or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._wake.wait(min(left, 0.1))
+        while self.pending() or self._busy:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._sender.wake()
+            with self._idle:
+                self._idle.wait(min(left, 0.05))
         return True
 
     def status(self) -> dict[str, Any]:
         """Counts and the latest deliveries (the secret is never shown)."""
         with self._lock:
             log = list(self._log)
-            pending = len(self._pending)
-        return {
+        shown: dict[str, Any] = {
             "url": self.url,
             "format": "slack" if self.slack else "json",
-            "pending": pending,
+            "outbox": "durable" if self._outbox.durable else "memory",
+            "pending": self.pending(),
             **self.counts,
             "log": log,
         }
+        if self._trouble:
+            shown["trouble"] = self._trouble
+        return shown
 
     def after_fork(self) -> None:
-        """In a forked child: fresh locks; the sender starts again when needed."""
+        """In a forked child: fresh locks and owner; a durable outbox's sender
+        starts again here (what the parent left is this process's to send too)."""
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
+        self._busy = False
+        self._owner = _owner()
+        if self._outbox.durable:
+            self._sender.ensure()
 
     def close(self) -> None:
-        self._stop.set()
-        with self._wake:
-            self._wake.notify_all()
+        """Stop sending from this process; a durable outbox keeps what is left
+        for the others and the next start."""
+        self._sender.close()
+
+
+def _owner() -> str:
+    """Who holds a lease: this process, on this host."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):

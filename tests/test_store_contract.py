@@ -25,6 +25,8 @@ from gate_middleware import ConfigError, Environment, PromotionConfig, Promotion
 from gate_middleware.evidence import Evidence
 from gate_middleware.state import GateState, InMemoryStateStore
 from gate_middleware.stores import (
+    Delivery,
+    Outbox,
     StateStore,
     StateStoreBase,
     WindowStore,
@@ -275,6 +277,36 @@ def test_the_store_clock_is_the_hosts_or_corrected_to_the_servers(backend: Backe
     on_a_server = backend.name == "redis"
     expected = time.time() if on_a_server else skewed()
     assert abs(clock() - expected) < 1.0, (backend.name, clock() - time.time())
+
+
+def test_the_outbox_hands_each_delivery_to_one_owner_in_order(backend: Backend) -> None:
+    name = rollout()
+    stores = backend(name)
+    box = stores.state.outbox()
+    assert box is stores.state.outbox() and isinstance(box, Outbox)
+    hook = "receiver-1"
+    for i in range(3):
+        assert box.put(hook, Delivery(f"d{i}", "rollback", b'{"n": %d}' % i), 10) == 0
+    assert box.pending(hook) == 3 and box.pending("another") == 0
+    first = box.take(hook, "owner-a", 30.0)
+    assert first is not None and (first.delivery, first.body) == ("d0", b'{"n": 0}')
+    assert box.take(hook, "owner-b", 30.0) is None  # leased to a; the next waits in order
+    box.retry(hook, "d0", 1, time.time() + 60)
+    assert box.take(hook, "owner-b", 30.0) is None  # not due yet
+    box.retry(hook, "d0", 1, 0.0)
+    again = box.take(hook, "owner-b", 0.0)  # a lease that runs out at once
+    assert again is not None and (again.delivery, again.attempts) == ("d0", 1)
+    taken_over = box.take(hook, "owner-a", 30.0)  # b died holding it: a takes it over
+    assert taken_over is not None and taken_over.delivery == "d0"
+    box.done(hook, "d0")
+    assert box.pending(hook) == 2
+    assert box.put(hook, Delivery("d3", "plan_step", b"{}"), 2) == 1  # d1, the oldest, dropped
+    following = box.take(hook, "owner-a", 30.0)
+    assert following is not None and following.delivery == "d2"
+    shared = backend.name == "sqlite"  # the durable one; Redis keeps the default memory outbox
+    assert box.durable is shared
+    other = backend(name).state.outbox()  # another process of the rollout
+    assert other.pending(hook) == (2 if shared else 0)
 
 
 def test_after_fork_and_close_leave_the_data(backend: Backend) -> None:

@@ -7,10 +7,12 @@ import hashlib
 import hmac
 import json
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from gate_middleware.plan import RolloutPlan
 from gate_middleware.webhooks import Webhook, signature
 
 from .conftest import FakeClock
+from .servers import ROOT, python
 from .test_gate import feed
 
 SECRET = "a-webhook-secret-of-some-length"
@@ -162,3 +165,49 @@ def test_webhook_arguments_are_checked() -> None:
     with pytest.raises(ConfigError, match="max_attempts"):
         Webhook("http://127.0.0.1/", secret=SECRET, max_attempts=0)
     assert signature("k", b"x") == "sha256=" + hmac.new(b"k", b"x", hashlib.sha256).hexdigest()
+
+
+# -- the durable outbox: deliveries outlive the process that made them -------------------
+
+
+def outbox_worker(url: str, hook: str, action: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(python("-m", "tests.outbox_worker", url, hook, action), cwd=ROOT)
+
+
+def test_a_delivery_left_by_an_exited_process_is_made_once_by_the_next(tmp_path: Path) -> None:
+    """A process rolls back while the receiver is down and exits: the event
+    waits in the file. Three processes start with the receiver up: it gets
+    the event once, with its first delivery id, validly signed."""
+    url = f"sqlite://{tmp_path}/gate.db"
+    with socket.socket() as sock:  # a port with nobody listening yet
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    hook = f"http://127.0.0.1:{port}/hook"
+    assert outbox_worker(url, hook, "rollback").wait(60) == 0
+    receiver = Receiver(port)
+    try:
+        senders = [outbox_worker(url, hook, "send") for _ in range(3)]
+        assert [sender.wait(60) for sender in senders] == [0, 0, 0]
+    finally:
+        receiver.close()
+    assert [r["event"] for r in receiver.received] == ["rollback"]
+    assert receiver.bad_signatures == 0
+    body = receiver.received[0]["body"]
+    assert body["event"]["actor"] == "alice" and body["event"]["reason"] == "a bad release"
+    assert body["delivery"] == receiver.received[0]["delivery"]
+
+
+def test_a_durable_outbox_says_so_and_a_memory_one_too(tmp_path: Path, receiver: Receiver) -> None:
+    shared = Webhook(f"http://127.0.0.1:{receiver.port}/a", secret=SECRET)
+    alone = Webhook(f"http://127.0.0.1:{receiver.port}/b", secret=SECRET)
+    config = PromotionConfig(name="checkout", environment=Environment.canary(10))
+    gate = PromotionGate.from_url(f"sqlite://{tmp_path}/gate.db", config, webhooks=[shared])
+    in_memory = PromotionGate(webhooks=[alone])
+    try:
+        assert shared.status()["outbox"] == "durable"
+        assert alone.status()["outbox"] == "memory"
+        with pytest.raises(ConfigError, match="a webhook of one gate"):
+            PromotionGate.from_url(f"sqlite://{tmp_path}/other.db", config, webhooks=[shared])
+    finally:
+        gate.close()
+        in_memory.close()

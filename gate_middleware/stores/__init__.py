@@ -1,10 +1,13 @@
 """Where a gate keeps its state and outcomes: the store port every backend
 implements (``port``) and the table that opens a backend by URL scheme
-(``registry``). The backends: the in-memory stores (one process), Redis
-(``gate_middleware.redis_store``)."""
+(``registry``), and the outbox where webhook deliveries wait (``outbox``).
+The backends: the in-memory stores (one process), SQLite
+(``gate_middleware.stores.sqlite``: every process on a host), Redis
+(``gate_middleware.redis_store``: every process that reaches it)."""
 
 from __future__ import annotations
 
+from gate_middleware.stores.outbox import Delivery, MemoryOutbox, Outbox
 from gate_middleware.stores.port import (
     TRANSITION_TIMEOUT_SECONDS,
     StateStore,
@@ -17,6 +20,9 @@ from gate_middleware.stores.port import (
 from gate_middleware.stores.registry import open_stores, register_store, schemes
 
 __all__ = [
+    "Delivery",
+    "MemoryOutbox",
+    "Outbox",
     "TRANSITION_TIMEOUT_SECONDS",
     "StateStore",
     "StateStoreBase",

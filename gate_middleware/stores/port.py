@@ -25,6 +25,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
+from gate_middleware.stores.outbox import MemoryOutbox, Outbox
+
 if TYPE_CHECKING:
     from gate_middleware.evidence import Evidence
     from gate_middleware.state import GateState
@@ -78,6 +80,12 @@ class StateStore(Protocol):
         nor stretches a step. A store on this host returns ``local`` (every
         process on a host shares its clock); a store on a server returns
         ``local`` corrected by the offset to the server's clock."""
+        ...
+
+    def outbox(self) -> Outbox:
+        """Where the rollout's webhook deliveries wait (the same object on
+        every call): a durable one is shared by the rollout's processes and
+        outlives them (``gate_middleware.stores.outbox``)."""
         ...
 
     def status(self) -> tuple[StoreCondition, str]:
@@ -173,6 +181,13 @@ class StateStoreBase(ABC):
     def clock(self, local: Callable[[], float]) -> Callable[[], float]:
         """A store on this host reads times on the host's clock."""
         return local
+
+    def outbox(self) -> Outbox:
+        """This process's memory: deliveries die with the process."""
+        outbox: Outbox | None = self.__dict__.get("_memory_outbox")
+        if outbox is None:
+            outbox = self.__dict__.setdefault("_memory_outbox", MemoryOutbox())
+        return outbox
 
     def status(self) -> tuple[StoreCondition, str]:
         return ("ok", "")

@@ -52,12 +52,13 @@ When the file cannot be used
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ from gate_middleware.stores.buffer import (
     evidence_from_fields,
 )
 from gate_middleware.stores.codec import CorruptData, decode_state, encode_state, new_transition_id
+from gate_middleware.stores.outbox import Delivery
 from gate_middleware.stores.port import (
     TRANSITION_TIMEOUT_SECONDS,
     StateStoreBase,
@@ -113,6 +115,19 @@ CREATE TABLE IF NOT EXISTS gate_window (
     count INTEGER NOT NULL,
     PRIMARY KEY (rollout, epoch, variant, slice, field)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gate_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    rollout TEXT NOT NULL,
+    receiver TEXT NOT NULL,
+    delivery TEXT NOT NULL,
+    action TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL,
+    due REAL NOT NULL,
+    owner TEXT NOT NULL DEFAULT '',
+    lease_until REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS gate_outbox_order ON gate_outbox (rollout, receiver, seq);
 CREATE TABLE IF NOT EXISTS gate_evidence (
     rollout TEXT NOT NULL,
     epoch INTEGER NOT NULL,
@@ -198,6 +213,20 @@ class _Database:
             self._connection = connection
         return self._connection
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``), committed when the block
+        ends and rolled back if it raises."""
+        with self.locked() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
     def close(self) -> None:
         with self._lock:
             if self._connection is not None and self._pid == os.getpid():
@@ -270,6 +299,7 @@ class SqliteStateStore(StateStoreBase):
         self._corrupt = ""
         self._steps = 0
         self._follower = BackgroundThread(f"gate-state-{rollout}", self._follow, refresh_seconds)
+        self._outbox = SqliteOutbox(database, rollout)
         try:
             with database.locked() as db:
                 db.execute(
@@ -451,8 +481,101 @@ class SqliteStateStore(StateStoreBase):
         self._state = new_state  # the follower sees its own identity: no second report
         return True
 
+    def outbox(self) -> SqliteOutbox:
+        """The rollout's webhook deliveries, in the file."""
+        return self._outbox
+
     def close(self) -> None:
         self._follower.close()
+
+
+class SqliteOutbox:
+    """A rollout's webhook deliveries in the file (``gate_outbox``): shared by
+    every process on the host, kept across restarts (see
+    ``gate_middleware.stores.outbox``). A failing file raises
+    ``sqlite3.Error``: the webhook keeps the delivery and tries again."""
+
+    durable = True
+
+    def __init__(self, database: _Database, rollout: str) -> None:
+        self._database = database
+        self._rollout = rollout
+
+    def put(self, receiver: str, delivery: Delivery, max_pending: int) -> int:
+        with self._database.transaction() as db:
+            db.execute(
+                "INSERT INTO gate_outbox (rollout, receiver, delivery, action, body, attempts, due)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self._rollout,
+                    receiver,
+                    delivery.delivery,
+                    delivery.action,
+                    delivery.body,
+                    delivery.attempts,
+                    delivery.due,
+                ),
+            )
+            (count,) = db.execute(
+                "SELECT count(*) FROM gate_outbox WHERE rollout = ? AND receiver = ?",
+                (self._rollout, receiver),
+            ).fetchone()
+            dropped = max(0, int(count) - max_pending)
+            if dropped:
+                db.execute(
+                    "DELETE FROM gate_outbox WHERE seq IN (SELECT seq FROM gate_outbox"
+                    " WHERE rollout = ? AND receiver = ? ORDER BY seq LIMIT ?)",
+                    (self._rollout, receiver, dropped),
+                )
+            return dropped
+
+    def take(self, receiver: str, owner: str, lease_seconds: float) -> Delivery | None:
+        now = time.time()
+        with self._database.locked() as db:  # a read first: most polls find nothing
+            row = db.execute(
+                "SELECT seq FROM gate_outbox WHERE rollout = ? AND receiver = ? AND due <= ?"
+                " AND (owner = ? OR lease_until <= ?) AND seq = (SELECT min(seq) FROM gate_outbox"
+                " WHERE rollout = ? AND receiver = ?)",
+                (self._rollout, receiver, now, owner, now, self._rollout, receiver),
+            ).fetchone()
+        if row is None:
+            return None
+        with self._database.transaction() as db:  # then leased, if still free
+            taken = db.execute(
+                "UPDATE gate_outbox SET owner = ?, lease_until = ? WHERE seq = ?"
+                " AND (owner = ? OR lease_until <= ?)",
+                (owner, now + lease_seconds, row[0], owner, now),
+            ).rowcount
+            leased = db.execute(
+                "SELECT delivery, action, body, attempts, due FROM gate_outbox WHERE seq = ?",
+                (row[0],),
+            ).fetchone()
+        if not taken or leased is None:
+            return None
+        return Delivery(str(leased[0]), str(leased[1]), bytes(leased[2]), int(leased[3]), leased[4])
+
+    def done(self, receiver: str, delivery: str) -> None:
+        with self._database.transaction() as db:
+            db.execute(
+                "DELETE FROM gate_outbox WHERE rollout = ? AND receiver = ? AND delivery = ?",
+                (self._rollout, receiver, delivery),
+            )
+
+    def retry(self, receiver: str, delivery: str, attempts: int, due: float) -> None:
+        with self._database.transaction() as db:
+            db.execute(
+                "UPDATE gate_outbox SET attempts = ?, due = ?, owner = '', lease_until = 0"
+                " WHERE rollout = ? AND receiver = ? AND delivery = ?",
+                (attempts, due, self._rollout, receiver, delivery),
+            )
+
+    def pending(self, receiver: str) -> int:
+        with self._database.locked() as db:
+            (count,) = db.execute(
+                "SELECT count(*) FROM gate_outbox WHERE rollout = ? AND receiver = ?",
+                (self._rollout, receiver),
+            ).fetchone()
+        return int(count)
 
 
 class SqliteWindowStore(BufferedWindowStore):
