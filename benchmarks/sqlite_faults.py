@@ -16,8 +16,28 @@ The faults: another process holding the write lock for 3 s; the disk full
 ``mount``, else reported as skipped); the state's row overwritten with
 garbage by a foreign write, then deleted by the operator; the file deleted
 under the running gates; the file replaced by garbage bytes, then deleted;
-a process SIGKILLed in the middle of a write transaction. ``tests/
-test_sqlite_faults.py`` runs each one and checks the targets.
+a process SIGKILLed in the middle of a write transaction; the file system
+under the directory turned read-only (a 16 MiB ext4 image of the drill's
+own, mounted with ``errors=remount-ro``, made read-only by an ext4 error
+through ``/sys/fs/ext4/<device>/trigger_fs_error``; needs root, a loop
+device, ``mkfs.ext4`` and ``e2fsck``, else reported as skipped), then made
+writable again by the operator: unmounted, a repaired copy mounted at the
+same path. ``tests/test_sqlite_faults.py`` runs each one and checks the
+targets.
+
+Why an ext4 error, and not ``mount -o remount,ro`` (of the file system, or
+of a bind mount of the directory, in a private mount namespace or not): the
+kernel refuses to make a mount read-only while a file on it is open for
+writing (``EBUSY``, "mount point is busy"), and every gate holds the
+database, its ``-wal`` and its ``-shm`` open so. A file system error is
+the one way a file system turns read-only under open files (the kernel's
+"Remounting filesystem read-only", shown as ``emergency_ro``): the gates'
+writes fail with ``EROFS``, which SQLite reports as "disk I/O error", and a
+connection opened meanwhile is told "attempt to write a readonly database".
+It is one way only: ``remount,rw`` leaves it read-only and ``remount,ro`` is
+refused, so the files open on it can never write again. Writable again
+means another file system at the same path, which only a process that opens
+the file again sees.
 """
 
 from __future__ import annotations
@@ -200,6 +220,104 @@ def killed_mid_transaction() -> Figures:
         return _drill("a process SIGKILLed in the middle of a write", path, fault)
 
 
+def _mount_ext4(image: Path, mount: Path) -> str:
+    """Mount the ext4 file system in ``image`` at ``mount`` (a loop device of
+    its own, ``errors=remount-ro``); the device's name (``loop3``)."""
+    subprocess.run(
+        ["mount", "-o", "loop,errors=remount-ro", str(image), str(mount)],
+        capture_output=True,
+        check=True,
+    )
+    source = subprocess.run(
+        ["findmnt", "-n", "-o", "SOURCE", str(mount)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return Path(source).name
+
+
+def _write_refused(path: Path) -> str:
+    """What a process that opens the file now is told when it writes."""
+    try:
+        newcomer = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        return f"{type(exc).__name__}: {exc}"
+    try:
+        newcomer.execute("BEGIN IMMEDIATE")
+        newcomer.execute("INSERT INTO gate_epoch (rollout, epoch) VALUES ('fault drill', 0)")
+        return "nothing: the row was written (and is rolled back)"
+    except sqlite3.Error as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        if newcomer.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                newcomer.execute("ROLLBACK")
+        newcomer.close()
+
+
+def filesystem_read_only() -> Figures:
+    name = "the file system read-only (an ext4 error), then writable again"
+    with database_directory() as directory:
+        image, mount = directory / "ext4.img", directory / "ext4"
+        mount.mkdir()
+        with open(image, "wb") as file:
+            file.truncate(16 * 1024 * 1024)
+        try:
+            if shutil.which("e2fsck") is None:
+                raise FileNotFoundError("e2fsck")
+            subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, check=True)
+            device = _mount_ext4(image, mount)
+        except (OSError, subprocess.CalledProcessError):
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+            figures = Figures(name)
+            figures.notes.append(
+                "skipped: an ext4 image on a loop device needs root, mount, mkfs.ext4 and e2fsck"
+            )
+            return figures
+        try:
+            trigger = Path("/sys/fs/ext4", device, "trigger_fs_error")
+            if not trigger.exists():
+                figures = Figures(name)
+                figures.notes.append(f"skipped: this kernel has no {trigger}")
+                return figures
+            path = mount / "gate.db"
+
+            def fault(rollout: Rollout, figures: Figures) -> None:
+                os.sync()  # what the gates wrote is on the disk: the fault is read-only, not lost
+                trigger.write_text("the gate's fault drill\n")  # ext4: "Remounting read-only"
+                probe = mount / "probe"
+                try:
+                    probe.touch()
+                    figures.notes.append("skipped: the ext4 error left the file system writable")
+                except OSError as exc:
+                    figures.notes.append(
+                        f"while read-only, a new file: {os.strerror(exc.errno or 0)}"
+                    )
+                figures.notes.append(
+                    f"while read-only, a newly opened connection's write: {_write_refused(path)}"
+                )
+                # The running gates' writes fail with EROFS; the requests go on.
+                rollout.roll_back(figures, rollout.gates[0], deadline=HOLD_SECONDS)
+                status = rollout.gates[0].status().to_dict()["store"]
+                problems = [problem.removeprefix(f"{path}: ") for problem in status["problems"]]
+                figures.notes.append(
+                    f"while read-only, the store's status: {status['status']} {problems}"
+                )
+                # The operator: the broken file system cannot be made writable
+                # again while files are open on it; a repaired copy takes its place.
+                subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=True)
+                repaired = directory / "repaired.img"
+                shutil.copyfile(image, repaired)
+                checked = subprocess.run(
+                    ["e2fsck", "-f", "-y", str(repaired)], capture_output=True, check=False
+                )
+                if checked.returncode >= 4:  # 1: errors fixed (the aborted journal)
+                    figures.notes.append(f"e2fsck could not repair the copy ({checked.returncode})")
+                _mount_ext4(repaired, mount)
+
+            return _drill(name, path, fault)
+        finally:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+
+
 FAULTS: list[Callable[[], Figures]] = [
     lock_held,
     disk_full,
@@ -207,6 +325,7 @@ FAULTS: list[Callable[[], Figures]] = [
     file_deleted,
     file_replaced_by_garbage,
     killed_mid_transaction,
+    filesystem_read_only,
 ]
 
 

@@ -1,8 +1,15 @@
 """The SQLite store's faults, done for real to a real file (the drill of
 ``benchmarks/sqlite_faults.py``, which prints the same figures as a table):
-for each, 0 failed requests, the operator's rollback applied once, reported
-once, one callback, and every gate agreeing on the rolled-back state (how
-soon is a figure of the benchmark's table, not a budget asserted here)."""
+another process holding the write lock, the disk full, the state's row
+overwritten with garbage, the file deleted, the file replaced by garbage, a
+writer SIGKILLed mid-transaction, and the file system under the directory
+turned read-only by an ext4 error, then writable again (a repaired copy
+mounted at the same path). For each, 0 failed requests, the operator's
+rollback applied once, reported once, one callback, and every gate agreeing
+on the rolled-back state (how soon is a figure of the benchmark's table, not
+a budget asserted here). A fault this machine cannot inject (the disk full
+and the read-only file system need root, ``mount`` and, for the latter, a
+loop device and the ext4 tools) is skipped, saying why."""
 
 from __future__ import annotations
 
