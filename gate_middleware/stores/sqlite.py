@@ -166,7 +166,7 @@ class _Database:
         self._pid = -1
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
-        self._inode = -1
+        self._identity = (-1, -1)  # (device, inode) of the file this process opened
         with self.locked():
             pass  # opened (and the schema made) now: a bad path fails at start
 
@@ -175,10 +175,12 @@ class _Database:
         (its connection would go on with the old one): then the next use opens
         the file at the path again, and it is made anew if it is gone."""
         try:
-            inode = os.stat(self.path).st_ino
+            found = os.stat(self.path)
+            identity = (found.st_dev, found.st_ino)
         except OSError:
-            inode = -2
-        if self._connection is None or inode == self._inode:
+            identity = (-2, -2)
+        # Both numbers: a file system mounted anew hands out the same low inodes.
+        if self._connection is None or identity == self._identity:
             return False
         logger.warning("%s was deleted or replaced: opening the file at that path again", self.path)
         with self._lock:
@@ -206,7 +208,8 @@ class _Database:
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA synchronous=NORMAL")
                 connection.executescript(_SCHEMA)
-                self._inode = os.stat(self.path).st_ino
+                opened = os.stat(self.path)
+                self._identity = (opened.st_dev, opened.st_ino)
             except BaseException:
                 connection.close()
                 raise
@@ -335,10 +338,14 @@ class SqliteStateStore(StateStoreBase):
         return "ok", ""
 
     def _probe_writes(self) -> None:
-        """Whether the write lock can be taken again (nothing is written)."""
-        with self._database.locked() as db:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("ROLLBACK")
+        """Whether the file takes a write again: the state's row rewritten with
+        its own values and committed. Taking the write lock alone proves
+        nothing: on a read-only file system SQLite still takes it (the lock
+        lives in shared memory)."""
+        with self._database.transaction() as db:
+            db.execute(
+                "UPDATE gate_state SET version = version WHERE rollout = ?", (self._rollout,)
+            )
         self._write_trouble.recovered()
 
     def _read(self) -> GateState | None:
