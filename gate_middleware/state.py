@@ -10,6 +10,8 @@ both succeed.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -27,6 +29,12 @@ MAX_HISTORY = 1000
 MAX_SAMPLES = 720
 
 
+def this_process() -> str:
+    """``host:pid`` of this process: an event says which process made it
+    (with a shared store, any of the app's workers may)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 @dataclass(frozen=True)
 class RollbackEvent:
     """A rollback: of the whole release (``feature == "all"``) or of one flag.
@@ -34,7 +42,8 @@ class RollbackEvent:
     ``environment`` is the environment rolled back from; ``health`` holds
     the health figures at that moment. ``actor`` says who made it: "gate"
     (the gate itself), the admin token's name (and the CLI user), or
-    "api" (a call in the app's code).
+    "api" (a call in the app's code); ``process`` in which process
+    (``host:pid``).
     """
 
     kind: ClassVar[str] = "rollback"
@@ -46,6 +55,7 @@ class RollbackEvent:
     health: CanaryHealth | None = None
     automatic: bool = False
     actor: str = "api"
+    process: str = field(default_factory=this_process)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +66,7 @@ class RollbackEvent:
             "feature": self.feature,
             "automatic": self.automatic,
             "actor": self.actor,
+            "process": self.process,
             "health": self.health.to_dict() if self.health else None,
         }
 
@@ -68,7 +79,7 @@ class PromotionEvent:
     one of the plan's: "plan_step" (the plan moved on), "hold" (a baked
     step is inconclusive), "await_approval" (a manual gate is ready),
     "pause", "resume", "skip" and "retry". ``reason`` says why; ``actor``
-    who (see ``RollbackEvent``).
+    who and ``process`` where (see ``RollbackEvent``).
     """
 
     kind: ClassVar[str] = "promotion"
@@ -81,6 +92,7 @@ class PromotionEvent:
     health: CanaryHealth | None = None
     reason: str = ""
     actor: str = "api"
+    process: str = field(default_factory=this_process)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +104,7 @@ class PromotionEvent:
             "forced": self.forced,
             "reason": self.reason,
             "actor": self.actor,
+            "process": self.process,
             "health": self.health.to_dict() if self.health else None,
         }
 

@@ -57,6 +57,7 @@ def _event(data: dict[str, Any]) -> GateEvent:
             _health(data["health"]),
             data["automatic"],
             data.get("actor", "api"),
+            data.get("process", ""),
         )
     return PromotionEvent(
         _environment(data["from_environment"]),
@@ -67,6 +68,7 @@ def _event(data: dict[str, Any]) -> GateEvent:
         _health(data["health"]),
         data.get("reason", ""),
         data.get("actor", "api"),
+        data.get("process", ""),
     )
 
 
