@@ -1,9 +1,11 @@
 """The demo: a whole release through the gate, in one command.
 
 ``gate-middleware demo`` starts a real Starlette app wrapped in the gate's
-middleware under uvicorn on 127.0.0.1 (a free port), with the admin API and
-dashboard mounted at ``/gate``, and drives bounded traffic from many
-simulated users over real HTTP. The gate carries a rollout plan, time
+middleware under uvicorn on 127.0.0.1 (a free port) with two worker
+processes, which share one rollout through a SQLite file (a temporary one,
+deleted at the end), with the admin API and dashboard mounted at ``/gate``,
+and drives bounded traffic from many simulated users over real HTTP. Either
+worker may make a step: the timeline says which did. The gate carries a rollout plan, time
 compressed (seconds of bake instead of hours); the demo only starts the
 release (``POST /gate/canary``) and watches. Nobody steers it:
 
@@ -27,11 +29,13 @@ import http.client
 import math
 import os
 import random
+import re
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -69,6 +73,9 @@ FLAG = "new_checkout_flow"
 TOKEN_ENV = "GATE_DEMO_TOKEN"
 SCENARIO_ENV = "GATE_DEMO_SCENARIO"
 BAKE_ENV = "GATE_DEMO_BAKE_SECONDS"
+STORE_ENV = "GATE_DEMO_STORE"
+WORKERS = 2
+WORKER_PID = re.compile(rb'"worker":(\d+)')
 PLAN_STEPS = (5, 10, 25, 50)
 BASE_LATENCY = 0.008
 BASE_ERRORS = 0.003
@@ -94,6 +101,7 @@ def create_app() -> Starlette:
         PromotionConfig(
             environment=Environment.PRODUCTION,
             name="demo-shop",
+            store=os.environ.get(STORE_ENV),  # the workers' shared file
             rollback_window_seconds=10,
             min_requests=40,
             evaluation_interval_seconds=0.5,
@@ -114,6 +122,7 @@ def create_app() -> Starlette:
         body = {
             "variant": decision.variant,
             "checkout": "new" if decision.is_enabled(FLAG) else "old",
+            "worker": os.getpid(),
         }
         return JSONResponse(body, status_code=500 if rng.random() < error_rate else 200)
 
@@ -138,6 +147,7 @@ class Traffic:
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.workers: Counter[int] = Counter()  # requests answered per worker process
         self._workers = [
             threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(self.threads)
         ]
@@ -177,14 +187,19 @@ class Traffic:
                 if cookie:
                     cookies[user] = cookie.split(";", 1)[0]
                 variant = "canary" if b'"variant":"canary"' in body else "stable"
+                worker = WORKER_PID.search(body)
                 with self.lock:
                     self.counts[variant] += 1
+                    if worker is not None:
+                        self.workers[int(worker.group(1))] += 1
                     if response.status >= 500:
                         self.counts[f"{variant} errors"] += 1
                 left[user] -= 1
                 if left[user] <= 0:  # this user leaves; a new one arrives
                     cookies[user] = None
                     left[user] = rng.randint(3, 12)
+                    if rng.random() < 0.2:  # on a new connection: any worker may take it
+                        connection.close()
         connection.close()
 
 
@@ -195,7 +210,7 @@ def free_port() -> int:
 
 
 def start_server(
-    port: int, token: str, scenario: str, bake_seconds: float = 3.0
+    port: int, token: str, scenario: str, store: str, bake_seconds: float = 3.0
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
@@ -208,6 +223,8 @@ def start_server(
             "127.0.0.1",
             "--port",
             str(port),
+            "--workers",
+            str(WORKERS),
             "--log-level",
             "warning",
             "--no-access-log",
@@ -217,6 +234,7 @@ def start_server(
             TOKEN_ENV: token,
             SCENARIO_ENV: scenario,
             BAKE_ENV: str(bake_seconds),
+            STORE_ENV: store,
         },
         start_new_session=True,
     )
@@ -305,7 +323,10 @@ def watch_the_plan(
         status = client.status()
         progress.step = progress_line(status)
         progress.show(status)
-        if outcome(status) is not None:
+        # Either worker may answer; one that has not yet seen the release
+        # (its follower reads the file every 0.25 s) still shows production.
+        started = any(e.get("action") == "start_canary" for e in status["recent_events"])
+        if started and outcome(status) is not None:
             return True
         position = (status.get("plan") or {}).get("position") or {}
         if manual and position.get("awaiting") and not announced:
@@ -338,7 +359,7 @@ def plan_timeline(events: list[dict[str, Any]], started: float) -> list[str]:
         ):
             if entered is not None:
                 verdict = (event.get("health") or {}).get("verdict", "-")
-                lines[-1] += f"  left on {verdict} ({event.get('actor', '')})"
+                lines[-1] += f"  left on {verdict} ({event.get('actor', '')}{made_in(event)})"
             target = (
                 "production (rolled back)"
                 if event["kind"] == "rollback"
@@ -348,6 +369,12 @@ def plan_timeline(events: list[dict[str, Any]], started: float) -> list[str]:
             lines.append(f"  {target:<26} entered at {at:6.1f} s")
             entered = event
     return lines
+
+
+def made_in(event: dict[str, Any]) -> str:
+    """``, worker <pid>`` of the process that made ``event``."""
+    pid = str(event.get("process", "")).rpartition(":")[2]
+    return f", worker {pid}" if pid else ""
 
 
 def verify_everyone_gets_the_flag(port: int, users: int) -> bool:
@@ -369,7 +396,9 @@ def run_demo(scenario: str, duration: float, users: int, keep_serving: bool, por
     base = f"http://127.0.0.1:{port}"
     client = AdminClient(f"{base}/gate", token)
     bake = max(1.0, duration / 16)
-    server = start_server(port, token, scenario, bake)
+    directory = tempfile.TemporaryDirectory(prefix="gate-demo-")
+    store = f"sqlite://{directory.name}/demo-shop.db"
+    server = start_server(port, token, scenario, store, bake)
     started = time.monotonic()
     started_wall = time.time()
     deadline = started + duration
@@ -377,7 +406,10 @@ def run_demo(scenario: str, duration: float, users: int, keep_serving: bool, por
     ok = False
     try:
         wait_until_up(client, server, timeout=30)
-        console.print(f"gate-middleware demo ({scenario}): the app serves {base}/checkout")
+        console.print(
+            f"gate-middleware demo ({scenario}): the app serves {base}/checkout "
+            f"from {WORKERS} worker processes sharing {store}"
+        )
         console.print(f"dashboard: {base}/gate/#token={token}")
         traffic.start()
         console.print(
@@ -404,6 +436,7 @@ def run_demo(scenario: str, duration: float, users: int, keep_serving: bool, por
     finally:
         traffic.close()
         stop_server(server)
+        directory.cleanup()
     return 0 if ok else 1
 
 
@@ -426,6 +459,9 @@ def summarise(
         f"{counts['stable']} stable ({counts['stable errors']} errors), "
         f"{counts['connection errors']} connection errors"
     )
+    with traffic.lock:
+        served = ", ".join(f"worker {pid}: {n}" for pid, n in sorted(traffic.workers.items()))
+    console.print(f"  answered by {len(traffic.workers)} workers ({served})")
     console.print(f"Final environment: {environment_label(status['environment'])}")
     console.print("History:")
     for event in client.history():
@@ -443,7 +479,12 @@ def summarise(
     else:
         rollbacks = [e for e in client.history() if e["kind"] == "rollback" and e["automatic"]]
         if rollbacks:
-            console.print(printable(f"Rolled back automatically: {rollbacks[-1]['reason']}"))
-        ok = ok and bool(rollbacks) and FLAG not in status["flags"]["stable"]
+            console.print(
+                printable(
+                    f"Rolled back automatically, {len(rollbacks)} time(s) by "
+                    f"{WORKERS} workers{made_in(rollbacks[-1])}: {rollbacks[-1]['reason']}"
+                )
+            )
+        ok = ok and len(rollbacks) == 1 and FLAG not in status["flags"]["stable"]
     console.print("RESULT: OK" if ok else "RESULT: FAILED (the scenario did not end as it should)")
     return ok

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,9 @@ def test_the_plan_carries_the_healthy_release_to_production() -> None:
         "staging",
         "production",
     ]
-    assert all("left on HEALTHY (gate)" in line for line in timeline[1:-1])
+    assert all(re.search(r"left on HEALTHY \(gate, worker \d+\)", line) for line in timeline[:-1])
+    workers = re.search(r"answered by (\d+) workers", out)
+    assert workers is not None and workers.group(1) == "2"  # both processes served
     assert "rollback" not in out.split("History:")[1]
     assert "RESULT: OK" in out
 
@@ -53,7 +56,9 @@ def test_the_faulty_release_is_rolled_back_by_the_judge() -> None:
     assert result.returncode == 0, out + result.stderr
     assert "Final environment: production" in out
     assert "automatic rollback: canary (5%) -> production" in out
-    reason = out.split("Rolled back automatically: ")[1].splitlines()[0]
+    once = re.search(r"Rolled back automatically, 1 time\(s\) by 2 workers, worker \d+: (.*)", out)
+    assert once is not None, out  # two workers judged; one rollback
+    reason = once.group(1)
     assert reason.startswith(("Canary SLO violation", "Canary health score"))
     assert "plan_step" not in out
     assert "production (rolled back)" in out.split("Plan timeline:")[1]
