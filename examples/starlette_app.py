@@ -1,13 +1,15 @@
 """Starlette with gate-middleware: sticky canary routing, a flag, Prometheus metrics.
 
 Run:  python examples/starlette_app.py      (then open http://127.0.0.1:8000/)
-Or:   uvicorn --app-dir examples starlette_app:app
+Or:   uvicorn --workers 4 --app-dir examples starlette_app:app   (four workers, one rollout)
 
 Half of the sessions get the new checkout flow; /metrics shows the request
 metrics in Prometheus' format. Set GATE_SECRET to sign the session cookie.
 """
 
 import os
+import tempfile
+from pathlib import Path
 
 from opentelemetry import metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -23,8 +25,20 @@ from gate_middleware.integrations.starlette import GateMiddleware, gate_decision
 
 metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
 
+# The rollout lives in a SQLite file that every worker process on the host
+# shares and that outlives restarts; GATE_STORE says where (default: the
+# temporary directory).
+STORE = os.environ.get(
+    "GATE_STORE", f"sqlite://{Path(tempfile.gettempdir()) / 'gate-example-shop.db'}"
+)
+
 gate = PromotionGate(
-    PromotionConfig(environment=Environment.canary(50.0), feature_flags=["new_checkout_flow"])
+    PromotionConfig(
+        name="checkout",
+        environment=Environment.canary(50.0),
+        feature_flags=["new_checkout_flow"],
+        store=STORE,
+    )
 )
 
 

@@ -55,8 +55,15 @@ ASSERT = """
     assert body in ({"checkout": "new"}, {"checkout": "old"}), body
     cookie = response.headers["set-cookie"].split(";", 1)[0]
     assert SessionCookie(secret=os.environ["GATE_SECRET"]).read(cookie) is not None
-    snapshot = gate.health_snapshot()
-    assert snapshot.canary_requests + snapshot.production_requests == 1
+    import time
+    deadline = time.monotonic() + 10  # the SQLite store writes its outcomes every 0.25 s
+    while True:
+        snapshot = gate.health_snapshot()
+        counted = snapshot.canary_requests + snapshot.production_requests
+        if counted or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert counted == 1, counted
     print("ok")
 """
 

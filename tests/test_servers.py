@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -40,10 +41,11 @@ def command(name: str, port: int) -> list[str]:
 
 
 @pytest.mark.parametrize("name", list(SERVERS))
-def test_example_under_a_real_server(name: str) -> None:
+def test_example_under_a_real_server(name: str, tmp_path: Path) -> None:
     port = free_port()
     secret = "end-to-end-secret-0123456789"
-    with running(command(name, port), port, env={"GATE_SECRET": secret}) as base:
+    env = {"GATE_SECRET": secret, "GATE_STORE": f"sqlite://{tmp_path}/shop.db"}
+    with running(command(name, port), port, env=env) as base:
         # A first visit gets a signed cookie and a decision.
         with httpx.Client(base_url=base, timeout=10.0) as client:
             first = client.get("/")

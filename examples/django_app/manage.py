@@ -2,7 +2,7 @@
 """Django with gate-middleware.
 
 Run:  python examples/django_app/manage.py runserver 127.0.0.1:8000
-Or:   gunicorn --chdir examples/django_app shop.wsgi
+Or:   gunicorn -w 4 --chdir examples/django_app shop.wsgi   (four workers, one rollout)
 Or:   uvicorn --app-dir examples/django_app shop.asgi:application
 """
 
