@@ -1,12 +1,17 @@
 """The multi-process test app: one rollout shared through a store (Redis or SQLite).
 
-Configured by the environment: GATE_STORE_URL (none: in memory), GATE_ROLLOUT, GATE_WINDOW.
-``/checkout`` fails on the canary path; ``/stats`` tells which process
-answered and what its gate holds; ``/gate`` is the admin API.
+Configured by the environment: GATE_STORE_URL (none: in memory), GATE_ROLLOUT, GATE_WINDOW;
+GATE_FAULTY makes ``/checkout`` fail on the canary path. ``/stats`` tells which
+process answered and what its gate holds; ``/gate`` is the admin API. For
+counting what a rollback sets off across the processes: GATE_CALLBACK_LOG
+names a file every rollback callback appends one line to, after
+GATE_CALLBACK_SECONDS (default 0), and GATE_WEBHOOK_URL a receiver of the
+gate's webhooks.
 """
 
 import json
 import os
+import time
 from typing import Any
 
 from starlette.applications import Starlette
@@ -15,9 +20,16 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from gate_middleware import Environment, GateWSGIMiddleware, PromotionConfig, PromotionGate
+from gate_middleware import (
+    Environment,
+    GateWSGIMiddleware,
+    PromotionConfig,
+    PromotionGate,
+    RollbackEvent,
+)
 from gate_middleware.admin import AdminASGIApp, AdminWSGIApp
 from gate_middleware.integrations.starlette import GateMiddleware
+from gate_middleware.webhooks import Webhook
 
 TOKEN = "redis-admin-token-0123456789"
 CONFIG = PromotionConfig(
@@ -31,6 +43,21 @@ CONFIG = PromotionConfig(
 # No GATE_STORE_URL: the in-memory gate, each process its own.
 URL = os.environ.get("GATE_STORE_URL")
 gate = PromotionGate.from_url(URL, CONFIG) if URL else PromotionGate(CONFIG)
+
+CALLBACK_LOG = os.environ.get("GATE_CALLBACK_LOG")
+CALLBACK_SECONDS = float(os.environ.get("GATE_CALLBACK_SECONDS", "0"))
+if CALLBACK_LOG:
+
+    @gate.on_rollback
+    def log_rollback(event: RollbackEvent) -> None:
+        time.sleep(CALLBACK_SECONDS)  # a callback that pages someone takes a while
+        line = json.dumps({"pid": os.getpid(), "reason": event.reason}) + "\n"
+        with open(CALLBACK_LOG, "a") as log:  # one short append: whole lines from every process
+            log.write(line)
+
+
+if os.environ.get("GATE_WEBHOOK_URL"):
+    gate.add_webhook(Webhook(os.environ["GATE_WEBHOOK_URL"], secret="shared-app-webhook-secret"))
 
 
 async def checkout(request: Request) -> JSONResponse:

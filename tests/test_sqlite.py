@@ -1,14 +1,22 @@
 """The SQLite store: one rollout across real worker processes on one host,
 through a real file, and a decision that survives recycled workers and
-restarts. Store-level behaviour is in tests/test_store_contract.py."""
+restarts, under uvicorn and gunicorn (sync and uvicorn workers, with and
+without --preload, recycled by --max-requests). Store-level behaviour is in
+tests/test_store_contract.py."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -35,110 +43,328 @@ def url(tmp_path: Path) -> str:
     return f"sqlite://{tmp_path}/gate.db"
 
 
-def uvicorn_workers(port: int, workers: int) -> list[str]:
+WORKERS = 4
+UVICORN_WORKER = ("-k", "uvicorn.workers.UvicornWorker")  # the lock file has no uvicorn-worker
+RECYCLE = ("--max-requests", "25")  # gunicorn replaces each worker after 25 requests
+
+# Every server a rollout on one file is run under: four workers each, the ASGI
+# app (tests/shared_app.py's app) or the WSGI one (its wsgi), with and without
+# gunicorn's --preload (the gate built once in the arbiter, then forked), and
+# workers recycled (--max-requests) with and without it.
+SERVERS: dict[str, tuple[str, ...]] = {
+    "uvicorn --workers 4": ("uvicorn",),
+    "gunicorn sync": ("gunicorn", "shared_app:wsgi"),
+    "gunicorn sync --preload --max-requests": (
+        "gunicorn", "--preload", *RECYCLE, "shared_app:wsgi",
+    ),
+    "gunicorn UvicornWorker --max-requests": (
+        "gunicorn", *UVICORN_WORKER, *RECYCLE, "shared_app:app",
+    ),
+    "gunicorn UvicornWorker --preload": (
+        "gunicorn", *UVICORN_WORKER, "--preload", "shared_app:app",
+    ),
+}  # fmt: skip
+
+
+def server_command(server: str, port: int) -> list[str]:
+    """The command line that runs ``server`` (a key of SERVERS) on ``port``."""
+    kind, *options = SERVERS[server]
+    if kind == "uvicorn":
+        return python(
+            "-m", "uvicorn", "--app-dir", "tests", "shared_app:app", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", str(WORKERS), "--log-level", "warning",
+        )  # fmt: skip
     return python(
-        "-m", "uvicorn", "--app-dir", "tests", "shared_app:app", "--host", "127.0.0.1",
-        "--port", str(port), "--workers", str(workers), "--log-level", "warning",
+        "-m", "gunicorn", "-w", str(WORKERS), "--chdir", "tests", "--bind", f"127.0.0.1:{port}",
+        "--log-level", "warning", *options,
     )  # fmt: skip
 
 
-def gunicorn_workers(port: int, workers: int, *extra: str) -> list[str]:
-    return python(
-        "-m", "gunicorn", "-w", str(workers), "--chdir", "tests", "--bind", f"127.0.0.1:{port}",
-        "--log-level", "warning", *extra, "shared_app:wsgi",
-    )  # fmt: skip
+@contextmanager
+def started(server: str, env: dict[str, str]) -> Iterator[str]:
+    """``server`` running on a free port of 127.0.0.1; yields its base URL."""
+    port = free_port()
+    with running(server_command(server, port), port, env=env, ready_path="/gate/status") as base:
+        yield base
 
 
 def store_env(url: str, rollout: str, **env: str) -> dict[str, str]:
     return {"GATE_STORE_URL": url, "GATE_ROLLOUT": rollout, **env}
 
 
-def fresh_answers(base: str, count: int) -> list[dict[str, object]]:
-    """``count`` requests from new visitors, each on a new connection (so
-    they spread over the workers)."""
-    answers = []
-    for _ in range(count):
-        with httpx.Client(base_url=base, timeout=5.0) as fresh:
-            response = fresh.get("/checkout")
+# A connection closed with no answer: what a recycled worker does to those it
+# accepted but will not serve (see Visitors).
+DROPPED = (httpx.RemoteProtocolError, httpx.ReadError)
+
+
+class Visitors:
+    """New visitors: requests to ``/checkout`` without a cookie, each on a new
+    connection, four at a time (so every worker gets some).
+
+    A worker that gunicorn recycles (``--max-requests``) may close
+    connections it accepted but never served (a UvicornWorker does, as
+    gunicorn's gthread worker does: benoitc/gunicorn#3038): such a request is
+    sent again, as a browser or a proxy would, and counted in ``resent``.
+    The gate never answers that way: its failures are answers."""
+
+    def __init__(self, base: str, clients: int = 4) -> None:
+        no_reuse = httpx.Limits(max_keepalive_connections=0)
+        self._clients = [
+            httpx.Client(base_url=base, timeout=5.0, limits=no_reuse) for _ in range(clients)
+        ]
+        self._pool = ThreadPoolExecutor(clients)
+        self._lock = threading.Lock()
+        self.resent = 0
+
+    def _get(self, client: httpx.Client) -> httpx.Response:
+        for _ in range(3):
+            client.cookies.clear()
+            try:
+                return client.get("/checkout")
+            except DROPPED:
+                with self._lock:
+                    self.resent += 1
+        client.cookies.clear()
+        return client.get("/checkout")
+
+    def _visit(self, client: httpx.Client, count: int) -> list[dict[str, Any]]:
+        answers = []
+        for _ in range(count):
+            response = self._get(client)
             answers.append({**response.json(), "status": response.status_code})
-    return answers
+        return answers
+
+    def answers(self, count: int) -> list[dict[str, Any]]:
+        """The answers to ``count`` such requests."""
+        share, extra = divmod(count, len(self._clients))
+        counts = [share + (i < extra) for i in range(len(self._clients))]
+        return [a for part in self._pool.map(self._visit, self._clients, counts) for a in part]
+
+    def __enter__(self) -> Visitors:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown()
+        for client in self._clients:
+            client.close()
 
 
-def history(base: str) -> list[dict[str, object]]:
-    return list(httpx.get(base + "/gate/history", headers=AUTH, timeout=5.0).json()["events"])
+def rolled_back(answer: dict[str, Any]) -> bool:
+    """Whether ``answer`` came from a worker that holds the rolled-back state."""
+    return (answer["variant"], answer["environment"], answer["status"]) == (
+        "stable",
+        "production",
+        200,
+    )
+
+
+def until_every_worker_agrees(crowd: Visitors, *, within: float = 5.0) -> tuple[float, int]:
+    """Rounds of new visitors from the moment a rollback was made until
+    three rounds in a row (48 answers) from at least WORKERS workers are all
+    in the rolled-back state. Returns when the old state was last seen
+    (seconds from the start, at the end of its round; 0.0 if never) and how
+    many answers were in it. Bounded by ``within`` seconds for CI's noise:
+    the promise is one second."""
+    started_at = time.monotonic()
+    last_seen, old, streak = 0.0, 0, []
+    while time.monotonic() - started_at < within:
+        round_ = crowd.answers(16)
+        if all(map(rolled_back, round_)):
+            streak += round_
+            if len(streak) >= 48 and len({a["pid"] for a in streak}) >= WORKERS:
+                return last_seen, old
+        else:
+            last_seen, streak = time.monotonic() - started_at, []
+            old += sum(not rolled_back(a) for a in round_)
+    pytest.fail(f"the workers did not all hold the rollback within {within} s ({old} old answers)")
+
+
+def running_process(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def history(base: str) -> list[dict[str, Any]]:
+    """The admin API's history, asked again if a recycled worker dropped the question."""
+    for _ in range(3):
+        try:
+            response = httpx.get(base + "/gate/history", headers=AUTH, timeout=5.0)
+        except DROPPED:
+            continue
+        return list(response.json()["events"])
+    pytest.fail("no worker answered /gate/history")
+
+
+def roll_back(base: str, reason: str) -> int:
+    """POST /gate/rollback; its status. One whose answer was dropped is
+    looked up in the history, and sent again only if it is not there."""
+    for _ in range(3):
+        try:
+            return httpx.post(
+                base + "/gate/rollback", json={"reason": reason}, headers=AUTH, timeout=5.0
+            ).status_code
+        except DROPPED:
+            if "rollback" in kinds(history(base)):
+                return 200
+    pytest.fail("no worker answered the rollback")
+
+
+def kinds(events: list[dict[str, Any]]) -> list[str]:
+    return [str(event["kind"]) for event in events]
+
+
+class WebhookReceiver:
+    """A webhook receiver on 127.0.0.1 in a thread of the test: it keeps
+    ``(X-Gate-Event, X-Gate-Delivery)`` of every POST and answers 204."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, str]] = []
+        posts = self.posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                posts.append((self.headers["X-Gate-Event"], self.headers["X-Gate-Delivery"]))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hooks"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def deliveries(self, event: str) -> set[str]:
+        """The delivery ids received for ``event`` (a retry repeats its id)."""
+        return {delivery for kind, delivery in self.posts if kind == event}
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def webhooks() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
 
 
 # -- every worker, one decision ---------------------------------------------------------
 
 
 @pytest.mark.serial
-def test_an_admin_rollback_holds_in_every_uvicorn_worker_and_after_a_restart(url: str) -> None:
-    rollout = f"sqlite-{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    env = store_env(url, rollout)
-    with running(uvicorn_workers(port, 4), port, env=env, ready_path="/stats") as base:
-        before = fresh_answers(base, 80)
+@pytest.mark.parametrize("server", SERVERS)
+def test_an_admin_rollback_holds_in_every_worker_and_after_a_restart(url: str, server: str) -> None:
+    env = store_env(url, f"sqlite-{uuid.uuid4().hex[:8]}")
+    with started(server, env) as base, Visitors(base) as crowd:
+        before = crowd.answers(48)
         assert {a["variant"] for a in before} == {"canary", "stable"}
-        response = httpx.post(
-            base + "/gate/rollback", json={"reason": "bad release"}, headers=AUTH, timeout=5.0
-        )
-        assert response.status_code == 200
-        time.sleep(1.0)  # every worker follows within a second
-        after = fresh_answers(base, 120)
-        assert len({a["pid"] for a in after}) >= 2  # several workers answered
-        wrong = [a for a in after if a["variant"] != "stable" or a["environment"] != "production"]
+        assert roll_back(base, "bad release") == 200
+        seconds, old = until_every_worker_agrees(crowd)
+        after = crowd.answers(160)
+        wrong = [a for a in after if not rolled_back(a)]
         assert wrong == []
-        assert [e["kind"] for e in history(base)].count("rollback") == 1
-    # A full restart on the same file: the rollback and its history hold.
-    port = free_port()
-    with running(uvicorn_workers(port, 2), port, env=env, ready_path="/stats") as base:
-        restarted = fresh_answers(base, 40)
-        assert {(a["variant"], a["environment"]) for a in restarted} == {("stable", "production")}
+        pids = {a["pid"] for a in after}
+        if "--max-requests" in server:  # workers started after the rollback answered too
+            assert pids - {a["pid"] for a in before}
+        else:  # every worker answered
+            assert len(pids) == WORKERS
         events = history(base)
-        assert [e["kind"] for e in events].count("rollback") == 1
+        assert kinds(events).count("rollback") == 1
+        print(
+            f"{server}: old state last seen at {seconds:.2f} s ({old} answers), {len(wrong)} "
+            f"of {len(after)} after; {len(pids)} workers, {crowd.resent} requests resent"
+        )
+        if "--max-requests" not in server:
+            assert crowd.resent == 0
+    # A full restart on the same file: the rollback and its history hold.
+    with started(server, env) as base, Visitors(base) as crowd:
+        restarted = crowd.answers(48)
+        assert [a for a in restarted if not rolled_back(a)] == []
+        assert history(base) == events
         assert any("bad release" in str(e.get("reason")) for e in events)
 
 
+class UnreportedRollback(Exception):
+    """A rollback is in the history, but its callback or its webhook never came."""
+
+
+# gate_middleware/gate.py, PromotionGate._evaluate_on_schedule: with a shared
+# store the automatic rollback runs on a daemon thread ("gate-evaluate"),
+# which nothing waits for when the process exits. A gunicorn worker recycled
+# by --max-requests exits right after its last request: the rollback it made
+# is stored, but its callbacks (and, if it exits before the event reaches the
+# outbox, its webhook) never run, and no other process reports it, as it is
+# not theirs. A callback that takes a while (GATE_CALLBACK_SECONDS) makes the
+# race certain; without it, about one run in seven loses it.
+LOST_BY_A_RECYCLED_WORKER = pytest.mark.xfail(
+    strict=True,
+    raises=UnreportedRollback,
+    reason="bug: a worker that exits (--max-requests) while its background evaluation "
+    "reports a rollback loses the report (gate.py _evaluate_on_schedule, a daemon thread)",
+)
+
+
 @pytest.mark.serial
-def test_a_faulty_canary_is_rolled_back_once_by_four_workers(url: str) -> None:
-    rollout = f"sqlite-faulty-{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    env = store_env(url, rollout, GATE_FAULTY="1")
-    with running(uvicorn_workers(port, 4), port, env=env, ready_path="/stats") as base:
-        rolled_back = False
-        for _ in range(3000):  # bounded: the judge needs a few hundred requests
-            with httpx.Client(base_url=base, timeout=5.0) as fresh:
-                fresh.get("/checkout")
-            if any(e["kind"] == "rollback" for e in history(base)):
-                rolled_back = True
+@pytest.mark.parametrize(
+    "server",
+    [
+        pytest.param(server, marks=LOST_BY_A_RECYCLED_WORKER if "--max-requests" in server else ())
+        for server in SERVERS
+    ],
+)
+def test_a_faulty_canary_is_rolled_back_once_by_four_workers(
+    url: str, server: str, tmp_path: Path, webhooks: WebhookReceiver
+) -> None:
+    """One rollback event, one callback and one webhook delivery, whichever
+    of the workers saw the failures first."""
+    callbacks = tmp_path / "callbacks.jsonl"
+    env = store_env(
+        url,
+        f"sqlite-faulty-{uuid.uuid4().hex[:8]}",
+        GATE_FAULTY="1",
+        GATE_CALLBACK_LOG=str(callbacks),
+        GATE_CALLBACK_SECONDS="1",  # a callback that pages someone: see LOST_BY_A_RECYCLED_WORKER
+        GATE_WEBHOOK_URL=webhooks.url,
+    )
+    with started(server, env) as base, Visitors(base) as crowd:
+        for _ in range(150):  # bounded: the judge needs a few hundred requests
+            crowd.answers(20)
+            if "rollback" in kinds(history(base)):
                 break
-        assert rolled_back, "the faulty canary was never rolled back"
+        else:
+            pytest.fail("the faulty canary was never rolled back")
+        seconds, old = until_every_worker_agrees(crowd)
+        after = crowd.answers(80)
+        assert [a for a in after if not rolled_back(a)] == []
+        # The callback takes a second; a second rollback, callback or delivery
+        # would come within another.
+        eventually(lambda: webhooks.deliveries("rollback") and callbacks.exists(), 3.0)
         time.sleep(1.0)
-        after = fresh_answers(base, 80)
-        assert [a for a in after if a["variant"] != "stable"] == []
-        assert len({a["pid"] for a in after}) >= 2
-        time.sleep(1.0)  # any worker that would roll back again has had time to
-        assert [e["kind"] for e in history(base)].count("rollback") == 1
-
-
-@pytest.mark.serial
-def test_recycled_gunicorn_workers_keep_the_rolled_back_state(url: str) -> None:
-    rollout = f"sqlite-recycled-{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    args = gunicorn_workers(port, 2, "--max-requests", "30")
-    with running(args, port, env=store_env(url, rollout), ready_path="/gate/status") as base:
-        response = httpx.post(
-            base + "/gate/rollback", json={"reason": "recycled"}, headers=AUTH, timeout=5.0
+        rollbacks = [e for e in history(base) if e["kind"] == "rollback"]
+        lines = callbacks.read_text().splitlines() if callbacks.exists() else []
+        delivered = webhooks.deliveries("rollback")
+        maker = int(str(rollbacks[0].get("process", "?:0")).rsplit(":", 1)[-1])
+        figures = (
+            f"{server}: {len(rollbacks)} rollback events, {len(lines)} callbacks, "
+            f"{len(delivered)} webhook deliveries ({len(webhooks.posts)} posts); made by "
+            f"{'a running' if running_process(maker) else 'an exited'} worker; old state last "
+            f"seen at {seconds:.2f} s ({old} answers); {crowd.resent} requests resent"
         )
-        assert response.status_code == 200
-        time.sleep(1.0)
-        # 300 requests over two workers that are replaced every 30: about ten
-        # new workers, each starting from the file, none from its config.
-        after = fresh_answers(base, 300)
-        assert len({a["pid"] for a in after}) >= 4
-        wrong = [a for a in after if a["variant"] != "stable" or a["environment"] != "production"]
-        assert wrong == []
-        assert [e["kind"] for e in history(base)].count("rollback") == 1
+        print(figures)
+        if "--max-requests" not in server:
+            assert crowd.resent == 0
+        assert len(rollbacks) == 1
+        assert len(lines) <= 1 and len(delivered) <= 1 and len(webhooks.posts) <= 1
+        if not (lines and delivered):
+            raise UnreportedRollback(figures)
 
 
 # -- one gate object per process, two processes' worth in one test -------------------------
