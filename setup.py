@@ -15,28 +15,30 @@ from __future__ import annotations
 
 import os
 import sys
+import tomllib
+from pathlib import Path
 
 from setuptools import setup
 
-# The modules every request runs through, and the judge every evaluation
-# runs. The ASGI and WSGI middlewares are marked (types.mypyc_attr) so that
-# the adapters and users may subclass them; the gate itself (threads,
+
+# The compiled set is named in pyproject.toml's [tool.gate-middleware.compiled]
+# (whole packages, and single modules): every module of it becomes a C
+# extension. The ASGI and WSGI middlewares are marked (types.mypyc_attr) so
+# that the adapters and users may subclass them; the gate itself (threads,
 # stores, callbacks) stays interpreted.
-COMPILED = [
-    "gate_middleware/asgi.py",
-    "gate_middleware/context.py",
-    "gate_middleware/evidence.py",
-    "gate_middleware/health.py",
-    "gate_middleware/judge.py",
-    "gate_middleware/lifecycle.py",
-    "gate_middleware/metrics.py",
-    "gate_middleware/routing.py",
-    "gate_middleware/session.py",
-    "gate_middleware/sketch.py",
-    "gate_middleware/tracing.py",
-    "gate_middleware/window.py",
-    "gate_middleware/wsgi.py",
-]
+def compiled_set(root: Path = Path()) -> list[str]:
+    with open(root / "pyproject.toml", "rb") as file:
+        named = tomllib.load(file)["tool"]["gate-middleware"]["compiled"]
+    modules = [
+        path.relative_to(root).as_posix()
+        for package in named["packages"]
+        for path in (root / package).glob("*.py")
+        if path.name != "__init__.py"
+    ]
+    return sorted([*modules, *named["modules"]])
+
+
+COMPILED = compiled_set()
 MYPY = "mypy>=2.4"  # as in the test extra, which ./dev test compiles with
 
 

@@ -51,9 +51,9 @@ with atheris.instrument_imports(include=["gate_middleware", "werkzeug"]):
         PromotionConfig,
         PromotionGate,
     )
-    from gate_middleware.admin import AdminAPI
-    from gate_middleware.lifecycle import private_response_headers
-    from gate_middleware.session import SessionCookie
+    from gate_middleware.operate.admin import AdminAPI
+    from gate_middleware.web.lifecycle import private_response_headers
+    from gate_middleware.web.session import SessionCookie
 
 SECRET = "fuzz-current-secret-0123456789"
 OLD_SECRET = "fuzz-previous-secret-0123456789"
@@ -90,7 +90,7 @@ ASGI = GateASGIMiddleware(_asgi_app, gate=GATE, **OPTIONS)
 
 
 def signature(secret: str, payload: str) -> str:
-    """The signature the cookie carries (the format in gate_middleware.session)."""
+    """The signature the cookie carries (the format in gate_middleware.web.session)."""
     key = hashlib.sha256(b"gate_middleware.session\x00" + secret.encode()).digest()
     digest = hmac.new(key, payload.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")

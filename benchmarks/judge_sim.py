@@ -29,7 +29,7 @@ The traffic model, for every case unless it says otherwise:
 - ``ramp_incident``: 5 % share, ramped to 50 % at t = 600 s (a new step),
   then a 30 s incident at t = 700 s in which both sides fail 20 % of requests.
 
-The decisions are the judge's own code (``gate_middleware.judge``) fed the
+The decisions are the judge's own code (``gate_middleware.judge.statistics``) fed the
 evidence the gate would hold; the gate's wiring of it (steps, the clock,
 release tags) is tested in ``tests/test_judge.py``, which also runs a
 bounded sample of these cases through a real ``PromotionGate``.
@@ -48,11 +48,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gate_middleware.config import PromotionConfig, SloConfig
-from gate_middleware.evidence import CLUSTERS, Evidence
-from gate_middleware.judge import HEALTHY, ROLLBACK, JudgeSettings, judge
-from gate_middleware.routing import canary_threshold, compute_bucket
-from gate_middleware.sketch import _INV_LOG_GAMMA, _LOG_MIN, _TOP, BUCKET_COUNT, MIN_SECONDS
+from gate_middleware.domain.config import PromotionConfig, SloConfig, judge_settings
+from gate_middleware.domain.routing import canary_threshold, compute_bucket
+from gate_middleware.judge.evidence import CLUSTERS, Evidence
+from gate_middleware.judge.sketch import _INV_LOG_GAMMA, _LOG_MIN, _TOP, BUCKET_COUNT, MIN_SECONDS
+from gate_middleware.judge.statistics import HEALTHY, ROLLBACK, JudgeSettings, judge
 
 RATE = 50.0
 _UNSIGNED = np.dtype(f"u{array('L').itemsize}")
@@ -235,7 +235,7 @@ def _run(job: tuple[Case, int]) -> tuple[str, float | None, bool]:
     case, seed = job
     config = PromotionConfig()
     slo = SloConfig()
-    settings = JudgeSettings.from_config(config, slo)
+    settings = judge_settings(config, slo)
     rolled, promotable = simulate(
         case, seed, settings, slo.latency_objective_seconds, config.rollback_window_seconds
     )

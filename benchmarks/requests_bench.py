@@ -283,7 +283,7 @@ def django_cases() -> dict[str, Callable[[int], None]]:
     # visitors return with cookies signed by it (unsigned ones would make
     # every request a new visitor, a Set-Cookie on every response).
     from gate_middleware.integrations.django import derived_secret
-    from gate_middleware.session import SessionCookie
+    from gate_middleware.web.session import SessionCookie
 
     signer = SessionCookie(secret=derived_secret(settings.SECRET_KEY))
     cookies = [

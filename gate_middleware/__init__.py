@@ -8,21 +8,23 @@ from __future__ import annotations
 
 from importlib.machinery import EXTENSION_SUFFIXES
 
-from gate_middleware import routing as _routing
-from gate_middleware.asgi import GateASGIMiddleware
-from gate_middleware.config import PromotionConfig, SloConfig
-from gate_middleware.context import current_decision
-from gate_middleware.environment import Environment
+from gate_middleware import moved as _moved
+from gate_middleware.domain import routing as _routing
+from gate_middleware.domain.config import PromotionConfig, SloConfig
+from gate_middleware.domain.environment import Environment
+from gate_middleware.domain.routing import RoutingDecision, compute_bucket
+from gate_middleware.domain.state import GateState, PromotionEvent, RollbackEvent
 from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
 from gate_middleware.gate import PromotionGate, PromotionGateManager
-from gate_middleware.health import CanaryHealth
-from gate_middleware.lifecycle import RequestLifecycle
-from gate_middleware.routing import RoutingDecision, compute_bucket
-from gate_middleware.state import GateState, PromotionEvent, RollbackEvent
-from gate_middleware.window import WindowStats
-from gate_middleware.wsgi import GateWSGIMiddleware
+from gate_middleware.judge.verdict import CanaryHealth, WindowStats
+from gate_middleware.version import __version__
+from gate_middleware.web.asgi import GateASGIMiddleware
+from gate_middleware.web.context import current_decision
+from gate_middleware.web.lifecycle import RequestLifecycle
+from gate_middleware.web.wsgi import GateWSGIMiddleware
 
-__version__ = "0.1.0"
+_moved.install()  # the module paths before the layers, for one release
+
 
 #: True when the request path runs compiled (a wheel built with mypyc, see
 #: setup.py); False for the pure-Python install, which behaves the same.

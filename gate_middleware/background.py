@@ -2,16 +2,75 @@
 process that calls a step every few seconds (sooner when woken), started
 lazily, started again in a forked child (threads do not survive a fork) and
 never again once closed. The plan's timer, the stores' followers and
-flushers and the webhooks' senders are each one of these."""
+flushers and the webhooks' senders are each one of these; ``run_once`` runs
+a single job (the gate's evaluation off a request's thread).
+
+A process that exits (a worker recycled by ``--max-requests``, a restart)
+first lets a step or job that is under way finish, for up to
+``EXIT_GRACE_SECONDS``: a rollback it has just stored is then reported
+(callbacks, webhooks) by it, as nobody else would."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 logger = logging.getLogger("gate_middleware")
+
+EXIT_GRACE_SECONDS = 10.0
+
+_busy: set[threading.Thread] = set()  # threads in the middle of a step or job
+_busy_lock = threading.Lock()
+
+
+def _working() -> None:
+    with _busy_lock:
+        _busy.add(threading.current_thread())
+
+
+def _done() -> None:
+    with _busy_lock:
+        _busy.discard(threading.current_thread())
+
+
+def finish_work(grace: float = EXIT_GRACE_SECONDS) -> None:
+    """Wait (up to ``grace`` seconds in all) for the steps and jobs under way."""
+    deadline = time.monotonic() + grace
+    with _busy_lock:
+        threads = [t for t in _busy if t is not threading.current_thread()]
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _forget_parents_work() -> None:
+    global _busy_lock
+    _busy_lock = threading.Lock()
+    _busy.clear()
+
+
+atexit.register(finish_work)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parents_work)
+
+
+def run_once(name: str, job: Callable[[], None]) -> None:
+    """Run ``job`` on a daemon thread of its own; an exception is logged.
+    An exiting process waits for it (see the module's documentation)."""
+
+    def run() -> None:
+        _working()
+        try:
+            job()
+        except Exception:  # the job must not take the process down
+            logger.exception("%s failed", name)
+        finally:
+            _done()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
 
 
 class BackgroundThread:
@@ -56,10 +115,13 @@ class BackgroundThread:
             wake.wait(self._interval)
             wake.clear()
         while not stop.is_set():
+            _working()
             try:
                 self._step()
             except Exception:  # the thread must never die
                 logger.exception("%s failed; retrying", self._name)
+            finally:
+                _done()
             wake.wait(self._interval)
             wake.clear()
 

@@ -55,8 +55,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(f'the demo needs: pip install "gate-middleware[demo]" ({exc})') from exc
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate, SloConfig
-from gate_middleware.admin import AdminASGIApp
-from gate_middleware.cli import (
+from gate_middleware.domain.plan import RolloutPlan
+from gate_middleware.integrations.starlette import GateMiddleware
+from gate_middleware.operate.admin import AdminASGIApp
+from gate_middleware.operate.cli import (
     AdminClient,
     AdminError,
     environment_label,
@@ -66,8 +68,6 @@ from gate_middleware.cli import (
     progress_line,
     render_status,
 )
-from gate_middleware.integrations.starlette import GateMiddleware
-from gate_middleware.plan import RolloutPlan
 
 FLAG = "new_checkout_flow"
 TOKEN_ENV = "GATE_DEMO_TOKEN"

@@ -61,13 +61,13 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         'gate_middleware.integrations.django needs Django: pip install "gate-middleware[django]"'
     ) from exc
 
-from gate_middleware import context
-from gate_middleware.admin import AdminAPI, AdminResponse, read_wsgi_body
+from gate_middleware.domain.routing import RoutingDecision
 from gate_middleware.errors import ConfigError
 from gate_middleware.gate import PromotionGate
-from gate_middleware.lifecycle import GateRequest, RequestLifecycle
-from gate_middleware.routing import RoutingDecision
-from gate_middleware.wsgi import DECISION_KEY
+from gate_middleware.operate.admin import AdminAPI, AdminResponse, read_wsgi_body
+from gate_middleware.web import context
+from gate_middleware.web.lifecycle import GateRequest, RequestLifecycle
+from gate_middleware.web.wsgi import DECISION_KEY
 
 __all__ = ["GateConfig", "GateMiddleware", "admin_urls", "gate_decision"]
 

@@ -25,8 +25,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         'gate_middleware.integrations.fastapi needs FastAPI: pip install "gate-middleware[fastapi]"'
     ) from exc
 
+from gate_middleware.domain.routing import RoutingDecision
 from gate_middleware.integrations.starlette import GateMiddleware, gate_decision
-from gate_middleware.routing import RoutingDecision
 
 __all__ = ["GateDecision", "GateMiddleware", "gate_decision"]
 

@@ -28,12 +28,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         'gate_middleware.integrations.flask needs Flask: pip install "gate-middleware[flask]"'
     ) from exc
 
+from gate_middleware.domain.routing import RoutingDecision
 from gate_middleware.errors import ConfigError
 from gate_middleware.gate import PromotionGate
-from gate_middleware.lifecycle import OPTION_NAMES, check_option_names
-from gate_middleware.routing import RoutingDecision
 from gate_middleware.types import Environ, WSGIApp
-from gate_middleware.wsgi import DECISION_KEY, ROUTE_KEY, GateWSGIMiddleware
+from gate_middleware.web.lifecycle import OPTION_NAMES, check_option_names
+from gate_middleware.web.wsgi import DECISION_KEY, ROUTE_KEY, GateWSGIMiddleware
 
 __all__ = ["GateExtension", "gate_decision"]
 

@@ -3,7 +3,7 @@
 The decision is ``request.state.gate`` in every endpoint (and
 ``gate_middleware.current_decision()`` anywhere in the request);
 ``gate_decision(request)`` returns it typed, as a ``RoutingDecision``. The
-options are those of ``gate_middleware.lifecycle.RequestLifecycle``; a
+options are those of ``gate_middleware.web.lifecycle.RequestLifecycle``; a
 ``session_key`` callable receives the ``starlette.requests.Request``. The
 ``http.route`` of a request served by a mounted app is the whole template
 (``/legacy/things/{thing_id}`` for ``app.mount("/legacy", sub)``), as
@@ -23,9 +23,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         'pip install "gate-middleware[starlette]"'
     ) from exc
 
-from gate_middleware.asgi import GateASGIMiddleware
-from gate_middleware.routing import RoutingDecision
+from gate_middleware.domain.routing import RoutingDecision
 from gate_middleware.types import Scope
+from gate_middleware.web.asgi import GateASGIMiddleware
 
 __all__ = ["GateMiddleware", "gate_decision"]
 

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from gate_middleware import PromotionGate, current_decision
-from gate_middleware.routing import RoutingDecision
+from gate_middleware.domain.routing import RoutingDecision
 
 FRAMEWORKS = ["starlette", "fastapi", "flask", "django", "django_asgi"]
 FLAG = "new_checkout_flow"

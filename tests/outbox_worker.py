@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
-from gate_middleware.webhooks import Webhook
+from gate_middleware.gate.webhooks import Webhook
 
 SECRET = "a-webhook-secret-of-some-length"  # tests/test_webhooks.py's receiver checks it
 

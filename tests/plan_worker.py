@@ -8,8 +8,8 @@ import sys
 import time
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
-from gate_middleware.plan import RolloutPlan
-from gate_middleware.webhooks import Webhook
+from gate_middleware.domain.plan import RolloutPlan
+from gate_middleware.gate.webhooks import Webhook
 
 SECRET = "a-webhook-secret-of-some-length"  # tests/test_webhooks.py's receiver checks it
 

@@ -27,9 +27,9 @@ from gate_middleware import (
     PromotionGate,
     RollbackEvent,
 )
-from gate_middleware.admin import AdminASGIApp, AdminWSGIApp
+from gate_middleware.gate.webhooks import Webhook
 from gate_middleware.integrations.starlette import GateMiddleware
-from gate_middleware.webhooks import Webhook
+from gate_middleware.operate.admin import AdminASGIApp, AdminWSGIApp
 
 TOKEN = "redis-admin-token-0123456789"
 CONFIG = PromotionConfig(

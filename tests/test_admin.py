@@ -16,7 +16,7 @@ from werkzeug.exceptions import NotFound
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from gate_middleware import ConfigError, Environment, PromotionConfig, PromotionGate
-from gate_middleware.admin import AdminASGIApp, AdminWSGIApp
+from gate_middleware.operate.admin import AdminASGIApp, AdminWSGIApp
 
 from .conftest import FakeClock
 

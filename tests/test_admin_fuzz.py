@@ -20,7 +20,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
-from gate_middleware.admin import AdminAPI, AdminASGIApp, AdminWSGIApp
+from gate_middleware.operate.admin import AdminAPI, AdminASGIApp, AdminWSGIApp
 
 from .servers import serving
 

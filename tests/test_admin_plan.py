@@ -10,8 +10,8 @@ from openapi_spec_validator import validate
 from starlette.testclient import TestClient
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
-from gate_middleware.admin import AdminASGIApp, AdminWSGIApp, openapi_document
-from gate_middleware.plan import RolloutPlan
+from gate_middleware.domain.plan import RolloutPlan
+from gate_middleware.operate.admin import AdminASGIApp, AdminWSGIApp, openapi_document
 
 from .conftest import FakeClock
 from .test_plan import healthy_traffic

@@ -21,7 +21,7 @@ from gate_middleware import (
     PromotionGate,
     SloConfig,
 )
-from gate_middleware.admin import AdminAPI
+from gate_middleware.operate.admin import AdminAPI
 
 from .conftest import FakeClock
 

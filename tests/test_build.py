@@ -6,11 +6,11 @@ wheel``, named in ``GATE_WHEEL``) installed in a venv of its own."""
 
 from __future__ import annotations
 
-import ast
 import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
@@ -26,13 +26,18 @@ WHEEL = os.environ.get("GATE_WHEEL")
 
 
 def compiled_modules() -> list[str]:
-    """The module names setup.py compiles, read from its COMPILED list."""
-    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "COMPILED":
-            paths = ast.literal_eval(node.value)
-            return [path.removesuffix(".py").replace("/", ".") for path in paths]
-    raise AssertionError("setup.py has no COMPILED list")
+    """The module names setup.py compiles: pyproject.toml's
+    [tool.gate-middleware.compiled] packages (each module but __init__) and modules."""
+    with open(ROOT / "pyproject.toml", "rb") as file:
+        named = tomllib.load(file)["tool"]["gate-middleware"]["compiled"]
+    installed = Path(gate_middleware.__file__ or "").parent.parent  # the sources or the wheel's
+    paths = [
+        path.relative_to(installed).as_posix()
+        for package in named["packages"]
+        for path in (installed / package).glob("*.py")
+        if path.name != "__init__.py"
+    ]
+    return sorted(p.removesuffix(".py").replace("/", ".") for p in [*paths, *named["modules"]])
 
 
 def is_extension(module_name: str) -> bool:
@@ -61,7 +66,7 @@ def test_a_source_install_needs_no_compiler(tmp_path: Path) -> None:
     wheel = build_wheel(source_copy(tmp_path / "src"), tmp_path / "out", CC="false")
     assert wheel.name.endswith("-py3-none-any.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "gate_middleware/routing.py" in names
+    assert "gate_middleware/domain/routing.py" in names
     assert "gate_middleware/integrations/starlette.py" in names
     assert not [name for name in names if name.endswith((".so", ".pyd", ".c"))]
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
-from gate_middleware.admin import AdminASGIApp
+from gate_middleware.operate.admin import AdminASGIApp
 
 from .servers import free_port, serving
 

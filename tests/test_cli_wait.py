@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from gate_middleware import PromotionConfig, PromotionGate
-from gate_middleware.admin import AdminASGIApp
-from gate_middleware.plan import RolloutPlan
+from gate_middleware.domain.plan import RolloutPlan
+from gate_middleware.operate.admin import AdminASGIApp
 
 from .servers import serving
 from .test_cli import TOKEN, run

@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
-from gate_middleware.admin import AdminASGIApp
+from gate_middleware.operate.admin import AdminASGIApp
 
 from .conftest import FakeClock
 from .servers import serving
@@ -194,7 +194,7 @@ def test_opened_as_a_double_slash_the_page_calls_its_own_origin(
 
 
 def test_the_plan_panel_shows_the_plan_and_steers_it(page: Page, clock: FakeClock) -> None:
-    from gate_middleware.plan import RolloutPlan
+    from gate_middleware.domain.plan import RolloutPlan
 
     plan = RolloutPlan(steps=(1, 5, 25), bake_seconds=3600, staging_bake_seconds=3600)
     gate = PromotionGate(PromotionConfig(name="checkout", plan=plan), clock=clock, plan_timer=False)

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
+from gate_middleware.domain.routing import RoutingDecision
 from gate_middleware.integrations.fastapi import GateDecision  # FastAPI reads annotations here
-from gate_middleware.routing import RoutingDecision
-from gate_middleware.session import SessionCookie
+from gate_middleware.web.session import SessionCookie
 
 ROOT = Path(__file__).parent.parent
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
-from gate_middleware.admin import AdminAPI
-from gate_middleware.workers import _worker_count, several_workers
+from gate_middleware.gate.workers import _worker_count, several_workers
+from gate_middleware.operate.admin import AdminAPI
 
 from .servers import free_port, python, running
 

@@ -21,8 +21,11 @@ from gate_middleware import (
     PromotionGate,
     SloConfig,
 )
-from gate_middleware.evidence import CLUSTERS, Evidence
-from gate_middleware.judge import (
+from gate_middleware.domain.config import judge_settings
+from gate_middleware.domain.routing import CANARY, STABLE, compute_bucket
+from gate_middleware.judge.evidence import CLUSTERS, Evidence
+from gate_middleware.judge.sketch import GAMMA, bucket_index
+from gate_middleware.judge.statistics import (
     HEALTHY,
     ROLLBACK,
     JudgeSettings,
@@ -31,8 +34,6 @@ from gate_middleware.judge import (
     mixture_log_evidence,
     split_log_evidence,
 )
-from gate_middleware.routing import CANARY, STABLE, compute_bucket
-from gate_middleware.sketch import GAMMA, bucket_index
 
 from .conftest import FakeClock
 
@@ -176,7 +177,7 @@ def case(name: str) -> judge_sim.Case:
 @pytest.mark.parametrize("seed", range(3))
 def test_the_gate_decides_as_the_simulation_says(seed: int) -> None:
     """The simulation's judge path and a real gate agree on the same requests."""
-    settings = JudgeSettings.from_config(PromotionConfig(), SloConfig())
+    settings = judge_settings(PromotionConfig(), SloConfig())
     for name in ("errors_2x_10", "p99_2x_10"):
         simulated, _ = judge_sim.simulate(case(name), seed, settings, 0.5, 300.0)
         rolled, verdict = run_gate(case(name), seed, 1800.0)

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
-from gate_middleware.openfeature import GateProvider
+from gate_middleware.integrations.openfeature import GateProvider
 
 FLAG = "new_api"
 TOKEN = "qa-token-" + "x" * 24

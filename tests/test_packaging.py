@@ -40,6 +40,13 @@ def test_the_wheel_installs_the_core_and_the_adapters(tmp_path: Path) -> None:
     for expected in (
         "gate_middleware/__init__.py",
         "gate_middleware/py.typed",
+        "gate_middleware/domain/routing.py",
+        "gate_middleware/judge/statistics.py",
+        "gate_middleware/stores/sqlite.py",
+        "gate_middleware/gate/front.py",
+        "gate_middleware/web/lifecycle.py",
+        "gate_middleware/operate/admin.py",
+        "gate_middleware/operate/dashboard.html",
         "gate_middleware/integrations/__init__.py",
         "gate_middleware/integrations/starlette.py",
         "gate_middleware/integrations/fastapi.py",

@@ -18,7 +18,7 @@ from gate_middleware import (
     PromotionGate,
     RollbackEvent,
 )
-from gate_middleware.plan import (
+from gate_middleware.domain.plan import (
     ADVANCE,
     AWAIT_APPROVAL,
     HOLD,

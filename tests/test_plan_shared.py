@@ -10,7 +10,7 @@ import uuid
 from collections import Counter
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
-from gate_middleware.plan import RolloutPlan
+from gate_middleware.domain.plan import RolloutPlan
 
 from .servers import ROOT, RedisServer, python
 from .test_webhooks import Receiver

@@ -111,7 +111,14 @@ def test_a_real_prometheus_answers_the_dashboards_queries(tmp_path: Path) -> Non
     stop = threading.Event()
     sent = [0]
     with (
-        running(app, app_port, env={"GATE_SECRET": "prometheus-test-secret-0123456789"}) as base,
+        running(
+            app,
+            app_port,
+            env={
+                "GATE_SECRET": "prometheus-test-secret-0123456789",
+                "GATE_STORE": f"sqlite://{tmp_path}/shop.db",  # the example's rollout, fresh
+            },
+        ) as base,
         running(server, prometheus_port, ready_path="/-/ready") as prometheus,
     ):
         loader = threading.Thread(target=load, args=(base, stop, sent), daemon=True)

@@ -47,7 +47,7 @@ CHECK = {
     """,
 }
 ASSERT = """
-    from gate_middleware.session import SessionCookie
+    from gate_middleware.web.session import SessionCookie
     from rollout import gate
     response = client.get("/checkout")
     assert response.status_code == 200, response.status_code

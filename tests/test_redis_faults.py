@@ -33,10 +33,10 @@ from gate_middleware import (
     PromotionGate,
     RollbackEvent,
 )
-from gate_middleware.admin import AdminAPI, AdminASGIApp
+from gate_middleware.domain.plan import RolloutPlan
 from gate_middleware.integrations.starlette import GateMiddleware
-from gate_middleware.plan import RolloutPlan
-from gate_middleware.redis_store import RedisWindowStore, connect
+from gate_middleware.operate.admin import AdminAPI, AdminASGIApp
+from gate_middleware.stores.redis import RedisWindowStore, connect
 
 from .conftest import OPEN_GATES, metric_points
 from .faults import RedisProxy

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate, compute_bucket
-from gate_middleware.routing import canary_threshold
+from gate_middleware.domain.routing import canary_threshold
 
 VECTORS = Path(__file__).parent / "data" / "bucket_vectors.csv"
 

@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gate_middleware import Environment, GateWSGIMiddleware, PromotionConfig, PromotionGate
-from gate_middleware.session import SessionCookie
+from gate_middleware.web.session import SessionCookie
 
 from .apps import FRAMEWORKS, app_for
 from .conftest import metric_points
 
-# What a session id the middleware accepts looks like (gate_middleware/session.py).
+# What a session id the middleware accepts looks like (gate_middleware/web/session.py).
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 SECRET = "the-real-secret-0123456789abcdef"

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from gate_middleware import ConfigError, Environment, PromotionConfig, PromotionGate
-from gate_middleware.evidence import Evidence
-from gate_middleware.state import GateState, InMemoryStateStore
+from gate_middleware.domain.state import GateState
+from gate_middleware.judge.evidence import Evidence
+from gate_middleware.judge.verdict import WindowStats
 from gate_middleware.stores import (
     Delivery,
     Outbox,
@@ -36,7 +37,8 @@ from gate_middleware.stores import (
     schemes,
 )
 from gate_middleware.stores import registry as store_registry
-from gate_middleware.window import InMemoryWindowStore, WindowStats
+from gate_middleware.stores.memory import InMemoryStateStore
+from gate_middleware.stores.windows import InMemoryWindowStore
 
 from .servers import RedisServer, eventually
 

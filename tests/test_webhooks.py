@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from gate_middleware import ConfigError, Environment, PromotionConfig, PromotionGate
-from gate_middleware.plan import RolloutPlan
-from gate_middleware.webhooks import Webhook, signature
+from gate_middleware.domain.plan import RolloutPlan
+from gate_middleware.gate.webhooks import Webhook, signature
 
 from .conftest import FakeClock
 from .servers import ROOT, python

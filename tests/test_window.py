@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gate_middleware.sketch import MAX_SECONDS, MIN_SECONDS, bucket_index, bucket_value
-from gate_middleware.window import SLICES, InMemoryWindowStore, SlidingWindow
+from gate_middleware.judge.sketch import MAX_SECONDS, MIN_SECONDS, bucket_index, bucket_value
+from gate_middleware.stores.windows import SLICES, InMemoryWindowStore, SlidingWindow
 
 
 def exact_quantile(values: list[float], q: float) -> float:
@@ -97,8 +97,8 @@ def test_memory_does_not_grow_with_traffic() -> None:
         # Only what the window's own code holds: other tests' threads may
         # allocate in this process meanwhile.
         ours = [
-            tracemalloc.Filter(True, "*gate_middleware/window.py"),
-            tracemalloc.Filter(True, "*gate_middleware/sketch.py"),
+            tracemalloc.Filter(True, "*gate_middleware/stores/windows.py"),
+            tracemalloc.Filter(True, "*gate_middleware/judge/sketch.py"),
         ]
         snapshot = tracemalloc.take_snapshot().filter_traces(ours)
         return sum(stat.size for stat in snapshot.statistics("filename"))

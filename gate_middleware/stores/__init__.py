@@ -3,7 +3,7 @@ implements (``port``) and the table that opens a backend by URL scheme
 (``registry``), and the outbox where webhook deliveries wait (``outbox``).
 The backends: the in-memory stores (one process), SQLite
 (``gate_middleware.stores.sqlite``: every process on a host), Redis
-(``gate_middleware.redis_store``: every process that reaches it)."""
+(``gate_middleware.stores.redis``: every process that reaches it)."""
 
 from __future__ import annotations
 

@@ -18,11 +18,12 @@ from typing import TypeVar
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
 from gate_middleware.background import BackgroundThread
-from gate_middleware.evidence import CLUSTERS, Evidence
-from gate_middleware.routing import CANARY, STABLE
-from gate_middleware.sketch import BUCKET_COUNT, bucket_index, quantile
+from gate_middleware.domain.routing import CANARY, STABLE
+from gate_middleware.judge.evidence import CLUSTERS, Evidence
+from gate_middleware.judge.sketch import BUCKET_COUNT, bucket_index, quantile
+from gate_middleware.judge.verdict import WindowStats
 from gate_middleware.stores.port import WindowStoreBase
-from gate_middleware.window import SLICES, WindowStats
+from gate_middleware.stores.windows import SLICES
 
 
 def digest(text: str) -> str:

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 from gate_middleware.stores.outbox import MemoryOutbox, Outbox
 
 if TYPE_CHECKING:
-    from gate_middleware.evidence import Evidence
-    from gate_middleware.state import GateState
-    from gate_middleware.window import WindowStats
+    from gate_middleware.domain.state import GateState
+    from gate_middleware.judge.evidence import Evidence
+    from gate_middleware.judge.verdict import WindowStats
 
 #: How a store is doing: ``ok``; ``unreachable`` (its server stopped
 #: answering; the gate serves from what it last knew); ``corrupt`` (it held

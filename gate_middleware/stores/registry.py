@@ -27,8 +27,8 @@ from gate_middleware.errors import ConfigError
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
 
-    from gate_middleware.config import PromotionConfig
-    from gate_middleware.state import GateState
+    from gate_middleware.domain.config import PromotionConfig
+    from gate_middleware.domain.state import GateState
     from gate_middleware.stores.port import StateStore, WindowStore
 
 StoreOpener = Callable[..., "tuple[StateStore, WindowStore]"]
@@ -36,11 +36,11 @@ StoreOpener = Callable[..., "tuple[StateStore, WindowStore]"]
 #: The built-in backends: scheme -> "module:opener", imported when first used.
 BUILT_IN: dict[str, str] = {
     "sqlite": "gate_middleware.stores.sqlite:open_stores",
-    "redis": "gate_middleware.redis_store:shared_stores",
-    "rediss": "gate_middleware.redis_store:shared_stores",
-    "unix": "gate_middleware.redis_store:shared_stores",
-    "redis+cluster": "gate_middleware.redis_store:shared_stores",
-    "redis+sentinel": "gate_middleware.redis_store:shared_stores",
+    "redis": "gate_middleware.stores.redis:shared_stores",
+    "rediss": "gate_middleware.stores.redis:shared_stores",
+    "unix": "gate_middleware.stores.redis:shared_stores",
+    "redis+cluster": "gate_middleware.stores.redis:shared_stores",
+    "redis+sentinel": "gate_middleware.stores.redis:shared_stores",
 }
 
 _REGISTERED: dict[str, StoreOpener] = {}

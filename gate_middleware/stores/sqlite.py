@@ -67,12 +67,13 @@ from urllib.parse import unquote, urlsplit
 from opentelemetry.metrics import MeterProvider
 
 from gate_middleware.background import BackgroundThread
-from gate_middleware.config import PromotionConfig
+from gate_middleware.domain.codec import CorruptData, decode_state, encode_state, new_transition_id
+from gate_middleware.domain.config import PromotionConfig
+from gate_middleware.domain.routing import CANARY, STABLE
+from gate_middleware.domain.state import GateState
 from gate_middleware.errors import ConfigError, PromotionError
-from gate_middleware.evidence import Evidence
-from gate_middleware.routing import CANARY, STABLE
-from gate_middleware.sketch import BUCKET_COUNT
-from gate_middleware.state import GateState
+from gate_middleware.judge.evidence import Evidence
+from gate_middleware.judge.sketch import BUCKET_COUNT
 from gate_middleware.stores.buffer import (
     BufferedWindowStore,
     Merged,
@@ -81,14 +82,13 @@ from gate_middleware.stores.buffer import (
     evidence_fields,
     evidence_from_fields,
 )
-from gate_middleware.stores.codec import CorruptData, decode_state, encode_state, new_transition_id
 from gate_middleware.stores.outbox import Delivery
 from gate_middleware.stores.port import (
     TRANSITION_TIMEOUT_SECONDS,
     StateStoreBase,
     StoreCondition,
 )
-from gate_middleware.window import SLICES
+from gate_middleware.stores.windows import SLICES
 
 logger = logging.getLogger("gate_middleware")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from gate_middleware.environment import Environment
+from gate_middleware.domain.environment import Environment
 from gate_middleware.errors import ConfigError, PromotionError
 from gate_middleware.integrations.django import gate_settings
 

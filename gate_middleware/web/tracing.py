@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from opentelemetry import trace
 
-from gate_middleware.routing import RoutingDecision
+from gate_middleware.domain.routing import RoutingDecision
 
 PROVIDER_NAME = "gate-middleware"
 EVALUATION_EVENT = "feature_flag.evaluation"

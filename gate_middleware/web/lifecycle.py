@@ -28,14 +28,14 @@ from typing import Any
 
 from opentelemetry.metrics import MeterProvider
 
-from gate_middleware.environment import Environment
+from gate_middleware.domain.environment import Environment
+from gate_middleware.domain.naming import TOKEN_EXPECTED, valid_token
+from gate_middleware.domain.routing import STABLE, VARIANTS, RoutingDecision
 from gate_middleware.errors import ConfigError
 from gate_middleware.gate import PromotionGate
-from gate_middleware.metrics import RequestMetrics
-from gate_middleware.routing import STABLE, VARIANTS, RoutingDecision
-from gate_middleware.session import SessionCookie
-from gate_middleware.tokens import TOKEN_EXPECTED, valid_token
-from gate_middleware.tracing import annotate_span
+from gate_middleware.web.metrics import RequestMetrics
+from gate_middleware.web.session import SessionCookie
+from gate_middleware.web.tracing import annotate_span
 
 logger = logging.getLogger("gate_middleware")
 

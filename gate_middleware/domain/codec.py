@@ -14,10 +14,16 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from gate_middleware.environment import Environment
-from gate_middleware.health import CanaryHealth
-from gate_middleware.plan import PlanPosition
-from gate_middleware.state import MAX_HISTORY, GateEvent, GateState, PromotionEvent, RollbackEvent
+from gate_middleware.domain.environment import Environment
+from gate_middleware.domain.plan import PlanPosition
+from gate_middleware.domain.state import (
+    MAX_HISTORY,
+    GateEvent,
+    GateState,
+    PromotionEvent,
+    RollbackEvent,
+)
+from gate_middleware.judge.verdict import CanaryHealth
 
 STORED_HISTORY = 200  # events kept in a store (the newest)
 

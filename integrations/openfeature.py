@@ -3,7 +3,7 @@
 ::
 
     from openfeature import api
-    from gate_middleware.openfeature import GateProvider
+    from gate_middleware.integrations.openfeature import GateProvider
 
     api.set_provider(GateProvider(gate))
     client = api.get_client()
@@ -27,7 +27,7 @@ answers the default with ``TARGETING_KEY_MISSING``; a non-boolean type is
 ``TYPE_MISMATCH`` (the gate's flags are on or off).
 
 Each evaluation is a ``feature_flag.evaluation`` event on the active span
-(``gate_middleware.tracing``). With OpenFeature's own ``TracingHook``
+(``gate_middleware.web.tracing``). With OpenFeature's own ``TracingHook``
 (``openfeature-hooks-opentelemetry``) registered, pass
 ``emit_events=False`` so each evaluation is one event.
 """
@@ -43,14 +43,14 @@ try:
     from openfeature.provider import AbstractProvider, Metadata
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        'gate_middleware.openfeature needs the OpenFeature SDK: pip install "gate-middleware[openfeature]"'
+        'gate_middleware.integrations.openfeature needs the OpenFeature SDK: pip install "gate-middleware[openfeature]"'
     ) from exc
 
-from gate_middleware.context import current_decision
+from gate_middleware.domain.routing import RoutingDecision
 from gate_middleware.errors import ConfigError
 from gate_middleware.gate import PromotionGate
-from gate_middleware.routing import RoutingDecision
-from gate_middleware.tracing import PROVIDER_NAME, add_evaluation_event
+from gate_middleware.web.context import current_decision
+from gate_middleware.web.tracing import PROVIDER_NAME, add_evaluation_event
 
 __all__ = ["GateProvider"]
 

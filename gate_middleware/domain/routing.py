@@ -23,7 +23,7 @@ from collections.abc import Callable
 from hashlib import sha256
 from typing import Any
 
-from gate_middleware.environment import Environment
+from gate_middleware.domain.environment import Environment
 
 BUCKETS = 100_000
 CANARY = "canary"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar, Token
 
-from gate_middleware.routing import RoutingDecision
+from gate_middleware.domain.routing import RoutingDecision
 
 _current: ContextVar[RoutingDecision | None] = ContextVar("gate_middleware.decision", default=None)
 

@@ -9,7 +9,6 @@ what would be valid.
 from __future__ import annotations
 
 import math
-import re
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,30 +16,29 @@ from os import PathLike
 from typing import Any
 from urllib.parse import urlsplit
 
-from gate_middleware.environment import Environment, validate_traffic_percent
+from gate_middleware.domain.environment import Environment, validate_traffic_percent
+from gate_middleware.domain.naming import valid_name
+from gate_middleware.domain.plan import RolloutPlan
 from gate_middleware.errors import ConfigError
-from gate_middleware.plan import RolloutPlan
+from gate_middleware.judge.statistics import JudgeSettings
 
 
 def validate_store_url(url: object) -> str:
-    """``url`` if it names a store by a known scheme; else a ``ConfigError``
-    that shows its scheme only (the rest may hold a password)."""
-    from gate_middleware.stores.registry import schemes
-
+    """``url`` if it is a URL with a scheme (``sqlite:///…``, ``redis://…``);
+    else a ``ConfigError`` that shows its scheme only (the rest may hold a
+    password). Whether a backend serves the scheme is the store registry's
+    to say, when the gate opens it."""
     scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else ""
-    if scheme not in schemes():
-        shown = f"{scheme}://…" if scheme else type(url).__name__
-        raise ConfigError("store", shown, f"None or a store URL with a scheme of {schemes()}")
+    if not scheme:
+        raise ConfigError(
+            "store", type(url).__name__, "None or a store URL such as sqlite:///path/gate.db"
+        )
     return str(url)
-
-
-_FLAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-_ROLLOUT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
 
 def validate_flag_name(name: Any, field: str = "feature flag") -> str:
     """Return ``name`` if it is a valid flag name, or raise ``ConfigError``."""
-    if not isinstance(name, str) or not _FLAG_NAME.fullmatch(name):
+    if not valid_name(name):
         raise ConfigError(
             field, name, "1 to 128 characters of letters, digits, '_', '.', ':' or '-'"
         )
@@ -89,7 +87,7 @@ class SloConfig:
     A request is *good* when it succeeded and took no longer than
     ``latency_objective_seconds``; SLO compliance is good / all.
 
-    The judge (``gate_middleware.judge``) rolls a release back only on an
+    The judge (``gate_middleware.judge.statistics``) rolls a release back only on an
     anytime-valid test, so that a release as good as production is rolled
     back with probability at most ``false_rollback_rate`` over the whole of
     a step, however often it is evaluated:
@@ -193,7 +191,7 @@ class PromotionConfig:
             raise ConfigError("auto_rollback_enabled", self.auto_rollback_enabled, "True or False")
         _fraction(self.slo_threshold, "slo_threshold")
         _positive_number(self.rollback_window_seconds, "rollback_window_seconds")
-        if not isinstance(self.name, str) or not _ROLLOUT_NAME.fullmatch(self.name):
+        if not valid_name(self.name):
             raise ConfigError(
                 "name", self.name, "1 to 128 characters of letters, digits, '_', '.', ':' or '-'"
             )
@@ -216,9 +214,7 @@ class PromotionConfig:
             or not 0 <= delay < math.inf
         ):
             raise ConfigError("initial_delay_seconds", delay, "a non-negative number of seconds")
-        if self.salt is not None and (
-            not isinstance(self.salt, str) or not _ROLLOUT_NAME.fullmatch(self.salt)
-        ):
+        if self.salt is not None and (not valid_name(self.salt)):
             raise ConfigError(
                 "salt",
                 self.salt,
@@ -336,3 +332,16 @@ class PromotionConfig:
             fields["plan"] = RolloutPlan.from_dict(table["plan"], f"scenarios.{scenario}.plan")
         fields.update(overrides)
         return cls(**fields)
+
+
+def judge_settings(config: PromotionConfig, slo: SloConfig) -> JudgeSettings:
+    """What the judge needs of a rollout's config and its SLO."""
+    return JudgeSettings(
+        false_rollback_rate=slo.false_rollback_rate,
+        error_rate_tolerance=slo.error_rate_tolerance,
+        latency_tolerance=slo.latency_tolerance,
+        monitor_tolerance=slo.monitor_tolerance,
+        min_requests=config.min_requests,
+        slo_threshold=config.slo_threshold,
+        burn_rate_threshold=slo.burn_rate_threshold,
+    )

@@ -1,6 +1,6 @@
 """The gate carrying out its rollout plan: ``Autopilot``, the timer and the controls.
 
-``gate_middleware.plan`` decides what the plan's next step is (pure: state in,
+``gate_middleware.domain.plan`` decides what the plan's next step is (pure: state in,
 action out); this module carries it out through the gate's own transitions.
 ``PromotionGate`` takes ``Autopilot`` as a base, so the plan's controls
 (``pause``, ``resume``, ``abort``, ``retry``, ``skip_to``, ``promote_now``,
@@ -18,21 +18,21 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from gate_middleware import plan as plans
 from gate_middleware.background import BackgroundThread
-from gate_middleware.config import PromotionConfig
-from gate_middleware.environment import CANARY as CANARY_ENV
-from gate_middleware.environment import PRODUCTION, STAGING, Environment
+from gate_middleware.domain import plan as plans
+from gate_middleware.domain.config import PromotionConfig
+from gate_middleware.domain.environment import CANARY as CANARY_ENV
+from gate_middleware.domain.environment import PRODUCTION, STAGING, Environment
+from gate_middleware.domain.naming import validate_reason
+from gate_middleware.domain.plan import PlanPosition, RolloutPlan
+from gate_middleware.domain.routing import CANARY
+from gate_middleware.domain.state import GateEvent, GateState, PromotionEvent, RollbackEvent
 from gate_middleware.errors import ConfigError, PromotionError
-from gate_middleware.health import CanaryHealth
-from gate_middleware.plan import PlanPosition, RolloutPlan
-from gate_middleware.reasons import validate_reason
-from gate_middleware.routing import CANARY
-from gate_middleware.state import GateEvent, GateState, PromotionEvent, RollbackEvent
+from gate_middleware.judge.verdict import CanaryHealth
 
 if TYPE_CHECKING:
+    from gate_middleware.gate.telemetry import GateTelemetry
     from gate_middleware.stores import WindowStore
-    from gate_middleware.telemetry import GateTelemetry
 
 logger = logging.getLogger("gate_middleware")
 

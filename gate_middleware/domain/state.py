@@ -3,7 +3,7 @@
 ``GateState`` is immutable; every change makes a new one with the next
 ``version``. ``StateStore`` is the small interface the gate changes it
 through (read, then compare-and-set on the version), so that a store shared
-between processes can replace ``InMemoryStateStore`` without touching
+between processes can replace ``stores.memory.InMemoryStateStore`` without touching
 routing: two processes that make the same change at the same moment cannot
 both succeed.
 """
@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, ClassVar
 
-from gate_middleware.config import PromotionConfig, SloConfig
-from gate_middleware.environment import Environment
-from gate_middleware.health import CanaryHealth
-from gate_middleware.plan import PlanPosition
-from gate_middleware.stores.port import StateStore as StateStore  # re-exported: the old path
-from gate_middleware.stores.port import StateStoreBase
-from gate_middleware.window import WindowStats
+from gate_middleware.domain.config import PromotionConfig, SloConfig
+from gate_middleware.domain.environment import Environment
+from gate_middleware.domain.plan import PlanPosition
+from gate_middleware.judge.verdict import CanaryHealth, WindowStats
 
 MAX_HISTORY = 1000
 MAX_SAMPLES = 720
@@ -141,33 +137,6 @@ class GateState:
         if event is not None:
             history = (*history, event)[-MAX_HISTORY:]
         return replace(self, history=history, version=self.version + 1, **changes)
-
-
-@dataclass
-class InMemoryStateStore(StateStoreBase):
-    """The state of one process's gate: it dies with the process, and no other
-    process sees it."""
-
-    state: GateState
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def load(self) -> GateState:
-        return self.state
-
-    def compare_and_set(
-        self, expected_version: int, new_state: GateState, *, expected_transition: str | None = None
-    ) -> bool:
-        with self._lock:
-            if self.state.version != expected_version:
-                return False
-            if expected_transition is not None and self.state.transition != expected_transition:
-                return False
-            self.state = new_state
-            return True
-
-    def after_fork(self) -> None:
-        """In a forked child: a fresh lock (the inherited one may be held)."""
-        self._lock = threading.Lock()
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ whose share grew would otherwise hold more of the recent traffic).
 ``Evidence`` is what the judge reads for one side (canary, or the stable
 sessions it is compared with): counts of requests, failures and *bad*
 requests (failed, or slower than the latency objective), a latency sketch
-(the layout of ``gate_middleware.sketch``), and the same counts split into
+(the layout of ``gate_middleware.judge.sketch``), and the same counts split into
 ``CLUSTERS`` groups of sessions. The groups let the judge measure how much
 the sessions themselves vary: one heavy session that fails every request
 lands in one group, and the spread between groups shows it, where a count
@@ -24,7 +24,7 @@ from array import array
 from collections.abc import Sequence
 from operator import add
 
-from gate_middleware.sketch import BUCKET_COUNT, bucket_index
+from gate_middleware.judge.sketch import BUCKET_COUNT, bucket_index
 
 CLUSTERS = 64
 

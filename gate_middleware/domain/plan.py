@@ -35,10 +35,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gate_middleware.environment import CANARY, PRODUCTION, STAGING
+from gate_middleware.domain.environment import CANARY, PRODUCTION, STAGING
 from gate_middleware.errors import ConfigError
 
-HEALTHY = "HEALTHY"  # the judge's verdicts (gate_middleware.judge), repeated to stay pure
+HEALTHY = (
+    "HEALTHY"  # the judge's verdicts (gate_middleware.judge.statistics), repeated to stay pure
+)
 ROLLBACK = "ROLLBACK"
 
 MAX_STEP_RATIO = 5.0  # the guide: never jump by more than 5x traffic

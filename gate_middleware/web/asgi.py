@@ -24,9 +24,10 @@ from typing import Any, ClassVar
 
 from opentelemetry.metrics import MeterProvider
 
-from gate_middleware import context
 from gate_middleware.gate import PromotionGate
-from gate_middleware.lifecycle import (
+from gate_middleware.types import ASGIApp, Message, Receive, Scope, Send, mypyc_attr
+from gate_middleware.web import context
+from gate_middleware.web.lifecycle import (
     COOKIE_MAX_AGE,
     OVERRIDE_TOKEN_HEADER,
     OVERRIDE_VARIANT_HEADER,
@@ -36,7 +37,6 @@ from gate_middleware.lifecycle import (
     SessionKey,
     private_raw_headers,
 )
-from gate_middleware.types import ASGIApp, Message, Receive, Scope, Send, mypyc_attr
 
 _COOKIE = b"cookie"
 _OVERRIDE_VARIANT = OVERRIDE_VARIANT_HEADER.encode("latin-1")

@@ -1,14 +1,14 @@
 """How the canary compares with production: ``CanaryHealth``.
 
 The verdict and the health score come from the judge
-(``gate_middleware.judge``), which reads the evidence of the current step;
+(``gate_middleware.judge.statistics``), which reads the evidence of the current step;
 ``CanaryHealth`` adds what an operator reads beside them: each variant's
 error rate, p99 and SLO compliance over the sliding window (for display:
 no decision rests on a window's p99).
 
 Verdicts and scores (the guide's bands): HEALTHY 0.9..1.0, MONITOR and
 INSUFFICIENT_DATA 0.8..0.9, ROLLBACK below 0.8; how each verdict is decided
-is written in ``gate_middleware.judge``.
+is written in ``gate_middleware.judge.statistics``.
 """
 
 from __future__ import annotations
@@ -16,15 +16,43 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gate_middleware.judge import (
+from gate_middleware.judge.statistics import (
     HEALTHY_SCORE,
     INSUFFICIENT_DATA,
     ROLLBACK_SCORE,
     Judgement,
 )
-from gate_middleware.window import WindowStats
 
 __all__ = ["HEALTHY_SCORE", "ROLLBACK_SCORE", "CanaryHealth", "assess", "no_release"]
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """What a window holds: counts and the p99 latency in seconds."""
+
+    requests: int = 0
+    failures: int = 0
+    good: int = 0
+    p99_latency: float = 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return self.failures / self.requests if self.requests else 0.0
+
+    @property
+    def slo_compliance(self) -> float:
+        """good / all; 1.0 for an empty window (no data is no violation)."""
+        return self.good / self.requests if self.requests else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "failures": self.failures,
+            "good": self.good,
+            "error_rate": self.error_rate,
+            "p99_latency": self.p99_latency,
+            "slo_compliance": self.slo_compliance,
+        }
 
 
 @dataclass(frozen=True)

@@ -83,9 +83,8 @@ from dataclasses import dataclass, field
 from operator import mul
 from typing import Any
 
-from gate_middleware.config import PromotionConfig, SloConfig
-from gate_middleware.evidence import CLUSTERS, Evidence
-from gate_middleware.sketch import GAMMA, quantile
+from gate_middleware.judge.evidence import CLUSTERS, Evidence
+from gate_middleware.judge.sketch import GAMMA, quantile
 
 HEALTHY = "HEALTHY"
 MONITOR = "MONITOR"
@@ -116,18 +115,6 @@ class JudgeSettings:
     min_requests: int = 100
     slo_threshold: float = 0.95
     burn_rate_threshold: float = 2.0
-
-    @classmethod
-    def from_config(cls, config: PromotionConfig, slo: SloConfig) -> JudgeSettings:
-        return cls(
-            false_rollback_rate=slo.false_rollback_rate,
-            error_rate_tolerance=slo.error_rate_tolerance,
-            latency_tolerance=slo.latency_tolerance,
-            monitor_tolerance=slo.monitor_tolerance,
-            min_requests=config.min_requests,
-            slo_threshold=config.slo_threshold,
-            burn_rate_threshold=slo.burn_rate_threshold,
-        )
 
     def rejection_log(self, test: str) -> float:
         """log(1/α_test): the false-rollback rate split over the tests."""

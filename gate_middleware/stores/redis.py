@@ -84,12 +84,20 @@ from urllib.parse import unquote, urlsplit
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
 from gate_middleware.background import BackgroundThread
-from gate_middleware.config import PromotionConfig
+from gate_middleware.domain.codec import (
+    _INTEGER,
+    CorruptData,
+    config_differences,
+    decode_state,
+    encode_state,
+    new_transition_id,
+)
+from gate_middleware.domain.config import PromotionConfig
+from gate_middleware.domain.routing import CANARY, STABLE
+from gate_middleware.domain.state import MAX_HISTORY, GateState, PromotionEvent
 from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
-from gate_middleware.evidence import CLUSTERS, Evidence
-from gate_middleware.routing import CANARY, STABLE
-from gate_middleware.sketch import BUCKET_COUNT
-from gate_middleware.state import MAX_HISTORY, GateState, PromotionEvent
+from gate_middleware.judge.evidence import CLUSTERS, Evidence
+from gate_middleware.judge.sketch import BUCKET_COUNT
 from gate_middleware.stores.buffer import (
     EVIDENCE_SECONDS,
     BufferedWindowStore,
@@ -98,20 +106,12 @@ from gate_middleware.stores.buffer import (
     digest,
     evidence_fields,
 )
-from gate_middleware.stores.codec import (
-    _INTEGER,
-    CorruptData,
-    config_differences,
-    decode_state,
-    encode_state,
-    new_transition_id,
-)
 from gate_middleware.stores.port import (
     TRANSITION_TIMEOUT_SECONDS,
     StateStoreBase,
     StoreCondition,
 )
-from gate_middleware.window import SLICES
+from gate_middleware.stores.windows import SLICES
 
 try:
     import redis

@@ -40,10 +40,10 @@ from opentelemetry.metrics import (
     get_meter,
 )
 
-from gate_middleware.routing import RoutingDecision
+from gate_middleware.domain.naming import SCHEMA_URL
+from gate_middleware.domain.routing import RoutingDecision
 from gate_middleware.types import mypyc_attr
 
-SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
 DURATION_BUCKETS = (
     0.005,
     0.01,
@@ -84,7 +84,7 @@ class RequestMetrics:
     """Instruments created once; ``record`` is called once per finished request."""
 
     def __init__(self, rollout: str, meter_provider: MeterProvider | None = None) -> None:
-        from gate_middleware import __version__
+        from gate_middleware.version import __version__
 
         meter = get_meter(
             "gate_middleware", __version__, meter_provider=meter_provider, schema_url=SCHEMA_URL

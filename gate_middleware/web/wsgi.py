@@ -30,22 +30,22 @@ from typing import Any
 
 from opentelemetry.metrics import MeterProvider
 
-from gate_middleware import context
+from gate_middleware.domain.routing import RoutingDecision
 from gate_middleware.gate import PromotionGate
-from gate_middleware.lifecycle import (
+from gate_middleware.types import (
+    Environ,
+    StartResponse,
+    WSGIApp,
+    mypyc_attr,
+)
+from gate_middleware.web import context
+from gate_middleware.web.lifecycle import (
     COOKIE_MAX_AGE,
     GateRequest,
     IsSuccess,
     RequestLifecycle,
     SessionKey,
     private_response_headers,
-)
-from gate_middleware.routing import RoutingDecision
-from gate_middleware.types import (
-    Environ,
-    StartResponse,
-    WSGIApp,
-    mypyc_attr,
 )
 
 DECISION_KEY = "gate_middleware.decision"

@@ -63,16 +63,21 @@ from typing import Any
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
-from gate_middleware.config import validate_flag_name
-from gate_middleware.environment import Environment
+from gate_middleware.domain.config import validate_flag_name
+from gate_middleware.domain.environment import Environment
+from gate_middleware.domain.naming import (
+    MAX_REASON_LENGTH,
+    NAME_PATTERN,
+    REASON_PATTERN,
+    TOKEN_EXPECTED,
+    valid_token,
+)
 from gate_middleware.errors import ConfigError, PromotionError
 from gate_middleware.gate import PromotionGate
-from gate_middleware.reasons import MAX_REASON_LENGTH, REASON_PATTERN
-from gate_middleware.tokens import TOKEN_EXPECTED, valid_token
 from gate_middleware.types import Environ, Receive, Scope, Send, StartResponse
 
 MAX_BODY_BYTES = 64 * 1024
-FLAG_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+FLAG_NAME_PATTERN = NAME_PATTERN  # the one rule (gate_middleware.domain.naming)
 _FLAG_PATH = re.compile(r"/flags/([^/]+)/(enable|disable)")
 _ACTOR = re.compile(r"[ -~]{1,64}")
 _REASONS = {
@@ -521,7 +526,7 @@ class AdminWSGIApp:
         return [response.body]
 
 
-_DASHBOARD = resources.files("gate_middleware").joinpath("dashboard.html").read_bytes()
+_DASHBOARD = resources.files("gate_middleware.operate").joinpath("dashboard.html").read_bytes()
 
 
 def _inline_hashes(page: bytes, tag: bytes) -> str:

@@ -7,7 +7,7 @@ compare-and-set, so two threads that detect the same failure at the same
 moment make exactly one rollback.
 
 The gate evaluates itself: ``record_request_outcome`` asks the judge
-(``gate_middleware.judge``) at most once every
+(``gate_middleware.judge.statistics``) at most once every
 ``evaluation_interval_seconds`` of the injected clock (no background
 thread), so an app that only records outcomes still gets its automatic
 rollback. The judge reads the evidence of the current *step* (every start,
@@ -15,7 +15,7 @@ traffic change, promotion and rollback begins one); outcomes routed under
 another step are dropped and counted (``stale_outcomes``).
 
 With a rollout plan (``PromotionConfig.plan``) the gate also moves the
-release forward by itself: each evaluation asks ``gate_middleware.plan``
+release forward by itself: each evaluation asks ``gate_middleware.domain.plan``
 what to do next and carries it out through the same compare-and-set, so
 with a shared store exactly one process makes each step. A daemon thread
 per gate (``gate-plan``) evaluates every ``evaluation_interval_seconds``
@@ -40,36 +40,25 @@ from typing import Any, TypeVar
 
 from opentelemetry.metrics import MeterProvider
 
-from gate_middleware import plan as plans
-from gate_middleware.autopilot import (
-    API_ACTOR,
-    GATE_ACTOR,
-    Autopilot,
-    PlanTimer,
-    validate_actor,
-)
-from gate_middleware.config import (
+from gate_middleware.background import run_once
+from gate_middleware.domain import plan as plans
+from gate_middleware.domain.config import (
     PromotionConfig,
     SloConfig,
+    judge_settings,
     validate_flag_name,
     validate_flag_names,
 )
-from gate_middleware.environment import CANARY as CANARY_ENV
-from gate_middleware.environment import PRODUCTION, STAGING, Environment, validate_traffic_percent
-from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
-from gate_middleware.evidence import Evidence
-from gate_middleware.health import CanaryHealth, assess, no_release
-from gate_middleware.judge import (
-    HEALTHY,
-    MONITOR,
-    ROLLBACK,
-    JudgeSettings,
-    judge,
-    judge_against_objective,
+from gate_middleware.domain.environment import CANARY as CANARY_ENV
+from gate_middleware.domain.environment import (
+    PRODUCTION,
+    STAGING,
+    Environment,
+    validate_traffic_percent,
 )
-from gate_middleware.plan import PlanPosition, RolloutPlan
-from gate_middleware.reasons import validate_reason
-from gate_middleware.routing import (
+from gate_middleware.domain.naming import validate_reason
+from gate_middleware.domain.plan import PlanPosition, RolloutPlan
+from gate_middleware.domain.routing import (
     BUCKETS,
     CANARY,
     STABLE,
@@ -78,21 +67,38 @@ from gate_middleware.routing import (
     RoutingTable,
     canary_threshold,
 )
-from gate_middleware.state import (
+from gate_middleware.domain.state import (
     MAX_SAMPLES,
     GateEvent,
     GateState,
     GateStatus,
     HealthSample,
-    InMemoryStateStore,
     PromotionEvent,
     RollbackEvent,
 )
+from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
+from gate_middleware.gate.autopilot import (
+    API_ACTOR,
+    GATE_ACTOR,
+    Autopilot,
+    PlanTimer,
+    validate_actor,
+)
+from gate_middleware.gate.telemetry import GateTelemetry
+from gate_middleware.gate.webhooks import Webhook
+from gate_middleware.gate.workers import several_workers
+from gate_middleware.judge.evidence import Evidence
+from gate_middleware.judge.statistics import (
+    HEALTHY,
+    MONITOR,
+    ROLLBACK,
+    judge,
+    judge_against_objective,
+)
+from gate_middleware.judge.verdict import CanaryHealth, WindowStats, assess, no_release
 from gate_middleware.stores import StateStore, WindowStore, missing_members, open_stores
-from gate_middleware.telemetry import GateTelemetry
-from gate_middleware.webhooks import Webhook
-from gate_middleware.window import InMemoryWindowStore, WindowStats
-from gate_middleware.workers import several_workers
+from gate_middleware.stores.memory import InMemoryStateStore
+from gate_middleware.stores.windows import InMemoryWindowStore
 
 logger = logging.getLogger("gate_middleware")
 
@@ -232,7 +238,7 @@ class PromotionGate(Autopilot):
         self.slo = slo
         self._objective = slo.latency_objective_seconds
         self.name = config.name
-        self._settings = JudgeSettings.from_config(config, slo)
+        self._settings = judge_settings(config, slo)
         self._clock = clock
         self._wall_clock = wall_clock
         self.plan: RolloutPlan | None = config.plan
@@ -364,7 +370,7 @@ class PromotionGate(Autopilot):
         gives up with ``PromotionError`` after ``transition_timeout`` seconds;
         ``wait_replicas`` (1 behind Sentinels) replicas confirm it first.
         Needs ``pip install "gate-middleware[redis]"``; see
-        ``gate_middleware.redis_store`` for what holds while Redis is down.
+        ``gate_middleware.stores.redis`` for what holds while Redis is down.
         """
         if key_prefix is None:
             _require_a_named_rollout(config)
@@ -546,9 +552,7 @@ class PromotionGate(Autopilot):
             # request's thread (an ASGI worker's event loop). The thread
             # releases the lock.
             try:
-                threading.Thread(
-                    target=self._evaluate_in_background, name="gate-evaluate", daemon=True
-                ).start()
+                run_once("gate-evaluate", self._evaluate_in_background)
             except BaseException:
                 self._evaluation_lock.release()
                 raise
@@ -671,13 +675,13 @@ class PromotionGate(Autopilot):
     # -- notifications ------------------------------------------------------
 
     def add_webhook(self, webhook: Webhook) -> Webhook:
-        """Send every event to ``webhook`` (see ``gate_middleware.webhooks``):
+        """Send every event to ``webhook`` (see ``gate_middleware.gate.webhooks``):
         the process that makes an event puts it once into the store's outbox;
         a durable one (SQLite) is shared by every process running the webhook
         and kept across restarts, so a delivery left by a process that exited
         is made by another, or by the next one to start."""
         if not isinstance(webhook, Webhook):
-            raise ConfigError("webhook", webhook, "a gate_middleware.webhooks.Webhook")
+            raise ConfigError("webhook", webhook, "a gate_middleware.gate.webhooks.Webhook")
         webhook.attach(self._store.outbox())
         self._webhooks.append(webhook)
         return webhook

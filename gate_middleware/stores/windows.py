@@ -8,7 +8,7 @@ a slice older than the window is subtracted from the totals and reused:
 memory does not grow with traffic.
 
 Beside the windows, a store keeps the *evidence* of the current step for
-each variant (``gate_middleware.evidence``): every outcome since the last
+each variant (``gate_middleware.judge.evidence``): every outcome since the last
 ``clear()``, which the judge decides by. The windows are for display (the
 error rates and p99s an operator reads) and for the SLO's burn windows.
 
@@ -23,45 +23,14 @@ shared between processes can replace ``InMemoryWindowStore``.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from typing import Any
 
-from gate_middleware.evidence import Evidence
-from gate_middleware.routing import CANARY, STABLE
-from gate_middleware.sketch import BLOCK_BITS, bucket_index, new_blocks, new_counts, quantile
+from gate_middleware.domain.routing import CANARY, STABLE
+from gate_middleware.judge.evidence import Evidence
+from gate_middleware.judge.sketch import BLOCK_BITS, bucket_index, new_blocks, new_counts, quantile
+from gate_middleware.judge.verdict import WindowStats
 from gate_middleware.stores.port import StoreCondition
-from gate_middleware.stores.port import WindowStore as WindowStore  # re-exported: the old path
 
 SLICES = 10
-
-
-@dataclass(frozen=True)
-class WindowStats:
-    """What a window holds: counts and the p99 latency in seconds."""
-
-    requests: int = 0
-    failures: int = 0
-    good: int = 0
-    p99_latency: float = 0.0
-
-    @property
-    def error_rate(self) -> float:
-        return self.failures / self.requests if self.requests else 0.0
-
-    @property
-    def slo_compliance(self) -> float:
-        """good / all; 1.0 for an empty window (no data is no violation)."""
-        return self.good / self.requests if self.requests else 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "failures": self.failures,
-            "good": self.good,
-            "error_rate": self.error_rate,
-            "p99_latency": self.p99_latency,
-            "slo_compliance": self.slo_compliance,
-        }
 
 
 class _Counts:

@@ -39,12 +39,12 @@ from typing import Protocol
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
-from gate_middleware.environment import CANARY as CANARY_STAGE
-from gate_middleware.environment import PRODUCTION, STAGING, Environment
-from gate_middleware.health import CanaryHealth
-from gate_middleware.judge import HEALTHY, INSUFFICIENT_DATA, MONITOR, ROLLBACK
-from gate_middleware.metrics import SCHEMA_URL
-from gate_middleware.routing import CANARY, STABLE
+from gate_middleware.domain.environment import CANARY as CANARY_STAGE
+from gate_middleware.domain.environment import PRODUCTION, STAGING, Environment
+from gate_middleware.domain.naming import SCHEMA_URL
+from gate_middleware.domain.routing import CANARY, STABLE
+from gate_middleware.judge.statistics import HEALTHY, INSUFFICIENT_DATA, MONITOR, ROLLBACK
+from gate_middleware.judge.verdict import CanaryHealth
 
 METER_NAME = "gate_middleware"
 VERDICTS = (HEALTHY, MONITOR, ROLLBACK, INSUFFICIENT_DATA)
@@ -68,7 +68,7 @@ class GateTelemetry:
     """Creates the gate's instruments once; ``count_*`` are called on events."""
 
     def __init__(self, gate: ObservedGate, meter_provider: MeterProvider | None) -> None:
-        from gate_middleware import __version__
+        from gate_middleware.version import __version__
 
         meter = get_meter(
             METER_NAME, __version__, meter_provider=meter_provider, schema_url=SCHEMA_URL

@@ -1,0 +1,16 @@
+"""The gate: ``PromotionGate``, the front every other layer talks to
+(``front``), the rollout plan's part of it (``autopilot``), its telemetry,
+its webhooks and how it tells that it is one of several processes
+(``workers``). It reaches stores only through their port and the registry,
+never a backend. The package exports what the module ``gate_middleware.gate``
+exported before the layers.
+"""
+
+from gate_middleware.gate.front import (
+    PromotionGate,
+    PromotionGateManager,
+    routing_salt,
+    routing_table,
+)
+
+__all__ = ["PromotionGate", "PromotionGateManager", "routing_salt", "routing_table"]
