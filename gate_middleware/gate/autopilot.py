@@ -26,12 +26,11 @@ from gate_middleware.domain.environment import PRODUCTION, STAGING, Environment
 from gate_middleware.domain.naming import validate_reason
 from gate_middleware.domain.plan import PlanPosition, RolloutPlan
 from gate_middleware.domain.routing import CANARY
-from gate_middleware.domain.state import GateEvent, GateState, PromotionEvent, RollbackEvent
+from gate_middleware.domain.state import GateState, PromotionEvent, RollbackEvent
 from gate_middleware.errors import ConfigError, PromotionError
 from gate_middleware.judge.verdict import CanaryHealth
 
 if TYPE_CHECKING:
-    from gate_middleware.gate.telemetry import GateTelemetry
     from gate_middleware.stores import WindowStore
 
 logger = logging.getLogger("gate_middleware")
@@ -80,8 +79,6 @@ class Autopilot:
         _evaluation_lock: threading.Lock
         _last_evaluation: float
         _next_evaluation: float
-        _telemetry: GateTelemetry
-        _promotion_callbacks: list[Callable[[PromotionEvent], Any]]
         _clock: Callable[[], float]
         _wall_clock: Callable[[], float]
 
@@ -94,8 +91,6 @@ class Autopilot:
         def _check_promotable(
             self, health: CanaryHealth, compliance: float, enough: bool
         ) -> None: ...
-        @staticmethod
-        def _notify(callbacks: list[Callable[[Any], Any]], event: GateEvent) -> None: ...
         def rollback(self, reason: str, *, actor: str = API_ACTOR) -> RollbackEvent: ...
 
     def tick(self) -> None:
@@ -207,14 +202,9 @@ class Autopilot:
             )
             return self._entered(current, index, event, position), event
 
-        result = self._transition(change)
-        if result is None:
+        if self._transition(change) is None:
             return False
-        self._windows.clear()
         logger.info("Plan: %s -> %s (%s)", state.environment, target, reason)
-        if target.name != CANARY_ENV:
-            self._telemetry.count_promotion(target.name)
-            self._notify(self._promotion_callbacks, result[1])
         return True
 
     def _mark_plan(
@@ -355,7 +345,6 @@ class Autopilot:
             return new, event
 
         self._transition(change)
-        self._windows.clear()
         logger.info("Plan restarted at %s", target)
         return target
 

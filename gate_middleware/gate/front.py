@@ -331,18 +331,7 @@ class PromotionGate(Autopilot):
                 k: v for k, v in self._unknown_outcomes.items() if k != transition
             }
             logger.warning("A change whose outcome was unknown was applied after all: %s", event)
-            if isinstance(event, RollbackEvent):
-                if event.feature == "all":
-                    self._windows.clear()
-                self._telemetry.count_rollback(event.environment.name, event.automatic)
-                self._notify(self._rollback_callbacks, event)
-            elif event.action == "promote":
-                self._windows.clear()
-                self._telemetry.count_promotion(event.to_environment.name)
-                self._notify(self._promotion_callbacks, event)
-            elif event.action == "start_canary":
-                self._windows.clear()
-            self._announce(event)
+            self._after_change(event)
 
     @classmethod
     def from_url(
@@ -443,7 +432,7 @@ class PromotionGate(Autopilot):
             if done:
                 self._adopt(new_state)
                 if result[1] is not None:
-                    self._announce(result[1])
+                    self._after_change(result[1])
                 return new_state, result[1]
             if time.monotonic() >= deadline:
                 raise PromotionError(
@@ -686,6 +675,24 @@ class PromotionGate(Autopilot):
         self._webhooks.append(webhook)
         return webhook
 
+    def _after_change(self, event: GateEvent) -> None:
+        """What follows each change this process made, written once (another
+        process's changes are its own to report): a new step's windows start
+        empty (fresh evidence for the new split); a rollback, or a release
+        reaching staging or production, is counted and its callbacks called;
+        the webhooks are told of every event."""
+        if isinstance(event, RollbackEvent):
+            if event.feature == "all":
+                self._windows.clear()
+            self._telemetry.count_rollback(event.environment.name, event.automatic)
+            self._notify(self._rollback_callbacks, event)
+        elif event.from_environment != event.to_environment:
+            self._windows.clear()
+            if event.to_environment.name in (STAGING, PRODUCTION):
+                self._telemetry.count_promotion(event.to_environment.name)
+                self._notify(self._promotion_callbacks, event)
+        self._announce(event)
+
     def _announce(self, event: GateEvent) -> None:
         if not self._webhooks:
             return
@@ -815,13 +822,10 @@ class PromotionGate(Autopilot):
         result = self._transition(change)
         if result is None:  # change() never declines; it raises instead
             return target
-        self._windows.clear()
         if source.name == CANARY_ENV and target.name == PRODUCTION:
             logger.warning("Promoted directly from %s to production, skipping staging", source)
         else:
             logger.info("Promoted from %s to %s", source, target)
-        self._telemetry.count_promotion(target.name)
-        self._notify(self._promotion_callbacks, result[1])
         return target
 
     @staticmethod
@@ -879,7 +883,6 @@ class PromotionGate(Autopilot):
 
         result = self._transition(change)
         if result is not None:
-            self._windows.clear()  # a new step: fresh evidence for the new split
             logger.info("Canary traffic set to %g%%", percent)
         return target
 
@@ -934,7 +937,6 @@ class PromotionGate(Autopilot):
             return state, event
 
         self._transition(change)
-        self._windows.clear()
         logger.info("Canary started at %g%% with flags %s", percent, sorted(flags))
         return target
 
@@ -985,15 +987,11 @@ class PromotionGate(Autopilot):
         result = self._transition(change)
         if result is None:
             return None
-        event = result[1]
-        self._windows.clear()
         if automatic:
             logger.error("Triggering automatic rollback: %s", reason)
         else:
             logger.warning("Manual rollback: %s", reason)
-        self._telemetry.count_rollback(event.environment.name, automatic)
-        self._notify(self._rollback_callbacks, event)
-        return event
+        return result[1]
 
     def enable_feature(self, name: str) -> None:
         """Turn a flag on: for canary sessions while a release is in
@@ -1038,11 +1036,8 @@ class PromotionGate(Autopilot):
         result = self._transition(change)
         if result is None:  # change() never declines; it raises instead
             raise PromotionError(f"cannot disable {name!r}")
-        event = result[1]
         logger.info("Feature flag disabled: %s", name)
-        self._telemetry.count_rollback(event.environment.name, False)
-        self._notify(self._rollback_callbacks, event)
-        return event
+        return result[1]
 
     def is_feature_enabled(self, name: str) -> bool:
         """Whether ``name`` is on for anyone (stable, or for canary sessions)."""
