@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from gate_middleware.domain.environment import CANARY, PRODUCTION, STAGING
 from gate_middleware.errors import ConfigError
@@ -59,6 +59,61 @@ DONE = "done"
 ROLLED_BACK = "rolled_back"
 ABORTED = "aborted"
 STATUSES = (RUNNING, PAUSED, DONE, ROLLED_BACK, ABORTED)
+PlanState = Literal["running", "paused", "done", "rolled_back", "aborted"]
+
+
+class StepView(TypedDict):
+    """A step as ``to_dict`` shows it."""
+
+    stage: str
+    traffic_percent: float
+    bake_seconds: float
+    min_requests: int | None
+    require_healthy: bool
+    manual: bool
+    label: str
+
+
+class PositionView(TypedDict):
+    """A position as ``to_dict`` shows it (Unix seconds)."""
+
+    index: int
+    entered_at: float
+    status: str
+    resumed_at: float
+    held: bool
+    awaiting: bool
+    approved: bool
+    reason: str
+    release_flags: list[str]
+
+
+class BakeView(TypedDict):
+    elapsed_seconds: float
+    required_seconds: float
+    fraction: float
+
+
+class PlanView(TypedDict):
+    """A plan as ``RolloutPlan.to_dict`` shows it."""
+
+    steps: list[StepView]
+    inconclusive_limit_seconds: float
+
+
+class PlanProgress(PlanView):
+    """``PromotionGate.plan_status()``: the plan, where the release stands in
+    it, the current step's bake and the ETA (Unix seconds; ``None`` when a
+    person or an inconclusive verdict decides it). Without a release in
+    progress: ``position``, ``current`` and ``eta`` are ``None``, ``bake``
+    and ``eta_seconds`` too."""
+
+    position: PositionView | None
+    current: StepView | None
+    bake: BakeView | None
+    eta: float | None
+    eta_seconds: float | None
+
 
 HOUR = 3600.0
 
@@ -97,7 +152,7 @@ class PlanStep:
             return f"canary {self.traffic_percent:g}%"
         return self.stage
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> StepView:
         return {
             "stage": self.stage,
             "traffic_percent": self.traffic_percent,
@@ -255,7 +310,7 @@ class RolloutPlan:
                 found = index
         return found
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> PlanView:
         return {
             "steps": [step.to_dict() for step in self._stages],
             "inconclusive_limit_seconds": self.inconclusive_limit_seconds,
@@ -287,7 +342,7 @@ class PlanPosition:
         """The position at the start of step ``index``."""
         return PlanPosition(index, now, RUNNING, release_flags=self.release_flags)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> PositionView:
         return {
             "index": self.index,
             "entered_at": self.entered_at,
@@ -400,14 +455,27 @@ def eta(plan: RolloutPlan, position: PlanPosition, now: float) -> float | None:
     return now + remaining
 
 
-def progress(plan: RolloutPlan, position: PlanPosition, now: float) -> dict[str, Any]:
-    """The plan as an operator reads it: the steps, the current one, its bake, the ETA."""
+def progress(plan: RolloutPlan, position: PlanPosition | None, now: float) -> PlanProgress:
+    """The plan as an operator reads it: the steps, the current one, its bake,
+    the ETA; ``position`` ``None``: no release in progress."""
+    shown = plan.to_dict()
+    if position is None:
+        return {
+            "steps": shown["steps"],
+            "inconclusive_limit_seconds": shown["inconclusive_limit_seconds"],
+            "position": None,
+            "current": None,
+            "bake": None,
+            "eta": None,
+            "eta_seconds": None,
+        }
     step = plan.step(min(position.index, plan.last))
     bake = step.bake_seconds
     elapsed = max(0.0, now - position.entered_at)
     finish = eta(plan, position, now)
     return {
-        **plan.to_dict(),
+        "steps": shown["steps"],
+        "inconclusive_limit_seconds": shown["inconclusive_limit_seconds"],
         "position": position.to_dict(),
         "current": step.to_dict(),
         "bake": {

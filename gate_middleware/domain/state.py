@@ -14,11 +14,11 @@ import os
 import socket
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, NotRequired, TypedDict
 
 from gate_middleware.domain.config import PromotionConfig, SloConfig
 from gate_middleware.domain.environment import Environment
-from gate_middleware.domain.plan import PlanPosition
+from gate_middleware.domain.plan import PlanPosition, PlanProgress
 from gate_middleware.judge.verdict import CanaryHealth, WindowStats
 
 MAX_HISTORY = 1000
@@ -162,6 +162,42 @@ class HealthSample:
 _NEXT_STAGE = {"canary": "staging", "staging": "production"}
 
 
+class StoreView(TypedDict):
+    """The stores' condition in a status: ``memory`` (this process's) or
+    ``shared``; the worst condition of the two stores, and what is wrong."""
+
+    kind: Literal["memory", "shared"]
+    status: Literal["ok", "unreachable", "corrupt"]
+    problems: NotRequired[list[str]]
+
+
+class DeliveryView(TypedDict):
+    """One attempt of a webhook delivery (``at``: Unix seconds)."""
+
+    delivery: str
+    event: str
+    attempt: int
+    at: float
+    status: int | None
+    error: str | None
+
+
+class WebhookView(TypedDict):
+    """A webhook in a status: its counts and latest attempts, never its secret."""
+
+    url: str
+    format: Literal["json", "slack"]
+    outbox: Literal["durable", "memory"]
+    pending: int
+    attempted: int
+    delivered: int
+    retried: int
+    failed: int
+    dropped: int
+    log: list[DeliveryView]
+    trouble: NotRequired[str]
+
+
 @dataclass(frozen=True)
 class GateStatus:
     """What an operator looks at: ``PromotionGate.status()``."""
@@ -178,9 +214,9 @@ class GateStatus:
     recent_events: tuple[GateEvent, ...]
     config: PromotionConfig
     slo: SloConfig
-    store: dict[str, Any] = field(default_factory=lambda: {"kind": "memory", "status": "ok"})
-    plan: dict[str, Any] | None = None
-    webhooks: tuple[dict[str, Any], ...] = ()
+    store: StoreView = field(default_factory=lambda: StoreView(kind="memory", status="ok"))
+    plan: PlanProgress | None = None
+    webhooks: tuple[WebhookView, ...] = ()
 
     @property
     def next_stage(self) -> str | None:
@@ -213,6 +249,6 @@ class GateStatus:
             },
             "recent_events": [event.to_dict() for event in self.recent_events],
             "store": dict(self.store),
-            "plan": self.plan,
+            "plan": None if self.plan is None else dict(self.plan),
             "webhooks": [dict(webhook) for webhook in self.webhooks],
         }

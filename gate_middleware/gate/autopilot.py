@@ -384,15 +384,10 @@ class Autopilot:
             raise PromotionError("cannot promote now: the gate has no rollout plan")
         return self.skip_to(plan.last, force=force, actor=actor)
 
-    def plan_status(self) -> dict[str, Any] | None:
+    def plan_status(self) -> plans.PlanProgress | None:
         """The plan as an operator reads it: its steps, the current one, the
         bake's progress and the ETA (Unix seconds), or ``None`` without a plan."""
         plan = self.plan
         if plan is None:
             return None
-        state = self._current()
-        now = self._wall_clock()
-        position = state.plan
-        if position is None:
-            return {**plan.to_dict(), "position": None, "current": None, "eta": None}
-        return plans.progress(plan, position, now)
+        return plans.progress(plan, self._current().plan, self._wall_clock())

@@ -75,6 +75,8 @@ from gate_middleware.domain.state import (
     HealthSample,
     PromotionEvent,
     RollbackEvent,
+    StoreView,
+    WebhookView,
 )
 from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
 from gate_middleware.gate.autopilot import (
@@ -96,7 +98,13 @@ from gate_middleware.judge.statistics import (
     judge_against_objective,
 )
 from gate_middleware.judge.verdict import CanaryHealth, WindowStats, assess, no_release
-from gate_middleware.stores import StateStore, WindowStore, missing_members, open_stores
+from gate_middleware.stores import (
+    StateStore,
+    StoreCondition,
+    WindowStore,
+    missing_members,
+    open_stores,
+)
 from gate_middleware.stores.memory import InMemoryStateStore
 from gate_middleware.stores.windows import InMemoryWindowStore
 
@@ -708,7 +716,7 @@ class PromotionGate(Autopilot):
             except Exception:
                 logger.exception("A webhook could not be queued; the gate carries on")
 
-    def webhook_status(self) -> list[dict[str, Any]]:
+    def webhook_status(self) -> list[WebhookView]:
         return [webhook.status() for webhook in self._webhooks]
 
     def _sample(self, state: GateState, health: CanaryHealth, compliance: float) -> None:
@@ -1071,14 +1079,17 @@ class PromotionGate(Autopilot):
             except Exception:
                 logger.exception("A %s callback raised; the gate carries on", event.kind)
 
-    def _store_status(self) -> dict[str, Any]:
+    def _store_status(self) -> StoreView:
         """The stores' health: "ok", "unreachable" or "corrupt" (the worst), and why."""
         if not (self._store.remote or self._windows.remote):
             return {"kind": "memory", "status": "ok"}
         found = [self._store.status(), self._windows.status()]
         problems = [detail for _, detail in found if detail]
         names = {name for name, _ in found}
-        worst = next((n for n in ("corrupt", "unreachable") if n in names), "ok")
+        worst: StoreCondition = "ok"
+        for condition in ("unreachable", "corrupt"):  # the worse last
+            if condition in names:
+                worst = condition
         return {"kind": "shared", "status": worst, "problems": problems}
 
     def close(self) -> None:

@@ -47,6 +47,7 @@ from collections import deque
 from typing import Any
 
 from gate_middleware.background import BackgroundThread
+from gate_middleware.domain.state import DeliveryView, WebhookView
 from gate_middleware.errors import ConfigError
 from gate_middleware.stores.outbox import Delivery, MemoryOutbox, Outbox
 
@@ -130,7 +131,7 @@ class Webhook:
         self.receiver = hashlib.sha256(f"{url} {self.slack}".encode()).hexdigest()[:24]
         self._outbox: Outbox = MemoryOutbox()
         self._unsent: deque[Delivery] = deque()  # not yet in the outbox (its store failed)
-        self._log: deque[dict[str, Any]] = deque(maxlen=log_size)
+        self._log: deque[DeliveryView] = deque(maxlen=log_size)
         self.counts = {"attempted": 0, "delivered": 0, "retried": 0, "failed": 0, "dropped": 0}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -299,16 +300,20 @@ class Webhook:
                 self._idle.wait(min(left, 0.05))
         return True
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> WebhookView:
         """Counts and the latest deliveries (the secret is never shown)."""
         with self._lock:
             log = list(self._log)
-        shown: dict[str, Any] = {
+        shown: WebhookView = {
             "url": self.url,
             "format": "slack" if self.slack else "json",
             "outbox": "durable" if self._outbox.durable else "memory",
             "pending": self.pending(),
-            **self.counts,
+            "attempted": self.counts["attempted"],
+            "delivered": self.counts["delivered"],
+            "retried": self.counts["retried"],
+            "failed": self.counts["failed"],
+            "dropped": self.counts["dropped"],
             "log": log,
         }
         if self._trouble:
