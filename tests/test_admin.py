@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,14 @@ from werkzeug.exceptions import NotFound
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from gate_middleware import ConfigError, Environment, PromotionConfig, PromotionGate
-from gate_middleware.operate.admin import AdminASGIApp, AdminWSGIApp
+from gate_middleware.operate import admin
+from gate_middleware.operate.admin import (
+    ROUTES,
+    AdminASGIApp,
+    AdminWSGIApp,
+    dashboard_html,
+    find_route,
+)
 
 from .conftest import FakeClock
 
@@ -233,6 +241,73 @@ def test_the_dashboard_page_is_self_contained(client: httpx.Client) -> None:
     assert "<script>" in page and "<style>" in page
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
     assert "https://" not in page  # nothing from a CDN
+
+
+# -- one route table --------------------------------------------------------------
+
+OPERATIONS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def test_the_dispatch_and_the_openapi_document_know_the_same_routes(
+    client: httpx.Client,
+) -> None:
+    # Walk the table and the served document: every route of one is in the
+    # other, and the dispatch answers each of them (no 404, no 405) and no
+    # other method at their paths.
+    document = client.get("/openapi.json", headers=AUTH).json()
+    documented = {
+        (method.upper(), path)
+        for path, item in document["paths"].items()
+        for method in item
+        if method in OPERATIONS
+    }
+    declared = {(route.method, route.path) for route in ROUTES}
+    assert documented == declared
+    assert len(declared) == len(ROUTES)  # no route declared twice
+    for method, path in sorted(documented | declared):
+        url = path.replace("{name}", "new_api")
+        answer = client.request(method, url, headers=AUTH, json={} if method == "POST" else None)
+        assert answer.status_code != 405, (method, path, answer.text)
+        assert "no admin endpoint" not in answer.text, (method, path)
+        for other in ("GET", "POST", "PUT", "DELETE"):
+            if (other, path) not in declared:
+                assert client.request(other, url, headers=AUTH).status_code == 405, (other, path)
+
+
+def test_each_route_has_one_name_and_its_links_name_routes() -> None:
+    names = [route.name for route in ROUTES]
+    assert len(set(names)) == len(names)
+    for route in ROUTES:
+        for link in route.links.values():
+            assert link["operationId"] in names, (route.name, link)
+
+
+def test_the_module_docstring_lists_every_route() -> None:
+    assert admin.__doc__ is not None
+    listed = re.findall(r"^    (GET|POST) +(/\S*)", admin.__doc__, re.MULTILINE)
+    assert listed == [(route.method, route.path) for route in ROUTES]
+
+
+def test_the_dashboard_calls_routes_of_the_table() -> None:
+    page = dashboard_html().decode("utf-8")
+    calls = re.findall(r"\b(?:api|act)\(\"(GET|POST)\", [\"`]([^\"`]+)[\"`]", page)
+    assert len(calls) >= 10
+    for method, path in calls:
+        concrete = "/" + re.sub(r"\$\{[^}]*\}", "x", path)  # a template's ${...}: one segment
+        assert find_route(method, concrete) is not None, (method, path)
+
+
+def test_the_readme_lists_the_routes_of_the_table() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Admin API", 1)[1].split("\n### ", 1)[0]
+    listed = set()
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)]
+        if len(cells) > 3 and cells[1] in ("GET", "POST"):
+            listed |= {(cells[1], path) for path in re.findall(r"`(/[^`]*)`", cells[2])}
+    assert listed == {(route.method, route.path) for route in ROUTES}
 
 
 # -- mounted in each framework ----------------------------------------------------

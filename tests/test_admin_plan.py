@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 from openapi_spec_validator import validate
 from starlette.testclient import TestClient
@@ -107,3 +109,37 @@ def test_the_plan_endpoints_are_documented() -> None:
         "/plan/retry",
         "/plan/skip",
     } <= set(document["paths"])
+
+
+def check_against_the_document(method: str, path: str, payload: Any) -> None:
+    """Validate ``payload`` against the 200 schema the document gives ``method path``."""
+    document = openapi_document()
+    ok = document["paths"][path][method.lower()]["responses"]["200"]
+    schema: dict[str, Any] = ok["content"]["application/json"]["schema"]
+    jsonschema.validate(payload, {**schema, "components": document["components"]})
+
+
+def conforms(answer: httpx.Response) -> None:
+    assert answer.status_code == 200, answer.text
+    check_against_the_document(answer.request.method, answer.request.url.path, answer.json())
+
+
+def test_the_plan_answers_match_the_typed_plan_of_the_document(
+    client: httpx.Client, gate: PromotionGate
+) -> None:
+    conforms(client.get("/plan", headers=AUTH))  # a plan, no release on it
+    client.post("/canary", json={"percent": 1, "flags": ["new_checkout"]}, headers=AUTH)
+    conforms(client.post("/plan/pause", json={"reason": "freeze"}, headers=AUTH))
+    conforms(client.get("/plan", headers=AUTH))  # paused, with its bake and ETA
+    conforms(client.post("/plan/resume", headers=AUTH))
+    conforms(client.post("/plan/skip", json={"step": 2, "force": True}, headers=AUTH))
+    conforms(client.post("/plan/abort", json={"reason": "totals are wrong"}, headers=AUTH))
+    conforms(client.post("/plan/retry", headers=AUTH))
+    healthy_traffic(gate)
+    conforms(client.post("/plan/skip", json={}, headers=AUTH))  # production: done
+    shown = client.get("/plan", headers=AUTH)
+    conforms(shown)
+    garbled = shown.json()
+    garbled["plan"]["position"]["index"] = "two"
+    with pytest.raises(jsonschema.ValidationError):  # the typed plan does say something
+        check_against_the_document("GET", "/plan", garbled)

@@ -16,49 +16,34 @@ dashboard page comes with a Content-Security-Policy that pins its inline
 script and style by hash, ``X-Frame-Options: DENY`` and
 ``Referrer-Policy: no-referrer``.
 
-=======  ==========================  ===================================================
-method   path                        does
-=======  ==========================  ===================================================
-GET      ``/``                       the dashboard page (no data in it; it asks for the
-                                     token, or reads it from the URL's ``#token=...``)
-GET      ``/status``                 environment, traffic, flags, health of both
-                                     variants, SLO compliance, recent events, samples
-GET      ``/history``                every event, oldest first
-GET      ``/openapi.json``           the OpenAPI 3.1 document of this API
-POST     ``/promote``                ``{"target": "staging"|"production", "force": false}``
-                                     (``target`` defaults to the next stage)
-POST     ``/traffic``                ``{"percent": 25}``
-POST     ``/canary``                 ``{"percent": 5, "flags": ["new_checkout_flow"]}``
-POST     ``/rollback``               ``{"reason": "checkout totals are wrong"}``
-POST     ``/flags/{name}/enable``    turn a flag on
-POST     ``/flags/{name}/disable``   take a flag from everyone (records a rollback event)
-GET      ``/plan``                   the rollout plan: steps, current step, bake, ETA
-POST     ``/plan/pause``             ``{"reason": "..."}`` (optional): stop the plan
-POST     ``/plan/resume``            go on after a pause, or through a manual gate
-POST     ``/plan/abort``             ``{"reason": "..."}``: roll back, end the plan
-POST     ``/plan/retry``             restart the plan of a rolled-back release
-POST     ``/plan/skip``              ``{"step": 3, "force": false}``: move to a step
-                                     now (no ``step``: production, "promote now")
-=======  ==========================  ===================================================
-
 Each change is recorded with its actor: the token's name (``token_name``,
 "admin" by default), followed by the user a client names in the
 ``X-Gate-Actor`` header (the CLI sends ``cli:<login>``), e.g.
 ``admin (cli:alice)``.
+
+Each route is declared once, in ``ROUTES``: the dispatch, the OpenAPI
+document (``GET /openapi.json``), the command line's client and the list
+below are all read from it. A body's fields are listed, ``?`` marking the
+optional ones; a field the route does not list is refused (400)::
+
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import hashlib
 import hmac
 import json
 import re
-from collections.abc import Callable, Iterable
+import types
+import typing
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
@@ -72,13 +57,13 @@ from gate_middleware.domain.naming import (
     TOKEN_EXPECTED,
     valid_token,
 )
+from gate_middleware.domain.plan import PlanProgress
 from gate_middleware.errors import ConfigError, PromotionError
 from gate_middleware.gate import PromotionGate
 from gate_middleware.types import Environ, Receive, Scope, Send, StartResponse
 
 MAX_BODY_BYTES = 64 * 1024
 FLAG_NAME_PATTERN = NAME_PATTERN  # the one rule (gate_middleware.domain.naming)
-_FLAG_PATH = re.compile(r"/flags/([^/]+)/(enable|disable)")
 _ACTOR = re.compile(r"[ -~]{1,64}")
 _REASONS = {
     200: "OK",
@@ -148,7 +133,71 @@ def _is_json(content_type: str | None) -> bool:
     return media_type == "application/json"
 
 
-Handler = Callable[[dict[str, Any], dict[str, str]], AdminResponse]
+# -- the route table's shape ------------------------------------------------------
+
+Handler = Callable[["AdminAPI", dict[str, Any], dict[str, str]], AdminResponse]
+
+
+class Answer(NamedTuple):
+    """A route's 200 answer: what it is, and its schema."""
+
+    description: str
+    schema: dict[str, Any]
+    media_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One admin endpoint, declared once in ``ROUTES``.
+
+    ``path`` is a pattern: ``{name}`` stands for one path segment, handed to
+    the handler as ``args["name"]``. ``name`` is the OpenAPI operationId, by
+    which the CLI calls the route. ``body`` is the JSON Schema of a POST's
+    body: its properties are the only fields the route takes, and it is
+    required when it requires a field. A POST changes state (refused while
+    the gate decides alone); a GET only reads. ``public``: served without
+    the token (the dashboard page alone). ``not_found``: the route answers
+    404 for a path that names nothing (a flag that is not on).
+    """
+
+    method: Literal["GET", "POST"]
+    path: str
+    name: str
+    handler: Handler
+    summary: str
+    answer: Answer
+    body: dict[str, Any] | None = None
+    links: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    not_found: bool = False
+    public: bool = False
+    pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = re.split(r"\{(\w+)\}", self.path)  # literal, name, literal, ...
+        regex = "".join(
+            re.escape(part) if i % 2 == 0 else f"(?P<{part}>[^/]+)" for i, part in enumerate(parts)
+        )
+        object.__setattr__(self, "pattern", re.compile(regex))
+
+    @property
+    def changes_state(self) -> bool:
+        """A GET only reads; a POST may change the rollout."""
+        return self.method == "POST"
+
+    @property
+    def fields(self) -> list[str]:
+        """The body's fields, in the schema's order."""
+        return list((self.body or {}).get("properties", {}))
+
+    @property
+    def required(self) -> list[str]:
+        return list((self.body or {}).get("required", []))
+
+    def url(self, **parameters: str) -> str:
+        """The path with its placeholders filled in (each one quoted as one segment)."""
+        return self.path.format(
+            **{key: urllib.parse.quote(value, safe="") for key, value in parameters.items()}
+        )
 
 
 class AdminAPI:
@@ -171,21 +220,6 @@ class AdminAPI:
         self.token_name = token_name
         self._actor = token_name
         self._token = token.encode("ascii")
-        self._routes: dict[tuple[str, str], Handler] = {
-            ("GET", "/status"): self._status,
-            ("GET", "/history"): self._history,
-            ("GET", "/openapi.json"): self._openapi,
-            ("POST", "/promote"): self._promote,
-            ("POST", "/traffic"): self._traffic,
-            ("POST", "/canary"): self._canary,
-            ("POST", "/rollback"): self._rollback,
-            ("GET", "/plan"): self._plan,
-            ("POST", "/plan/pause"): self._pause,
-            ("POST", "/plan/resume"): self._resume,
-            ("POST", "/plan/abort"): self._abort,
-            ("POST", "/plan/retry"): self._retry,
-            ("POST", "/plan/skip"): self._skip,
-        }
 
     def handle(
         self,
@@ -202,21 +236,21 @@ class AdminAPI:
         ``actor``: the ``X-Gate-Actor`` header (kept after the token's name).
         """
         path = "/" + path.strip("/") if path.strip("/") else "/"
-        if path == "/" and method in ("GET", "HEAD"):
-            return AdminResponse(
-                200, dashboard_html(), "text/html; charset=utf-8", list(DASHBOARD_HEADERS)
-            )
-        if not self._authorized(authorization):
+        found = find_route(method, path)
+        if (found is None or not found[0].public) and not self._authorized(authorization):
             return _error(401, "a valid 'Authorization: Bearer <token>' header is required")
         try:
-            handler, args = self._route(method, path)
+            if found is None:
+                raise _not_routed(method, path)
+            route, args = found
             alone = self.gate.decides_alone
-            if method == "POST" and alone is not None:
+            if route.changes_state and alone is not None:
                 # A 200 would speak for one worker of several: refuse instead.
                 return _error(409, f"nothing changed: {alone}")
             payload = self._payload(method, body, content_type)
+            self._only(payload, *route.fields)
             args["actor"] = self._actor_of(actor)
-            return handler(payload, args)
+            return route.handler(self, payload, args)
         except _BadRequest as exc:
             return _error(exc.status, str(exc), exc.field)
         except ConfigError as exc:
@@ -238,21 +272,6 @@ class AdminAPI:
             return self.token_name
         user = "".join(c for c in header if c.isprintable())[:64].strip()
         return f"{self.token_name} ({user})" if user else self.token_name
-
-    def _route(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
-        handler = self._routes.get((method, path))
-        if handler is not None:
-            return handler, {}
-        match = _FLAG_PATH.fullmatch(path)
-        if match is not None:
-            if method != "POST":
-                raise _BadRequest(405, f"{path} takes POST, not {method}")
-            action = self._enable if match.group(2) == "enable" else self._disable
-            return action, {"name": match.group(1)}
-        allowed = [m for (m, p) in self._routes if p == path]
-        if allowed:
-            raise _BadRequest(405, f"{path} takes {', '.join(allowed)}, not {method}")
-        raise _BadRequest(404, f"no admin endpoint at {path}")
 
     @staticmethod
     def _payload(method: str, body: bytes | None, content_type: str | None) -> dict[str, Any]:
@@ -296,7 +315,12 @@ class AdminAPI:
             raise _BadRequest(400, f"the field {name!r} is required", name)
         return payload[name]
 
-    # -- endpoints ----------------------------------------------------------
+    # -- endpoints: each is named in ROUTES, which has already refused unknown fields --
+
+    def _dashboard(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
+        return AdminResponse(
+            200, dashboard_html(), "text/html; charset=utf-8", list(DASHBOARD_HEADERS)
+        )
 
     def _status(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
         status = self.gate.status().to_dict()
@@ -310,7 +334,6 @@ class AdminAPI:
         return _json(200, openapi_document())
 
     def _promote(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        self._only(payload, "target", "force")
         if "target" in payload and not isinstance(payload["target"], str):
             raise ConfigError("target", payload["target"], "'staging' or 'production'")
         target_name = payload.get("target")
@@ -331,14 +354,12 @@ class AdminAPI:
         return _json(200, {"environment": environment.to_dict()})
 
     def _traffic(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        self._only(payload, "percent")
         environment = self.gate.set_traffic_percent(
             self._required(payload, "percent"), actor=args["actor"]
         )
         return _json(200, {"environment": environment.to_dict()})
 
     def _canary(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        self._only(payload, "percent", "flags")
         flags = payload.get("flags", [])
         if not isinstance(flags, list):
             raise ConfigError("flags", flags, "a list of flag names")
@@ -348,7 +369,6 @@ class AdminAPI:
         return _json(200, {"environment": environment.to_dict()})
 
     def _rollback(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        self._only(payload, "reason")
         event = self.gate.rollback(self._required(payload, "reason"), actor=args["actor"])
         return _json(200, {"event": event.to_dict()})
 
@@ -362,29 +382,24 @@ class AdminAPI:
         )
 
     def _pause(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        self._only(payload, "reason")
         self.gate.pause(payload.get("reason", "paused by an operator"), actor=args["actor"])
         return self._plan_answer()
 
     def _resume(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        self._only(payload)
         self.gate.resume(actor=args["actor"])
         return self._plan_answer()
 
     def _abort(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        self._only(payload, "reason")
         if self.gate.plan is None:
             raise PromotionError("cannot abort: the gate has no rollout plan (use /rollback)")
         self.gate.abort(self._required(payload, "reason"), actor=args["actor"])
         return self._plan_answer()
 
     def _retry(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        self._only(payload)
         self.gate.retry(actor=args["actor"])
         return self._plan_answer()
 
     def _skip(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        self._only(payload, "step", "force")
         force = payload.get("force", False)
         if not isinstance(force, bool):
             raise ConfigError("force", force, "true or false")
@@ -400,18 +415,270 @@ class AdminAPI:
         return self._plan_answer()
 
     def _enable(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        self._only(payload)  # the flag is named in the path; the body has no fields
-        self.gate.enable_feature(args["name"])
+        self.gate.enable_feature(args["name"])  # the flag is named in the path
         return _json(200, {"flag": args["name"], "enabled": True})
 
     def _disable(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        self._only(payload)
         name = validate_flag_name(args["name"], "feature")
         try:
             event = self.gate.disable_feature(name, actor=args["actor"])
         except ConfigError as exc:  # a valid name, but no such flag is on
             raise _BadRequest(404, str(exc), exc.field) from exc
         return _json(200, {"flag": args["name"], "enabled": False, "event": event.to_dict()})
+
+
+# -- the routes -------------------------------------------------------------------
+
+_ENVIRONMENT = {"$ref": "#/components/schemas/Environment"}
+_PLAN = {"anyOf": [{"$ref": "#/components/schemas/Plan"}, {"type": "null"}]}
+_EVENT = {"type": "object"}
+_FLAG_NAME = {"type": "string", "pattern": FLAG_NAME_PATTERN}
+_PERCENT = {"type": "number", "minimum": 0, "maximum": 100}
+_FORCE = {"type": "boolean", "default": False}
+_REASON = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_REASON_LENGTH,
+    "pattern": REASON_PATTERN,
+}
+_NO_FIELDS = {"type": "object", "additionalProperties": False, "maxProperties": 0}
+#: The schema of each ``{placeholder}`` a route's path may hold.
+_PATH_PARAMETERS = {"name": _FLAG_NAME}
+
+
+def _fields(properties: dict[str, Any], *required: str) -> dict[str, Any]:
+    """A body of these fields and no others."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(required),
+        "additionalProperties": False,
+    }
+
+
+def _holds(properties: dict[str, Any]) -> dict[str, Any]:
+    """An object that holds each of ``properties`` (and perhaps more)."""
+    return {"type": "object", "required": sorted(properties), "properties": properties}
+
+
+def _answer(description: str, properties: dict[str, Any]) -> Answer:
+    return Answer(description, _holds(properties))
+
+
+def _link(operation_id: str, **parameters: str) -> dict[str, Any]:
+    """An OpenAPI link to the route named ``operation_id`` (followed by schemathesis)."""
+    return {"operationId": operation_id, **({"parameters": parameters} if parameters else {})}
+
+
+_OK = Answer("OK", {"type": "object"})
+_NEW_ENVIRONMENT = _answer("The gate's new environment", {"environment": _ENVIRONMENT})
+_PLAN_NOW = _answer(
+    "The gate's environment and plan now", {"environment": _ENVIRONMENT, "plan": _PLAN}
+)
+_FLAG = {"flag": {"type": "string"}, "enabled": {"type": "boolean"}}
+
+#: Every admin endpoint, once. A new one is a handler on ``AdminAPI`` and an
+#: entry here (a new ``{placeholder}`` also needs its schema in
+#: ``_PATH_PARAMETERS``); tests/test_admin.py checks that the dispatch and the
+#: served document still agree.
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET",
+        "/",
+        name="dashboard",
+        handler=AdminAPI._dashboard,
+        summary="The dashboard page (it holds no data)",
+        answer=Answer("The page", {"type": "string"}, "text/html"),
+        public=True,
+    ),
+    Route(
+        "GET",
+        "/status",
+        name="getStatus",
+        handler=AdminAPI._status,
+        summary="Environment, traffic, flags, health, SLO, recent events",
+        answer=_OK,
+    ),
+    Route(
+        "GET",
+        "/history",
+        name="getHistory",
+        handler=AdminAPI._history,
+        summary="Every event, oldest first",
+        answer=_answer("Every event", {"events": {"type": "array", "items": _EVENT}}),
+    ),
+    Route(
+        "GET",
+        "/openapi.json",
+        name="getOpenAPI",
+        handler=AdminAPI._openapi,
+        summary="The OpenAPI 3.1 document of this API",
+        answer=_OK,
+    ),
+    Route(
+        "POST",
+        "/promote",
+        name="promote",
+        handler=AdminAPI._promote,
+        summary="Promote the release (to the next stage when target is left out)",
+        body=_fields(
+            {"target": {"type": "string", "enum": ["staging", "production"]}, "force": _FORCE}
+        ),
+        answer=_NEW_ENVIRONMENT,
+        links={"next": _link("startCanary"), "rollback": _link("rollback")},
+    ),
+    Route(
+        "POST",
+        "/traffic",
+        name="setTraffic",
+        handler=AdminAPI._traffic,
+        summary="Ramp the canary (-0.0 is refused too)",
+        body=_fields({"percent": _PERCENT}, "percent"),
+        answer=_NEW_ENVIRONMENT,
+        links={"promote": _link("promote"), "rollback": _link("rollback")},
+    ),
+    Route(
+        "POST",
+        "/canary",
+        name="startCanary",
+        handler=AdminAPI._canary,
+        summary="Start the next release from production",
+        body=_fields(
+            {"percent": _PERCENT, "flags": {"type": "array", "items": _FLAG_NAME}}, "percent"
+        ),
+        answer=_NEW_ENVIRONMENT,
+        links={
+            "disable": _link("disableFlag", name="$request.body#/flags/0"),
+            "ramp": _link("setTraffic"),
+            "promote": _link("promote"),
+            "rollback": _link("rollback"),
+        },
+    ),
+    Route(
+        "POST",
+        "/rollback",
+        name="rollback",
+        handler=AdminAPI._rollback,
+        summary="Roll the release back",
+        body=_fields({"reason": _REASON}, "reason"),
+        answer=_answer("The rollback", {"event": _EVENT}),
+        links={"next": _link("startCanary")},
+    ),
+    Route(
+        "POST",
+        "/flags/{name}/enable",
+        name="enableFlag",
+        handler=AdminAPI._enable,
+        summary="Turn a flag on",
+        body=_NO_FIELDS,
+        answer=_answer("The flag", _FLAG),
+        links={"disable": _link("disableFlag", name="$response.body#/flag")},
+    ),
+    Route(
+        "POST",
+        "/flags/{name}/disable",
+        name="disableFlag",
+        handler=AdminAPI._disable,
+        summary="Take a flag from every session (404: no such flag is on)",
+        body=_NO_FIELDS,
+        answer=_answer("The flag", {**_FLAG, "event": _EVENT}),
+        links={"enable": _link("enableFlag", name="$response.body#/flag")},
+        not_found=True,
+    ),
+    Route(
+        "GET",
+        "/plan",
+        name="getPlan",
+        handler=AdminAPI._plan,
+        summary="The rollout plan: steps, current step, bake progress, ETA (null: no plan)",
+        answer=_answer("The plan", {"plan": _PLAN}),
+    ),
+    Route(
+        "POST",
+        "/plan/pause",
+        name="pausePlan",
+        handler=AdminAPI._pause,
+        summary="Pause the plan (the judge still rolls back on a failing verdict)",
+        body=_fields({"reason": _REASON}),
+        answer=_PLAN_NOW,
+        links={"resume": _link("resumePlan")},
+    ),
+    Route(
+        "POST",
+        "/plan/resume",
+        name="resumePlan",
+        handler=AdminAPI._resume,
+        summary="Resume the plan, or let it through a manual gate",
+        body=_NO_FIELDS,
+        answer=_PLAN_NOW,
+    ),
+    Route(
+        "POST",
+        "/plan/abort",
+        name="abortPlan",
+        handler=AdminAPI._abort,
+        summary="Roll the release back and end its plan",
+        body=_fields({"reason": _REASON}, "reason"),
+        answer=_PLAN_NOW,
+        links={"retry": _link("retryPlan")},
+    ),
+    Route(
+        "POST",
+        "/plan/retry",
+        name="retryPlan",
+        handler=AdminAPI._retry,
+        summary="Start the plan again for the release last rolled back",
+        body=_NO_FIELDS,
+        answer=_PLAN_NOW,
+    ),
+    Route(
+        "POST",
+        "/plan/skip",
+        name="skipPlan",
+        handler=AdminAPI._skip,
+        summary="Move the plan to a later step now (no step: production); force skips the checks",
+        body=_fields({"step": {"type": "integer", "minimum": 0}, "force": _FORCE}),
+        answer=_PLAN_NOW,
+    ),
+)
+_NAMED = {route.name: route for route in ROUTES}
+
+
+def route_named(name: str) -> Route:
+    """The route whose operationId is ``name`` (``KeyError`` for none)."""
+    return _NAMED[name]
+
+
+def find_route(method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+    """The route that answers ``method path``, with the path's parameters."""
+    for route in ROUTES:
+        match = route.pattern.fullmatch(path)
+        # HEAD reads a public page as GET does; every other route takes its one method.
+        if match and (route.method == method or (route.public and method == "HEAD")):
+            return route, match.groupdict()
+    return None
+
+
+def _not_routed(method: str, path: str) -> _BadRequest:
+    allowed = [route.method for route in ROUTES if route.pattern.fullmatch(path)]
+    if allowed:
+        return _BadRequest(405, f"{path} takes {', '.join(allowed)}, not {method}")
+    return _BadRequest(404, f"no admin endpoint at {path}")
+
+
+def route_list() -> str:
+    """``ROUTES`` as the list that ends this module's docstring."""
+    lines = []
+    for route in ROUTES:
+        lines.append(f"    {route.method:<5} {route.path:<22} {route.summary}")
+        if route.fields:
+            fields = [f if f in route.required else f"{f}?" for f in route.fields]
+            lines.append(f"{'':<33}body {{{', '.join(fields)}}}")
+    return "\n".join(lines) + "\n"
+
+
+if __doc__ is not None:  # None under python -OO
+    __doc__ += route_list()
 
 
 class AdminASGIApp:
@@ -561,263 +828,105 @@ def dashboard_html() -> bytes:
 
 
 def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of the admin API (schemathesis checks the
-    API against it: every answer it documents, and nothing it does not)."""
-    error = {"$ref": "#/components/responses/Error"}
-    flag_name = {"type": "string", "pattern": FLAG_NAME_PATTERN}
-
-    def result(description: str, properties: dict[str, Any]) -> dict[str, Any]:
-        schema = {"type": "object", "required": sorted(properties), "properties": properties}
-        return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-    environment_result = result(
-        "The gate's new environment", {"environment": {"$ref": "#/components/schemas/Environment"}}
+    """The OpenAPI 3.1 description of the admin API, built from ``ROUTES``
+    (schemathesis checks the API against it: every answer it documents, and
+    nothing it does not)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        item = paths.setdefault(route.path, {})
+        item[route.method.lower()] = _operation(route)
+        if route.pattern.groupindex:
+            item["parameters"] = [
+                {"name": name, "in": "path", "required": True, "schema": _PATH_PARAMETERS[name]}
+                for name in route.pattern.groupindex
+            ]
+    return copy.deepcopy(
+        {
+            "openapi": "3.1.0",
+            "info": {"title": "gate-middleware admin API", "version": "1"},
+            "security": [{"bearer": []}],
+            "paths": paths,
+            "components": _COMPONENTS,
+        }
     )
 
-    def post(
-        summary: str,
-        request: dict[str, Any] | None,
-        ok: dict[str, Any],
-        *,
-        required: bool = True,
-        not_found: bool = False,
-        operation_id: str | None = None,
-        links: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        operation: dict[str, Any] = {
-            "summary": summary,
-            "responses": {
-                "200": {**ok, "links": links} if links else ok,
-                "400": error,
-                "401": error,
-                **({"404": error} if not_found else {}),
-                "409": error,
-                "413": error,
-                "415": error,
-            },
+
+def _operation(route: Route) -> dict[str, Any]:
+    answer = route.answer
+    ok: dict[str, Any] = {
+        "description": answer.description,
+        "content": {answer.media_type: {"schema": answer.schema}},
+    }
+    if route.links:
+        ok["links"] = dict(route.links)
+    if route.public:
+        errors: list[int] = []
+    elif route.changes_state:
+        errors = [400, 401, *([404] if route.not_found else []), 409, 413, 415]
+    else:
+        errors = [401]
+    error = {"$ref": "#/components/responses/Error"}
+    operation: dict[str, Any] = {
+        "operationId": route.name,
+        "summary": route.summary,
+        "responses": {"200": ok, **{str(status): error for status in errors}},
+    }
+    if route.public:
+        operation["security"] = []
+    if route.body is not None:
+        operation["requestBody"] = {
+            "required": bool(route.required),
+            "content": {"application/json": {"schema": route.body}},
         }
-        if operation_id is not None:
-            operation["operationId"] = operation_id
-        if request is not None:
-            operation["requestBody"] = {
-                "required": required,
-                "content": {"application/json": {"schema": request}},
-            }
-        return {"post": operation}
+    return operation
 
-    def flag_link(operation_id: str, name: str) -> dict[str, Any]:
-        return {"operationId": operation_id, "parameters": {"name": name}}
 
-    def get(summary: str, ok: dict[str, Any]) -> dict[str, Any]:
-        return {"get": {"summary": summary, "responses": {"200": ok, "401": error}}}
+_JSON_TYPES = {str: "string", float: "number", int: "integer", bool: "boolean", type(None): "null"}
 
-    def obj(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+
+def _schema_of(shape: Any) -> dict[str, Any]:
+    """The JSON Schema of a typed shape: a TypedDict, a list, a union, a
+    scalar (anything else: any value)."""
+    if typing.is_typeddict(shape):
+        hints = typing.get_type_hints(shape)
         return {
             "type": "object",
-            "properties": properties,
-            "required": required,
-            "additionalProperties": False,
+            "required": sorted(shape.__required_keys__),
+            "properties": {key: _schema_of(hint) for key, hint in hints.items()},
         }
+    origin, args = typing.get_origin(shape), typing.get_args(shape)
+    if origin is list:
+        return {"type": "array", "items": _schema_of(args[0])}
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [_schema_of(arg) for arg in args]}
+    if origin is Literal:
+        return {"enum": list(args)}
+    return {"type": _JSON_TYPES[shape]} if shape in _JSON_TYPES else {}
 
-    any_object = {
-        "description": "OK",
-        "content": {"application/json": {"schema": {"type": "object"}}},
-    }
-    percent = {"type": "number", "minimum": 0, "maximum": 100}
-    flag_path = {"name": "name", "in": "path", "required": True, "schema": flag_name}
-    flag_result = {
-        "flag": {"type": "string"},
-        "enabled": {"type": "boolean"},
-    }
-    empty_body = {"type": "object", "additionalProperties": False, "maxProperties": 0}
-    reason = {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": MAX_REASON_LENGTH,
-        "pattern": REASON_PATTERN,
-    }
-    plan_result = result(
-        "The gate's environment and plan now",
-        {
-            "environment": {"$ref": "#/components/schemas/Environment"},
-            "plan": {"type": ["object", "null"]},
+
+_COMPONENTS: dict[str, Any] = {
+    "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    "schemas": {
+        "Environment": _fields(
+            {
+                "name": {"type": "string", "enum": ["canary", "staging", "production"]},
+                "traffic_percent": {"type": "number"},
+            },
+            "name",
+            "traffic_percent",
+        ),
+        # PromotionGate.plan_status(), from its TypedDict: the one description.
+        "Plan": _schema_of(PlanProgress),
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "string"}, "field": {"type": "string"}},
         },
-    )
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "gate-middleware admin API", "version": "1"},
-        "security": [{"bearer": []}],
-        "paths": {
-            "/": {
-                "get": {
-                    "summary": "The dashboard page (it holds no data)",
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "The page",
-                            "content": {"text/html": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
-            "/status": get("Environment, traffic, flags, health, SLO, recent events", any_object),
-            "/history": get(
-                "Every event, oldest first",
-                result("Every event", {"events": {"type": "array", "items": {"type": "object"}}}),
-            ),
-            "/openapi.json": get("This document", any_object),
-            "/promote": post(
-                "Promote the release (to the next stage when target is left out)",
-                obj(
-                    {
-                        "target": {"type": "string", "enum": ["staging", "production"]},
-                        "force": {"type": "boolean", "default": False},
-                    },
-                    [],
-                ),
-                environment_result,
-                required=False,
-                operation_id="promote",
-                links={
-                    "next": {"operationId": "startCanary"},
-                    "rollback": {"operationId": "rollback"},
-                },
-            ),
-            "/traffic": post(
-                "Ramp the canary (-0.0 is refused too)",
-                obj({"percent": percent}, ["percent"]),
-                environment_result,
-                operation_id="setTraffic",
-                links={
-                    "promote": {"operationId": "promote"},
-                    "rollback": {"operationId": "rollback"},
-                },
-            ),
-            "/canary": post(
-                "Start the next release from production",
-                obj(
-                    {"percent": percent, "flags": {"type": "array", "items": flag_name}},
-                    ["percent"],
-                ),
-                environment_result,
-                operation_id="startCanary",
-                links={
-                    "disable": flag_link("disableFlag", "$request.body#/flags/0"),
-                    "ramp": {"operationId": "setTraffic"},
-                    "promote": {"operationId": "promote"},
-                    "rollback": {"operationId": "rollback"},
-                },
-            ),
-            "/rollback": post(
-                "Roll the release back",
-                obj(
-                    {
-                        "reason": {
-                            "type": "string",
-                            "minLength": 1,
-                            "maxLength": MAX_REASON_LENGTH,
-                            "pattern": REASON_PATTERN,
-                        }
-                    },
-                    ["reason"],
-                ),
-                result("The rollback", {"event": {"type": "object"}}),
-                operation_id="rollback",
-                links={"next": {"operationId": "startCanary"}},
-            ),
-            "/plan": get(
-                "The rollout plan: steps, current step, bake progress, ETA (null: no plan)",
-                result("The plan", {"plan": {"type": ["object", "null"]}}),
-            ),
-            "/plan/pause": post(
-                "Pause the plan (the judge still rolls back on a failing verdict)",
-                obj({"reason": reason}, []),
-                plan_result,
-                required=False,
-                operation_id="pausePlan",
-                links={"resume": {"operationId": "resumePlan"}},
-            ),
-            "/plan/resume": post(
-                "Resume the plan, or let it through a manual gate",
-                empty_body,
-                plan_result,
-                required=False,
-                operation_id="resumePlan",
-            ),
-            "/plan/abort": post(
-                "Roll the release back and end its plan",
-                obj({"reason": reason}, ["reason"]),
-                plan_result,
-                operation_id="abortPlan",
-                links={"retry": {"operationId": "retryPlan"}},
-            ),
-            "/plan/retry": post(
-                "Start the plan again for the release last rolled back",
-                empty_body,
-                plan_result,
-                required=False,
-                operation_id="retryPlan",
-            ),
-            "/plan/skip": post(
-                "Move the plan to a later step now (no step: production); force skips the checks",
-                obj(
-                    {
-                        "step": {"type": "integer", "minimum": 0},
-                        "force": {"type": "boolean", "default": False},
-                    },
-                    [],
-                ),
-                plan_result,
-                required=False,
-                operation_id="skipPlan",
-            ),
-            "/flags/{name}/enable": {
-                **post(
-                    "Turn a flag on",
-                    empty_body,
-                    result("The flag", flag_result),
-                    required=False,
-                    operation_id="enableFlag",
-                    links={"disable": flag_link("disableFlag", "$response.body#/flag")},
-                ),
-                "parameters": [flag_path],
-            },
-            "/flags/{name}/disable": {
-                **post(
-                    "Take a flag from every session (404: no such flag is on)",
-                    empty_body,
-                    result("The flag", {**flag_result, "event": {"type": "object"}}),
-                    required=False,
-                    not_found=True,
-                    operation_id="disableFlag",
-                    links={"enable": flag_link("enableFlag", "$response.body#/flag")},
-                ),
-                "parameters": [flag_path],
-            },
-        },
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Environment": obj(
-                    {
-                        "name": {"type": "string", "enum": ["canary", "staging", "production"]},
-                        "traffic_percent": {"type": "number"},
-                    },
-                    ["name", "traffic_percent"],
-                ),
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {"error": {"type": "string"}, "field": {"type": "string"}},
-                },
-            },
-            "responses": {
-                "Error": {
-                    "description": "What was wrong; nothing changed",
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-                    },
-                }
-            },
-        },
-    }
+    },
+    "responses": {
+        "Error": {
+            "description": "What was wrong; nothing changed",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+    },
+}

@@ -45,6 +45,8 @@ import urllib.request
 from http.client import HTTPMessage
 from typing import IO, Any, NoReturn
 
+from gate_middleware.operate.admin import route_named
+
 try:
     import click
     from rich.console import Console, Group
@@ -193,12 +195,19 @@ class AdminClient:
                 status, "the answer is not JSON: is --url where the admin API is mounted?"
             ) from exc
 
+    def call(self, route: str, body: dict[str, Any] | None = None, **parameters: str) -> Any:
+        """Call the admin route named ``route`` (its operationId in
+        ``gate_middleware.operate.admin.ROUTES``), filling in its path's
+        ``parameters``."""
+        found = route_named(route)
+        return self.request(found.method, found.url(**parameters).lstrip("/"), body)
+
     def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", "status")
+        result: dict[str, Any] = self.call("getStatus")
         return result
 
     def history(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.request("GET", "history")["events"]
+        result: list[dict[str, Any]] = self.call("getHistory")["events"]
         return result
 
 
@@ -301,10 +310,13 @@ class _AdminGroup(click.Group):
             )
 
 
-def call(ctx: click.Context, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+def call(
+    ctx: click.Context, route: str, body: dict[str, Any] | None = None, **parameters: str
+) -> Any:
+    """Call the admin route named ``route``; exit 1 if the gate refuses, 2 on other errors."""
     client: AdminClient = ctx.obj
     try:
-        return client.request(method, path, body)
+        return client.call(route, body, **parameters)
     except AdminError as exc:
         if exc.status == 409:
             _fail(f"refused by the gate: {exc}", EXIT_REFUSED)
@@ -382,7 +394,7 @@ def wait_for_outcome(ctx: click.Context, timeout: float, interval: float) -> NoR
     deadline = time.monotonic() + timeout
     last = ""
     while True:
-        current = call(ctx, "GET", "status")
+        current = call(ctx, "getStatus")
         line = progress_line(current)
         if line.split("  bake")[0] != last.split("  bake")[0]:
             say(line)
@@ -428,20 +440,18 @@ def status(
     if wait:
         wait_for_outcome(ctx, parse_duration(timeout), interval)
     if as_json:
-        click.echo(json.dumps(call(ctx, "GET", "status"), indent=2))
+        click.echo(json.dumps(call(ctx, "getStatus"), indent=2))
         return
     console = _OUT
     if not watch:
-        console.print(render_status(call(ctx, "GET", "status")))
+        console.print(render_status(call(ctx, "getStatus")))
         return
     count = 0
-    with Live(
-        render_status(call(ctx, "GET", "status")), console=console, auto_refresh=False
-    ) as live:
+    with Live(render_status(call(ctx, "getStatus")), console=console, auto_refresh=False) as live:
         try:
             while iterations <= 0 or count < iterations - 1:
                 time.sleep(interval)
-                live.update(render_status(call(ctx, "GET", "status")), refresh=True)
+                live.update(render_status(call(ctx, "getStatus")), refresh=True)
                 count += 1
         except KeyboardInterrupt:
             pass
@@ -452,7 +462,7 @@ def status(
 @click.pass_context
 def history(ctx: click.Context, as_json: bool) -> None:
     """Every start, ramp, promotion and rollback, oldest first."""
-    events = call(ctx, "GET", "history")["events"]
+    events = call(ctx, "getHistory")["events"]
     if as_json:
         click.echo(json.dumps(events, indent=2))
         return
@@ -471,7 +481,7 @@ def promote(ctx: click.Context, target: str | None, force: bool) -> None:
     body: dict[str, Any] = {"force": force}
     if target:
         body["target"] = target
-    result = call(ctx, "POST", "promote", body)
+    result = call(ctx, "promote", body)
     say(f"promoted: now {environment_label(result['environment'])}")
 
 
@@ -480,7 +490,7 @@ def promote(ctx: click.Context, target: str | None, force: bool) -> None:
 @click.pass_context
 def traffic(ctx: click.Context, percent: float) -> None:
     """Ramp the canary to PERCENT % of sessions."""
-    result = call(ctx, "POST", "traffic", {"percent": percent})
+    result = call(ctx, "setTraffic", {"percent": percent})
     say(f"traffic set: now {environment_label(result['environment'])}")
 
 
@@ -490,7 +500,7 @@ def traffic(ctx: click.Context, percent: float) -> None:
 @click.pass_context
 def canary(ctx: click.Context, percent: float, flags: tuple[str, ...]) -> None:
     """Start the next release from production at PERCENT %."""
-    result = call(ctx, "POST", "canary", {"percent": percent, "flags": list(flags)})
+    result = call(ctx, "startCanary", {"percent": percent, "flags": list(flags)})
     say(f"canary started: now {environment_label(result['environment'])}")
 
 
@@ -499,7 +509,7 @@ def canary(ctx: click.Context, percent: float, flags: tuple[str, ...]) -> None:
 @click.pass_context
 def rollback(ctx: click.Context, reason: str) -> None:
     """Roll the release in progress back to production."""
-    result = call(ctx, "POST", "rollback", {"reason": reason})
+    result = call(ctx, "rollback", {"reason": reason})
     say(f"rolled back from {environment_label(result['event']['environment'])}: {reason}")
 
 
@@ -509,7 +519,7 @@ def rollback(ctx: click.Context, reason: str) -> None:
 @click.pass_context
 def flags(ctx: click.Context, action: str, name: str) -> None:
     """Turn a flag on, or take it from every session."""
-    call(ctx, "POST", f"flags/{urllib.parse.quote(name, safe='')}/{action}")
+    call(ctx, {"enable": "enableFlag", "disable": "disableFlag"}[action], name=name)
     say(f"flag {name} {action}d")
 
 
@@ -553,7 +563,7 @@ def plan(ctx: click.Context) -> None:
 @click.pass_context
 def plan_show(ctx: click.Context, as_json: bool = False) -> None:
     """The steps, the current one, its bake and the ETA."""
-    shown = call(ctx, "GET", "plan")["plan"]
+    shown = call(ctx, "getPlan")["plan"]
     if as_json:
         click.echo(json.dumps(shown, indent=2))
         return
@@ -566,7 +576,7 @@ def plan_show(ctx: click.Context, as_json: bool = False) -> None:
 @click.pass_context
 def plan_pause(ctx: click.Context, reason: str) -> None:
     """Stop the plan where it is (a failing verdict still rolls back)."""
-    call(ctx, "POST", "plan/pause", {"reason": reason})
+    call(ctx, "pausePlan", {"reason": reason})
     say("plan paused")
 
 
@@ -574,7 +584,7 @@ def plan_pause(ctx: click.Context, reason: str) -> None:
 @click.pass_context
 def plan_resume(ctx: click.Context) -> None:
     """Go on after a pause, or through a manual gate."""
-    result = call(ctx, "POST", "plan/resume", {})
+    result = call(ctx, "resumePlan", {})
     say(f"plan resumed: now {environment_label(result['environment'])}")
 
 
@@ -583,7 +593,7 @@ def plan_resume(ctx: click.Context) -> None:
 @click.pass_context
 def plan_abort(ctx: click.Context, reason: str) -> None:
     """Roll the release back and end its plan."""
-    call(ctx, "POST", "plan/abort", {"reason": reason})
+    call(ctx, "abortPlan", {"reason": reason})
     say(f"aborted: {reason}")
 
 
@@ -591,7 +601,7 @@ def plan_abort(ctx: click.Context, reason: str) -> None:
 @click.pass_context
 def plan_retry(ctx: click.Context) -> None:
     """Start the plan again for the release last rolled back."""
-    result = call(ctx, "POST", "plan/retry", {})
+    result = call(ctx, "retryPlan", {})
     say(f"plan restarted: now {environment_label(result['environment'])}")
 
 
@@ -604,7 +614,7 @@ def plan_skip(ctx: click.Context, step: int | None, force: bool) -> None:
     body: dict[str, Any] = {"force": force}
     if step is not None:
         body["step"] = step
-    result = call(ctx, "POST", "plan/skip", body)
+    result = call(ctx, "skipPlan", body)
     say(f"skipped: now {environment_label(result['environment'])}")
 
 
