@@ -317,7 +317,7 @@ def watch_the_plan(
 ) -> bool:
     """Start the release and watch the plan carry it out; ``True`` once it
     reached production or was rolled back (the scenario decides which is right)."""
-    client.request("POST", "canary", {"percent": PLAN_STEPS[0], "flags": [FLAG]})
+    client.call("startCanary", {"percent": PLAN_STEPS[0], "flags": [FLAG]})
     announced = False
     while time.monotonic() < deadline:
         status = client.status()
@@ -339,7 +339,7 @@ def watch_the_plan(
                 soft_wrap=True,
             )
             time.sleep(1.0)
-            client.request("POST", "plan/resume", {})
+            client.call("resumePlan", {})
         time.sleep(0.25)
     return False
 
