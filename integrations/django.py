@@ -19,12 +19,11 @@ promote, rollback, flags). ``gate_decision(request)`` is ``request.gate``,
 typed.
 
 ``GATE_MIDDLEWARE`` may also be just the gate (or its dotted path). The
-other keys are the options of ``RequestLifecycle`` in capitals
-(``SECRET_FALLBACKS``, ``COOKIE_NAME``, ``COOKIE_MAX_AGE``,
-``COOKIE_SECURE``, ``SESSION_KEY``, ``OVERRIDE_TOKEN``, ``IS_SUCCESS``,
-``METER_PROVIDER``); callables may be given as dotted paths. A
-``session_key`` callable receives the ``HttpRequest``. A response that sets
-the cookie gets ``Vary: Cookie`` and ``Cache-Control: private``.
+other keys are the options (``gate_middleware.web.lifecycle.LifecycleOptions``)
+in capitals: ``COOKIE_NAME``, ``EXCLUDE_PATHS`` and the rest; callables may
+be given as dotted paths. A ``session_key`` callable receives the
+``HttpRequest``. A response that sets the cookie gets ``Vary: Cookie`` and
+``Cache-Control: private``.
 
 The admin API and dashboard mount as URL patterns (exclude their prefix
 from the gate)::
@@ -52,7 +51,6 @@ try:
     from django.core.exceptions import ImproperlyConfigured
     from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
     from django.urls import URLPattern, re_path
-    from django.utils.cache import patch_cache_control, patch_vary_headers
     from django.utils.crypto import salted_hmac
     from django.utils.module_loading import import_string
     from django.views.decorators.csrf import csrf_exempt
@@ -66,23 +64,18 @@ from gate_middleware.errors import ConfigError
 from gate_middleware.gate import PromotionGate
 from gate_middleware.operate.admin import AdminAPI, AdminResponse, read_wsgi_body
 from gate_middleware.web import context
-from gate_middleware.web.lifecycle import GateRequest, RequestLifecycle
+from gate_middleware.web.lifecycle import (
+    OPTION_NAMES,
+    GateRequest,
+    RequestLifecycle,
+    private_response_headers,
+)
 from gate_middleware.web.wsgi import DECISION_KEY
 
 __all__ = ["GateConfig", "GateMiddleware", "admin_urls", "gate_decision"]
 
-_OPTIONS = {
-    "COOKIE_NAME": "cookie_name",
-    "SECRET": "secret",
-    "SECRET_FALLBACKS": "secret_fallbacks",
-    "COOKIE_MAX_AGE": "cookie_max_age",
-    "COOKIE_SECURE": "cookie_secure",
-    "SESSION_KEY": "session_key",
-    "OVERRIDE_TOKEN": "override_token",
-    "IS_SUCCESS": "is_success",
-    "EXCLUDE_PATHS": "exclude_paths",
-    "METER_PROVIDER": "meter_provider",
-}
+#: GATE_MIDDLEWARE's keys: each option's name in capitals.
+_OPTIONS = {name.upper(): name for name in OPTION_NAMES}
 _DOTTED = {"GATE", "SESSION_KEY", "IS_SUCCESS", "METER_PROVIDER"}
 _EXCEPTION_KEY = "gate_middleware.exception"
 
@@ -314,10 +307,7 @@ class GateMiddleware:
                 httponly=True,
                 samesite="Lax",
             )
-            # The body depends on the variant: no shared cache may keep it.
-            patch_vary_headers(response, ("Cookie",))
-            if "no-store" not in response.get("Cache-Control", ""):
-                patch_cache_control(response, private=True)
+            _keep_from_shared_caches(response)
         gate_request.status = response.status_code
         exception = request.META.get(_EXCEPTION_KEY)
         route = _route(request)
@@ -365,6 +355,16 @@ class GateMiddleware:
                 finish(gate_request, exception=error, route=route)
 
         return timed()
+
+
+def _keep_from_shared_caches(response: HttpResponseBase) -> None:
+    """The lifecycle's ``Vary``/``Cache-Control`` rule, on Django's one value per header name."""
+    present = [(name, response[name]) for name in ("Vary", "Cache-Control") if name in response]
+    values: dict[str, list[str]] = {"vary": [], "cache-control": []}
+    for name, value in private_response_headers(present):
+        values[name.lower()].append(value)
+    response["Vary"] = ", ".join(values["vary"])
+    response["Cache-Control"] = ", ".join(values["cache-control"])
 
 
 def _route(request: HttpRequest) -> str | None:

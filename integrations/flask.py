@@ -19,7 +19,7 @@ decision, typed.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Unpack, cast
 
 try:
     from flask import Flask, current_app, g, request
@@ -32,7 +32,7 @@ from gate_middleware.domain.routing import RoutingDecision
 from gate_middleware.errors import ConfigError
 from gate_middleware.gate import PromotionGate
 from gate_middleware.types import Environ, WSGIApp
-from gate_middleware.web.lifecycle import OPTION_NAMES, check_option_names
+from gate_middleware.web.lifecycle import OPTION_NAMES, LifecycleOptions, check_option_names
 from gate_middleware.web.wsgi import DECISION_KEY, ROUTE_KEY, GateWSGIMiddleware
 
 __all__ = ["GateExtension", "gate_decision"]
@@ -75,7 +75,11 @@ class GateExtension:
     """The Flask extension; ``gate`` and the options come from here, ``init_app`` or ``app.config``."""
 
     def __init__(
-        self, app: Flask | None = None, *, gate: PromotionGate | None = None, **options: Any
+        self,
+        app: Flask | None = None,
+        *,
+        gate: PromotionGate | None = None,
+        **options: Unpack[LifecycleOptions],
     ) -> None:
         check_option_names(options, "GateExtension()")
         self.gate = gate
@@ -85,7 +89,9 @@ class GateExtension:
         if app is not None:
             self.init_app(app)
 
-    def init_app(self, app: Flask, *, gate: PromotionGate | None = None, **options: Any) -> None:
+    def init_app(
+        self, app: Flask, *, gate: PromotionGate | None = None, **options: Unpack[LifecycleOptions]
+    ) -> None:
         check_option_names(options, "GateExtension.init_app()")
         configured: dict[str, Any] = {}
         for key, value in app.config.items():

@@ -302,6 +302,58 @@ def test_django_secret_defaults_from_secret_key(tmp_path: Path) -> None:
     assert SessionCookie(secret=derived_secret("other" * 10)).read(header) is None
 
 
+@pytest.mark.parametrize(
+    ("app_headers", "vary", "cache_control"),
+    [
+        ({}, "Cookie", "private"),
+        (
+            {"Cache-Control": "public, max-age=60", "Vary": "Accept-Encoding"},
+            "Accept-Encoding, Cookie",
+            "private, max-age=60",
+        ),
+        ({"Cache-Control": "no-store"}, "Cookie", "no-store"),
+        ({"Cache-Control": "private, max-age=5", "Vary": "*"}, "*", "private, max-age=5"),
+    ],
+)
+def test_django_keeps_a_cookie_response_from_shared_caches_as_wsgi_does(
+    app_headers: dict[str, str], vary: str, cache_control: str
+) -> None:
+    from django.http import HttpRequest, HttpResponse
+    from django.test import RequestFactory
+    from django.test.utils import override_settings
+
+    from gate_middleware import GateWSGIMiddleware
+    from gate_middleware.integrations.django import GateMiddleware
+
+    from .apps import configure_django
+
+    def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", list(app_headers.items()))
+        return [b"ok"]
+
+    sent: dict[str, list[str]] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        for name, value in headers:
+            sent.setdefault(name.lower(), []).append(value)
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+    GateWSGIMiddleware(wsgi_app, gate=make_gate(), secret="s" * 32)(environ, start_response)
+    assert (", ".join(sent["vary"]), ", ".join(sent["cache-control"])) == (vary, cache_control)
+
+    def view(request: HttpRequest) -> HttpResponse:
+        response = HttpResponse("ok")
+        for name, value in app_headers.items():
+            response[name] = value
+        return response
+
+    configure_django()
+    with override_settings(GATE_MIDDLEWARE={"GATE": make_gate(), "SECRET": "s" * 32}):
+        response = GateMiddleware(view)(RequestFactory().get("/"))
+    assert response.cookies["gate_session"].value  # a cookie set: the headers apply
+    assert (response["Vary"], response["Cache-Control"]) == (vary, cache_control)
+
+
 # -- mypy --strict on a user's app and on the examples ------------------------------------
 
 USER_APP = """

@@ -19,23 +19,20 @@ response started: the server answers 500) and re-raised unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable
-from typing import Any, ClassVar
-
-from opentelemetry.metrics import MeterProvider
+from collections.abc import Awaitable
+from typing import Any, ClassVar, Unpack
 
 from gate_middleware.gate import PromotionGate
 from gate_middleware.types import ASGIApp, Message, Receive, Scope, Send, mypyc_attr
 from gate_middleware.web import context
 from gate_middleware.web.lifecycle import (
-    COOKIE_MAX_AGE,
     OVERRIDE_TOKEN_HEADER,
     OVERRIDE_VARIANT_HEADER,
     GateRequest,
-    IsSuccess,
+    LifecycleOptions,
     RequestLifecycle,
-    SessionKey,
-    private_raw_headers,
+    check_option_names,
+    private_response_headers,
 )
 
 _COOKIE = b"cookie"
@@ -48,38 +45,14 @@ class GateASGIMiddleware:
     """Route, inject, time and record every HTTP request of an ASGI app."""
 
     def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        gate: PromotionGate,
-        cookie_name: str = "gate_session",
-        secret: str | bytes | None = None,
-        secret_fallbacks: Iterable[str | bytes] = (),
-        cookie_max_age: int | None = COOKIE_MAX_AGE,
-        cookie_secure: bool | None = None,
-        session_key: SessionKey | None = None,
-        override_token: str | None = None,
-        is_success: IsSuccess | None = None,
-        exclude_paths: Iterable[str] = (),
-        meter_provider: MeterProvider | None = None,
+        self, app: ASGIApp, *, gate: PromotionGate, **options: Unpack[LifecycleOptions]
     ) -> None:
-        # The options are spelt out (not **options) so that a type checker
-        # sees them through Starlette's add_middleware, and a misspelt one is
-        # a TypeError naming it when the middleware is built.
+        # Typed by LifecycleOptions: a type checker sees each option through
+        # Starlette's add_middleware, and a misspelt one is a TypeError naming
+        # it when the middleware is built.
+        check_option_names(options, f"{type(self).__name__}()")
         self.app = app
-        self.lifecycle = RequestLifecycle(
-            gate,
-            cookie_name=cookie_name,
-            secret=secret,
-            secret_fallbacks=secret_fallbacks,
-            cookie_max_age=cookie_max_age,
-            cookie_secure=cookie_secure,
-            session_key=session_key,
-            override_token=override_token,
-            is_success=is_success,
-            exclude_paths=exclude_paths,
-            meter_provider=meter_provider,
-        )
+        self.lifecycle = RequestLifecycle(gate, **options)
 
     #: A scope key that receives ``scope["app"]`` (the outermost app) before
     #: the app runs, for an adapter's ``route_template``; ``None``: none.
@@ -180,8 +153,10 @@ class _TimedSend:
         if message_type == "http.response.start":
             request = self._request
             request.status = message["status"]
-            if request.set_cookie is not None:
-                headers = private_raw_headers(message.get("headers", ()), request.set_cookie)
+            set_cookie = request.set_cookie
+            if set_cookie is not None:
+                headers = private_response_headers(message.get("headers", ()), raw=True)
+                headers.append((b"set-cookie", set_cookie.encode("latin-1")))
                 message = {**message, "headers": headers}
         return self._send(message)
 

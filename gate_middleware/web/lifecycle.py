@@ -24,7 +24,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final, TypedDict, Unpack
 
 from opentelemetry.metrics import MeterProvider
 
@@ -48,19 +48,63 @@ FAULT_LOG_INTERVAL_SECONDS = 60.0
 COOKIE_MAX_AGE = 365 * 24 * 3600  # seconds: a year
 
 
-#: The keyword options of ``RequestLifecycle`` and of every middleware and adapter.
-OPTION_NAMES = (
-    "cookie_name",
-    "secret",
-    "secret_fallbacks",
-    "cookie_max_age",
-    "cookie_secure",
-    "session_key",
-    "override_token",
-    "is_success",
-    "exclude_paths",
-    "meter_provider",
-)
+class LifecycleOptions(TypedDict, total=False):
+    """The options of the request lifecycle: the one list every adapter derives its own from.
+
+    ``RequestLifecycle``, ``GateASGIMiddleware`` and ``GateWSGIMiddleware``
+    (and so Starlette's and FastAPI's ``GateMiddleware``) take exactly these
+    keywords; Flask's ``GateExtension`` too, or ``app.config["GATE_" + NAME]``;
+    Django's ``GATE_MIDDLEWARE`` takes each as a key, the name in capitals.
+    A type checker sees them (and a misspelt one) through Starlette's
+    ``add_middleware``. Each option's default is in ``OPTION_DEFAULTS``.
+    """
+
+    #: The session cookie's name.
+    cookie_name: str
+    #: Signs the cookie with HMAC-SHA256 (at least 16 bytes); strongly recommended.
+    secret: str | bytes | None
+    #: Previous secrets: their cookies are accepted and signed again with
+    #: ``secret``, so a rotation moves nobody.
+    secret_fallbacks: Iterable[str | bytes]
+    #: The cookie's ``Max-Age`` in seconds (``None``: a browser-session cookie).
+    cookie_max_age: int | None
+    #: ``Secure`` on the cookie (``None``: on for https requests).
+    cookie_secure: bool | None
+    #: Derives the identity from the framework's request (a user id, the
+    #: framework's own session); returning ``None`` falls back to the cookie.
+    session_key: SessionKey | None
+    #: Enables the QA override: a request that sends ``X-Gate-Variant: canary``
+    #: (or ``stable``) with ``X-Gate-Override-Token: <token>`` is served that
+    #: variant. Without a configured token the headers are ignored: nobody
+    #: picks the canary.
+    override_token: str | None
+    #: ``is_success(status, exception) -> bool``, the outcome rule (``None``:
+    #: no exception and a status below 500).
+    is_success: IsSuccess | None
+    #: Path prefixes neither routed nor counted (health checks, static files,
+    #: the metrics endpoint): ``"/healthz"`` excludes ``/healthz`` and ``/healthz/...``.
+    exclude_paths: Iterable[str]
+    #: Receives the request instruments (``None``: the global one).
+    meter_provider: MeterProvider | None
+
+
+#: Each option's value when it is not given (mypy checks each against its
+#: declared type; tests/test_options.py that every option has one).
+OPTION_DEFAULTS: Final[LifecycleOptions] = {
+    "cookie_name": "gate_session",
+    "secret": None,
+    "secret_fallbacks": (),
+    "cookie_max_age": COOKIE_MAX_AGE,
+    "cookie_secure": None,
+    "session_key": None,
+    "override_token": None,
+    "is_success": None,
+    "exclude_paths": (),
+    "meter_provider": None,
+}
+
+#: The options' names, in their declared order.
+OPTION_NAMES: Final[tuple[str, ...]] = tuple(OPTION_DEFAULTS)
 
 
 def check_option_names(names: Iterable[str], where: str) -> None:
@@ -134,46 +178,25 @@ def _warn_unsigned_once(cookie_name: str) -> None:
 class RequestLifecycle:
     """Identify, route, time, classify, record and emit, for one gate.
 
-    Options (the same keywords on every middleware and adapter):
-
-    - ``cookie_name`` (``"gate_session"``), ``secret`` (signs the cookie with
-      HMAC-SHA256; strongly recommended), ``secret_fallbacks`` (previous
-      secrets: their cookies are accepted and signed again with ``secret``,
-      so a rotation moves nobody), ``cookie_max_age`` (seconds, one
-      year; ``None`` for a browser-session cookie), ``cookie_secure``
-      (``None``: on for https).
-    - ``session_key``: a callable that derives the identity from the
-      framework's request (a user id, the framework's own session); returning
-      ``None`` falls back to the cookie.
-    - ``override_token``: enables the QA override. A request that sends
-      ``X-Gate-Variant: canary`` (or ``stable``) with
-      ``X-Gate-Override-Token: <token>`` is served that variant. Without a
-      configured token the headers are ignored: nobody picks the canary.
-    - ``is_success(status, exception) -> bool``: the outcome rule (default:
-      no exception and status < 500).
-    - ``exclude_paths``: path prefixes neither routed nor counted (health
-      checks, static files, the metrics endpoint). ``"/healthz"`` excludes
-      ``/healthz`` and ``/healthz/...``.
-    - ``meter_provider``: receives the request instruments (default: the
-      global one).
+    Its options are ``LifecycleOptions`` (what each one is) with the
+    defaults of ``OPTION_DEFAULTS``; an unknown one is a ``TypeError``
+    naming it. ``clock`` is for tests: it times the requests.
     """
 
     def __init__(
         self,
         gate: PromotionGate,
         *,
-        cookie_name: str = "gate_session",
-        secret: str | bytes | None = None,
-        secret_fallbacks: Iterable[str | bytes] = (),
-        cookie_max_age: int | None = COOKIE_MAX_AGE,
-        cookie_secure: bool | None = None,
-        session_key: SessionKey | None = None,
-        override_token: str | None = None,
-        is_success: IsSuccess | None = None,
-        exclude_paths: Iterable[str] = (),
-        meter_provider: MeterProvider | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        **options: Unpack[LifecycleOptions],
     ) -> None:
+        check_option_names(options, "RequestLifecycle()")
+        given = OPTION_DEFAULTS | options
+        session_key = given["session_key"]
+        is_success = given["is_success"]
+        override_token = given["override_token"]
+        secret = given["secret"]
+        cookie_name = given["cookie_name"]
         if not isinstance(gate, PromotionGate):
             raise ConfigError("gate", gate, "a PromotionGate")
         if session_key is not None and not callable(session_key):
@@ -190,17 +213,17 @@ class RequestLifecycle:
         self.cookie = SessionCookie(
             name=cookie_name,
             secret=secret,
-            secret_fallbacks=secret_fallbacks,
-            max_age=cookie_max_age,
-            secure=cookie_secure,
+            secret_fallbacks=given["secret_fallbacks"],
+            max_age=given["cookie_max_age"],
+            secure=given["cookie_secure"],
         )
         self._session_key = session_key
         #: Whether begin() needs the framework's request (for ``session_key``).
         self.wants_request = session_key is not None
         self._override_token = None if override_token is None else override_token.encode("utf-8")
         self._is_success = is_success or default_is_success
-        self.exclude_paths = self._prefixes(exclude_paths)
-        self.metrics = RequestMetrics(gate.name, meter_provider)
+        self.exclude_paths = self._prefixes(given["exclude_paths"])
+        self.metrics = RequestMetrics(gate.name, given["meter_provider"])
         self._clock = clock
         self._fault_logged: dict[str, float] = {}
         if secret is None and session_key is None:
@@ -357,52 +380,37 @@ class RequestLifecycle:
                 self.report_fault("metrics", exc)
 
 
-def private_response_headers(headers: Iterable[Any]) -> list[tuple[Any, Any]]:
-    """``headers`` made fit for a response that sets the session cookie.
+def private_response_headers(headers: Iterable[Any], *, raw: bool = False) -> list[tuple[Any, Any]]:
+    """``headers`` made fit for a response that sets the session cookie: the
+    one rule of every adapter (Django's one value per name joins the result).
 
     Its body depends on the variant and it carries the visitor's cookie, so
     a shared cache must not store it: ``Vary: Cookie`` (as Django's session
     middleware adds) and ``Cache-Control: private`` (``public`` dropped;
-    ``no-store`` or ``private`` already there are kept). The headers are
-    typed ``Any``: an app may send tuples or lists, and the compiled build
-    checks annotated types at run time.
+    ``no-store`` or ``private`` already there are kept). ``raw``: ASGI's
+    headers, byte strings with lower-case names; only ``Vary`` and
+    ``Cache-Control`` are decoded. The headers are typed ``Any``: an app may
+    send tuples or lists, and the compiled build checks annotated types at
+    run time.
     """
+    vary, cache_control = (b"vary", b"cache-control") if raw else ("vary", "cache-control")
     result: list[tuple[Any, Any]] = []
-    varies = cache_control = False
+    varies = controlled = False
     for name, value in headers:
         lower = name.lower()
-        if lower == "vary":
-            varies = varies or _varies_by_cookie(value)
-        elif lower == "cache-control":
-            cache_control = True
-            value = _private_cache_control(value)
+        if lower == vary:
+            varies = varies or _varies_by_cookie(value.decode("latin-1") if raw else value)
+        elif lower == cache_control:
+            controlled = True
+            if raw:
+                value = _private_cache_control(value.decode("latin-1")).encode("latin-1")
+            else:
+                value = _private_cache_control(value)
         result.append((name, value))
     if not varies:
-        result.append(("Vary", "Cookie"))
-    if not cache_control:
-        result.append(("Cache-Control", "private"))
-    return result
-
-
-def private_raw_headers(headers: Iterable[Any], set_cookie: str) -> list[tuple[Any, Any]]:
-    """``private_response_headers`` for ASGI's raw (bytes) headers, plus the
-    ``Set-Cookie`` header: only ``Vary`` and ``Cache-Control`` are decoded.
-    ASGI allows each header as a tuple or a list of two byte strings."""
-    result: list[tuple[Any, Any]] = []
-    varies = cache_control = False
-    for name, value in headers:
-        lower = name.lower()
-        if lower == b"vary":
-            varies = varies or _varies_by_cookie(value.decode("latin-1"))
-        elif lower == b"cache-control":
-            cache_control = True
-            value = _private_cache_control(value.decode("latin-1")).encode("latin-1")
-        result.append((name, value))
-    if not varies:
-        result.append((b"vary", b"Cookie"))
-    if not cache_control:
-        result.append((b"cache-control", b"private"))
-    result.append((b"set-cookie", set_cookie.encode("latin-1")))
+        result.append((b"vary", b"Cookie") if raw else ("Vary", "Cookie"))
+    if not controlled:
+        result.append((b"cache-control", b"private") if raw else ("Cache-Control", "private"))
     return result
 
 

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextvars import Token
-from typing import Any
-
-from opentelemetry.metrics import MeterProvider
+from typing import Any, Unpack
 
 from gate_middleware.domain.routing import RoutingDecision
 from gate_middleware.gate import PromotionGate
@@ -40,11 +38,10 @@ from gate_middleware.types import (
 )
 from gate_middleware.web import context
 from gate_middleware.web.lifecycle import (
-    COOKIE_MAX_AGE,
     GateRequest,
-    IsSuccess,
+    LifecycleOptions,
     RequestLifecycle,
-    SessionKey,
+    check_option_names,
     private_response_headers,
 )
 
@@ -57,41 +54,16 @@ class GateWSGIMiddleware:
     """Route, inject, time and record every request of a WSGI app."""
 
     def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        gate: PromotionGate,
-        cookie_name: str = "gate_session",
-        secret: str | bytes | None = None,
-        secret_fallbacks: Iterable[str | bytes] = (),
-        cookie_max_age: int | None = COOKIE_MAX_AGE,
-        cookie_secure: bool | None = None,
-        session_key: SessionKey | None = None,
-        override_token: str | None = None,
-        is_success: IsSuccess | None = None,
-        exclude_paths: Iterable[str] = (),
-        meter_provider: MeterProvider | None = None,
+        self, app: WSGIApp, *, gate: PromotionGate, **options: Unpack[LifecycleOptions]
     ) -> None:
-        # The options are spelt out (not **options) so that a type checker
-        # sees them through Starlette's add_middleware, and a misspelt one is
-        # a TypeError naming it when the middleware is built.
+        # Typed by LifecycleOptions: a type checker sees each option, and a
+        # misspelt one is a TypeError naming it when the middleware is built.
+        check_option_names(options, f"{type(self).__name__}()")
         self.app = app
         # Set once the server said wsgi.multiprocess (and the gate was told):
         # from then on the request path skips that look-up.
         self._multiprocess_noted = False
-        self.lifecycle = RequestLifecycle(
-            gate,
-            cookie_name=cookie_name,
-            secret=secret,
-            secret_fallbacks=secret_fallbacks,
-            cookie_max_age=cookie_max_age,
-            cookie_secure=cookie_secure,
-            session_key=session_key,
-            override_token=override_token,
-            is_success=is_success,
-            exclude_paths=exclude_paths,
-            meter_provider=meter_provider,
-        )
+        self.lifecycle = RequestLifecycle(gate, **options)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         lifecycle = self.lifecycle
