@@ -5,8 +5,8 @@ release, changing its share, promoting it or rolling it back begins a new
 step and fresh evidence, so a ramp cannot bias the comparison (the side
 whose share grew would otherwise hold more of the recent traffic).
 
-``Evidence`` is what the judge reads for one side (canary, or the stable
-sessions it is compared with): counts of requests, failures and *bad*
+``Evidence`` is what the judge reads for one side (the canary, or the
+production sessions it is compared with): counts of requests, failures and *bad*
 requests (failed, or slower than the latency objective), a latency sketch
 (the layout of ``gate_middleware.judge.sketch``), and the same counts split into
 ``CLUSTERS`` groups of sessions. The groups let the judge measure how much

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gate_middleware.judge.statistics import (
+    HEALTHY,
     HEALTHY_SCORE,
     INSUFFICIENT_DATA,
     ROLLBACK_SCORE,
     Judgement,
+    Verdict,
 )
 
 __all__ = ["HEALTHY_SCORE", "ROLLBACK_SCORE", "CanaryHealth", "assess", "no_release"]
@@ -64,7 +66,8 @@ class CanaryHealth:
     judge's, from the evidence of the current step (``evidence``: the
     requests on each side and each test's figures). ``comparison`` says
     what the canary was judged against: ``"production"``, ``"holdback"``
-    or ``"slo objective"``.
+    or ``"slo objective"``. ``verdict`` is the judge's ``Verdict``
+    (``recommendation`` begins with it).
     """
 
     traffic_percent: float
@@ -81,11 +84,19 @@ class CanaryHealth:
     sufficient_data: bool = False
     comparison: str = "production"
     evidence: dict[str, Any] = field(default_factory=dict, compare=False)
+    # Declared ``str`` so that a ``CanaryHealth`` can be built without it:
+    # always a ``Verdict`` once built (see ``__post_init__``).
+    verdict: str = ""
 
-    @property
-    def verdict(self) -> str:
-        """The recommendation's first word: HEALTHY, MONITOR, ROLLBACK or INSUFFICIENT_DATA."""
-        return self.recommendation.split(":", 1)[0]
+    def __post_init__(self) -> None:
+        if self.verdict:
+            verdict = Verdict(self.verdict)
+        else:
+            # Built without one: only from a stored record, which the codec
+            # (gate_middleware.domain.codec) decodes without its "verdict"
+            # key. Its recommendation was written as "<verdict>: <reason>".
+            verdict = Verdict(self.recommendation.partition(":")[0])
+        object.__setattr__(self, "verdict", verdict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,7 +111,7 @@ class CanaryHealth:
             "production_slo_compliance": self.production_slo_compliance,
             "health_score": self.health_score,
             "recommendation": self.recommendation,
-            "verdict": self.verdict,
+            "verdict": str(self.verdict),
             "sufficient_data": self.sufficient_data,
             "comparison": self.comparison,
             "evidence": self.evidence,
@@ -130,7 +141,7 @@ def assess(
     """The ``CanaryHealth`` of a release: the windows for display, the judgement for the verdict."""
     evidence: dict[str, Any] = {
         "canary_requests": judgement.canary_requests,
-        "baseline_requests": judgement.baseline_requests,
+        "baseline_requests": judgement.production_requests,  # its published name
         "tests": {test.name: test.to_dict() for test in judgement.tests},
         **judgement.details,
     }
@@ -141,6 +152,7 @@ def assess(
         sufficient_data=judgement.verdict != INSUFFICIENT_DATA,
         comparison=judgement.comparison,
         evidence=evidence,
+        verdict=judgement.verdict,
         **_windows(canary, production),
     )
 
@@ -153,5 +165,6 @@ def no_release(canary: WindowStats, production: WindowStats) -> CanaryHealth:
         recommendation="HEALTHY: no release in progress; production serves every session",
         sufficient_data=True,
         comparison="none",
+        verdict=HEALTHY,
         **_windows(canary, production),
     )
