@@ -62,7 +62,6 @@ def run_once(name: str, job: Callable[[], None]) -> None:
     An exiting process waits for it (see the module's documentation)."""
 
     def run() -> None:
-        _working()
         try:
             job()
         except Exception:  # the job must not take the process down
@@ -70,7 +69,15 @@ def run_once(name: str, job: Callable[[], None]) -> None:
         finally:
             _done()
 
-    threading.Thread(target=run, name=name, daemon=True).start()
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    with _busy_lock:  # busy from now: an exit that comes before it runs waits too
+        _busy.add(thread)
+    try:
+        thread.start()
+    except BaseException:
+        with _busy_lock:
+            _busy.discard(thread)
+        raise
 
 
 class BackgroundThread:

@@ -48,8 +48,7 @@ def _environment(data: dict[str, Any]) -> Environment:
 def _health(data: dict[str, Any] | None) -> CanaryHealth | None:
     if data is None:
         return None
-    fields = {k: v for k, v in data.items() if k not in ("verdict",)}
-    return CanaryHealth(**fields)
+    return CanaryHealth(**data)  # the stored verdict too: never read back from text
 
 
 def _event(data: dict[str, Any]) -> GateEvent:

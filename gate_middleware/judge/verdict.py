@@ -92,9 +92,8 @@ class CanaryHealth:
         if self.verdict:
             verdict = Verdict(self.verdict)
         else:
-            # Built without one: only from a stored record, which the codec
-            # (gate_middleware.domain.codec) decodes without its "verdict"
-            # key. Its recommendation was written as "<verdict>: <reason>".
+            # Built by hand without one (the judge and the codec always pass
+            # it): the recommendation reads "<verdict>: <reason>".
             verdict = Verdict(self.recommendation.partition(":")[0])
         object.__setattr__(self, "verdict", verdict)
 
