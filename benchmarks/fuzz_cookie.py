@@ -25,7 +25,7 @@ through:
 
 Any failure raises, and atheris saves the input as ``crash-<hash>`` (in
 ``-artifact_prefix``). Inputs that broke something are kept as regression
-cases in ``tests/test_security.py``. ``tests/test_fuzz.py`` runs a bounded
+cases in ``tests/web/test_security.py``. ``tests/web/test_fuzz.py`` runs a bounded
 number of inputs in the test suite.
 """
 

@@ -31,7 +31,7 @@ The traffic model, for every case unless it says otherwise:
 
 The decisions are the judge's own code (``gate_middleware.judge.statistics``) fed the
 evidence the gate would hold; the gate's wiring of it (steps, the clock,
-release tags) is tested in ``tests/test_judge.py``, which also runs a
+release tags) is tested in ``tests/judge/test_judge.py``, which also runs a
 bounded sample of these cases through a real ``PromotionGate``.
 """
 

@@ -22,7 +22,7 @@ own, mounted with ``errors=remount-ro``, made read-only by an ext4 error
 through ``/sys/fs/ext4/<device>/trigger_fs_error``; needs root, a loop
 device, ``mkfs.ext4`` and ``e2fsck``, else reported as skipped), then made
 writable again by the operator: unmounted, a repaired copy mounted at the
-same path. ``tests/test_sqlite_faults.py`` runs each one and checks the
+same path. ``tests/stores/test_sqlite_faults.py`` runs each one and checks the
 targets.
 
 Why an ext4 error, and not ``mount -o remount,ro`` (of the file system, or

@@ -7,9 +7,8 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from gate_middleware import PromotionGate
-
-from .servers import RedisServer
+from tests.servers import RedisServer
+from tests.support import OPEN_GATES, FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,19 +29,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(skip)
 
 
-class FakeClock:
-    """A monotonic clock that tests move by hand."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -60,22 +46,7 @@ def meter_provider(metric_reader: InMemoryMetricReader) -> Iterator[MeterProvide
     provider.shutdown()
 
 
-def metric_points(reader: InMemoryMetricReader) -> dict[str, list[object]]:
-    """{instrument name: [data points]} from one collection."""
-    found: dict[str, list[object]] = {}
-    data = reader.get_metrics_data()
-    if data is None:
-        return found
-    for resource_metrics in data.resource_metrics:
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                found.setdefault(metric.name, []).extend(metric.data.data_points)
-    return found
-
-
 # -- a real redis-server for the shared gate's tests --------------------------
-
-OPEN_GATES: list[PromotionGate] = []
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import sys
 from gate_middleware import Environment, PromotionConfig, PromotionGate
 from gate_middleware.gate.webhooks import Webhook
 
-SECRET = "a-webhook-secret-of-some-length"  # tests/test_webhooks.py's receiver checks it
+SECRET = "a-webhook-secret-of-some-length"  # tests/gate/test_webhooks.py's receiver checks it
 
 
 def main(url: str, hook: str, action: str) -> int:

@@ -11,7 +11,7 @@ from gate_middleware import Environment, PromotionConfig, PromotionGate
 from gate_middleware.domain.plan import RolloutPlan
 from gate_middleware.gate.webhooks import Webhook
 
-SECRET = "a-webhook-secret-of-some-length"  # tests/test_webhooks.py's receiver checks it
+SECRET = "a-webhook-secret-of-some-length"  # tests/gate/test_webhooks.py's receiver checks it
 
 
 def main(redis_url: str, rollout: str, hook: str) -> int:

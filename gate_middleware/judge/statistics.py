@@ -66,7 +66,7 @@ figures the verdict's text and score take from it — and pass it to
 sum to 1 (``ErrorRateCheck(share=0.4)``...). Nothing else changes: the judge
 rolls back on the first check (in the tuple's order) that rejects, shows a
 MONITOR sign for any check with one, and scores by the strongest evidence of
-all of them. ``tests/test_checks.py`` plugs in a fourth check this way.
+all of them. ``tests/judge/test_checks.py`` plugs in a fourth check this way.
 
 Without a concurrent comparison (staging or a 100 % canary with no
 holdback) the canary is judged against the SLO objective by two burn-rate

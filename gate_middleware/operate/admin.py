@@ -479,7 +479,7 @@ _FLAG = {"flag": {"type": "string"}, "enabled": {"type": "boolean"}}
 
 #: Every admin endpoint, once. A new one is a handler on ``AdminAPI`` and an
 #: entry here (a new ``{placeholder}`` also needs its schema in
-#: ``_PATH_PARAMETERS``); tests/test_admin.py checks that the dispatch and the
+#: ``_PATH_PARAMETERS``); tests/operate/test_admin.py checks that the dispatch and the
 #: served document still agree.
 ROUTES: tuple[Route, ...] = (
     Route(

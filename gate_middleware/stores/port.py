@@ -15,7 +15,7 @@ Two ways to write a store, as OpenFeature declares its providers:
   ``WindowStore`` protocol (``mypy --strict`` checks it; the gate checks it
   at run time and names what is missing).
 
-``tests/test_store_contract.py`` is the conformance suite every store runs:
+``tests/stores/test_store_contract.py`` is the conformance suite every store runs:
 the in-memory stores, the Redis stores, and each new backend.
 """
 

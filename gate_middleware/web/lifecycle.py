@@ -89,7 +89,7 @@ class LifecycleOptions(TypedDict, total=False):
 
 
 #: Each option's value when it is not given (mypy checks each against its
-#: declared type; tests/test_options.py that every option has one).
+#: declared type; tests/web/test_options.py that every option has one).
 OPTION_DEFAULTS: Final[LifecycleOptions] = {
     "cookie_name": "gate_session",
     "secret": None,

@@ -1,0 +1,1 @@
+"""The domain's pure values: routing's published formula, the config."""

@@ -1,0 +1,1 @@
+"""The gate: transitions, the plan, webhooks, concurrency, bad input."""

@@ -1,0 +1,358 @@
+"""The rollout plan: its validation, its pure stepping logic, and a gate
+carrying a whole plan out on a simulated clock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+
+from gate_middleware import (
+    ConfigError,
+    Environment,
+    PromotionConfig,
+    PromotionError,
+    PromotionGate,
+    RollbackEvent,
+)
+from gate_middleware.domain.plan import (
+    ADVANCE,
+    AWAIT_APPROVAL,
+    HOLD,
+    PAUSE,
+    WAIT,
+    PlanPosition,
+    RolloutPlan,
+    next_action,
+    progress,
+)
+from tests.support import FakeClock, feed, healthy_traffic
+
+HOUR = 3600.0
+
+
+# -- the plan as configured -------------------------------------------------
+
+
+def test_the_default_plan_is_the_guides() -> None:
+    plan = RolloutPlan()
+    assert [step.label for step in plan.stages] == [
+        "canary 1%",
+        "canary 5%",
+        "canary 10%",
+        "canary 25%",
+        "canary 50%",
+        "staging",
+        "production",
+    ]
+    assert plan.step(0).bake_seconds == 12 * HOUR
+    assert plan.step(5).bake_seconds == 24 * HOUR
+
+
+@pytest.mark.parametrize(
+    ("steps", "field", "says"),
+    [
+        ((1, 10), "plan.steps[2].traffic_percent", "at most 5x"),
+        ((5, 10, 5), "plan.steps[3].traffic_percent", "never goes backwards"),
+        ((10, 10), "plan.steps[2].traffic_percent", "never goes backwards"),
+        ((25, 50, 101), "plan.steps[3].traffic_percent", "up to 100"),
+        ((0, 1), "plan.steps[1].traffic_percent", "above 0"),
+        ((1, {"traffic_percent": 5, "bake_seconds": -1}), "plan.steps[2].bake_seconds", "seconds"),
+        ((1, {"percent": 5}), "plan.steps[2]", "one of the keys"),
+        ((), "plan.steps", "non-empty"),
+        ((1, "5"), "plan.steps[2]", "a percentage"),
+    ],
+)
+def test_a_bad_plan_names_the_step(steps: tuple[object, ...], field: str, says: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        RolloutPlan(steps=steps)
+    assert caught.value.field == field
+    assert says in str(caught.value)
+
+
+def test_a_plan_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "scenarios.toml"
+    path.write_text(
+        """
+[scenarios.checkout]
+promotion_environment = "production"
+name = "checkout"
+
+[scenarios.checkout.plan]
+steps = [1, 5, {traffic_percent = 25, manual = true, bake_seconds = 60}]
+bake_seconds = 30
+staging_bake_seconds = 120
+inconclusive_limit_seconds = 600
+""",
+        encoding="utf-8",
+    )
+    config = PromotionConfig.from_toml(path)
+    assert config.plan is not None
+    assert [(s.traffic_percent, s.bake_seconds, s.manual) for s in config.plan.steps] == [
+        (1.0, 30.0, False),
+        (5.0, 30.0, False),
+        (25.0, 60.0, True),
+    ]
+    assert config.plan.step(3).bake_seconds == 120.0
+    path.write_text(
+        '[scenarios.x]\nname = "x"\n[scenarios.x.plan]\nsteps = [1, 50]\n', encoding="utf-8"
+    )
+    with pytest.raises(ConfigError, match=r"plan.steps\[2\]"):
+        PromotionConfig.from_toml(path)
+    path.write_text("[scenarios.x]\n[scenarios.x.plan]\nstep = [1]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="scenarios.x.plan"):
+        PromotionConfig.from_toml(path)
+
+
+# -- the stepping logic, pure ----------------------------------------------
+
+PLAN = RolloutPlan(
+    steps=(1, 5, {"traffic_percent": 25, "manual": True}),
+    bake_seconds=HOUR,
+    staging_bake_seconds=HOUR,
+    inconclusive_limit_seconds=2 * HOUR,
+)
+
+
+def decide(position: PlanPosition, verdict: str, requests: int, now: float) -> tuple[str, int]:
+    action = next_action(
+        PLAN, position, verdict=verdict, canary_requests=requests, min_requests=100, now=now
+    )
+    return action.kind, action.to_index
+
+
+def test_next_action_advances_only_when_baked_healthy_and_enough() -> None:
+    start = PlanPosition(0, 0.0)
+    assert decide(start, "HEALTHY", 500, HOUR - 1) == (WAIT, -1)
+    assert decide(start, "HEALTHY", 500, HOUR) == (ADVANCE, 1)
+    assert decide(start, "HEALTHY", 99, HOUR)[0] == HOLD
+    assert decide(start, "MONITOR", 500, HOUR)[0] == HOLD
+    assert decide(start, "INSUFFICIENT_DATA", 0, HOUR)[0] == HOLD
+    assert decide(start, "ROLLBACK", 500, HOUR)[0] == WAIT  # the gate rolls back, not the plan
+    held = PlanPosition(0, 0.0, held=True)
+    assert decide(held, "MONITOR", 500, 2 * HOUR)[0] == WAIT
+    assert decide(held, "MONITOR", 500, 3 * HOUR)[0] == PAUSE  # baked at 1 h + 2 h inconclusive
+    resumed = PlanPosition(0, 0.0, resumed_at=3 * HOUR)
+    assert decide(resumed, "MONITOR", 500, 4 * HOUR)[0] == HOLD  # the limit counts from resume
+    assert decide(PlanPosition(0, 0.0, status="paused"), "HEALTHY", 500, 9 * HOUR)[0] == WAIT
+
+
+def test_a_manual_gate_waits_for_approval_once() -> None:
+    at_gate = PlanPosition(2, 0.0)
+    assert decide(at_gate, "HEALTHY", 500, HOUR)[0] == AWAIT_APPROVAL
+    assert decide(PlanPosition(2, 0.0, awaiting=True), "HEALTHY", 500, 99 * HOUR)[0] == WAIT
+    assert decide(PlanPosition(2, 0.0, approved=True), "HEALTHY", 500, HOUR) == (ADVANCE, 3)
+
+
+def test_progress_shows_the_bake_and_the_eta() -> None:
+    shown = progress(PLAN, PlanPosition(1, 0.0), HOUR / 4)
+    assert shown["current"]["label"] == "canary 5%"
+    assert shown["bake"]["fraction"] == pytest.approx(0.25)
+    # the rest of 5 % (0.75 h), then 25 % and staging (1 h each)
+    assert shown["eta_seconds"] == pytest.approx(2.75 * HOUR)
+    assert progress(PLAN, PlanPosition(1, 0.0, status="paused"), 0.0)["eta"] is None
+
+
+# -- a gate carrying out a whole plan on a simulated clock -----------------
+
+
+def plan_gate(clock: FakeClock, plan: RolloutPlan = PLAN, **kwargs: object) -> PromotionGate:
+    config = PromotionConfig(name="checkout", min_requests=100, plan=plan)
+    return PromotionGate(
+        config,
+        clock=clock,
+        wall_clock=clock,
+        plan_timer=False,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def actions(gate: PromotionGate) -> list[tuple[str, str]]:
+    found = []
+    for event in gate.get_history():
+        what = "rollback" if isinstance(event, RollbackEvent) else event.action
+        found.append((what, event.actor))
+    return found
+
+
+def test_a_whole_plan_night_manual_gate_pause_rollback_and_retry(clock: FakeClock) -> None:
+    gate = plan_gate(clock)
+    gate.start_canary(feature_flags=["new_checkout"], actor="alice")
+    assert gate.environment == Environment.canary(1)
+
+    # Step 1 (1 %): healthy traffic, then the bake ends at night with no
+    # traffic at all: the timer's evaluation moves the plan on by itself.
+    healthy_traffic(gate)
+    clock.advance(HOUR / 2)
+    gate.tick()
+    assert gate.environment == Environment.canary(1)  # still baking
+    clock.advance(HOUR / 2)
+    gate.tick()
+    assert gate.environment == Environment.canary(5)
+
+    # Step 2 (5 %): no traffic at all. Baked but inconclusive: a hold (once),
+    # then a pause after the inconclusive limit.
+    clock.advance(HOUR)
+    gate.tick()
+    gate.tick()
+    assert gate.state.plan is not None and gate.state.plan.held
+    clock.advance(2 * HOUR)
+    gate.tick()
+    assert gate.state.plan.status == "paused"
+    assert gate.environment == Environment.canary(5)
+    healthy_traffic(gate)
+    gate.tick()
+    assert gate.environment == Environment.canary(5)  # paused: no step without a person
+    gate.resume(actor="bob")
+    assert gate.environment == Environment.canary(25)  # resumed, and the step was ready
+
+    # Step 3 (25 %) is a manual gate: ready, it waits for a person.
+    healthy_traffic(gate)
+    clock.advance(HOUR)
+    gate.tick()
+    gate.tick()
+    assert gate.environment == Environment.canary(25)
+    assert gate.state.plan.awaiting
+    # ... and a regression at step 3 is rolled back by the judge meanwhile.
+    feed(gate, "canary", 300, error_every=3)
+    gate.tick()
+    assert gate.environment == Environment.PRODUCTION
+    assert gate.state.plan.status == "rolled_back"
+    assert gate.state.release_flags == frozenset()
+
+    # Retry: the same release starts its plan again from the first step.
+    gate.retry(actor="alice")
+    assert gate.environment == Environment.canary(1)
+    assert gate.state.release_flags == {"new_checkout"}
+    for _ in range(2):  # 1 % and 5 %
+        healthy_traffic(gate)
+        clock.advance(HOUR)
+        gate.tick()
+    assert gate.environment == Environment.canary(25)
+    healthy_traffic(gate)
+    clock.advance(HOUR)
+    gate.tick()
+    gate.resume(actor="carol")  # approve the manual gate
+    assert gate.environment == Environment.STAGING
+    healthy_traffic(gate)
+    clock.advance(HOUR - 1)
+    gate.tick()
+    assert gate.environment == Environment.STAGING
+    clock.advance(1)
+    gate.tick()
+    assert gate.environment == Environment.PRODUCTION
+    assert gate.state.stable_flags == {"new_checkout"}
+    assert gate.state.plan.status == "done"
+
+    assert actions(gate) == [
+        ("start_canary", "alice"),
+        ("plan_step", "gate"),
+        ("hold", "gate"),
+        ("pause", "gate"),
+        ("resume", "bob"),
+        ("plan_step", "gate"),
+        ("await_approval", "gate"),
+        ("rollback", "gate"),
+        ("retry", "alice"),
+        ("plan_step", "gate"),
+        ("plan_step", "gate"),
+        ("await_approval", "gate"),
+        ("resume", "carol"),
+        ("plan_step", "gate"),
+        ("plan_step", "gate"),
+    ]
+    for event in gate.get_history():
+        assert event.timestamp.tzinfo is UTC
+    gate.close()
+
+
+def test_operator_controls(clock: FakeClock) -> None:
+    gate = plan_gate(clock)
+    with pytest.raises(PromotionError, match="no release is following the plan"):
+        gate.pause("night freeze")
+    gate.start_canary(feature_flags=["new_checkout"])
+    gate.pause("night freeze", actor="ops")
+    healthy_traffic(gate)
+    clock.advance(5 * HOUR)
+    gate.tick()
+    assert gate.environment == Environment.canary(1)
+    with pytest.raises(ConfigError, match="step"):
+        gate.skip_to(0)
+    with pytest.raises(ConfigError, match="step"):
+        gate.skip_to(9)
+    healthy_traffic(gate)
+    gate.skip_to(2, actor="ops")  # the evidence is HEALTHY: allowed
+    assert gate.environment == Environment.canary(25)
+    with pytest.raises(PromotionError, match="not enough data"):
+        gate.promote_now()
+    gate.promote_now(force=True, actor="ops")
+    assert gate.environment == Environment.PRODUCTION
+    assert gate.state.plan is not None and gate.state.plan.status == "done"
+    with pytest.raises(PromotionError, match="retry restarts a release"):
+        gate.retry()
+    gate.start_canary(feature_flags=["next"])
+    gate.abort("wrong totals", actor="ops")
+    assert gate.state.plan.status == "aborted"
+    gate.retry()
+    assert gate.environment == Environment.canary(1)
+    assert gate.state.release_flags == {"next"}
+    last = gate.get_history()[-2]
+    assert isinstance(last, RollbackEvent) and last.actor == "ops" and not last.automatic
+    with pytest.raises(ConfigError, match="actor"):
+        gate.pause(actor="")
+    shown = gate.plan_status()
+    assert shown is not None and shown["current"]["label"] == "canary 1%"
+    assert gate.status().to_dict()["plan"]["position"]["status"] == "running"
+
+
+def test_a_ramp_by_hand_moves_the_plan_along(clock: FakeClock) -> None:
+    gate = plan_gate(clock)
+    gate.start_canary(5, ["new_checkout"])
+    assert gate.state.plan is not None and gate.state.plan.index == 1
+    gate.set_traffic_percent(25)
+    assert gate.state.plan.index == 2
+    gate.promote(Environment.STAGING, force=True)
+    assert gate.state.plan.index == 3
+
+
+def test_the_timer_moves_the_plan_without_any_request() -> None:
+    plan = RolloutPlan(steps=(1, 5), bake_seconds=0.2, staging_bake_seconds=0.2)
+    config = PromotionConfig(
+        name="checkout",
+        min_requests=100,
+        plan=plan,
+        evaluation_interval_seconds=0.05,
+    )
+    gate = PromotionGate(config)
+    try:
+        gate.start_canary(feature_flags=["new_checkout"])
+        healthy_traffic(gate)
+        deadline = time.monotonic() + 10
+        while gate.environment == Environment.canary(1) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert gate.environment == Environment.canary(5)
+    finally:
+        gate.close()
+    stopped = gate.environment
+    time.sleep(0.5)
+    assert gate.environment == stopped  # closed: the timer evaluates no more
+
+
+def test_a_closed_gate_starts_no_timer_in_a_forked_child() -> None:
+    def timers() -> int:
+        return sum(t.name == "gate-plan" and t.is_alive() for t in threading.enumerate())
+
+    before = timers()
+    gate = PromotionGate(PromotionConfig(name="checkout", plan=RolloutPlan()))
+    assert timers() == before + 1
+    gate.close()
+    assert gate._timer is not None
+    gate._timer._thread._pid = -1  # as in a forked child: another process id
+    gate._after_fork()  # what os.register_at_fork runs in the child
+    deadline = time.monotonic() + 10
+    while timers() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert timers() == before

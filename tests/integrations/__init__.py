@@ -1,0 +1,1 @@
+"""The adapters: one behaviour suite on every framework, OpenFeature."""

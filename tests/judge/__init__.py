@@ -1,0 +1,1 @@
+"""The judge: its tests, checks and error rates."""

@@ -1,0 +1,485 @@
+"""The judge: its statistics against slow, obviously-correct versions, its
+error rates on bounded samples, and each wrong decision of the old gate
+replayed through a real ``PromotionGate`` with a simulated clock."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import judge_sim
+from gate_middleware import (
+    ConfigError,
+    Environment,
+    PromotionConfig,
+    PromotionError,
+    PromotionGate,
+    SloConfig,
+)
+from gate_middleware.domain.config import judge_settings
+from gate_middleware.domain.routing import CANARY, STABLE, compute_bucket
+from gate_middleware.judge.evidence import CLUSTERS, Evidence
+from gate_middleware.judge.sketch import GAMMA, bucket_index
+from gate_middleware.judge.statistics import (
+    HEALTHY,
+    ROLLBACK,
+    JudgeSettings,
+    judge,
+    mann_whitney_theta,
+    mixture_log_evidence,
+    split_log_evidence,
+)
+from tests.support import FakeClock
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def evidence_of(durations: list[float], failures: int = 0, cluster: int | None = None) -> Evidence:
+    evidence = Evidence()
+    for i, duration in enumerate(durations):
+        group = i if cluster is None else cluster
+        evidence.record(i >= failures, True, duration, group)
+    return evidence
+
+
+# -- the statistics against slow versions ---------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_mann_whitney_theta_equals_the_pairwise_count(seed: int) -> None:
+    rng = random.Random(seed)
+    canary = [rng.lognormvariate(math.log(0.05) + rng.random(), 0.8) for _ in range(60)]
+    baseline = [rng.lognormvariate(math.log(0.05), 0.8) for _ in range(80)]
+    ratio = rng.choice([1.0, 1.1, 1.5, 2.0])
+    shift = round(math.log(ratio) / math.log(GAMMA))
+    wins = 0.0
+    for c in canary:
+        for b in baseline:
+            moved, other = bucket_index(c) - shift, bucket_index(b)
+            wins += 1.0 if moved > other else 0.5 if moved == other else 0.0
+    slow = wins / (len(canary) * len(baseline))
+    assert mann_whitney_theta(evidence_of(canary), evidence_of(baseline), ratio) == pytest.approx(
+        slow, abs=1e-12
+    )
+
+
+def test_evidence_merge_and_from_counts_agree() -> None:
+    rng = random.Random(3)
+    a = evidence_of([rng.random() for _ in range(50)], failures=5)
+    b = evidence_of([rng.random() * 3 for _ in range(70)], failures=9)
+    merged = a.copy()
+    merged.merge(b)
+    rebuilt = Evidence.from_counts(
+        [x + y for x, y in zip(a.latency, b.latency, strict=True)],
+        [x + y for x, y in zip(a.cluster_requests, b.cluster_requests, strict=True)],
+        [x + y for x, y in zip(a.cluster_failures, b.cluster_failures, strict=True)],
+        [x + y for x, y in zip(a.cluster_bad, b.cluster_bad, strict=True)],
+    )
+    for field in ("requests", "failures", "bad", "lowest", "highest"):
+        assert getattr(merged, field) == getattr(rebuilt, field)
+    assert list(merged.latency) == list(rebuilt.latency)
+    assert (merged.requests, merged.failures) == (120, 14)
+
+
+def test_the_normal_mixture_is_anytime_valid() -> None:
+    """A driftless Gaussian walk, looked at every 10 steps for 3,000 steps:
+    the mixture reaches 1/α in at most α of the walks."""
+    rng = np.random.default_rng(11)
+    alpha, walks, hits = 0.01, 600, 0
+    for _ in range(walks):
+        path = np.cumsum(rng.standard_normal(3000))
+        for k in range(9, 3000, 10):
+            if mixture_log_evidence(path[k] / math.sqrt(k + 1), 0.01 * (k + 1)) >= -math.log(alpha):
+                hits += 1
+                break
+    assert hits / walks <= 2 * alpha  # expected about 0.5 %; 2 % would be 12 hits of 600
+
+
+def test_the_failure_split_is_anytime_valid() -> None:
+    """Where each failure lands, under H0 (share 10 %), checked after every failure."""
+    rng = np.random.default_rng(5)
+    alpha, runs, hits = 0.05, 600, 0
+    for _ in range(runs):
+        on_canary = rng.random(400) < 0.1
+        counts = np.cumsum(on_canary)
+        for total in range(1, 401):
+            c = int(counts[total - 1])
+            if split_log_evidence(c, total - c, 0.1) >= -math.log(alpha):
+                hits += 1
+                break
+    assert hits / runs <= 1.5 * alpha
+
+
+def test_the_failure_split_sees_a_tenfold_regression() -> None:
+    assert split_log_evidence(8, 10, 0.01) > math.log(1 / 0.0045)
+    assert split_log_evidence(1, 99, 0.01) < 0.0
+
+
+def test_heavy_failing_session_is_not_strong_evidence() -> None:
+    """1,000 failures of one session (one session group) against the same
+    failures spread over many sessions."""
+    settings = JudgeSettings()
+    baseline = evidence_of([0.05] * 90_000, failures=450)
+    one_session = evidence_of([0.05] * 10_000, failures=0)
+    for _ in range(1000):
+        one_session.record(False, False, 0.05, 7)
+    spread = evidence_of([0.05] * 11_000, failures=1000)
+    assert judge(spread, baseline, settings).verdict == ROLLBACK
+    heavy = judge(one_session, baseline, settings)
+    assert heavy.verdict != ROLLBACK
+    assert heavy.test("errors") is not None and not heavy.test("errors").rejected  # type: ignore[union-attr]
+
+
+# -- bounded samples of the simulation ----------------------------------------------
+
+
+def run_gate(case: judge_sim.Case, seed: int, seconds: float) -> tuple[float | None, str]:
+    """Feed one seed of the simulation through a real gate, request by request."""
+    clock = FakeClock()
+    gate = PromotionGate(
+        PromotionConfig(environment=Environment.canary(case.share), feature_flags=["new"]),
+        clock=clock,
+    )
+    traffic = judge_sim.generate(case, seed)
+    start = clock()
+    ramped = case.model != "ramp_incident"
+    for t, canary, group, failed, duration in zip(
+        traffic.times.tolist(),
+        traffic.canary.tolist(),
+        traffic.cluster.tolist(),
+        traffic.failed.tolist(),
+        traffic.durations.tolist(),
+        strict=True,
+    ):
+        if t > seconds:
+            break
+        clock.now = start + t
+        if not ramped and t >= 600.0:
+            gate.set_traffic_percent(50)
+            ramped = True
+        step = gate.state.step
+        gate.record_outcome(CANARY if canary else STABLE, not failed, duration, step, group)
+        if gate.environment.name == "production":
+            return t, ROLLBACK
+    return None, gate.monitor_canary_health().verdict
+
+
+def case(name: str) -> judge_sim.Case:
+    return next(c for c in judge_sim.CASES if c.name == name)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_gate_decides_as_the_simulation_says(seed: int) -> None:
+    """The simulation's judge path and a real gate agree on the same requests."""
+    settings = judge_settings(PromotionConfig(), SloConfig())
+    for name in ("errors_2x_10", "p99_2x_10"):
+        simulated, _ = judge_sim.simulate(case(name), seed, settings, 0.5, 300.0)
+        rolled, verdict = run_gate(case(name), seed, 1800.0)
+        assert (simulated is None) == (rolled is None), (name, simulated, rolled)
+        if simulated is not None and rolled is not None:
+            assert abs(simulated - rolled) <= 10.0
+
+
+@pytest.mark.parametrize(
+    ("name", "seeds", "seconds", "rolled_back_at_least", "rolled_back_at_most"),
+    [
+        ("null_10", 6, 900.0, 0, 0),
+        ("ramp_incident", 3, 900.0, 0, 0),
+        ("p99_1.2_10", 3, 600.0, 0, 0),
+        ("p99_2x_10", 3, 120.0, 3, 3),
+        ("floor_0.1_to_1", 3, 600.0, 3, 3),
+    ],
+)
+def test_bounded_sample_through_a_real_gate(
+    name: str, seeds: int, seconds: float, rolled_back_at_least: int, rolled_back_at_most: int
+) -> None:
+    """A few seeds of the published cases (``python -m benchmarks.judge_sim``
+    runs 200 to 1,000 of each)."""
+    rolled = sum(run_gate(case(name), seed, seconds)[0] is not None for seed in range(seeds))
+    assert rolled_back_at_least <= rolled <= rolled_back_at_most
+
+
+def test_simulation_table_runs() -> None:
+    """The benchmark's command, on two cases and a few seeds."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert (
+            judge_sim.main(
+                [
+                    "--seeds",
+                    "4",
+                    "--null-seeds",
+                    "4",
+                    "--cases",
+                    "null_1,p99_2x_10",
+                    "--processes",
+                    "1",
+                ]
+            )
+            == 0
+        )
+    rows = [line for line in out.getvalue().splitlines() if line.startswith("| latency 2×")]
+    assert rows and "| 4 | 100.0 % |" in rows[0]
+
+
+# -- the old gate's wrong decisions, replayed -----------------------------------------
+
+
+def make_gate(clock: FakeClock, percent: float = 10.0, **fields: object) -> PromotionGate:
+    config = PromotionConfig(
+        environment=Environment.canary(percent),
+        feature_flags=["new"],
+        **fields,  # type: ignore[arg-type]
+    )
+    return PromotionGate(config, clock=clock)
+
+
+def feed(
+    gate: PromotionGate, variant: str, count: int, failures: int = 0, duration: float = 0.05
+) -> None:
+    for i in range(count):
+        gate.record_outcome(variant, i >= failures, duration, -1, i)
+
+
+def test_a_low_base_rate_hides_no_regression(clock: FakeClock) -> None:
+    """Production 0.1 % (14/13,500) against canary 1.0 % (15/1,500)."""
+    gate = make_gate(clock, auto_rollback_enabled=False)
+    feed(gate, STABLE, 13_500, failures=14)
+    feed(gate, CANARY, 1_500, failures=15)
+    health = gate.monitor_canary_health()
+    assert health.verdict == ROLLBACK and health.health_score < 0.8
+    with pytest.raises(PromotionError):
+        gate.promote(Environment.STAGING)
+
+
+def test_a_thin_canary_failing_every_request_is_rolled_back(clock: FakeClock) -> None:
+    """0.5 % share at 50 req/s: too few requests for min_requests, judged all the same."""
+    gate = make_gate(clock, percent=0.5)
+    rng = random.Random(1)
+    for second in range(600):
+        clock.now = 1000.0 + second
+        for _ in range(50):
+            canary = rng.random() < 0.005
+            gate.record_outcome(
+                CANARY if canary else STABLE, not canary, 0.05, -1, rng.randrange(64)
+            )
+        if gate.environment.name == "production":
+            break
+    [event] = gate.get_rollback_history()
+    assert event.automatic and "error rate" in event.reason
+    assert second < 300  # noqa: PLR2004 - a handful of canary requests is enough
+
+
+def test_a_full_canary_is_judged_against_the_holdback(clock: FakeClock) -> None:
+    gate = make_gate(clock, percent=100.0, holdback_percent=10.0)
+    decisions = [gate.route_request(f"s{i}") for i in range(2000)]
+    share = sum(d.is_canary for d in decisions) / len(decisions)
+    assert 0.87 < share < 0.93
+    feed(gate, STABLE, 500, duration=0.05)
+    feed(gate, CANARY, 500, duration=0.1)  # p99 2x
+    gate.monitor_canary_health()
+    [event] = gate.get_rollback_history()
+    assert "holdback" in event.reason
+
+
+def test_staging_with_a_holdback_ignores_a_slowdown_that_hits_everyone(clock: FakeClock) -> None:
+    gate = make_gate(clock, holdback_percent=5.0)
+    feed(gate, STABLE, 2000)
+    feed(gate, CANARY, 600)
+    gate.promote(Environment.STAGING)
+    assert gate.health_snapshot().comparison == "holdback"
+    feed(gate, STABLE, 200, duration=0.4)  # everyone slows down at once
+    feed(gate, CANARY, 2000, duration=0.4)
+    assert gate.monitor_canary_health().verdict != ROLLBACK
+    assert gate.environment == Environment.STAGING
+    feed(gate, STABLE, 2000)
+    feed(gate, CANARY, 2000, failures=120)  # 6 % of errors against the holdback's none
+    gate.monitor_canary_health()
+    assert gate.environment == Environment.PRODUCTION
+
+
+def test_forced_into_staging_with_no_evidence_is_never_healthy(clock: FakeClock) -> None:
+    gate = make_gate(clock)
+    gate.promote(Environment.STAGING, force=True)
+    health = gate.monitor_canary_health()
+    assert health.verdict == "INSUFFICIENT_DATA" and health.health_score < 0.9
+    with pytest.raises(PromotionError, match="not enough data"):
+        gate.promote(Environment.PRODUCTION)
+
+
+def test_six_hundred_requests_a_side_with_equal_behaviour_is_promotable(clock: FakeClock) -> None:
+    gate = make_gate(clock)
+    feed(gate, STABLE, 600, failures=6)
+    feed(gate, CANARY, 600, failures=6)
+    health = gate.monitor_canary_health()
+    assert health.verdict == HEALTHY and health.health_score >= 0.9
+    gate.promote(Environment.STAGING)
+
+
+def test_a_ramp_starts_fresh_evidence(clock: FakeClock) -> None:
+    """Ramp 5 → 50 %, then an incident on both sides: no rollback."""
+    gate = make_gate(clock, percent=5.0)
+    feed(gate, STABLE, 9500)
+    feed(gate, CANARY, 500)
+    gate.set_traffic_percent(50)
+    assert gate.health_snapshot().evidence["canary_requests"] == 0
+    feed(gate, STABLE, 1000, failures=200)  # 20 % on both sides at once
+    feed(gate, CANARY, 1000, failures=200)
+    assert gate.monitor_canary_health().verdict != ROLLBACK
+    assert gate.environment == Environment.canary(50)
+
+
+def test_no_data_is_not_a_verdict(clock: FakeClock) -> None:
+    gate = make_gate(clock)
+    clock.advance(3600)
+    health = gate.monitor_canary_health()
+    assert health.verdict == "INSUFFICIENT_DATA" and health.health_score < 0.9
+    assert gate.check_slo_compliance() is False
+    feed(gate, CANARY, 3, failures=3)
+    assert gate.monitor_canary_health().health_score < 0.9
+
+
+def test_the_readme_quick_start_runs_verbatim() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    exec(compile(code.group(1), "README quick start", "exec"), {})
+
+
+def test_a_release_may_take_a_fresh_cohort(clock: FakeClock) -> None:
+    sessions = [f"s{i}" for i in range(4000)]
+
+    def cohort(gate: PromotionGate) -> set[str]:
+        return {s for s in sessions if gate.route_request(s).is_canary}
+
+    for mode, most, least in (("rollout", 1.0, 1.0), ("release", 0.2, 0.0)):
+        gate = PromotionGate(PromotionConfig(name="shop", cohort=mode), clock=clock)
+        gate.start_canary(5, ["a"])
+        first = cohort(gate)
+        gate.set_traffic_percent(10)
+        assert first <= cohort(gate)  # sticky and monotone within a release
+        gate.rollback("next one")
+        gate.start_canary(5, ["b"])
+        second = cohort(gate)
+        overlap = len(first & second) / len(first)
+        assert least <= overlap <= most
+    # The default keeps the published formula.
+    gate = PromotionGate(PromotionConfig(name="shop", environment=Environment.canary(5)))
+    assert gate.route_request("s1").bucket == compute_bucket("shop", "s1")
+
+
+def test_a_clock_stepping_back_does_not_suspend_evaluation(clock: FakeClock) -> None:
+    gate = make_gate(clock)
+    feed(gate, STABLE, 1000)
+    clock.advance(600)
+    gate.monitor_canary_health()
+    clock.advance(-600)  # the clock steps back ten minutes
+    for i in range(200):
+        clock.advance(0.1)
+        gate.record_outcome(CANARY, False, 0.05, -1, i)
+        gate.record_outcome(STABLE, True, 0.05, -1, i)
+    assert gate.environment == Environment.PRODUCTION
+
+
+def test_slices_from_the_future_are_expired(clock: FakeClock) -> None:
+    gate = make_gate(clock, auto_rollback_enabled=False)
+    feed(gate, CANARY, 100, failures=100)
+    clock.advance(-600)
+    feed(gate, CANARY, 10)
+    window = gate.health_snapshot()
+    assert window.canary_requests == 10 and window.canary_error_rate == 0.0
+
+
+def test_an_outcome_of_the_previous_release_is_dropped(clock: FakeClock) -> None:
+    gate = make_gate(clock, percent=50.0)
+    old = next(d for i in range(100) if (d := gate.route_request(f"u{i}")).is_canary)
+    gate.rollback("bad")
+    gate.start_canary(50, ["new"])
+    gate.record_request_outcome("u", False, 0.05, decision=old)
+    assert gate.stale_outcomes == 1
+    assert gate.health_snapshot().evidence["canary_requests"] == 0
+    fresh = gate.route_request("u1")
+    gate.record_request_outcome("u1", True, 0.05, decision=fresh)
+    assert gate.stale_outcomes == 1
+
+
+def test_the_warm_up_keeps_outcomes_out_of_the_evidence(clock: FakeClock) -> None:
+    gate = make_gate(clock, initial_delay_seconds=60.0)
+    feed(gate, CANARY, 50, failures=50)
+    health = gate.monitor_canary_health()
+    assert health.canary_requests == 50 and health.evidence["canary_requests"] == 0
+    clock.advance(61)
+    feed(gate, CANARY, 5)
+    assert gate.health_snapshot().evidence["canary_requests"] == 5
+    assert gate.environment == Environment.canary(10)
+
+
+def test_groups_come_from_the_routing_bucket() -> None:
+    evidence = Evidence()
+    evidence.record(True, True, 0.01, CLUSTERS + 3)
+    assert evidence.cluster_requests[3] == 1
+
+
+def test_no_health_score_point_without_evidence(
+    clock: FakeClock, meter_provider, metric_reader
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.support import metric_points
+
+    config = PromotionConfig(environment=Environment.canary(10), feature_flags=["new"])
+    gate = PromotionGate(config, clock=clock, meter_provider=meter_provider)
+    points = metric_points(metric_reader)
+    assert (
+        "gate_middleware.gate.health_score" not in points
+        or not points["gate_middleware.gate.health_score"]
+    )
+    feed(gate, STABLE, 600)
+    feed(gate, CANARY, 600)
+    [point] = metric_points(metric_reader)["gate_middleware.gate.health_score"]
+    assert point.value >= 0.9  # type: ignore[attr-defined]
+
+
+def test_a_decision_must_be_a_routing_decision(clock: FakeClock) -> None:
+    gate = make_gate(clock)
+    with pytest.raises(ConfigError, match="decision"):
+        gate.record_request_outcome("u", True, 0.05, decision="canary")  # type: ignore[arg-type]
+
+
+def test_burn_windows_read_from_many_threads_at_once() -> None:
+    """Status calls, gauge collections and evaluations share the burn windows."""
+    import sys
+    import threading
+
+    clock = FakeClock()
+    gate = make_gate(clock, auto_rollback_enabled=False)
+    gate.promote(Environment.STAGING, force=True)  # no holdback: burn-rate windows
+    errors: list[BaseException] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+
+    def work(n: int) -> None:
+        try:
+            for i in range(1000):
+                clock.now += 1.7  # every call may add or drop a moment
+                gate.record_outcome(CANARY, i % 9 != 0, 0.05, -1, n)
+                gate.health_snapshot()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []

@@ -1,0 +1,1 @@
+"""The operator's tools: the admin API, the dashboard, the command line."""

@@ -1,0 +1,1 @@
+"""The project itself: lint, types, the import rules, builds and packaging."""

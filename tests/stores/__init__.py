@@ -1,0 +1,1 @@
+"""The stores: one contract suite on every store, and each backend under faults."""

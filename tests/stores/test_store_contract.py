@@ -1,0 +1,448 @@
+"""The store contract: one conformance suite that every store runs.
+
+Each backend appears once in ``BACKENDS`` (a function that opens a state
+store and a window store for a fresh rollout, and says whether a second
+opening shares the first's data); every test below runs against each. A new
+backend adds one entry here and must pass all of them. The in-memory stores
+are one process's; the Redis stores run against a real ``redis-server``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from gate_middleware import ConfigError, Environment, PromotionConfig, PromotionGate
+from gate_middleware.domain.state import GateState
+from gate_middleware.judge.evidence import Evidence
+from gate_middleware.judge.verdict import WindowStats
+from gate_middleware.stores import (
+    Delivery,
+    Outbox,
+    StateStore,
+    StateStoreBase,
+    WindowStore,
+    WindowStoreBase,
+    missing_members,
+    register_store,
+    schemes,
+)
+from gate_middleware.stores import registry as store_registry
+from gate_middleware.stores.memory import InMemoryStateStore
+from gate_middleware.stores.windows import InMemoryWindowStore
+from tests.servers import RedisServer, eventually
+
+WINDOW_SECONDS = 60.0
+
+
+@dataclass
+class Opened:
+    state: StateStore
+    windows: WindowStore
+    initial: GateState
+
+
+@dataclass
+class Backend:
+    """Opens the stores of one rollout; ``shared``: a second opening of the
+    same rollout sees the first's state and outcomes (other processes do)."""
+
+    open: Callable[[str], Opened]
+    shared: bool
+    name: str = ""
+    opened: list[Opened] = field(default_factory=list)
+    cleanup: Callable[[], None] | None = None
+
+    def __call__(self, rollout: str) -> Opened:
+        stores = self.open(rollout)
+        self.opened.append(stores)
+        return stores
+
+    def close(self) -> None:
+        for stores in self.opened:
+            stores.state.close()
+            stores.windows.close()
+        if self.cleanup is not None:
+            self.cleanup()
+
+
+def initial_state() -> GateState:
+    return GateState(environment=Environment.canary(10), release_flags=frozenset({"f"}), release=1)
+
+
+def memory_backend(_: RedisServer | None) -> Backend:
+    def open_memory(rollout: str) -> Opened:
+        initial = initial_state()
+        return Opened(InMemoryStateStore(initial), InMemoryWindowStore(WINDOW_SECONDS), initial)
+
+    return Backend(open_memory, shared=False)
+
+
+def redis_backend(server: RedisServer | None) -> Backend:
+    assert server is not None
+
+    def open_redis(rollout: str) -> Opened:
+        initial = initial_state()
+        config = PromotionConfig(name=rollout, rollback_window_seconds=WINDOW_SECONDS)
+        state, windows = store_registry.open_stores(server.url, config, initial)
+        return Opened(state, windows, initial)
+
+    return Backend(open_redis, shared=True)
+
+
+def sqlite_backend(_: RedisServer | None) -> Backend:
+    directory = tempfile.TemporaryDirectory(prefix="gate-contract-")
+    url = f"sqlite://{directory.name}/gate.db"
+
+    def open_sqlite(rollout: str) -> Opened:
+        initial = initial_state()
+        config = PromotionConfig(name=rollout, rollback_window_seconds=WINDOW_SECONDS)
+        state, windows = store_registry.open_stores(url, config, initial)
+        return Opened(state, windows, initial)
+
+    backend = Backend(open_sqlite, shared=True)
+    backend.cleanup = directory.cleanup
+    return backend
+
+
+BACKENDS: dict[str, Callable[[RedisServer | None], Backend]] = {
+    "memory": memory_backend,
+    "redis": redis_backend,
+    "sqlite": sqlite_backend,
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    server = request.getfixturevalue("redis_server") if request.param == "redis" else None
+    opened = BACKENDS[request.param](server)
+    opened.name = request.param
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def rollout() -> str:
+    return f"contract-{uuid.uuid4().hex[:8]}"
+
+
+# -- the port: every member declared and present ----------------------------------------
+
+
+def test_a_store_has_every_member_of_its_port(backend: Backend) -> None:
+    stores = backend(rollout())
+    assert isinstance(stores.state, StateStore) and isinstance(stores.windows, WindowStore)
+    assert missing_members(stores.state, StateStore) == []
+    assert missing_members(stores.windows, WindowStore) == []
+    assert stores.state.remote is backend.shared and stores.windows.remote is backend.shared
+    assert stores.state.transition_timeout > 0
+    assert stores.state.status() == ("ok", "") and stores.windows.status() == ("ok", "")
+
+
+# -- the state: load and compare-and-set ------------------------------------------------
+
+
+def test_the_first_load_is_the_initial_state(backend: Backend) -> None:
+    stores = backend(rollout())
+    loaded = stores.state.load()
+    assert loaded.environment == stores.initial.environment
+    assert loaded.release_flags == stores.initial.release_flags
+    assert loaded.version == stores.initial.version
+
+
+def test_compare_and_set_takes_only_the_expected_version_and_transition(
+    backend: Backend,
+) -> None:
+    stores = backend(rollout())
+    first = stores.state.load()
+    new = first.evolve(environment=Environment.canary(25), transition="t-1")
+    assert stores.state.compare_and_set(first.version, new, expected_transition=first.transition)
+    assert stores.state.load().environment == Environment.canary(25)
+    # A writer that read before the change loses: nothing is overwritten.
+    stale = first.evolve(environment=Environment.PRODUCTION, transition="t-2")
+    assert not stores.state.compare_and_set(first.version, stale)
+    wrong_transition = new.evolve(environment=Environment.STAGING, transition="t-3")
+    assert not stores.state.compare_and_set(
+        new.version, wrong_transition, expected_transition="not-t-1"
+    )
+    now = stores.state.load()
+    assert (now.version, now.transition, now.environment) == (
+        new.version,
+        "t-1",
+        Environment.canary(25),
+    )
+    # The same version with the right transition id is taken.
+    last = new.evolve(environment=Environment.STAGING, transition="t-4")
+    assert stores.state.compare_and_set(new.version, last, expected_transition="t-1")
+    assert stores.state.load().environment == Environment.STAGING
+
+
+def test_a_change_reaches_every_opening_of_a_shared_rollout(backend: Backend) -> None:
+    name = rollout()
+    one, two = backend(name), backend(name)
+    seen: list[GateState] = []
+    two.state.subscribe(seen.append)
+    first = one.state.load()
+    changed = first.evolve(environment=Environment.canary(50), transition="shared-1")
+    assert one.state.compare_and_set(first.version, changed)
+    if backend.shared:
+        assert eventually(lambda: two.state.load().environment == Environment.canary(50), 5.0)
+        assert eventually(lambda: any(s.transition == "shared-1" for s in seen), 5.0)
+    else:  # one process's store: a second one is another rollout's
+        assert two.state.load().environment == Environment.canary(10)
+        assert seen == []
+
+
+# -- the windows: record, stats, evidence, clear -----------------------------------------
+
+
+def record(windows: WindowStore, variant: str, n: int, failures: int, now: float) -> None:
+    for i in range(n):
+        windows.record(variant, i >= failures, i >= failures, 0.010 + i / 10_000, now, cluster=i)
+
+
+def test_outcomes_are_counted_per_variant_with_their_evidence(backend: Backend) -> None:
+    stores = backend(rollout())
+    now = 1_000.0
+    record(stores.windows, "canary", 40, 4, now)
+    record(stores.windows, "stable", 100, 1, now)
+    stores.windows.record("canary", True, True, 0.01, now, evidence=False)  # warm-up
+    stores.windows.flush()
+    canary, stable = stores.windows.stats("canary", now), stores.windows.stats("stable", now)
+    assert isinstance(canary, WindowStats)
+    assert (canary.requests, canary.failures, canary.good) == (41, 4, 37)
+    assert (stable.requests, stable.failures, stable.good) == (100, 1, 99)
+    assert 0.010 <= canary.p99_latency <= 0.016
+    evidence = stores.windows.evidence("canary")
+    assert isinstance(evidence, Evidence)
+    assert (evidence.requests, evidence.failures) == (40, 4)  # the warm-up is not evidence
+    assert stores.windows.evidence("stable").requests == 100
+
+
+def test_clear_forgets_every_outcome(backend: Backend) -> None:
+    stores = backend(rollout())
+    record(stores.windows, "canary", 10, 1, 1_000.0)
+    record(stores.windows, "stable", 10, 1, 1_000.0)
+    stores.windows.flush()
+    stores.windows.clear()
+    stores.windows.flush()
+    for variant in ("canary", "stable"):
+        assert stores.windows.stats(variant, 1_000.0).requests == 0
+        assert stores.windows.evidence(variant).requests == 0
+
+
+def test_outcomes_leave_the_window_but_stay_in_the_steps_evidence(backend: Backend) -> None:
+    stores = backend(rollout())
+    if backend.shared:
+        pytest.skip("a shared store numbers its slices by the server's clock, not `now`")
+    record(stores.windows, "canary", 10, 0, 1_000.0)
+    assert stores.windows.stats("canary", 1_000.0 + WINDOW_SECONDS / 2).requests == 10
+    assert stores.windows.stats("canary", 1_000.0 + 2 * WINDOW_SECONDS).requests == 0
+    assert stores.windows.evidence("canary").requests == 10
+
+
+def test_outcomes_are_merged_across_openings_of_a_shared_rollout(backend: Backend) -> None:
+    name = rollout()
+    one, two = backend(name), backend(name)
+    record(one.windows, "canary", 30, 3, 1_000.0)
+    record(two.windows, "canary", 20, 2, 1_000.0)
+    one.windows.flush()
+    two.windows.flush()
+    expected = 50 if backend.shared else 30
+    assert eventually(lambda: one.windows.stats("canary", 1_000.0).requests == expected, 5.0)
+    assert one.windows.evidence("canary").requests == expected
+    assert one.windows.evidence("canary").failures == (5 if backend.shared else 3)
+
+
+def test_the_store_clock_is_the_hosts_or_corrected_to_the_servers(backend: Backend) -> None:
+    """A process whose clock is 60 s fast reads a shared rollout's times on
+    the store's clock: Redis's ``TIME`` (this host's, on loopback) for a
+    store on a server; the host's own for a store on the host."""
+    stores = backend(rollout())
+    fast = 60.0
+
+    def skewed() -> float:
+        return time.time() + fast
+
+    clock = stores.state.clock(skewed)
+    on_a_server = backend.name == "redis"
+    expected = time.time() if on_a_server else skewed()
+    assert abs(clock() - expected) < 1.0, (backend.name, clock() - time.time())
+
+
+def test_the_outbox_hands_each_delivery_to_one_owner_in_order(backend: Backend) -> None:
+    name = rollout()
+    stores = backend(name)
+    box = stores.state.outbox()
+    assert box is stores.state.outbox() and isinstance(box, Outbox)
+    hook = "receiver-1"
+    for i in range(3):
+        assert box.put(hook, Delivery(f"d{i}", "rollback", b'{"n": %d}' % i), 10) == 0
+    assert box.pending(hook) == 3 and box.pending("another") == 0
+    first = box.take(hook, "owner-a", 30.0)
+    assert first is not None and (first.delivery, first.body) == ("d0", b'{"n": 0}')
+    assert box.take(hook, "owner-b", 30.0) is None  # leased to a; the next waits in order
+    box.retry(hook, "d0", 1, time.time() + 60)
+    assert box.take(hook, "owner-b", 30.0) is None  # not due yet
+    box.retry(hook, "d0", 1, 0.0)
+    again = box.take(hook, "owner-b", 0.0)  # a lease that runs out at once
+    assert again is not None and (again.delivery, again.attempts) == ("d0", 1)
+    taken_over = box.take(hook, "owner-a", 30.0)  # b died holding it: a takes it over
+    assert taken_over is not None and taken_over.delivery == "d0"
+    box.done(hook, "d0")
+    assert box.pending(hook) == 2
+    assert box.put(hook, Delivery("d3", "plan_step", b"{}"), 2) == 1  # d1, the oldest, dropped
+    following = box.take(hook, "owner-a", 30.0)
+    assert following is not None and following.delivery == "d2"
+    shared = backend.name == "sqlite"  # the durable one; Redis keeps the default memory outbox
+    assert box.durable is shared
+    other = backend(name).state.outbox()  # another process of the rollout
+    assert other.pending(hook) == (2 if shared else 0)
+
+
+def test_after_fork_and_close_leave_the_data(backend: Backend) -> None:
+    name = rollout()
+    stores = backend(name)
+    record(stores.windows, "canary", 5, 0, 1_000.0)
+    stores.windows.flush()
+    stores.state.after_fork()
+    stores.windows.after_fork()
+    assert stores.state.load().environment == Environment.canary(10)
+    assert stores.windows.stats("canary", 1_000.0).requests == 5
+
+
+# -- the gate takes any store that keeps the contract -------------------------------------
+
+
+class PlainStateStore(StateStoreBase):
+    """The smallest state store: the two required methods."""
+
+    def __init__(self, state: GateState) -> None:
+        self.state = state
+
+    def load(self) -> GateState:
+        return self.state
+
+    def compare_and_set(
+        self, expected_version: int, new_state: GateState, *, expected_transition: str | None = None
+    ) -> bool:
+        if self.state.version != expected_version:
+            return False
+        self.state = new_state
+        return True
+
+
+class PlainWindowStore(WindowStoreBase):
+    """A window store that delegates to the in-memory one."""
+
+    def __init__(self) -> None:
+        self.inner = InMemoryWindowStore(WINDOW_SECONDS)
+        self.recorded = 0
+
+    def record(self, variant: str, success: bool, good: bool, duration: float, now: float,
+               cluster: int = 0, evidence: bool = True) -> None:  # fmt: skip
+        self.recorded += 1
+        self.inner.record(variant, success, good, duration, now, cluster, evidence)
+
+    def stats(self, variant: str, now: float) -> WindowStats:
+        return self.inner.stats(variant, now)
+
+    def evidence(self, variant: str) -> Evidence:
+        return self.inner.evidence(variant)
+
+    def clear(self) -> None:
+        self.inner.clear()
+
+
+def test_a_store_from_the_base_classes_runs_a_gate() -> None:
+    config = PromotionConfig(environment=Environment.canary(50), auto_rollback_enabled=False)
+    windows = PlainWindowStore()
+    gate = PromotionGate(
+        config,
+        state_store=PlainStateStore(GateState(environment=Environment.canary(50), release=1)),
+        window_store=windows,
+    )
+    decision = gate.route_request("a-session-id-0123456789")
+    gate.record_request_outcome("a-session-id-0123456789", True, 0.01, decision=decision)
+    assert windows.recorded == 1
+    gate.set_traffic_percent(20)
+    assert gate.environment == Environment.canary(20)
+    assert gate.status().to_dict()["store"] == {"kind": "memory", "status": "ok"}
+    gate.close()
+
+
+def test_a_store_missing_a_member_is_refused_by_name() -> None:
+    class Partial:
+        def load(self) -> GateState:
+            return GateState(environment=Environment.PRODUCTION)
+
+        def compare_and_set(self, *args: Any, **kwargs: Any) -> bool:
+            return False
+
+    with pytest.raises(ConfigError, match="state_store.*lacks remote, transition_timeout"):
+        PromotionGate(state_store=Partial())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="window_store.*lacks remote, record, stats"):
+        PromotionGate(window_store=object())  # type: ignore[arg-type]
+
+
+# -- the registry: a URL's scheme picks the backend ---------------------------------------
+
+
+def test_an_unknown_scheme_names_the_known_ones_and_never_the_url() -> None:
+    with pytest.raises(ConfigError) as raised:
+        PromotionGate.from_url("postgres://user:pw-SECRET@db/x", PromotionConfig(name="checkout"))
+    message = str(raised.value)
+    assert "pw-SECRET" not in message and "postgres://" in message
+    assert "redis" in message and "redis+sentinel" in message
+    assert set(schemes()) >= {"redis", "rediss", "redis+cluster", "redis+sentinel", "sqlite"}
+
+
+def test_a_registered_scheme_opens_its_own_stores() -> None:
+    opened: list[tuple[str, str, dict[str, Any]]] = []
+
+    @register_store("contract-memory")
+    def open_contract(
+        url: str, config: PromotionConfig, initial: GateState, meter_provider: Any, **options: Any
+    ) -> tuple[StateStore, WindowStore]:
+        opened.append((url, config.name, options))
+        return InMemoryStateStore(initial), InMemoryWindowStore(config.rollback_window_seconds)
+
+    try:
+        gate = PromotionGate.from_url(
+            "contract-memory://here", PromotionConfig(name="orders"), transition_timeout=2.0
+        )
+        assert opened == [("contract-memory://here", "orders", {"transition_timeout": 2.0})]
+        assert gate.route_request("a-session-id-0123456789").variant == "stable"
+        gate.close()
+    finally:
+        store_registry._REGISTERED.pop("contract-memory")
+    with pytest.raises(ConfigError, match="scheme"):
+        register_store("Bad:Scheme")
+
+
+def test_the_gate_imports_no_store_backend() -> None:
+    code = (
+        "import sys, gate_middleware\n"
+        "from gate_middleware import PromotionGate\n"
+        "PromotionGate().route_request('a-session-id-0123456789')\n"
+        "print(sorted(m for m in sys.modules if m in ('redis', 'sqlite3') or m.endswith('_store')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+        check=True,
+    )
+    assert result.stdout.strip() == "[]"

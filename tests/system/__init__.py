@@ -1,0 +1,1 @@
+"""Real servers, really started: the examples, the README, the demo, shared stores."""

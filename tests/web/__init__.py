@@ -1,0 +1,1 @@
+"""The request path: the middleware's lifecycle, recording, protocols, hostile input."""
