@@ -59,6 +59,10 @@ class Backend:
     open: Callable[[str], Opened]
     shared: bool
     name: str = ""
+    #: Its outbox outlives the process and is shared by the rollout's processes.
+    durable_outbox: bool = False
+    #: Its clock is a server's (times are corrected to it), not this host's.
+    server_clock: bool = False
     opened: list[Opened] = field(default_factory=list)
     cleanup: Callable[[], None] | None = None
 
@@ -96,7 +100,7 @@ def redis_backend(server: RedisServer | None) -> Backend:
         state, windows = store_registry.open_stores(server.url, config, initial)
         return Opened(state, windows, initial)
 
-    return Backend(open_redis, shared=True)
+    return Backend(open_redis, shared=True, server_clock=True)
 
 
 def sqlite_backend(_: RedisServer | None) -> Backend:
@@ -109,7 +113,7 @@ def sqlite_backend(_: RedisServer | None) -> Backend:
         state, windows = store_registry.open_stores(url, config, initial)
         return Opened(state, windows, initial)
 
-    backend = Backend(open_sqlite, shared=True)
+    backend = Backend(open_sqlite, shared=True, durable_outbox=True)
     backend.cleanup = directory.cleanup
     return backend
 
@@ -275,7 +279,7 @@ def test_the_store_clock_is_the_hosts_or_corrected_to_the_servers(backend: Backe
         return time.time() + fast
 
     clock = stores.state.clock(skewed)
-    on_a_server = backend.name == "redis"
+    on_a_server = backend.server_clock
     expected = time.time() if on_a_server else skewed()
     assert abs(clock() - expected) < 1.0, (backend.name, clock() - time.time())
 
@@ -304,7 +308,7 @@ def test_the_outbox_hands_each_delivery_to_one_owner_in_order(backend: Backend) 
     assert box.put(hook, Delivery("d3", "plan_step", b"{}"), 2) == 1  # d1, the oldest, dropped
     following = box.take(hook, "owner-a", 30.0)
     assert following is not None and following.delivery == "d2"
-    shared = backend.name == "sqlite"  # the durable one; Redis keeps the default memory outbox
+    shared = backend.durable_outbox  # SQLite's; Redis keeps the default memory outbox
     assert box.durable is shared
     other = backend(name).state.outbox()  # another process of the rollout
     assert other.pending(hook) == (2 if shared else 0)
