@@ -337,7 +337,11 @@ def test_django_keeps_a_cookie_response_from_shared_caches_as_wsgi_does(
             sent.setdefault(name.lower(), []).append(value)
 
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
-    GateWSGIMiddleware(wsgi_app, gate=make_gate(), secret="s" * 32)(environ, start_response)
+    body = GateWSGIMiddleware(wsgi_app, gate=make_gate(), secret="s" * 32)(environ, start_response)
+    try:
+        assert b"".join(body) == b"ok"
+    finally:
+        getattr(body, "close", lambda: None)()  # as a server does: the request ends here
     assert (", ".join(sent["vary"]), ", ".join(sent["cache-control"])) == (vary, cache_control)
 
     def view(request: HttpRequest) -> HttpResponse:
