@@ -6,9 +6,12 @@ flushers and the webhooks' senders are each one of these; ``run_once`` runs
 a single job (the gate's evaluation off a request's thread).
 
 A process that exits (a worker recycled by ``--max-requests``, a restart)
-first lets a step or job that is under way finish, for up to
-``EXIT_GRACE_SECONDS``: a rollback it has just stored is then reported
-(callbacks, webhooks) by it, as nobody else would."""
+first stops every background thread from starting another step, then lets
+the steps and jobs under way finish, for up to ``EXIT_GRACE_SECONDS`` in
+all, then runs each thread's ``on_exit``: a rollback it has just stored is
+reported (callbacks, webhooks) by it, as nobody else would, and a webhook
+delivery it has not begun is left in a durable outbox for the processes
+that stay, not taken and dropped half-sent."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 logger = logging.getLogger("gate_middleware")
@@ -37,13 +41,22 @@ def _done() -> None:
         _busy.discard(threading.current_thread())
 
 
+_threads: weakref.WeakSet[BackgroundThread] = weakref.WeakSet()
+
+
 def finish_work(grace: float = EXIT_GRACE_SECONDS) -> None:
-    """Wait (up to ``grace`` seconds in all) for the steps and jobs under way."""
+    """At exit: no new steps; wait (up to ``grace`` seconds in all) for the
+    steps and jobs under way; then each thread's ``on_exit``."""
+    threads = list(_threads)
+    for background in threads:
+        background.close()
     deadline = time.monotonic() + grace
     with _busy_lock:
-        threads = [t for t in _busy if t is not threading.current_thread()]
-    for thread in threads:
+        busy = [t for t in _busy if t is not threading.current_thread()]
+    for thread in busy:
         thread.join(max(0.0, deadline - time.monotonic()))
+    for background in threads:
+        background.exiting()
 
 
 def _forget_parents_work() -> None:
@@ -87,8 +100,16 @@ class BackgroundThread:
     next call now; ``close()`` stops it for good, in forked children too."""
 
     def __init__(
-        self, name: str, step: Callable[[], None], interval: float, *, wait_first: bool = False
+        self,
+        name: str,
+        step: Callable[[], None],
+        interval: float,
+        *,
+        wait_first: bool = False,
+        on_exit: Callable[[], None] | None = None,
     ) -> None:
+        self._on_exit = on_exit
+        _threads.add(self)
         self._name = name
         self._step = step
         self._interval = interval
@@ -113,6 +134,15 @@ class BackgroundThread:
             target=self._run, args=(self._stop, self._wake), name=self._name, daemon=True
         ).start()
 
+    def exiting(self) -> None:
+        """The process exits: run ``on_exit`` (an exception is logged)."""
+        if self._on_exit is None:
+            return
+        try:
+            self._on_exit()
+        except Exception:
+            logger.exception("%s could not finish at exit", self._name)
+
     def wake(self) -> None:
         """Call the step now rather than at the end of the interval."""
         self._wake.set()
@@ -123,6 +153,9 @@ class BackgroundThread:
             wake.clear()
         while not stop.is_set():
             _working()
+            if stop.is_set():  # closed (an exit) while it registered: no new step
+                _done()
+                return
             try:
                 self._step()
             except Exception:  # the thread must never die

@@ -314,9 +314,10 @@ class Progress:
 
 def watch_the_plan(
     client: AdminClient, progress: Progress, deadline: float, *, token: str, manual: bool
-) -> bool:
-    """Start the release and watch the plan carry it out; ``True`` once it
-    reached production or was rolled back (the scenario decides which is right)."""
+) -> dict[str, Any] | None:
+    """Start the release and watch the plan carry it out; the last event once
+    it reached production or was rolled back (the scenario decides which is
+    right), ``None`` if the time ran out."""
     client.call("startCanary", {"percent": PLAN_STEPS[0], "flags": [FLAG]})
     announced = False
     while time.monotonic() < deadline:
@@ -327,7 +328,8 @@ def watch_the_plan(
         # (its follower reads the file every 0.25 s) still shows production.
         started = any(e.get("action") == "start_canary" for e in status["recent_events"])
         if started and outcome(status) is not None:
-            return True
+            last: dict[str, Any] = status["recent_events"][-1]
+            return last
         position = (status.get("plan") or {}).get("position") or {}
         if manual and position.get("awaiting") and not announced:
             announced = True
@@ -341,7 +343,21 @@ def watch_the_plan(
             time.sleep(1.0)
             client.call("resumePlan", {})
         time.sleep(0.25)
-    return False
+    return None
+
+
+def settled(client: AdminClient, last: dict[str, Any] | None) -> tuple[dict[str, Any], Any]:
+    """The status and the history once the answering worker has read ``last``
+    (the event the outcome was seen in): either worker may answer, and one
+    may not have read the file yet (its follower reads it every 0.25 s)."""
+    deadline = time.monotonic() + 5
+    while True:
+        status, history = client.status(), client.history()
+        events = status["recent_events"]
+        agreed = last is None or (history[-1:] == [last] and events[-1:] == [last])
+        if agreed or time.monotonic() > deadline:
+            return status, history
+        time.sleep(0.1)
 
 
 def plan_timeline(events: list[dict[str, Any]], started: float) -> list[str]:
@@ -417,15 +433,24 @@ def run_demo(scenario: str, duration: float, users: int, keep_serving: bool, por
             f"{bake:g} s of bake per step"
         )
         with Progress(console, traffic) as progress:
-            ok = watch_the_plan(
+            last = watch_the_plan(
                 client, progress, deadline, token=token, manual=scenario == "manual"
             )
         traffic.close()
+        status, history = settled(client, last)
         ok = summarise(
-            console, client, traffic, scenario, port, users, ok, time.monotonic() - started
+            console,
+            status,
+            history,
+            traffic,
+            scenario,
+            port,
+            users,
+            last is not None,
+            time.monotonic() - started,
         )
         console.print("Plan timeline:")
-        for line in plan_timeline(client.history(), started_wall):
+        for line in plan_timeline(history, started_wall):
             console.print(line, markup=False, soft_wrap=True)
         if keep_serving:
             console.print(
@@ -442,7 +467,8 @@ def run_demo(scenario: str, duration: float, users: int, keep_serving: bool, por
 
 def summarise(
     console: Console,
-    client: AdminClient,
+    status: dict[str, Any],
+    history: list[dict[str, Any]],
     traffic: Traffic,
     scenario: str,
     port: int,
@@ -450,7 +476,6 @@ def summarise(
     reached: bool,
     elapsed: float,
 ) -> bool:
-    status = client.status()
     counts = traffic.counts
     console.print()
     console.print(f"Summary after {elapsed:.1f} s")
@@ -464,7 +489,7 @@ def summarise(
     console.print(f"  answered by {len(traffic.workers)} workers ({served})")
     console.print(f"Final environment: {environment_label(status['environment'])}")
     console.print("History:")
-    for event in client.history():
+    for event in history:
         console.print(printable(f"  {event_line(event)}"))
     ok = reached
     if scenario in ("healthy", "manual"):
@@ -477,7 +502,7 @@ def summarise(
             console.print(f"{FLAG} is on for every session")
         ok = ok and everyone
     else:
-        rollbacks = [e for e in client.history() if e["kind"] == "rollback" and e["automatic"]]
+        rollbacks = [e for e in history if e["kind"] == "rollback" and e["automatic"]]
         if rollbacks:
             console.print(
                 printable(

@@ -138,7 +138,11 @@ class Webhook:
         self._busy = False
         self._trouble = ""
         self._owner = _owner()
-        self._sender = BackgroundThread("gate-webhook", self._send_due, POLL_SECONDS)
+        # At exit, what is not yet in the outbox goes there (a durable one
+        # keeps it for the processes that stay).
+        self._sender = BackgroundThread(
+            "gate-webhook", self._send_due, POLL_SECONDS, on_exit=self._move_unsent
+        )
         self._opener = urllib.request.build_opener(_NoRedirects())
 
     def attach(self, outbox: Outbox) -> None:
