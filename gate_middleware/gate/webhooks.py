@@ -35,9 +35,7 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
-import socket
 import threading
 import time
 import urllib.error
@@ -47,7 +45,7 @@ from collections import deque
 from typing import Any
 
 from gate_middleware.background import BackgroundThread
-from gate_middleware.domain.state import DeliveryView, WebhookView
+from gate_middleware.domain.state import DeliveryView, WebhookView, this_process
 from gate_middleware.errors import ConfigError
 from gate_middleware.stores.outbox import Delivery, MemoryOutbox, Outbox
 
@@ -342,7 +340,7 @@ class Webhook:
 
 def _owner() -> str:
     """Who holds a lease: this process, on this host."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    return f"{this_process()}:{secrets.token_hex(4)}"
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
