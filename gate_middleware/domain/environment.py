@@ -8,17 +8,35 @@ among themselves by their traffic share.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from functools import total_ordering
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from gate_middleware.errors import ConfigError
 
-CANARY = "canary"
-STAGING = "staging"
-PRODUCTION = "production"
+#: The stages of a release, in order. (The sides a session is routed to,
+#: "canary" and "stable", are the *variants* of ``gate_middleware.domain.routing``.)
+Stage = Literal["canary", "staging", "production"]
+CANARY_STAGE: Stage = "canary"
+STAGING: Stage = "staging"
+PRODUCTION: Stage = "production"
+STAGES: tuple[Stage, ...] = (CANARY_STAGE, STAGING, PRODUCTION)
 
-_RANK = {CANARY: 0, STAGING: 1, PRODUCTION: 2}
+_RANK = {CANARY_STAGE: 0, STAGING: 1, PRODUCTION: 2}
+
+
+def __getattr__(name: str) -> Any:
+    """``CANARY``, the stage's name before 0.2, kept for one release."""
+    if name == "CANARY":
+        warnings.warn(
+            "gate_middleware.domain.environment.CANARY is now CANARY_STAGE "
+            "(CANARY is the routing variant); the old name is removed in 0.3",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return CANARY_STAGE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def validate_traffic_percent(value: Any, field: str = "traffic_percent") -> float:
@@ -43,7 +61,7 @@ class Environment:
     release) and 0.0 in production (the release, if any, is now stable).
     """
 
-    name: str
+    name: Stage
     traffic_percent: float
 
     STAGING: ClassVar[Environment]
@@ -63,12 +81,12 @@ class Environment:
     @classmethod
     def canary(cls, traffic_percent: float) -> Environment:
         """A canary that serves the release to ``traffic_percent`` % of sessions."""
-        return cls(CANARY, traffic_percent)
+        return cls(CANARY_STAGE, traffic_percent)
 
     @classmethod
     def from_name(cls, name: str, traffic_percent: float | None = None) -> Environment:
         """Build an environment from its name, as config files and the admin API spell it."""
-        if name == CANARY:
+        if name == CANARY_STAGE:
             if traffic_percent is None:
                 raise ConfigError("traffic_percent", None, "a number from 0 to 100 for a canary")
             return cls.canary(traffic_percent)
@@ -80,7 +98,7 @@ class Environment:
 
     @property
     def is_canary(self) -> bool:
-        return self.name == CANARY
+        return self.name == CANARY_STAGE
 
     def _key(self) -> tuple[int, float]:
         return (_RANK[self.name], self.traffic_percent)
@@ -91,7 +109,7 @@ class Environment:
         return self._key() < other._key()
 
     def __str__(self) -> str:
-        if self.name == CANARY:
+        if self.name == CANARY_STAGE:
             return f"canary ({self.traffic_percent:g}%)"
         return self.name
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypedDict
 
-from gate_middleware.domain.environment import CANARY, PRODUCTION, STAGING
+from gate_middleware.domain.environment import CANARY_STAGE, PRODUCTION, STAGING, Stage
 from gate_middleware.errors import ConfigError
 
 HEALTHY = (
@@ -53,19 +53,19 @@ PAUSE = "pause"
 AWAIT_APPROVAL = "await_approval"
 
 # Where a plan stands (PlanPosition.status).
-RUNNING = "running"
-PAUSED = "paused"
-DONE = "done"
-ROLLED_BACK = "rolled_back"
-ABORTED = "aborted"
-STATUSES = (RUNNING, PAUSED, DONE, ROLLED_BACK, ABORTED)
 PlanState = Literal["running", "paused", "done", "rolled_back", "aborted"]
+RUNNING: PlanState = "running"
+PAUSED: PlanState = "paused"
+DONE: PlanState = "done"
+ROLLED_BACK: PlanState = "rolled_back"
+ABORTED: PlanState = "aborted"
+STATUSES: tuple[PlanState, ...] = (RUNNING, PAUSED, DONE, ROLLED_BACK, ABORTED)
 
 
 class StepView(TypedDict):
     """A step as ``to_dict`` shows it."""
 
-    stage: str
+    stage: Stage
     traffic_percent: float
     bake_seconds: float
     min_requests: int | None
@@ -79,7 +79,7 @@ class PositionView(TypedDict):
 
     index: int
     entered_at: float
-    status: str
+    status: PlanState
     resumed_at: float
     held: bool
     awaiting: bool
@@ -139,7 +139,7 @@ class PlanStep:
     before it leaves this step.
     """
 
-    stage: str = CANARY
+    stage: Stage = CANARY_STAGE
     traffic_percent: float = 0.0
     bake_seconds: float = 12 * HOUR
     min_requests: int | None = None
@@ -148,7 +148,7 @@ class PlanStep:
 
     @property
     def label(self) -> str:
-        if self.stage == CANARY:
+        if self.stage == CANARY_STAGE:
             return f"canary {self.traffic_percent:g}%"
         return self.stage
 
@@ -174,7 +174,7 @@ def _step_from(value: Any, where: str, default_bake: float) -> PlanStep:
             "require_healthy": value.require_healthy,
             "manual": value.manual,
         }
-        if value.stage != CANARY:
+        if value.stage != CANARY_STAGE:
             raise ConfigError(f"{where}.stage", value.stage, "'canary' (staging comes after)")
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         fields = {"traffic_percent": value, "bake_seconds": default_bake}
@@ -188,12 +188,12 @@ def _step_from(value: Any, where: str, default_bake: float) -> PlanStep:
         fields = {"bake_seconds": default_bake, **value}
     else:
         raise ConfigError(where, value, "a percentage or a table of step fields")
-    return PlanStep(stage=CANARY, **fields)
+    return PlanStep(stage=CANARY_STAGE, **fields)
 
 
 def _checked(step: PlanStep, where: str) -> PlanStep:
     percent = step.traffic_percent
-    if step.stage == CANARY and (
+    if step.stage == CANARY_STAGE and (
         isinstance(percent, bool)
         or not isinstance(percent, (int, float))
         or math.isnan(percent)
@@ -330,7 +330,7 @@ class PlanPosition:
 
     index: int
     entered_at: float
-    status: str = RUNNING
+    status: PlanState = RUNNING
     resumed_at: float = 0.0
     held: bool = False
     awaiting: bool = False

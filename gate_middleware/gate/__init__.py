@@ -1,7 +1,8 @@
 """The gate: ``PromotionGate``, the front every other layer talks to
-(``front``), the rollout plan's part of it (``autopilot``), its telemetry,
-its webhooks and how it tells that it is one of several processes
-(``workers``). It reaches stores only through their port and the registry,
+(``front``), and the parts it wires: how its state changes and what follows
+each change (``transitions``), when and how it judges (``evaluation``), the
+rollout plan (``autopilot``), its telemetry, its webhooks and how it tells
+that it is one of several processes (``workers``). It reaches stores only through their port and the registry,
 never a backend. The package exports what the module ``gate_middleware.gate``
 exported before the layers.
 """

@@ -2,36 +2,33 @@
 
 ``gate_middleware.domain.plan`` decides what the plan's next step is (pure: state in,
 action out); this module carries it out through the gate's own transitions.
-``PromotionGate`` takes ``Autopilot`` as a base, so the plan's controls
+``PromotionGate`` holds an ``Autopilot`` and offers the plan's controls
 (``pause``, ``resume``, ``abort``, ``retry``, ``skip_to``, ``promote_now``,
-``plan_status``) are the gate's methods, while their code lives here, beside
+``plan_status``) as its own methods, while their code lives here, beside
 the timer that moves the plan on when no request comes.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from gate_middleware.background import BackgroundThread
 from gate_middleware.domain import plan as plans
 from gate_middleware.domain.config import PromotionConfig
-from gate_middleware.domain.environment import CANARY as CANARY_ENV
-from gate_middleware.domain.environment import PRODUCTION, STAGING, Environment
+from gate_middleware.domain.environment import CANARY_STAGE, PRODUCTION, STAGING, Environment
 from gate_middleware.domain.naming import validate_reason
 from gate_middleware.domain.plan import PlanPosition, RolloutPlan
 from gate_middleware.domain.routing import CANARY
 from gate_middleware.domain.state import GateState, PromotionEvent, RollbackEvent
 from gate_middleware.errors import ConfigError, PromotionError
+from gate_middleware.gate.evaluation import Evaluation
+from gate_middleware.gate.transitions import Transitions, event_time
 from gate_middleware.judge.verdict import CanaryHealth
-
-if TYPE_CHECKING:
-    from gate_middleware.stores import WindowStore
+from gate_middleware.stores import WindowStore
 
 logger = logging.getLogger("gate_middleware")
 
@@ -46,12 +43,16 @@ def validate_actor(actor: Any) -> str:
     return actor
 
 
+class Ticks(Protocol):
+    def tick(self) -> None: ...
+
+
 class PlanTimer:
     """Evaluates the gate every ``interval`` seconds on a background thread,
     so the plan moves on without traffic; holds the gate weakly (a gate
     dropped without ``close()`` stops its timer)."""
 
-    def __init__(self, gate: Autopilot, interval: float) -> None:
+    def __init__(self, gate: Ticks, interval: float) -> None:
         self._gate = weakref.ref(gate)
         self._thread = BackgroundThread("gate-plan", self._tick, interval, wait_first=True)
 
@@ -70,46 +71,35 @@ class PlanTimer:
 
 
 class Autopilot:
-    """The plan's part of ``PromotionGate`` (a base class of it; not used alone)."""
+    """The gate carrying out its rollout plan, and the plan's controls.
 
-    if TYPE_CHECKING:  # what the plan uses of the gate
-        config: PromotionConfig
-        plan: RolloutPlan | None
-        _windows: WindowStore
-        _evaluation_lock: threading.Lock
-        _last_evaluation: float
-        _next_evaluation: float
-        _clock: Callable[[], float]
-        _wall_clock: Callable[[], float]
+    ``PromotionGate`` holds one and offers its controls as its own methods.
+    It moves the release through the gate's ``Transitions`` (so exactly one
+    process makes each step) and asks the gate's ``Evaluation`` whether a
+    step may be skipped; ``rollback`` is the gate's own.
+    """
 
-        def _utcnow(self) -> datetime: ...
-        def _current(self) -> GateState: ...
-        def _transition(
-            self, change: Callable[[GateState], tuple[GateState, Any] | None]
-        ) -> tuple[GateState, Any] | None: ...
-        def _evaluate(self, act: bool) -> tuple[CanaryHealth, float, bool]: ...
-        def _check_promotable(
-            self, health: CanaryHealth, compliance: float, enough: bool
-        ) -> None: ...
-        def rollback(self, reason: str, *, actor: str = API_ACTOR) -> RollbackEvent: ...
-
-    def tick(self) -> None:
-        """Evaluate now unless another thread is (the plan's timer calls it)."""
-        if not self._evaluation_lock.acquire(blocking=False):
-            return
-        try:
-            now = self._clock()
-            self._last_evaluation = now
-            self._next_evaluation = now + self.config.evaluation_interval_seconds
-            self._evaluate(act=True)
-        except PromotionError as exc:  # a shared store that is down: logged there
-            logger.warning("The plan could not change the shared state: %s", exc)
-        finally:
-            self._evaluation_lock.release()
+    def __init__(
+        self,
+        plan: RolloutPlan | None,
+        config: PromotionConfig,
+        windows: WindowStore,
+        transitions: Transitions,
+        evaluation: Evaluation,
+        rollback: Callable[..., RollbackEvent],
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.plan = plan
+        self._config = config
+        self._windows = windows
+        self._transitions = transitions
+        self._evaluation = evaluation
+        self._rollback = rollback
+        self._wall_clock = wall_clock
 
     # -- the rollout plan ---------------------------------------------------
 
-    def _carry_out_plan(self, state: GateState, health: CanaryHealth) -> None:
+    def carry_out(self, state: GateState, health: CanaryHealth) -> None:
         plan, position = self.plan, state.plan
         if plan is None or position is None:
             return
@@ -118,7 +108,7 @@ class Autopilot:
             position,
             verdict=health.verdict,
             canary_requests=self._windows.evidence(CANARY).requests,
-            min_requests=self.config.min_requests,
+            min_requests=self._config.min_requests,
             now=self._wall_clock(),
         )
         if action.kind == plans.ADVANCE:
@@ -167,7 +157,7 @@ class Autopilot:
 
     def _target(self, index: int) -> Environment:
         step = self._the_plan().step(index)
-        if step.stage == CANARY_ENV:
+        if step.stage == CANARY_STAGE:
             return Environment.canary(step.traffic_percent)
         return Environment.STAGING if step.stage == STAGING else Environment.PRODUCTION
 
@@ -193,7 +183,7 @@ class Autopilot:
             event = PromotionEvent(
                 current.environment,
                 target,
-                self._utcnow(),
+                event_time(self._wall_clock),
                 action,
                 forced,
                 health,
@@ -202,7 +192,7 @@ class Autopilot:
             )
             return self._entered(current, index, event, position), event
 
-        if self._transition(change) is None:
+        if self._transitions.apply(change) is None:
             return False
         logger.info("Plan: %s -> %s (%s)", state.environment, target, reason)
         return True
@@ -224,14 +214,14 @@ class Autopilot:
             event = PromotionEvent(
                 current.environment,
                 current.environment,
-                self._utcnow(),
+                event_time(self._wall_clock),
                 action,
                 reason=why,
                 actor=actor,
             )
             return current.evolve(event, plan=replace(position, **changes)), event
 
-        result = self._transition(change)
+        result = self._transitions.apply(change)
         if result is not None:
             log = logger.warning if action in ("pause", "hold") else logger.info
             log("Plan %s: %s", action, why)
@@ -242,7 +232,7 @@ class Autopilot:
             raise PromotionError("the gate has no rollout plan (PromotionConfig.plan)")
         return self.plan
 
-    def _plan_after(self, current: GateState, target: Environment) -> PlanPosition | None:
+    def plan_after(self, current: GateState, target: Environment) -> PlanPosition | None:
         """The plan's position after a change made by hand to ``target``."""
         position = current.plan
         if position is None or self.plan is None:
@@ -256,7 +246,7 @@ class Autopilot:
         return replace(entered, status=position.status, reason=position.reason)
 
     def _running_plan(self, what: str) -> tuple[GateState, PlanPosition]:
-        state = self._current()
+        state = self._transitions.current()
         if self.plan is None:
             raise PromotionError(
                 f"cannot {what}: the gate has no rollout plan (PromotionConfig.plan)"
@@ -295,11 +285,11 @@ class Autopilot:
             approved=step.manual or position.approved,
             reason="",
         )
-        self._evaluate(act=True)  # go on now if the step is ready
+        self._evaluation.evaluate(act=True)  # go on now if the step is ready
 
     def abort(self, reason: str, *, actor: str = API_ACTOR) -> RollbackEvent:
         """Roll the release back and end its plan (``retry`` starts it again)."""
-        return self.rollback(reason, actor=actor)
+        return self._rollback(reason, actor=actor)
 
     def retry(self, *, actor: str = API_ACTOR) -> Environment:
         """Start the plan again, from its first step, for the release last rolled back."""
@@ -309,7 +299,7 @@ class Autopilot:
             raise PromotionError(
                 "cannot retry: the gate has no rollout plan (PromotionConfig.plan)"
             )
-        state = self._current()
+        state = self._transitions.current()
         position = state.plan
         if (
             position is None
@@ -329,7 +319,7 @@ class Autopilot:
             event = PromotionEvent(
                 current.environment,
                 target,
-                self._utcnow(),
+                event_time(self._wall_clock),
                 "retry",
                 reason=f"plan restarted for the release with {list(position.release_flags)}",
                 actor=actor,
@@ -344,7 +334,7 @@ class Autopilot:
             )
             return new, event
 
-        self._transition(change)
+        self._transitions.apply(change)
         logger.info("Plan restarted at %s", target)
         return target
 
@@ -369,9 +359,9 @@ class Autopilot:
             )
         if not isinstance(force, bool):
             raise ConfigError("force", force, "True or False")
-        health, compliance, enough = self._evaluate(act=False)
+        health, compliance, enough = self._evaluation.evaluate(act=False)
         if not force:
-            self._check_promotable(health, compliance, enough)
+            self._evaluation.require_promotable(health, compliance, enough)
         reason = f"skipped to {plan.step(index).label}" + (" (forced)" if force else "")
         if not self._move_plan(state, position, index, "skip", reason, actor, health, forced=force):
             raise PromotionError("cannot skip: the plan moved meanwhile; look again")
@@ -390,4 +380,4 @@ class Autopilot:
         plan = self.plan
         if plan is None:
             return None
-        return plans.progress(plan, self._current().plan, self._wall_clock())
+        return plans.progress(plan, self._transitions.current().plan, self._wall_clock())

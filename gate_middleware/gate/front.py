@@ -6,13 +6,12 @@ the window store; state changes go through the state store's
 compare-and-set, so two threads that detect the same failure at the same
 moment make exactly one rollback.
 
-The gate evaluates itself: ``record_request_outcome`` asks the judge
-(``gate_middleware.judge.statistics``) at most once every
-``evaluation_interval_seconds`` of the injected clock (no background
-thread), so an app that only records outcomes still gets its automatic
-rollback. The judge reads the evidence of the current *step* (every start,
-traffic change, promotion and rollback begins one); outcomes routed under
-another step are dropped and counted (``stale_outcomes``).
+The gate evaluates itself: ``record_request_outcome`` asks the judge at
+most once every ``evaluation_interval_seconds`` of the injected clock (no
+background thread), so an app that only records outcomes still gets its
+automatic rollback. The judge reads the evidence of the current *step*
+(every start, traffic change, promotion and rollback begins one); outcomes
+routed under another step are dropped and counted (``stale_outcomes``).
 
 With a rollout plan (``PromotionConfig.plan``) the gate also moves the
 release forward by itself: each evaluation asks ``gate_middleware.domain.plan``
@@ -20,6 +19,10 @@ what to do next and carries it out through the same compare-and-set, so
 with a shared store exactly one process makes each step. A daemon thread
 per gate (``gate-plan``) evaluates every ``evaluation_interval_seconds``
 too, so a quiet night does not freeze the plan; ``close()`` stops it.
+
+The front wires four parts and keeps the commands: ``transitions`` (the
+state, compare-and-set and what follows each change), ``evaluation`` (the
+schedule and the judge), ``autopilot`` (the plan) and ``telemetry``.
 """
 
 from __future__ import annotations
@@ -27,30 +30,25 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
-import threading
 import time
 import weakref
 import zlib
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from opentelemetry.metrics import MeterProvider
 
-from gate_middleware.background import run_once
 from gate_middleware.domain import plan as plans
 from gate_middleware.domain.config import (
     PromotionConfig,
     SloConfig,
-    judge_settings,
     validate_flag_name,
     validate_flag_names,
 )
-from gate_middleware.domain.environment import CANARY as CANARY_ENV
 from gate_middleware.domain.environment import (
+    CANARY_STAGE,
     PRODUCTION,
     STAGING,
     Environment,
@@ -60,15 +58,12 @@ from gate_middleware.domain.naming import validate_reason
 from gate_middleware.domain.plan import PlanPosition, RolloutPlan
 from gate_middleware.domain.routing import (
     BUCKETS,
-    CANARY,
-    STABLE,
     VARIANTS,
     RoutingDecision,
     RoutingTable,
     canary_threshold,
 )
 from gate_middleware.domain.state import (
-    MAX_SAMPLES,
     GateEvent,
     GateState,
     GateStatus,
@@ -78,7 +73,7 @@ from gate_middleware.domain.state import (
     StoreView,
     WebhookView,
 )
-from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
+from gate_middleware.errors import ConfigError, PromotionError
 from gate_middleware.gate.autopilot import (
     API_ACTOR,
     GATE_ACTOR,
@@ -86,18 +81,13 @@ from gate_middleware.gate.autopilot import (
     PlanTimer,
     validate_actor,
 )
+from gate_middleware.gate.evaluation import Evaluation
 from gate_middleware.gate.telemetry import GateTelemetry
+from gate_middleware.gate.transitions import AfterChange, Transitions, event_time
 from gate_middleware.gate.webhooks import Webhook
 from gate_middleware.gate.workers import several_workers
-from gate_middleware.judge.evidence import Evidence
-from gate_middleware.judge.statistics import (
-    HEALTHY,
-    MONITOR,
-    ROLLBACK,
-    judge,
-    judge_against_objective,
-)
-from gate_middleware.judge.verdict import CanaryHealth, WindowStats, assess, no_release
+from gate_middleware.judge.statistics import DEFAULT_CHECKS, ROLLBACK, Check
+from gate_middleware.judge.verdict import CanaryHealth
 from gate_middleware.stores import (
     StateStore,
     StoreCondition,
@@ -148,9 +138,8 @@ def _checked(store: Any, port: type, name: str) -> Any:
 
 
 Callback = TypeVar("Callback", bound=Callable[..., Any])
-Event = TypeVar("Event", RollbackEvent, PromotionEvent, None)
 
-_PROMOTION_PATHS = {(CANARY_ENV, STAGING), (STAGING, PRODUCTION), (CANARY_ENV, PRODUCTION)}
+_PROMOTION_PATHS = {(CANARY_STAGE, STAGING), (STAGING, PRODUCTION), (CANARY_STAGE, PRODUCTION)}
 
 
 def _seconds(duration: float | timedelta) -> float:
@@ -210,18 +199,17 @@ def routing_table(state: GateState, config: PromotionConfig) -> RoutingTable:
     )
 
 
-class PromotionGate(Autopilot):
+class PromotionGate:
     """The promotion gate of one rollout (``PromotionGateManager`` is the same class).
 
     ``clock`` returns seconds (monotonic); tests pass a fake one to move
     time. ``state_store`` and ``window_store`` default to this process's
     memory. ``meter_provider`` receives the gate's instruments (the global
-    one by default).
+    one by default). ``checks`` are what the judge tests the canary on
+    against production (``gate_middleware.judge.statistics.Check``; their
+    shares of ``false_rollback_rate`` sum to 1): errors, latency and the
+    SLO by default.
     """
-
-    # Changes sent to a shared store that stopped answering, by transition id:
-    # reported if they turn up applied. Replaced, never mutated in place.
-    _unknown_outcomes: dict[str, GateEvent] = {}
 
     def __init__(
         self,
@@ -235,6 +223,7 @@ class PromotionGate(Autopilot):
         meter_provider: MeterProvider | None = None,
         plan_timer: bool = True,
         webhooks: Iterable[Webhook] = (),
+        checks: Sequence[Check] = DEFAULT_CHECKS,
     ) -> None:
         config = PromotionConfig() if config is None else config
         slo = SloConfig() if slo is None else slo
@@ -244,12 +233,8 @@ class PromotionGate(Autopilot):
             raise ConfigError("slo", slo, "an SloConfig")
         self.config = config
         self.slo = slo
-        self._objective = slo.latency_objective_seconds
         self.name = config.name
-        self._settings = judge_settings(config, slo)
         self._clock = clock
-        self._wall_clock = wall_clock
-        self.plan: RolloutPlan | None = config.plan
         if config.store is not None and state_store is None and window_store is None:
             _require_a_named_rollout(config)
             state_store, window_store = open_stores(
@@ -264,11 +249,31 @@ class PromotionGate(Autopilot):
         # Bakes, deadlines and event times on the store's clock (Redis's TIME
         # for a shared store): a process whose clock is off cannot move a step.
         self._wall_clock = self._store.clock(wall_clock)
-        self._webhooks: list[Webhook] = []
+        self._effects = AfterChange(self.name, self._windows, GateTelemetry(self, meter_provider))
+        self._transitions = Transitions(self._store, self._adopted, self._effects)
+        self._routing = routing_table(self._transitions.state, config)
+        self._evaluation = Evaluation(
+            config,
+            slo,
+            self._windows,
+            self._transitions.current,
+            self._act,
+            clock=clock,
+            wall_clock=self._wall_clock,
+            remote=self._store.remote,
+            checks=checks,
+        )
+        self._autopilot = Autopilot(
+            config.plan,
+            config,
+            self._windows,
+            self._transitions,
+            self._evaluation,
+            self.rollback,
+            self._wall_clock,
+        )
         for webhook in webhooks:
             self.add_webhook(webhook)
-        self._state = state_store.load()
-        self._routing = routing_table(self._state, config)
         self._several_processes: str | None = None
         if not self._store.remote:
             logger.info(
@@ -280,19 +285,8 @@ class PromotionGate(Autopilot):
             if several is not None:
                 self.note_several_processes(several)
         self.stale_outcomes = 0
-        self._burn_lock = threading.Lock()
-        self._step_began(clock())
         # A shared store tells us of other processes' changes.
-        self._store.subscribe(self._adopt_if_newer)
-        self._rollback_callbacks: list[Callable[[RollbackEvent], Any]] = []
-        self._promotion_callbacks: list[Callable[[PromotionEvent], Any]] = []
-        self._evaluation_lock = threading.Lock()
-        self._last_evaluation = clock()
-        self._next_evaluation = self._last_evaluation + config.evaluation_interval_seconds
-        samples = math.ceil(config.rollback_window_seconds / config.evaluation_interval_seconds)
-        self._series: deque[HealthSample] = deque(maxlen=min(max(samples, 60), MAX_SAMPLES))
-        self._last_sample = -math.inf
-        self._telemetry = GateTelemetry(self, meter_provider)
+        self._store.subscribe(self._transitions.adopt_if_newer)
         self._timer: PlanTimer | None = None
         if config.plan is not None and plan_timer:
             self._timer = PlanTimer(self, config.evaluation_interval_seconds)
@@ -313,33 +307,6 @@ class PromotionGate(Autopilot):
         return GateState(
             environment=config.environment, release_flags=flags, release=1, plan=position
         )
-
-    # -- state ------------------------------------------------------------
-
-    def _current(self) -> GateState:
-        state = self._store.load()
-        if state is not self._state:
-            self._adopt(state)
-        return state
-
-    def _adopt_if_newer(self, state: GateState) -> None:
-        if state is not self._state:
-            self._adopt(state)
-        if self._unknown_outcomes:
-            self._report_if_applied(state)
-
-    def _report_if_applied(self, state: GateState) -> None:
-        """A change whose outcome was unknown turned up in the shared state:
-        report it now, once (the follower's thread calls this)."""
-        recent = state.history[-50:]
-        for transition, event in list(self._unknown_outcomes.items()):
-            if event not in recent or transition not in self._unknown_outcomes:
-                continue
-            self._unknown_outcomes = {
-                k: v for k, v in self._unknown_outcomes.items() if k != transition
-            }
-            logger.warning("A change whose outcome was unknown was applied after all: %s", event)
-            self._after_change(event)
 
     @classmethod
     def from_url(
@@ -387,68 +354,31 @@ class PromotionGate(Autopilot):
         )
         return cls(config, slo, state_store=state_store, window_store=window_store, **options)
 
-    def _adopt(self, state: GateState) -> None:
-        new_step = state.step != self._state.step
-        self._state = state
+    # -- state ------------------------------------------------------------
+
+    def _adopted(self, state: GateState, new_step: bool) -> None:
+        """This process took up ``state``: route by it; a new step's evidence starts now."""
         self._routing = routing_table(state, self.config)
         if new_step:
-            self._step_began(self._clock())
+            self._evaluation.step_began(self._clock())
 
-    def _step_began(self, now: float) -> None:
-        """A new step: its evidence counts after the warm-up; the burn windows restart."""
-        self._evidence_from = now + self.config.initial_delay_seconds
-        with self._burn_lock:
-            self._burn: deque[tuple[float, int, int]] = deque([(now, 0, 0)])
+    def _current(self) -> GateState:
+        return self._transitions.current()
 
-    def _transition(
-        self, change: Callable[[GateState], tuple[GateState, Event] | None]
-    ) -> tuple[GateState, Event] | None:
-        """Apply ``change`` atomically; ``None`` from it means nothing to do.
+    @property
+    def _state(self) -> GateState:
+        """The state this process last saw (no store read)."""
+        return self._transitions.state
 
-        Each attempt carries a new random transition id. An attempt that the
-        store holds after all (its reply was lost, and a retry re-read it) is
-        this transition, reported once. Bounded: after the store's
-        ``transition_timeout`` (5 s) of lost races, ``PromotionError``.
-        """
-        timeout = self._store.transition_timeout
-        deadline = time.monotonic() + timeout
-        attempts: dict[str, tuple[GateState, Event]] = {}
-        pause = 0.001
-        while True:
-            state = self._current()
-            made = attempts.get(state.transition)
-            if made is not None:
-                return made
-            result = change(state)
-            if result is None:
-                return None
-            new_state = replace(result[0], transition=secrets.token_hex(8))
-            attempts[new_state.transition] = (new_state, result[1])
-            try:
-                done = self._store.compare_and_set(
-                    state.version, new_state, expected_transition=state.transition
-                )
-            except OutcomeUnknownError:
-                event = result[1]
-                if event is not None:  # reported when the follower sees it applied
-                    self._unknown_outcomes = {
-                        **dict(list(self._unknown_outcomes.items())[-15:]),
-                        new_state.transition: event,
-                    }
-                    self._report_if_applied(self._store.load())  # the follower may have seen it
-                raise
-            if done:
-                self._adopt(new_state)
-                if result[1] is not None:
-                    self._after_change(result[1])
-                return new_state, result[1]
-            if time.monotonic() >= deadline:
-                raise PromotionError(
-                    f"nothing changed: the shared state changed under each of {len(attempts)} "
-                    f"attempts in {timeout:g} s (another process keeps changing it); try again"
-                )
-            time.sleep(pause)  # let the other writer finish; never a busy loop
-            pause = min(pause * 2, 0.05)
+    @property
+    def _unknown_outcomes(self) -> dict[str, GateEvent]:
+        """Changes whose outcome a shared store did not report, by transition id."""
+        return self._transitions.unknown_outcomes
+
+    @property
+    def plan(self) -> RolloutPlan | None:
+        """The rollout plan the release follows (``PromotionConfig.plan``)."""
+        return self._autopilot.plan
 
     @property
     def state(self) -> GateState:
@@ -518,156 +448,23 @@ class PromotionGate(Autopilot):
         (the middleware). ``step`` is the decision's step (-1: unknown, the
         outcome counts) and ``cluster`` its bucket (it groups the evidence
         by session)."""
-        now = self._clock()
         if step >= 0 and step != self._routing.step:
             self.stale_outcomes += 1  # routed under another step or release
             return
-        self._windows.record(
-            variant,
-            success,
-            success and seconds <= self._objective,
-            seconds,
-            now,
-            cluster,
-            now >= self._evidence_from,
-        )
-        if now >= self._next_evaluation or now < self._last_evaluation:
-            self._evaluate_on_schedule(now)
+        self._evaluation.record(variant, success, seconds, cluster)
 
-    def _evaluate_on_schedule(self, now: float) -> None:
-        if not self._evaluation_lock.acquire(blocking=False):
-            return  # another thread is evaluating right now
-        # A clock that stepped back (now < the last evaluation) must not
-        # suspend evaluation until it catches up again.
-        if self._last_evaluation <= now < self._next_evaluation:
-            self._evaluation_lock.release()
-            return
-        self._last_evaluation = now
-        self._next_evaluation = now + self.config.evaluation_interval_seconds
-        if self._store.remote:
-            # A rollback through a shared store is network I/O: never on the
-            # request's thread (an ASGI worker's event loop). The thread
-            # releases the lock.
-            try:
-                run_once("gate-evaluate", self._evaluate_in_background)
-            except BaseException:
-                self._evaluation_lock.release()
-                raise
-            return
-        try:
-            self._evaluate(act=True)
-        finally:
-            self._evaluation_lock.release()
-
-    def _evaluate_in_background(self) -> None:
-        try:
-            self._evaluate(act=True)
-        except PromotionError as exc:  # the store logged the outage already
-            logger.warning("Automatic evaluation could not change the shared state: %s", exc)
-        except Exception:
-            logger.exception("Automatic evaluation failed; the gate carries on")
-        finally:
-            self._evaluation_lock.release()
-
-    # -- evaluation -------------------------------------------------------
-
-    def _concurrent(self, environment: Environment) -> bool:
-        """Whether stable sessions run beside the canary to compare it with."""
-        if self.config.holdback_percent > 0:
-            return True
-        return environment.name == CANARY_ENV and environment.traffic_percent < 100.0
-
-    def _burn_windows(
-        self, canary: Evidence, now: float
-    ) -> tuple[tuple[int, int], tuple[int, int]]:
-        """(requests, bad) of the canary over the long and the short burn window.
-
-        The long window is ``rollback_window_seconds``, the short one a
-        twelfth of it (the SRE workbook's 1 h / 5 min pair, scaled); both
-        are differences of the step's evidence between evaluations.
-        """
-        long_seconds = self.config.rollback_window_seconds
-        short_seconds = long_seconds / 12
-        with self._burn_lock:  # status, gauges and evaluations may read at once
-            burn = self._burn
-            last = burn[-1][0]
-            if now - last >= self.config.evaluation_interval_seconds / 2 or now < last:
-                burn.append((now, canary.requests, canary.bad))
-            while len(burn) > 2 and burn[1][0] <= now - long_seconds:
-                burn.popleft()
-            moments = list(burn)
-
-        def since(seconds: float) -> tuple[int, int]:
-            start = moments[0]
-            for moment in moments:
-                if moment[0] > now - seconds:
-                    break
-                start = moment
-            return canary.requests - start[1], canary.bad - start[2]
-
-        return since(long_seconds), since(short_seconds)
-
-    def _health(self, state: GateState) -> tuple[CanaryHealth, WindowStats, WindowStats]:
-        now = self._clock()
-        canary = self._windows.stats(CANARY, now)
-        stable = self._windows.stats(STABLE, now)
-        environment = state.environment
-        if environment.name == PRODUCTION:
-            return no_release(canary, stable), canary, stable
-        canary_evidence = self._windows.evidence(CANARY)
-        if self._concurrent(environment):
-            holdback = self.config.holdback_percent > 0 and (
-                environment.name == STAGING
-                or environment.traffic_percent >= 100.0 - self.config.holdback_percent
-            )
-            judgement = judge(
-                canary_evidence,
-                self._windows.evidence(STABLE),
-                self._settings,
-                canary_window_compliance=canary.slo_compliance if canary.requests else None,
-                comparison="holdback" if holdback else "production",
-            )
-        else:
-            long_window, short_window = self._burn_windows(canary_evidence, now)
-            judgement = judge_against_objective(
-                canary_evidence, long_window, short_window, self._settings
-            )
-        return assess(environment.traffic_percent, canary, stable, judgement), canary, stable
+    def _act(self, state: GateState, health: CanaryHealth) -> None:
+        """What a verdict leads to, while a release is in progress: a rollback
+        (``auto_rollback_enabled``), else the plan's next step."""
+        if self.config.auto_rollback_enabled and health.verdict == ROLLBACK:
+            reason = f"Canary health score {health.health_score:.2f}: {health.recommendation}"
+            self._roll_back(state.release, reason, health, automatic=True)
+        elif state.plan is not None:
+            self._autopilot.carry_out(state, health)
 
     def health_snapshot(self) -> CanaryHealth:
         """The current ``CanaryHealth`` without acting on it (for gauges and dashboards)."""
-        return self._health(self._current())[0]
-
-    def _slo_status(
-        self, state: GateState, health: CanaryHealth, canary: WindowStats, stable: WindowStats
-    ) -> tuple[float, bool]:
-        """(compliance, enough evidence): the canary's window while a release
-        is in progress, overall in production."""
-        if state.environment.name == PRODUCTION:
-            requests = canary.requests + stable.requests
-            good = canary.good + stable.good
-            compliance = good / requests if requests else 0.0
-            return compliance, requests >= self.config.min_requests
-        compliance = canary.good / canary.requests if canary.requests else 0.0
-        return compliance, health.sufficient_data
-
-    def _evaluate(self, act: bool) -> tuple[CanaryHealth, float, bool]:
-        state = self._current()
-        health, canary, stable = self._health(state)
-        compliance, enough = self._slo_status(state, health, canary, stable)
-        if act:
-            self._sample(state, health, compliance)
-        in_release = state.environment.name != PRODUCTION
-        if in_release and health.verdict == MONITOR:
-            logger.warning(
-                "Canary health score %.2f: %s", health.health_score, health.recommendation
-            )
-        if act and in_release and self.config.auto_rollback_enabled and health.verdict == ROLLBACK:
-            reason = f"Canary health score {health.health_score:.2f}: {health.recommendation}"
-            self._roll_back(state.release, reason, health, automatic=True)
-        elif act and in_release and state.plan is not None:
-            self._carry_out_plan(state, health)
-        return health, compliance, enough
+        return self._evaluation.health(self._current())[0]
 
     # -- notifications ------------------------------------------------------
 
@@ -677,79 +474,20 @@ class PromotionGate(Autopilot):
         a durable one (SQLite) is shared by every process running the webhook
         and kept across restarts, so a delivery left by a process that exited
         is made by another, or by the next one to start."""
-        if not isinstance(webhook, Webhook):
-            raise ConfigError("webhook", webhook, "a gate_middleware.gate.webhooks.Webhook")
-        webhook.attach(self._store.outbox())
-        self._webhooks.append(webhook)
-        return webhook
-
-    def _after_change(self, event: GateEvent) -> None:
-        """What follows each change this process made, written once (another
-        process's changes are its own to report): a new step's windows start
-        empty (fresh evidence for the new split); a rollback, or a release
-        reaching staging or production, is counted and its callbacks called;
-        the webhooks are told of every event."""
-        if isinstance(event, RollbackEvent):
-            if event.feature == "all":
-                self._windows.clear()
-            self._telemetry.count_rollback(event.environment.name, event.automatic)
-            self._notify(self._rollback_callbacks, event)
-        elif event.from_environment != event.to_environment:
-            self._windows.clear()
-            if event.to_environment.name in (STAGING, PRODUCTION):
-                self._telemetry.count_promotion(event.to_environment.name)
-                self._notify(self._promotion_callbacks, event)
-        self._announce(event)
-
-    def _announce(self, event: GateEvent) -> None:
-        if not self._webhooks:
-            return
-        state = self._state
-        extra = {
-            "environment": state.environment.to_dict(),
-            "plan": None if state.plan is None else state.plan.to_dict(),
-        }
-        payload = event.to_dict()
-        for webhook in list(self._webhooks):
-            try:
-                webhook.send(self.name, payload, extra)
-            except Exception:
-                logger.exception("A webhook could not be queued; the gate carries on")
+        return self._effects.add_webhook(webhook, self._store)
 
     def webhook_status(self) -> list[WebhookView]:
-        return [webhook.status() for webhook in self._webhooks]
-
-    def _sample(self, state: GateState, health: CanaryHealth, compliance: float) -> None:
-        """Keep one health sample per evaluation interval (for charts)."""
-        now = self._clock()
-        if 0.0 <= now - self._last_sample < self.config.evaluation_interval_seconds / 2:
-            return
-        self._last_sample = now
-        self._series.append(
-            HealthSample(
-                timestamp=self._wall_clock(),
-                environment=state.environment.name,
-                traffic_percent=state.environment.traffic_percent,
-                health_score=health.health_score,
-                canary_error_rate=health.canary_error_rate,
-                production_error_rate=health.production_error_rate,
-                canary_p99_latency=health.canary_p99_latency,
-                production_p99_latency=health.production_p99_latency,
-                canary_requests=health.canary_requests,
-                production_requests=health.production_requests,
-                slo_compliance=compliance,
-            )
-        )
+        return [webhook.status() for webhook in self._effects.webhooks]
 
     def get_health_series(self) -> list[HealthSample]:
         """Health samples taken at the gate's evaluations, oldest first (bounded)."""
-        return list(self._series)
+        return self._evaluation.series()
 
     def status(self, recent_events: int = 20) -> GateStatus:
         """Everything an operator looks at, computed now without acting on it."""
         state = self._current()
-        health, canary, stable = self._health(state)
-        compliance, enough = self._slo_status(state, health, canary, stable)
+        health, canary, stable = self._evaluation.health(state)
+        compliance, enough = self._evaluation.slo_figures(state, health, canary, stable)
         return GateStatus(
             rollout=self.name,
             environment=state.environment,
@@ -770,12 +508,12 @@ class PromotionGate(Autopilot):
 
     def monitor_canary_health(self) -> CanaryHealth:
         """Evaluate now: compute the health and roll back if a check fails."""
-        return self._evaluate(act=True)[0]
+        return self._evaluation.evaluate(act=True)[0]
 
     def check_slo_compliance(self) -> bool:
         """Evaluate now; ``True`` only when the SLO is met on enough evidence
         (``min_requests`` canary outcomes in the step; overall in production)."""
-        _, compliance, enough = self._evaluate(act=True)
+        _, compliance, enough = self._evaluation.evaluate(act=True)
         return enough and compliance >= self.config.slo_threshold
 
     # -- state changes ----------------------------------------------------
@@ -799,9 +537,9 @@ class PromotionGate(Autopilot):
         source = state.environment
         if (source.name, target.name) not in _PROMOTION_PATHS:
             raise PromotionError(self._invalid_path(source, target))
-        health, compliance, enough = self._evaluate(act=False)
+        health, compliance, enough = self._evaluation.evaluate(act=False)
         if not force:
-            self._check_promotable(health, compliance, enough)
+            self._evaluation.require_promotable(health, compliance, enough)
 
         def change(current: GateState) -> tuple[GateState, PromotionEvent]:
             if current.environment != source or current.release != state.release:
@@ -809,10 +547,10 @@ class PromotionGate(Autopilot):
                     f"cannot promote to {target}: the gate changed to {current.environment} meanwhile"
                 )
             event = PromotionEvent(
-                source, target, self._utcnow(), "promote", force, health, actor=actor
+                source, target, event_time(self._wall_clock), "promote", force, health, actor=actor
             )
             step = current.step + 1
-            plan = self._plan_after(current, target)
+            plan = self._autopilot.plan_after(current, target)
             if target.name == STAGING:
                 return current.evolve(event, environment=target, step=step, plan=plan), event
             return (
@@ -827,10 +565,10 @@ class PromotionGate(Autopilot):
                 event,
             )
 
-        result = self._transition(change)
+        result = self._transitions.apply(change)
         if result is None:  # change() never declines; it raises instead
             return target
-        if source.name == CANARY_ENV and target.name == PRODUCTION:
+        if source.name == CANARY_STAGE and target.name == PRODUCTION:
             logger.warning("Promoted directly from %s to production, skipping staging", source)
         else:
             logger.info("Promoted from %s to %s", source, target)
@@ -839,33 +577,17 @@ class PromotionGate(Autopilot):
     @staticmethod
     def _invalid_path(source: Environment, target: Environment) -> str:
         valid = {
-            CANARY_ENV: "staging or production",
+            CANARY_STAGE: "staging or production",
             STAGING: "production",
             PRODUCTION: "none (start the next release with start_canary)",
         }[source.name]
         hint = ""
-        if source.name == CANARY_ENV and target.name == CANARY_ENV:
+        if source.name == CANARY_STAGE and target.name == CANARY_STAGE:
             hint = "; use set_traffic_percent to ramp a canary"
         return (
             f"cannot promote from {source} to {target}: "
             f"valid targets from {source.name} are {valid}{hint}"
         )
-
-    def _check_promotable(self, health: CanaryHealth, compliance: float, enough: bool) -> None:
-        if not enough or not health.sufficient_data:
-            raise PromotionError(
-                f"Promotion refused: not enough data yet ({health.recommendation})"
-            )
-        if compliance < self.config.slo_threshold:
-            raise PromotionError(
-                f"Promotion refused: SLO compliance below threshold: "
-                f"{compliance:.4f} < {self.config.slo_threshold}"
-            )
-        if health.verdict != HEALTHY:
-            raise PromotionError(
-                f"Promotion refused: health score {health.health_score:.2f}, "
-                f"verdict {health.recommendation}"
-            )
 
     def set_traffic_percent(self, traffic_percent: float, *, actor: str = API_ACTOR) -> Environment:
         """Ramp the canary to ``traffic_percent`` % of sessions (canary only)."""
@@ -874,7 +596,7 @@ class PromotionGate(Autopilot):
         target = Environment.canary(percent)
 
         def change(current: GateState) -> tuple[GateState, PromotionEvent] | None:
-            if current.environment.name != CANARY_ENV:
+            if current.environment.name != CANARY_STAGE:
                 raise PromotionError(
                     f"cannot set traffic in {current.environment}: only a canary has a traffic "
                     "share (start one with start_canary)"
@@ -882,14 +604,18 @@ class PromotionGate(Autopilot):
             if current.environment == target:
                 return None
             event = PromotionEvent(
-                current.environment, target, self._utcnow(), "set_traffic", actor=actor
+                current.environment,
+                target,
+                event_time(self._wall_clock),
+                "set_traffic",
+                actor=actor,
             )
-            plan = self._plan_after(current, target)
+            plan = self._autopilot.plan_after(current, target)
             return current.evolve(
                 event, environment=target, step=current.step + 1, plan=plan
             ), event
 
-        result = self._transition(change)
+        result = self._transitions.apply(change)
         if result is not None:
             logger.info("Canary traffic set to %g%%", percent)
         return target
@@ -925,12 +651,16 @@ class PromotionGate(Autopilot):
                     "promote it or roll it back first"
                 )
             event = PromotionEvent(
-                current.environment, target, self._utcnow(), "start_canary", actor=actor
+                current.environment,
+                target,
+                event_time(self._wall_clock),
+                "start_canary",
+                actor=actor,
             )
             position = None
             if self.plan is not None:
                 position = PlanPosition(
-                    self.plan.index_for(CANARY_ENV, percent),
+                    self.plan.index_for(CANARY_STAGE, percent),
                     self._wall_clock(),
                     release_flags=tuple(sorted(flags)),
                 )
@@ -944,7 +674,7 @@ class PromotionGate(Autopilot):
             )
             return state, event
 
-        self._transition(change)
+        self._transitions.apply(change)
         logger.info("Canary started at %g%% with flags %s", percent, sorted(flags))
         return target
 
@@ -958,7 +688,7 @@ class PromotionGate(Autopilot):
             raise PromotionError(
                 "cannot roll back: no release in progress (the gate is in production)"
             )
-        health = self._health(state)[0]
+        health = self._evaluation.health(state)[0]
         event = self._roll_back(state.release, reason, health, automatic=False, actor=actor)
         if event is None:
             raise PromotionError("cannot roll back: the release ended meanwhile")
@@ -977,7 +707,13 @@ class PromotionGate(Autopilot):
             if current.release != release or current.environment.name == PRODUCTION:
                 return None  # already rolled back (or promoted) by someone else
             event = RollbackEvent(
-                reason, self._utcnow(), current.environment, "all", health, automatic, actor
+                reason,
+                event_time(self._wall_clock),
+                current.environment,
+                "all",
+                health,
+                automatic,
+                actor,
             )
             plan = current.plan
             if plan is not None:
@@ -992,7 +728,7 @@ class PromotionGate(Autopilot):
             )
             return state, event
 
-        result = self._transition(change)
+        result = self._transitions.apply(change)
         if result is None:
             return None
         if automatic:
@@ -1013,7 +749,7 @@ class PromotionGate(Autopilot):
                 return current.evolve(stable_flags=current.stable_flags | {name}), None
             return current.evolve(release_flags=current.release_flags | {name}), None
 
-        if self._transition(change) is not None:
+        if self._transitions.apply(change) is not None:
             logger.info("Feature flag enabled: %s", name)
 
     def disable_feature(self, name: str, *, actor: str = API_ACTOR) -> RollbackEvent:
@@ -1028,7 +764,7 @@ class PromotionGate(Autopilot):
                 raise ConfigError("feature", name, f"one of the enabled flags {enabled}")
             event = RollbackEvent(
                 f"Feature flag disabled: {name}",
-                self._utcnow(),
+                event_time(self._wall_clock),
                 current.environment,
                 name,
                 health,
@@ -1041,7 +777,7 @@ class PromotionGate(Autopilot):
             )
             return state, event
 
-        result = self._transition(change)
+        result = self._transitions.apply(change)
         if result is None:  # change() never declines; it raises instead
             raise PromotionError(f"cannot disable {name!r}")
         logger.info("Feature flag disabled: %s", name)
@@ -1063,21 +799,13 @@ class PromotionGate(Autopilot):
 
     def on_rollback(self, callback: Callback) -> Callback:
         """Call ``callback(event)`` after every rollback (usable as a decorator)."""
-        self._rollback_callbacks.append(callback)
+        self._effects.rollback_callbacks.append(callback)
         return callback
 
     def on_promotion(self, callback: Callback) -> Callback:
         """Call ``callback(event)`` after every promotion (usable as a decorator)."""
-        self._promotion_callbacks.append(callback)
+        self._effects.promotion_callbacks.append(callback)
         return callback
-
-    @staticmethod
-    def _notify(callbacks: list[Callable[[Any], Any]], event: GateEvent) -> None:
-        for callback in list(callbacks):
-            try:
-                callback(event)
-            except Exception:
-                logger.exception("A %s callback raised; the gate carries on", event.kind)
 
     def _store_status(self) -> StoreView:
         """The stores' health: "ok", "unreachable" or "corrupt" (the worst), and why."""
@@ -1097,8 +825,7 @@ class PromotionGate(Autopilot):
         and a shared gate's follower threads."""
         if self._timer is not None:
             self._timer.close()
-        for webhook in self._webhooks:
-            webhook.close()
+        self._effects.close()
         self._store.close()
         self._windows.close()
 
@@ -1137,17 +864,49 @@ class PromotionGate(Autopilot):
             f"process {os.getpid()} was forked from {os.getppid()} after the gate was built "
             "(gunicorn --preload, multiprocessing)"
         )
-        self._evaluation_lock = threading.Lock()
-        self._burn_lock = threading.Lock()
+        self._evaluation.after_fork()
         self._store.after_fork()
         self._windows.after_fork()
-        for webhook in self._webhooks:
-            webhook.after_fork()
+        self._effects.after_fork()
         if self._timer is not None:
             self._timer.ensure()  # threads do not survive a fork; started once all is fresh
 
-    def _utcnow(self) -> datetime:
-        return datetime.fromtimestamp(self._wall_clock(), UTC)
+    # -- the rollout plan (``gate_middleware.gate.autopilot``) ------------------
+
+    def tick(self) -> None:
+        """Evaluate now unless another thread is (the plan's timer calls it)."""
+        self._evaluation.tick()
+
+    def pause(self, reason: str = "paused by an operator", *, actor: str = API_ACTOR) -> None:
+        """Stop the plan where it is (the judge still rolls back on a failing verdict)."""
+        self._autopilot.pause(reason, actor=actor)
+
+    def resume(self, *, actor: str = API_ACTOR) -> None:
+        """Let the plan go on: after a pause, or through a manual gate (approval)."""
+        self._autopilot.resume(actor=actor)
+
+    def abort(self, reason: str, *, actor: str = API_ACTOR) -> RollbackEvent:
+        """Roll the release back and end its plan (``retry`` starts it again)."""
+        return self._autopilot.abort(reason, actor=actor)
+
+    def retry(self, *, actor: str = API_ACTOR) -> Environment:
+        """Start the plan again, from its first step, for the release last rolled back."""
+        return self._autopilot.retry(actor=actor)
+
+    def skip_to(self, index: int, *, force: bool = False, actor: str = API_ACTOR) -> Environment:
+        """Move the plan on to step ``index`` now (its last step: production);
+        refused unless the verdict is HEALTHY with enough evidence, as
+        ``promote`` is; ``force=True`` skips the checks."""
+        return self._autopilot.skip_to(index, force=force, actor=actor)
+
+    def promote_now(self, *, force: bool = False, actor: str = API_ACTOR) -> Environment:
+        """Skip the rest of the plan: promote to production now."""
+        return self._autopilot.promote_now(force=force, actor=actor)
+
+    def plan_status(self) -> plans.PlanProgress | None:
+        """The plan as an operator reads it: its steps, the current one, the
+        bake's progress and the ETA (Unix seconds), or ``None`` without a plan."""
+        return self._autopilot.plan_status()
 
     def __repr__(self) -> str:
         return f"<PromotionGate {self.name!r} {self._state.environment}>"

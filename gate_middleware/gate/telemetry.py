@@ -39,8 +39,7 @@ from typing import Protocol
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
-from gate_middleware.domain.environment import CANARY as CANARY_STAGE
-from gate_middleware.domain.environment import PRODUCTION, STAGING, Environment
+from gate_middleware.domain.environment import CANARY_STAGE, PRODUCTION, STAGING, Environment
 from gate_middleware.domain.naming import SCHEMA_URL
 from gate_middleware.domain.routing import CANARY, STABLE
 from gate_middleware.judge.statistics import HEALTHY, INSUFFICIENT_DATA, MONITOR, ROLLBACK

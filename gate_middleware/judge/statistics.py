@@ -95,10 +95,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from operator import mul
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from gate_middleware.errors import ConfigError
 from gate_middleware.judge.evidence import CLUSTERS, Evidence
@@ -155,6 +155,23 @@ class JudgeSettings:
         return self.rejection_log_for(ALPHA_SHARES[test])
 
 
+class TestView(TypedDict):
+    """A ``TestResult`` as ``to_dict`` shows it (the health's evidence)."""
+
+    estimate: float
+    z: float
+    log_evidence: float
+    rejected: bool
+    sign: bool
+
+
+class BurnRates(TypedDict):
+    """The canary's burn rates of its error budget, when judged against the objective."""
+
+    long_burn_rate: float
+    short_burn_rate: float
+
+
 @dataclass(frozen=True)
 class TestResult:
     """One test: its statistic, its evidence against H0, and whether it rejected."""
@@ -166,7 +183,7 @@ class TestResult:
     rejected: bool
     sign: bool  # a sign of a regression beyond the MONITOR band
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> TestView:
         return {
             "estimate": self.estimate,
             "z": self.z,
@@ -187,7 +204,7 @@ class Judgement:
     canary_requests: int = 0
     production_requests: int = 0
     comparison: str = "production"  # "production", "holdback" or "slo objective"
-    details: dict[str, Any] = field(default_factory=dict)
+    burn_rates: BurnRates | None = None  # judged against the objective
 
     @property
     def recommendation(self) -> str:
@@ -810,7 +827,7 @@ def judge_against_objective(
 
     long_burn, short_burn = burn(long_window), burn(short_window)
     enough_windows = long_window[0] >= minimum and short_window[0] >= minimum
-    details = {"long_burn_rate": long_burn, "short_burn_rate": short_burn}
+    burn_rates: BurnRates = {"long_burn_rate": long_burn, "short_burn_rate": short_burn}
     strength = min(1.0, min(long_burn, short_burn) / settings.burn_rate_threshold)
     if enough_windows and min(long_burn, short_burn) > settings.burn_rate_threshold:
         verdict = ROLLBACK
@@ -847,7 +864,7 @@ def judge_against_objective(
         canary_requests=canary.requests,
         production_requests=0,
         comparison="slo objective",
-        details=details,
+        burn_rates=burn_rates,
     )
 
 

@@ -14,7 +14,7 @@ is written in ``gate_middleware.judge.statistics``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from gate_middleware.judge.statistics import (
     HEALTHY,
@@ -22,10 +22,18 @@ from gate_middleware.judge.statistics import (
     INSUFFICIENT_DATA,
     ROLLBACK_SCORE,
     Judgement,
+    TestView,
     Verdict,
 )
 
-__all__ = ["HEALTHY_SCORE", "ROLLBACK_SCORE", "CanaryHealth", "assess", "no_release"]
+__all__ = [
+    "HEALTHY_SCORE",
+    "ROLLBACK_SCORE",
+    "CanaryHealth",
+    "HealthEvidence",
+    "assess",
+    "no_release",
+]
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,18 @@ class WindowStats:
         }
 
 
+class HealthEvidence(TypedDict, total=False):
+    """What the verdict rests on: the step's requests on each side and each
+    check's figures by its name; the burn rates when judged against the
+    objective (empty in production: nothing judged)."""
+
+    canary_requests: int
+    baseline_requests: int
+    tests: dict[str, TestView]
+    long_burn_rate: float
+    short_burn_rate: float
+
+
 @dataclass(frozen=True)
 class CanaryHealth:
     """The canary against production, with the guide's fields (latencies in seconds).
@@ -83,7 +103,7 @@ class CanaryHealth:
     production_slo_compliance: float = 1.0
     sufficient_data: bool = False
     comparison: str = "production"
-    evidence: dict[str, Any] = field(default_factory=dict, compare=False)
+    evidence: HealthEvidence = field(default_factory=lambda: HealthEvidence(), compare=False)
     # Declared ``str`` so that a ``CanaryHealth`` can be built without it:
     # always a ``Verdict`` once built (see ``__post_init__``).
     verdict: str = ""
@@ -138,12 +158,14 @@ def assess(
     judgement: Judgement,
 ) -> CanaryHealth:
     """The ``CanaryHealth`` of a release: the windows for display, the judgement for the verdict."""
-    evidence: dict[str, Any] = {
+    evidence: HealthEvidence = {
         "canary_requests": judgement.canary_requests,
         "baseline_requests": judgement.production_requests,  # its published name
         "tests": {test.name: test.to_dict() for test in judgement.tests},
-        **judgement.details,
     }
+    if judgement.burn_rates is not None:
+        evidence["long_burn_rate"] = judgement.burn_rates["long_burn_rate"]
+        evidence["short_burn_rate"] = judgement.burn_rates["short_burn_rate"]
     return CanaryHealth(
         traffic_percent=traffic_percent,
         health_score=judgement.health_score,

@@ -181,13 +181,13 @@ def test_recording_alone_triggers_the_evaluation(clock: FakeClock) -> None:
 def test_evaluation_runs_at_most_once_per_interval(clock: FakeClock) -> None:
     gate = make_gate(clock, auto=False)
     calls = []
-    original = gate._evaluate
+    original = gate._evaluation.evaluate
 
     def counting(act: bool):  # type: ignore[no-untyped-def]
         calls.append(clock())
         return original(act)
 
-    gate._evaluate = counting  # type: ignore[method-assign]
+    gate._evaluation.evaluate = counting  # type: ignore[method-assign]
     for _ in range(10):
         feed(gate, "stable", 50)
         clock.advance(1.0)

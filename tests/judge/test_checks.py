@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from gate_middleware import ConfigError
+from gate_middleware import ConfigError, Environment, PromotionConfig, PromotionGate
 from gate_middleware.judge import statistics
 from gate_middleware.judge.evidence import Evidence
 from gate_middleware.judge.statistics import (
@@ -27,6 +27,7 @@ from gate_middleware.judge.statistics import (
     judge,
 )
 from gate_middleware.judge.verdict import CanaryHealth, WindowStats, assess, no_release
+from tests.support import FakeClock, healthy_traffic
 
 
 def evidence_of(requests: int, failures: int = 0, duration: float = 0.05) -> Evidence:
@@ -198,3 +199,32 @@ def test_the_health_carries_its_verdict_and_publishes_it_as_a_string() -> None:
     fields = {key: value for key, value in published.items() if key != "verdict"}
     assert CanaryHealth(**fields).verdict is Verdict.HEALTHY
     assert CanaryHealth(**fields) == health
+
+
+# -- the gate runs the checks it is given ------------------------------------
+
+
+def test_the_gate_rolls_back_on_a_check_it_was_given() -> None:
+    """``PromotionGate(checks=...)`` is the seam: the same traffic is healthy
+    with the default checks and rolled back, by the plugged-in check's
+    reason, with a fourth that rejects."""
+
+    def gate_with(checks: tuple[Check, ...]) -> PromotionGate:
+        config = PromotionConfig(
+            environment=Environment.canary(20.0), min_requests=50, initial_delay_seconds=0.0
+        )
+        gate = PromotionGate(config, clock=FakeClock(), plan_timer=False, checks=checks)
+        healthy_traffic(gate)
+        gate.monitor_canary_health()
+        return gate
+
+    assert gate_with(DEFAULT_CHECKS).environment == Environment.canary(20.0)
+    failing = gate_with(four_checks(CheckoutCheck(log_evidence=50.0)))
+    assert failing.environment == Environment.PRODUCTION
+    [event] = failing.get_rollback_history()
+    assert "canary checkout rate is below production's" in event.reason
+
+
+def test_the_gate_refuses_checks_whose_shares_do_not_sum_to_one() -> None:
+    with pytest.raises(ConfigError, match="share"):
+        PromotionGate(checks=(*DEFAULT_CHECKS, CheckoutCheck(0.0)), plan_timer=False)

@@ -1,0 +1,297 @@
+"""When and how the gate judges its release: ``Evaluation``.
+
+Outcomes go into the window store; at most once every
+``evaluation_interval_seconds`` of the injected clock (no background thread
+needed) the evidence of the current *step* goes to the judge
+(``gate_middleware.judge.statistics``): against the concurrent production
+sessions when there are any, else against the SLO's burn rate. What the
+verdict leads to (a rollback, the plan's next step) is the gate's ``act``,
+called with the state and the health.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from gate_middleware.background import run_once
+from gate_middleware.domain.config import PromotionConfig, SloConfig, judge_settings
+from gate_middleware.domain.environment import CANARY_STAGE, PRODUCTION, STAGING, Environment
+from gate_middleware.domain.routing import CANARY, STABLE
+from gate_middleware.domain.state import MAX_SAMPLES, GateState, HealthSample
+from gate_middleware.errors import PromotionError
+from gate_middleware.judge.evidence import Evidence
+from gate_middleware.judge.statistics import (
+    DEFAULT_CHECKS,
+    HEALTHY,
+    MONITOR,
+    Check,
+    judge,
+    judge_against_objective,
+    validate_checks,
+)
+from gate_middleware.judge.verdict import CanaryHealth, WindowStats, assess, no_release
+from gate_middleware.stores import WindowStore
+
+logger = logging.getLogger("gate_middleware")
+
+Act = Callable[[GateState, CanaryHealth], None]
+
+
+class Evaluation:
+    """The gate's judging: the schedule, the burn-rate windows, the health,
+    the SLO's compliance and the series of samples kept for charts."""
+
+    def __init__(
+        self,
+        config: PromotionConfig,
+        slo: SloConfig,
+        windows: WindowStore,
+        current: Callable[[], GateState],
+        act: Act,
+        *,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+        remote: bool,
+        checks: Sequence[Check] = DEFAULT_CHECKS,
+    ) -> None:
+        self._config = config
+        self._settings = judge_settings(config, slo)
+        self._checks = tuple(checks)
+        validate_checks(self._checks)  # ConfigError unless their shares sum to 1
+        self._objective = slo.latency_objective_seconds
+        self._windows = windows
+        self._current = current
+        self._act = act
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._remote = remote
+        self._lock = threading.Lock()  # held by the one evaluation running
+        self._burn_lock = threading.Lock()
+        now = clock()
+        self._last = now
+        self._next = now + config.evaluation_interval_seconds
+        samples = math.ceil(config.rollback_window_seconds / config.evaluation_interval_seconds)
+        self._series: deque[HealthSample] = deque(maxlen=min(max(samples, 60), MAX_SAMPLES))
+        self._last_sample = -math.inf
+        self.step_began(now)
+
+    # -- recording and the schedule ------------------------------------------
+
+    def step_began(self, now: float) -> None:
+        """A new step: its evidence counts after the warm-up; the burn windows restart."""
+        self._evidence_from = now + self._config.initial_delay_seconds
+        with self._burn_lock:
+            self._burn: deque[tuple[float, int, int]] = deque([(now, 0, 0)])
+
+    def record(self, variant: str, success: bool, seconds: float, cluster: int) -> None:
+        """Count one outcome of the current step; evaluate if one is due."""
+        now = self._clock()
+        self._windows.record(
+            variant,
+            success,
+            success and seconds <= self._objective,
+            seconds,
+            now,
+            cluster,
+            now >= self._evidence_from,
+        )
+        if now >= self._next or now < self._last:
+            self._on_schedule(now)
+
+    def _on_schedule(self, now: float) -> None:
+        if not self._lock.acquire(blocking=False):
+            return  # another thread is evaluating right now
+        # A clock that stepped back (now < the last evaluation) must not
+        # suspend evaluation until it catches up again.
+        if self._last <= now < self._next:
+            self._lock.release()
+            return
+        self._rearm(now)
+        if self._remote:
+            # A rollback through a shared store is network I/O: never on the
+            # request's thread (an ASGI worker's event loop). The thread
+            # releases the lock.
+            try:
+                run_once("gate-evaluate", self._in_background)
+            except BaseException:
+                self._lock.release()
+                raise
+            return
+        try:
+            self.evaluate(act=True)
+        finally:
+            self._lock.release()
+
+    def _rearm(self, now: float) -> None:
+        self._last = now
+        self._next = now + self._config.evaluation_interval_seconds
+
+    def _in_background(self) -> None:
+        try:
+            self.evaluate(act=True)
+        except PromotionError as exc:  # the store logged the outage already
+            logger.warning("Automatic evaluation could not change the shared state: %s", exc)
+        except Exception:
+            logger.exception("Automatic evaluation failed; the gate carries on")
+        finally:
+            self._lock.release()
+
+    def tick(self) -> None:
+        """Evaluate now unless another thread is (the plan's timer calls it)."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._rearm(self._clock())
+            self.evaluate(act=True)
+        except PromotionError as exc:  # a shared store that is down: logged there
+            logger.warning("The plan could not change the shared state: %s", exc)
+        finally:
+            self._lock.release()
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._burn_lock = threading.Lock()
+
+    # -- judging --------------------------------------------------------------
+
+    def evaluate(self, act: bool) -> tuple[CanaryHealth, float, bool]:
+        """(health, SLO compliance, enough evidence) now; with ``act``, keep
+        a sample and let the gate act on the verdict."""
+        state = self._current()
+        health, canary, stable = self.health(state)
+        compliance, enough = self.slo_figures(state, health, canary, stable)
+        if act:
+            self._sample(state, health, compliance)
+        in_release = state.environment.name != PRODUCTION
+        if in_release and health.verdict == MONITOR:
+            logger.warning(
+                "Canary health score %.2f: %s", health.health_score, health.recommendation
+            )
+        if act and in_release:
+            self._act(state, health)
+        return health, compliance, enough
+
+    def _concurrent(self, environment: Environment) -> bool:
+        """Whether stable sessions run beside the canary to compare it with."""
+        if self._config.holdback_percent > 0:
+            return True
+        return environment.name == CANARY_STAGE and environment.traffic_percent < 100.0
+
+    def burn_windows(self, canary: Evidence, now: float) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(requests, bad) of the canary over the long and the short burn window.
+
+        The long window is ``rollback_window_seconds``, the short one a
+        twelfth of it (the SRE workbook's 1 h / 5 min pair, scaled); both
+        are differences of the step's evidence between evaluations.
+        """
+        long_seconds = self._config.rollback_window_seconds
+        short_seconds = long_seconds / 12
+        with self._burn_lock:  # status, gauges and evaluations may read at once
+            burn = self._burn
+            last = burn[-1][0]
+            if now - last >= self._config.evaluation_interval_seconds / 2 or now < last:
+                burn.append((now, canary.requests, canary.bad))
+            while len(burn) > 2 and burn[1][0] <= now - long_seconds:
+                burn.popleft()
+            moments = list(burn)
+
+        def since(seconds: float) -> tuple[int, int]:
+            start = moments[0]
+            for moment in moments:
+                if moment[0] > now - seconds:
+                    break
+                start = moment
+            return canary.requests - start[1], canary.bad - start[2]
+
+        return since(long_seconds), since(short_seconds)
+
+    def health(self, state: GateState) -> tuple[CanaryHealth, WindowStats, WindowStats]:
+        """The release's ``CanaryHealth``, with the canary's and the stable side's windows."""
+        now = self._clock()
+        canary = self._windows.stats(CANARY, now)
+        stable = self._windows.stats(STABLE, now)
+        environment = state.environment
+        if environment.name == PRODUCTION:
+            return no_release(canary, stable), canary, stable
+        canary_evidence = self._windows.evidence(CANARY)
+        if self._concurrent(environment):
+            holdback = self._config.holdback_percent > 0 and (
+                environment.name == STAGING
+                or environment.traffic_percent >= 100.0 - self._config.holdback_percent
+            )
+            judgement = judge(
+                canary_evidence,
+                self._windows.evidence(STABLE),
+                self._settings,
+                canary_window_compliance=canary.slo_compliance if canary.requests else None,
+                comparison="holdback" if holdback else "production",
+                checks=self._checks,
+            )
+        else:
+            long_window, short_window = self.burn_windows(canary_evidence, now)
+            judgement = judge_against_objective(
+                canary_evidence, long_window, short_window, self._settings
+            )
+        return assess(environment.traffic_percent, canary, stable, judgement), canary, stable
+
+    def slo_figures(
+        self, state: GateState, health: CanaryHealth, canary: WindowStats, stable: WindowStats
+    ) -> tuple[float, bool]:
+        """(compliance, enough evidence): the canary's window while a release
+        is in progress, overall in production."""
+        if state.environment.name == PRODUCTION:
+            requests = canary.requests + stable.requests
+            good = canary.good + stable.good
+            compliance = good / requests if requests else 0.0
+            return compliance, requests >= self._config.min_requests
+        compliance = canary.good / canary.requests if canary.requests else 0.0
+        return compliance, health.sufficient_data
+
+    def require_promotable(self, health: CanaryHealth, compliance: float, enough: bool) -> None:
+        """Raise ``PromotionError`` unless the release may move on: enough
+        evidence, the SLO met and the verdict HEALTHY."""
+        if not enough or not health.sufficient_data:
+            raise PromotionError(
+                f"Promotion refused: not enough data yet ({health.recommendation})"
+            )
+        if compliance < self._config.slo_threshold:
+            raise PromotionError(
+                f"Promotion refused: SLO compliance below threshold: "
+                f"{compliance:.4f} < {self._config.slo_threshold}"
+            )
+        if health.verdict != HEALTHY:
+            raise PromotionError(
+                f"Promotion refused: health score {health.health_score:.2f}, "
+                f"verdict {health.recommendation}"
+            )
+
+    # -- the series -------------------------------------------------------------
+
+    def _sample(self, state: GateState, health: CanaryHealth, compliance: float) -> None:
+        """Keep one health sample per evaluation interval (for charts)."""
+        now = self._clock()
+        if 0.0 <= now - self._last_sample < self._config.evaluation_interval_seconds / 2:
+            return
+        self._last_sample = now
+        self._series.append(
+            HealthSample(
+                timestamp=self._wall_clock(),
+                environment=state.environment.name,
+                traffic_percent=state.environment.traffic_percent,
+                health_score=health.health_score,
+                canary_error_rate=health.canary_error_rate,
+                production_error_rate=health.production_error_rate,
+                canary_p99_latency=health.canary_p99_latency,
+                production_p99_latency=health.production_p99_latency,
+                canary_requests=health.canary_requests,
+                production_requests=health.production_requests,
+                slo_compliance=compliance,
+            )
+        )
+
+    def series(self) -> list[HealthSample]:
+        return list(self._series)
