@@ -359,9 +359,9 @@ class Autopilot:
             )
         if not isinstance(force, bool):
             raise ConfigError("force", force, "True or False")
-        health, compliance, enough = self._evaluation.evaluate(act=False)
+        health = self._evaluation.evaluate(act=False)[0]
         if not force:
-            self._evaluation.require_promotable(health, compliance, enough)
+            self._evaluation.require_promotable(health)
         reason = f"skipped to {plan.step(index).label}" + (" (forced)" if force else "")
         if not self._move_plan(state, position, index, "skip", reason, actor, health, forced=force):
             raise PromotionError("cannot skip: the plan moved meanwhile; look again")

@@ -251,17 +251,22 @@ class Evaluation:
         compliance = canary.good / canary.requests if canary.requests else 0.0
         return compliance, health.sufficient_data
 
-    def require_promotable(self, health: CanaryHealth, compliance: float, enough: bool) -> None:
-        """Raise ``PromotionError`` unless the release may move on: enough
-        evidence, the SLO met and the verdict HEALTHY."""
-        if not enough or not health.sufficient_data:
+    def require_promotable(self, health: CanaryHealth) -> None:
+        """Raise ``PromotionError`` unless the release may move on, decided on
+        the evidence the verdict rests on (the step's, not the rollback
+        window's): enough of it, the verdict HEALTHY, and the step's SLO
+        compliance at the threshold (the canary's good requests of the step)."""
+        if not health.sufficient_data:
             raise PromotionError(
                 f"Promotion refused: not enough data yet ({health.recommendation})"
             )
+        evidence = self._windows.evidence(CANARY)
+        compliance = 1.0 - evidence.bad / evidence.requests if evidence.requests else 0.0
         if compliance < self._config.slo_threshold:
             raise PromotionError(
-                f"Promotion refused: SLO compliance below threshold: "
-                f"{compliance:.4f} < {self._config.slo_threshold}"
+                f"Promotion refused: SLO compliance below threshold: {compliance:.4f} < "
+                f"{self._config.slo_threshold} over the step's {evidence.requests} canary "
+                "requests"
             )
         if health.verdict != HEALTHY:
             raise PromotionError(

@@ -537,9 +537,9 @@ class PromotionGate:
         source = state.environment
         if (source.name, target.name) not in _PROMOTION_PATHS:
             raise PromotionError(self._invalid_path(source, target))
-        health, compliance, enough = self._evaluation.evaluate(act=False)
+        health = self._evaluation.evaluate(act=False)[0]
         if not force:
-            self._evaluation.require_promotable(health, compliance, enough)
+            self._evaluation.require_promotable(health)
 
         def change(current: GateState) -> tuple[GateState, PromotionEvent]:
             if current.environment != source or current.release != state.release:
