@@ -344,4 +344,5 @@ def judge_settings(config: PromotionConfig, slo: SloConfig) -> JudgeSettings:
         min_requests=config.min_requests,
         slo_threshold=config.slo_threshold,
         burn_rate_threshold=slo.burn_rate_threshold,
+        latency_objective_seconds=slo.latency_objective_seconds,
     )

@@ -12,7 +12,10 @@ requests (failed, or slower than the latency objective), a latency sketch
 ``CLUSTERS`` groups of sessions. The groups let the judge measure how much
 the sessions themselves vary: one heavy session that fails every request
 lands in one group, and the spread between groups shows it, where a count
-of requests alone would read it as strong evidence.
+of requests alone would read it as strong evidence. Each group also keeps a
+coarse latency histogram (``COARSE_SHIFT``: 16 sketch buckets, a factor of
+1.38, to one), so the latency test can measure how much the sessions' own
+speeds vary too (a slow user is slow on every request).
 
 A session's group is ``bucket % CLUSTERS``, its routing bucket, so every
 process puts a session in the same group without remembering it.
@@ -27,6 +30,8 @@ from operator import add
 from gate_middleware.judge.sketch import BUCKET_COUNT, bucket_index
 
 CLUSTERS = 64
+COARSE_SHIFT = 4  # a group's latency histogram: 2**4 sketch buckets to one
+COARSE = (BUCKET_COUNT >> COARSE_SHIFT) + 1  # buckets of a group's histogram
 
 
 def _zeros(length: int, code: str = "q") -> array[int]:
@@ -37,6 +42,7 @@ def _zeros(length: int, code: str = "q") -> array[int]:
 # ``__init__`` as well (mypyc's ``__new__`` does), so ``__init__`` is kept cheap.
 _NO_LATENCY = _zeros(BUCKET_COUNT, "L")  # the sketch's layout
 _NO_CLUSTERS = _zeros(CLUSTERS)
+_NO_CLUSTER_LATENCY = _zeros(CLUSTERS * COARSE)
 
 
 class Evidence:
@@ -52,6 +58,7 @@ class Evidence:
         "cluster_requests",
         "cluster_failures",
         "cluster_bad",
+        "cluster_latency",
     )
 
     def __init__(self) -> None:
@@ -64,6 +71,8 @@ class Evidence:
         self.cluster_requests = _NO_CLUSTERS[:]
         self.cluster_failures = _NO_CLUSTERS[:]
         self.cluster_bad = _NO_CLUSTERS[:]
+        # group g's coarse bucket c at g * COARSE + c
+        self.cluster_latency = _NO_CLUSTER_LATENCY[:]
 
     def record(self, success: bool, good: bool, duration: float, cluster: int) -> None:
         """Count one outcome (``cluster``: the session's routing bucket, any int)."""
@@ -76,6 +85,7 @@ class Evidence:
         self.requests += requests
         self.cluster_requests[group] += requests
         self.latency[index] += requests
+        self.cluster_latency[group * COARSE + (index >> COARSE_SHIFT)] += requests
         if index < self.lowest:
             self.lowest = index
         if index > self.highest:
@@ -94,8 +104,13 @@ class Evidence:
         cluster_requests: Sequence[int],
         cluster_failures: Sequence[int],
         cluster_bad: Sequence[int],
+        cluster_latency: Sequence[int] = (),
     ) -> Evidence:
-        """Evidence built from merged counts (another process's, or a simulation's)."""
+        """Evidence built from merged counts (another process's, or a simulation's).
+
+        ``cluster_latency`` (the groups' histograms, flat) may be missing from
+        counts written before it existed: the latency test then treats the
+        groups as unknown (``latency_grouped`` is false)."""
         evidence = cls()
         for index, count in enumerate(latency):
             if count:
@@ -106,6 +121,9 @@ class Evidence:
             evidence.cluster_requests[group] = int(cluster_requests[group])
             evidence.cluster_failures[group] = int(cluster_failures[group])
             evidence.cluster_bad[group] = int(cluster_bad[group])
+        for cell, count in enumerate(cluster_latency):
+            if count:
+                evidence.cluster_latency[cell] = int(count)
         evidence.requests = sum(evidence.cluster_requests)
         evidence.failures = sum(evidence.cluster_failures)
         evidence.bad = sum(evidence.cluster_bad)
@@ -124,7 +142,7 @@ class Evidence:
         )
         self.lowest = min(self.lowest, other.lowest)
         self.highest = max(self.highest, other.highest)
-        for name in ("cluster_requests", "cluster_failures", "cluster_bad"):
+        for name in ("cluster_requests", "cluster_failures", "cluster_bad", "cluster_latency"):
             mine = getattr(self, name)
             setattr(self, name, array(mine.typecode, map(add, mine, getattr(other, name))))
 
@@ -139,7 +157,14 @@ class Evidence:
         evidence.cluster_requests = self.cluster_requests[:]
         evidence.cluster_failures = self.cluster_failures[:]
         evidence.cluster_bad = self.cluster_bad[:]
+        evidence.cluster_latency = self.cluster_latency[:]
         return evidence
+
+    @property
+    def latency_grouped(self) -> bool:
+        """Whether every outcome is in the groups' latency histograms (counts
+        merged from a process that did not keep them are not)."""
+        return sum(self.cluster_latency) == self.requests
 
     @property
     def error_rate(self) -> float:
@@ -153,4 +178,4 @@ class Evidence:
         return f"<Evidence {self.requests} requests, {self.failures} failed, {self.bad} bad>"
 
 
-__all__ = ["CLUSTERS", "Evidence"]
+__all__ = ["CLUSTERS", "COARSE", "COARSE_SHIFT", "Evidence"]

@@ -14,11 +14,11 @@ below, ``DEFAULT_CHECKS`` the three the gate runs):
 ``errors`` (``ErrorRateCheck``)
     H0: ``p_canary - p_production <= error_rate_tolerance``. The statistic
     ``z = (p̂_c - p̂_p - tolerance) / se`` where ``se²`` is, for each side,
-    the binomial variance at the pooled rate times the side's design effect
-    (Kish): the clustered ("sandwich") variance over the 64 session groups
-    against the binomial one, less two of its standard deviations of chance,
-    never below 1. So a few heavy sessions failing every request do not read
-    as thousands of independent failures. Rare counts are skewed to the
+    the binomial variance at the pooled rate (H0's) plus what the 64 session
+    groups add beyond the binomial at the side's own rate (the clustered,
+    "sandwich", variance less the binomial one, when positive:
+    ``side_variance``). So a few heavy sessions failing every request do not
+    read as thousands of independent failures, on either side. Rare counts are skewed to the
     right, so ``z`` is first moved to the normal quantile with the same tail
     (the Cornish–Fisher term ``z - γ(z² - 1)/6``). ``z`` is then turned into
     evidence by a one-sided normal-mixture martingale (Robbins' mixture;
@@ -40,9 +40,14 @@ below, ``DEFAULT_CHECKS`` the three the gate runs):
     guide's rollback line) are no slower than production's:
     ``θ = P(X_c / 1.5 > X_p) + ½·P(=) <= ½`` (Mann–Whitney with a margin,
     as in Kayenta's judge). ``θ̂`` is computed from the two latency
-    sketches (1 % buckets, the margin rounded to whole buckets: 1.49×),
-    ``se² = (n_c + n_p + 1) / (12·n_c·n_p)`` (its null variance), and the
-    same normal mixture with ``ρ = 0.1``. Decisions never rest on a p99.
+    sketches (buckets accurate to 1 %, the margin rounded up to whole buckets: 1.52×,
+    so a canary exactly at the line is within it),
+    ``se² = (n_c + n_p + 1) / (12·n_c·n_p)`` (its null variance with
+    independent requests) plus what the session groups add on each side
+    (``grouped_excess``: each request's win against the other side, summed
+    per group from the groups' coarse latency histograms, the clustered
+    variance less the independent one), and the same normal mixture with
+    ``ρ = 0.1``. Decisions never rest on a p99.
 
 ``slo`` (``SloCheck``)
     the *bad* requests (failed, or slower than the latency objective):
@@ -97,12 +102,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from operator import mul
-from typing import Any, Protocol, TypedDict
+from typing import Protocol, TypedDict
 
 from gate_middleware.errors import ConfigError
-from gate_middleware.judge.evidence import CLUSTERS, Evidence
-from gate_middleware.judge.sketch import GAMMA, quantile
+from gate_middleware.judge.evidence import CLUSTERS, COARSE, COARSE_SHIFT, Evidence
+from gate_middleware.judge.sketch import GAMMA, MIN_SECONDS, bucket_index, quantile
 
 
 class Verdict(StrEnum):
@@ -131,6 +135,7 @@ LATENCY_MARGIN_NOTE = "the rollback line"  # θ is P(canary / tolerance > produc
 SMALL_COUNT = 10.0  # below this many expected failures, an exact count check must agree
 _SPLIT_RATIOS = (2.0, 3.0, 5.0, 10.0, 20.0)
 _LOG_GAMMA = math.log(GAMMA)
+_LOG_MIN_SECONDS = math.log(MIN_SECONDS)
 _SHARES_SUM_TOLERANCE = 1e-9
 
 
@@ -145,6 +150,7 @@ class JudgeSettings:
     min_requests: int = 100
     slo_threshold: float = 0.95
     burn_rate_threshold: float = 2.0
+    latency_objective_seconds: float | None = None  # the SLO check's line, when known
 
     def rejection_log_for(self, share: float) -> float:
         """log(1/α_check): where a check with ``share`` of the false-rollback rate rejects."""
@@ -313,7 +319,7 @@ def mixture_log_evidence(z: float, u: float) -> float:
 
 
 def split_log_evidence(
-    canary_failures: int, production_failures: int, canary_share: float
+    canary_failures: float, production_failures: float, canary_share: float
 ) -> float:
     """log of the mixture (equal weights over ratios r) of the likelihood ratios
     for *which side each failure landed on* (Lindon et al. 2022, §4).
@@ -341,47 +347,59 @@ def split_log_evidence(
     return top + math.log(sum(math.exp(x - top) for x in logs) / len(logs))
 
 
-def _clustered_variance(
-    requests: int, counts: Sequence[int], groups: Sequence[int], rate: float
+def clustered_variance(
+    requests: int, counts: Sequence[float], groups: Sequence[int], rate: float
 ) -> float:
-    """Σ_k (x_k - rate·n_k)² / n², with the small-sample factor K/(K-1).
+    """The jackknife variance of a side's rate over its session groups.
 
-    Expanded as Σx² - 2·rate·Σx·n + rate²·Σn², three sums the interpreter
-    runs in C.
+    ``(K-1)/K · Σ_k (e_k / (1 - h_k))² / n²`` with ``e_k = x_k - rate·n_k``
+    (group k's failures against its share of the rate), ``h_k = n_k / n``
+    (its share of the side) and K the groups used: the clustered
+    ("sandwich") variance with each group's deviation divided by ``1 - h_k``,
+    because a group holding much of a side pulls the side's rate towards
+    itself and hides its own deviation (MacKinnon and White 1985; CR3 in
+    Cameron and Miller 2015). With one heavy session holding half of a
+    side, the plain sandwich reports a quarter of the variance.
     """
     if requests <= 0:
         return 0.0
-    total: float = max(
-        0.0,
-        sum(map(mul, counts, counts))
-        - 2.0 * rate * sum(map(mul, counts, groups))
-        + rate * rate * sum(map(mul, groups, groups)),
-    )
-    used = len(groups) - groups.count(0)
+    total = 0.0
+    used = 0
+    for count, size in zip(counts, groups, strict=True):
+        if not size:
+            continue
+        used += 1
+        deviation = (count - rate * size) / max(1.0 - size / requests, 1e-9)
+        total += deviation * deviation
     if used < 2:
-        return total / (requests * requests)
-    return total * used / (used - 1) / (requests * requests)
+        return 0.0
+    return total * (used - 1) / used / (requests * requests)
 
 
-def _design_effect(requests: int, count: int, counts: Any, evidence: Evidence) -> float:
-    """How much the session groups inflate a side's variance (at least 1).
+def side_variance(
+    requests: int, count: float, counts: Sequence[float], evidence: Evidence, pooled: float
+) -> float:
+    """The variance of one side's rate under H0, robust to sessions that fail together.
 
-    The clustered variance at the side's own rate over the binomial one
-    (Kish's design effect): near 1 when failures are spread over sessions,
-    large when a few sessions hold most of them.
+    The binomial variance at the pooled rate (what H0 says, sessions
+    independent) plus what the session groups add beyond it, measured at
+    the side's own rate: the clustered ("sandwich") variance over the groups
+    less the binomial one, when positive::
+
+        pooled·(1 - pooled)/n + max(0, V_cl(p̂) - p̂·(1 - p̂)/n)
+
+    Near the binomial at the pooled rate when failures are spread over
+    sessions; near the clustered variance when a few sessions hold most of
+    them, at the side's own rate, so heavy sessions on the canary widen the
+    canary's variance as much as they raise its rate. No fixed discount: the
+    excess is kept whole (its noise only ever adds variance).
     """
+    null = pooled * (1.0 - pooled) / requests
     rate = count / requests
     if rate <= 0.0 or rate >= 1.0:
-        return 1.0
-    clustered = _clustered_variance(requests, counts, evidence.cluster_requests, rate)
-    groups = CLUSTERS - evidence.cluster_requests.count(0)
-    if groups < 2:
-        return 1.0
-    # Under independence the ratio is about χ²(groups-1)/(groups-1): take
-    # away two of its standard deviations, so chance spread alone is not
-    # read as clustering (heavy sessions give ratios of 10 and more).
-    noise = 2.0 * math.sqrt(2.0 / (groups - 1))
-    return max(1.0, clustered / (rate * (1.0 - rate) / requests) - noise)
+        return null
+    clustered = clustered_variance(requests, counts, evidence.cluster_requests, rate)
+    return null + max(0.0, clustered - rate * (1.0 - rate) / requests)
 
 
 def _skew_corrected(z: float, rate: float, n_c: int, n_p: int) -> float:
@@ -415,19 +433,28 @@ def proportion_test(
     monitor_ratio: float,
     share: float,
     settings: JudgeSettings,
+    canary_bad: tuple[float, Sequence[float]] | None = None,
 ) -> TestResult:
-    """Is the canary's failure rate (``bad``: its bad rate) above production's + ``tolerance``?"""
+    """Is the canary's failure rate (``bad``: its bad rate) above production's + ``tolerance``?
+
+    ``canary_bad``: the canary's bad count and its groups' counts, when they
+    are not the evidence's own (``slow_within_the_line``).
+    """
     n_c, n_p = canary.requests, production.requests
-    x_c = canary.bad if bad else canary.failures
+    x_c: float = canary.bad if bad else canary.failures
     x_p = production.bad if bad else production.failures
     if n_c == 0 or n_p == 0:
         return TestResult(name, 0.0, 0.0, 0.0, False, False)
     p_c, p_p = x_c / n_c, x_p / n_p
     pooled = (x_c + x_p) / (n_c + n_p)
-    c_counts = canary.cluster_bad if bad else canary.cluster_failures
+    c_counts: Sequence[float] = canary.cluster_bad if bad else canary.cluster_failures
+    if canary_bad is not None:
+        x_c, c_counts = canary_bad
+        p_c = x_c / n_c
+        pooled = (x_c + x_p) / (n_c + n_p)
     p_counts = production.cluster_bad if bad else production.cluster_failures
-    var_c = pooled * (1.0 - pooled) / n_c * _design_effect(n_c, x_c, c_counts, canary)
-    var_p = pooled * (1.0 - pooled) / n_p * _design_effect(n_p, x_p, p_counts, production)
+    var_c = side_variance(n_c, x_c, c_counts, canary, pooled)
+    var_p = side_variance(n_p, x_p, p_counts, production, pooled)
     variance = var_c + var_p
     difference = p_c - p_p
     if variance <= 0.0:
@@ -457,7 +484,9 @@ def proportion_test(
 
 
 def _shift_buckets(ratio: float) -> int:
-    return round(math.log(ratio) / _LOG_GAMMA)
+    """Whole sketch buckets that move a duration down by at least ``ratio``
+    (rounded up: a canary exactly at the line is within it)."""
+    return math.ceil(math.log(ratio) / _LOG_GAMMA - 1e-9)
 
 
 def _win_weights(production: Evidence) -> list[int]:
@@ -511,6 +540,103 @@ def mann_whitney_theta(
     return twice / (2 * n_c * n_p)
 
 
+def canary_wins(
+    canary: Evidence, production: Evidence, shift: int, weights: list[int]
+) -> list[float]:
+    """For each sketch bucket of the canary (from ``canary.lowest``): the share
+    of production's durations that a canary duration there beats once moved
+    down ``shift`` buckets (the margin), ties counting half. Their mean over
+    the canary's durations is ``θ̂``."""
+    n_p, lo_p, hi_p = production.requests, production.lowest, production.highest
+    wins: list[float] = []
+    for index in range(canary.lowest, canary.highest + 1):
+        moved = index - shift
+        if moved < lo_p:
+            wins.append(0.0)
+        elif moved > hi_p:
+            wins.append(1.0)
+        else:
+            wins.append(weights[moved - lo_p] / (2 * n_p))
+    return wins
+
+
+def production_wins(canary: Evidence, production: Evidence, shift: int) -> list[float]:
+    """For each sketch bucket of production (from ``production.lowest``): the
+    share of the canary's durations, moved down ``shift`` buckets, above a
+    production duration there, ties counting half. Their mean over
+    production's durations is ``θ̂`` too."""
+    n_c, lo_c, hi_c = canary.requests, canary.lowest, canary.highest
+    counts = canary.latency
+    above = [0] * (hi_c - lo_c + 2)  # above[k]: canary durations in buckets >= lo_c + k
+    for k in range(hi_c - lo_c, -1, -1):
+        above[k] = above[k + 1] + counts[lo_c + k]
+
+    def at_or_above(index: int) -> int:
+        if index <= lo_c:
+            return n_c
+        return above[index - lo_c] if index <= hi_c else 0
+
+    wins: list[float] = []
+    for index in range(production.lowest, production.highest + 1):
+        moved = index + shift  # the canary bucket that lands on this one
+        tie = counts[moved] if lo_c <= moved <= hi_c else 0
+        wins.append((2 * at_or_above(moved + 1) + tie) / (2 * n_c))
+    return wins
+
+
+def grouped_excess(side: Evidence, wins: Sequence[float], theta: float) -> float:
+    """What the session groups add to the variance of a side's mean win
+    beyond independent requests (0 when they add nothing).
+
+    ``wins`` are the side's per-bucket wins (``canary_wins`` or
+    ``production_wins``). Each group's sum of wins is read from its coarse
+    histogram, every duration in a coarse bucket taking that bucket's mean
+    win ``m_b``; with ``S_k`` a group's sum and ``n_k`` its requests::
+
+        (K-1)/K·Σ_k ((S_k - θ̂·n_k) / (1 - n_k/n))² / n²  -  Σ_b c_b·(m_b - θ̂)² / n²
+
+    the groups' jackknife variance (as ``clustered_variance``) less the one the same coarse wins
+    give when every request is its own unit; when positive. Within-bucket
+    differences are left out of both terms alike.
+    """
+    n = side.requests
+    if n <= 0 or not side.latency_grouped:
+        return 0.0
+    first = side.lowest >> COARSE_SHIFT
+    width = (side.highest >> COARSE_SHIFT) - first + 1
+    sums = [0.0] * width
+    counts = [0] * width
+    for offset, win in enumerate(wins):
+        index = side.lowest + offset
+        count = side.latency[index]
+        if count:
+            coarse = (index >> COARSE_SHIFT) - first
+            sums[coarse] += count * win
+            counts[coarse] += count
+    means = [total / count if count else 0.0 for total, count in zip(sums, counts, strict=True)]
+    independent = 0.0
+    for count, mean in zip(counts, means, strict=True):
+        independent += count * (mean - theta) * (mean - theta)
+    clustered = 0.0
+    used = 0
+    cells = side.cluster_latency
+    for group in range(CLUSTERS):
+        requests = side.cluster_requests[group]
+        if not requests:
+            continue
+        used += 1
+        base = group * COARSE + first
+        total = 0.0
+        for coarse in range(width):
+            total += cells[base + coarse] * means[coarse]
+        # As in clustered_variance: a group's deviation over 1 - its share.
+        deviation = (total - theta * requests) / max(1.0 - requests / n, 1e-9)
+        clustered += deviation * deviation
+    if used < 2:
+        return 0.0
+    return max(0.0, (clustered * (used - 1) / used - independent) / (n * n))
+
+
 def latency_test(
     name: str, canary: Evidence, production: Evidence, *, share: float, settings: JudgeSettings
 ) -> TestResult:
@@ -518,9 +644,17 @@ def latency_test(
     n_c, n_p = canary.requests, production.requests
     if n_c < MIN_LATENCY_SAMPLES or n_p < MIN_LATENCY_SAMPLES:
         return TestResult(name, 0.5, 0.0, 0.0, False, False)
-    se = math.sqrt((n_c + n_p + 1) / (12.0 * n_c * n_p))
     weights = _win_weights(production)
     theta = mann_whitney_theta(canary, production, settings.latency_tolerance, weights)
+    # The null variance of θ̂ with independent requests, plus what the session
+    # groups add on each side (a slow user is slow on every request).
+    shift = _shift_buckets(settings.latency_tolerance)
+    variance = (
+        (n_c + n_p + 1) / (12.0 * n_c * n_p)
+        + grouped_excess(canary, canary_wins(canary, production, shift, weights), theta)
+        + grouped_excess(production, production_wins(canary, production, shift), theta)
+    )
+    se = math.sqrt(variance)
     z = (theta - 0.5) / se
     u = (LATENCY_MIXING_SCALE / se) ** 2
     log_m = mixture_log_evidence(z, u)
@@ -631,6 +765,53 @@ class LatencyCheck:
         return f"latency θ {result.estimate:.3f} at {LATENCY_MARGIN_NOTE}"
 
 
+def slow_within_the_line(
+    canary: Evidence, settings: JudgeSettings
+) -> tuple[float, list[float]] | None:
+    """The canary's bad count, and its groups', with its durations divided by
+    ``latency_tolerance``: a request slower than the objective but within
+    the rollback line (objective < duration ≤ objective × 1.5) no longer
+    counts as bad, so a slowdown under the line cannot roll back through
+    the SLO either. ``None`` without an objective or a tolerance.
+
+    The band is read from the sketch (the two buckets at its ends in part,
+    by the log-position of the line within them) and spread over the groups
+    by their coarse histograms (each coarse bucket's part in the band as in
+    the whole sketch). The count keeps at least the failures.
+    """
+    objective = settings.latency_objective_seconds
+    if objective is None or settings.latency_tolerance <= 1.0 or not canary.requests:
+        return None
+    line = objective * settings.latency_tolerance
+    low, high = bucket_index(objective), bucket_index(line)
+    inside: dict[int, float] = {}  # coarse bucket -> durations in the band
+    for index in range(max(low, canary.lowest), min(high, canary.highest) + 1):
+        count = canary.latency[index]
+        if not count:
+            continue
+        # bucket index covers (MIN·γ^(index-1), MIN·γ^index]: its part in (objective, line]
+        top = index * _LOG_GAMMA + _LOG_MIN_SECONDS
+        bottom = top - _LOG_GAMMA
+        part = min(top, math.log(line)) - max(bottom, math.log(objective))
+        if part > 0.0:
+            coarse = index >> COARSE_SHIFT
+            inside[coarse] = inside.get(coarse, 0.0) + count * min(1.0, part / _LOG_GAMMA)
+    shares: dict[int, float] = {}
+    for coarse, in_band in inside.items():
+        first = coarse << COARSE_SHIFT
+        shares[coarse] = in_band / sum(canary.latency[first : first + (1 << COARSE_SHIFT)])
+    counts: list[float] = []
+    for group in range(CLUSTERS):
+        base = group * COARSE
+        in_band = sum(
+            canary.cluster_latency[base + coarse] * share for coarse, share in shares.items()
+        )
+        # Not floored per group: a coarse bucket's share is spread evenly over
+        # the groups, and flooring the groups it overshoots would bias the sum.
+        counts.append(canary.cluster_bad[group] - in_band)
+    return max(float(canary.failures), math.fsum(counts)), counts
+
+
 @dataclass(frozen=True)
 class SloCheck:
     """``slo``: while the canary misses the SLO, is its bad rate above production's?"""
@@ -657,6 +838,7 @@ class SloCheck:
                 monitor_ratio=settings.monitor_tolerance,
                 share=self.share,
                 settings=settings,
+                canary_bad=slow_within_the_line(canary, settings),
             )
         # The SLO is met: the test cannot act, so its work is skipped.
         return TestResult(self.name, canary.bad_rate - production.bad_rate, 0.0, 0.0, False, False)

@@ -19,7 +19,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, g
 
 from gate_middleware.background import BackgroundThread
 from gate_middleware.domain.routing import CANARY, STABLE
-from gate_middleware.judge.evidence import CLUSTERS, Evidence
+from gate_middleware.judge.evidence import CLUSTERS, COARSE, Evidence
 from gate_middleware.judge.sketch import BUCKET_COUNT, bucket_index, quantile
 from gate_middleware.judge.verdict import WindowStats
 from gate_middleware.stores.port import WindowStoreBase
@@ -69,7 +69,8 @@ EVIDENCE_SECONDS = 7 * 24 * 3600  # a step's evidence outlives any window; refre
 
 def evidence_fields(evidence: Evidence) -> list[tuple[str, int]]:
     """The counter fields of a step's evidence: per session group r/f/x
-    (requests, failures, bad) and per sketch bucket b."""
+    (requests, failures, bad), per sketch bucket b, and per cell of the
+    groups' latency histograms l (``Evidence.cluster_latency``)."""
     fields: list[tuple[str, int]] = []
     if not evidence.requests:
         return fields
@@ -83,12 +84,16 @@ def evidence_fields(evidence: Evidence) -> list[tuple[str, int]]:
     for index in range(evidence.lowest, evidence.highest + 1):
         if evidence.latency[index]:
             fields.append((f"b{index}", evidence.latency[index]))
+    for cell, count in enumerate(evidence.cluster_latency):
+        if count:
+            fields.append((f"l{cell}", count))
     return fields
 
 
 def evidence_from_fields(fields: Iterable[tuple[str, int]]) -> Evidence:
     """Evidence from its counter fields; a field that does not parse is skipped."""
     latency = [0] * BUCKET_COUNT
+    cells = [0] * (CLUSTERS * COARSE)
     groups = {"r": [0] * CLUSTERS, "f": [0] * CLUSTERS, "x": [0] * CLUSTERS}
     for name, count in fields:
         kind, number = name[:1], name[1:]
@@ -97,9 +102,11 @@ def evidence_from_fields(fields: Iterable[tuple[str, int]]) -> Evidence:
         index = int(number)
         if kind == "b" and index < BUCKET_COUNT:
             latency[index] = count
+        elif kind == "l" and index < len(cells):
+            cells[index] = count
         elif kind in groups and index < CLUSTERS:
             groups[kind][index] = count
-    return Evidence.from_counts(latency, groups["r"], groups["f"], groups["x"])
+    return Evidence.from_counts(latency, groups["r"], groups["f"], groups["x"], cells)
 
 
 class OutcomeBuffer:

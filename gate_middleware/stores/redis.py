@@ -96,7 +96,7 @@ from gate_middleware.domain.config import PromotionConfig
 from gate_middleware.domain.routing import CANARY, STABLE
 from gate_middleware.domain.state import MAX_HISTORY, GateState, PromotionEvent
 from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
-from gate_middleware.judge.evidence import CLUSTERS, Evidence
+from gate_middleware.judge.evidence import Evidence
 from gate_middleware.judge.sketch import BUCKET_COUNT
 from gate_middleware.stores.buffer import (
     EVIDENCE_SECONDS,
@@ -105,6 +105,7 @@ from gate_middleware.stores.buffer import (
     Slice,
     digest,
     evidence_fields,
+    evidence_from_fields,
 )
 from gate_middleware.stores.port import (
     TRANSITION_TIMEOUT_SECONDS,
@@ -776,20 +777,14 @@ class RedisWindowStore(BufferedWindowStore):
 
 
 def _decode_evidence(reply: dict[bytes, bytes]) -> Evidence:
-    """Evidence from its hash; a field that does not parse is skipped."""
-    latency = [0] * BUCKET_COUNT
-    groups = {b"r": [0] * CLUSTERS, b"f": [0] * CLUSTERS, b"x": [0] * CLUSTERS}
+    """Evidence from its hash (``evidence_from_fields``); a field that does not parse is skipped."""
+    fields: list[tuple[str, int]] = []
     for key, value in reply.items():
         try:
-            number, count = int(key[1:]), int(value)
-        except ValueError:
+            fields.append((key.decode("ascii"), int(value)))
+        except (UnicodeDecodeError, ValueError):
             continue
-        kind = key[:1]
-        if kind == b"b" and 0 <= number < BUCKET_COUNT:
-            latency[number] = count
-        elif kind in groups and 0 <= number < CLUSTERS:
-            groups[kind][number] = count
-    return Evidence.from_counts(latency, groups[b"r"], groups[b"f"], groups[b"x"])
+    return evidence_from_fields(fields)
 
 
 # -- connecting ------------------------------------------------------------------------

@@ -152,10 +152,35 @@ def test_slo_below_threshold_is_no_rollback_when_production_is_as_bad(clock: Fak
 def test_rollback_on_slo_violation_worse_than_production(clock: FakeClock) -> None:
     gate = make_gate(clock)
     feed(gate, "stable", 1000, duration=0.45)  # within the 0.5 s objective
-    feed(gate, "canary", 200, duration=0.55)  # 1.22x: inside the latency tolerance, but bad
+    feed(gate, "canary", 200, duration=0.8)  # 1.78x: beyond the rollback line, and bad
     assert gate.check_slo_compliance() is False
     [event] = gate.get_rollback_history()
-    assert "SLO compliance 0.0000 < 0.95 and worse than production's 1.0000" in event.reason
+    assert "canary latency is more than 1.5x" in event.reason
+    assert gate.environment == Environment.PRODUCTION
+
+
+def test_slo_check_reads_the_canary_within_the_rollback_line(clock: FakeClock) -> None:
+    """A canary 1.22x slower that pushes every request past the 0.5 s
+    objective is inside the 1.5x rollback line: the SLO check reads its
+    durations divided by 1.5, so it does not roll back by itself; the
+    verdict is MONITOR and promotion is refused until the SLO is met."""
+    gate = make_gate(clock)
+    feed(gate, "stable", 1000, duration=0.45)
+    feed(gate, "canary", 200, duration=0.55)
+    assert gate.check_slo_compliance() is False
+    assert gate.get_rollback_history() == []
+    assert gate.monitor_canary_health().verdict == "MONITOR"
+    with pytest.raises(PromotionError, match="SLO compliance below threshold: 0.0000 < 0.95"):
+        gate.promote(Environment.STAGING)
+
+
+def test_slo_check_rolls_back_what_fails_beyond_the_line(clock: FakeClock) -> None:
+    """Failures count as bad whatever their duration: a canary whose
+    requests fail slowly is rolled back (by the errors or the SLO check)."""
+    gate = make_gate(clock)
+    feed(gate, "stable", 1000, duration=0.45)
+    feed(gate, "canary", 200, duration=0.55, error_every=2)
+    gate.monitor_canary_health()
     assert gate.environment == Environment.PRODUCTION
 
 
@@ -517,3 +542,29 @@ def test_one_unlucky_error_in_a_thin_window_is_not_a_rollback(clock: FakeClock) 
     assert gate.environment == Environment.canary(10)
     feed(gate, "canary", 40, error_every=4)  # 11 failures in 81: 13.6 %, well over 3/81
     assert gate.monitor_canary_health().recommendation.startswith("ROLLBACK")
+
+
+def test_promotion_decides_on_the_steps_evidence_not_a_thin_window(clock: FakeClock) -> None:
+    """At low traffic the rollback window may hold a handful of requests:
+    one slow request among two there is 50 % compliance. Promotion reads
+    the step's evidence, as the verdict does (here 401 canary requests, one
+    of them bad), so a healthy release is not refused by the window's noise."""
+    gate = make_gate(clock)
+    feed(gate, "stable", 400)
+    feed(gate, "canary", 400)
+    clock.advance(400.0)  # past the 300 s rollback window: the step's evidence stays
+    feed(gate, "stable", 2)
+    gate.record_request_outcome("late", True, 0.05, variant="canary")
+    gate.record_request_outcome("late", True, 0.6, variant="canary")  # good, but slow
+    window = gate.status().canary
+    assert window.requests == 2 and window.slo_compliance == 0.5
+    assert gate.monitor_canary_health().verdict == "HEALTHY"
+    assert gate.promote(Environment.STAGING) == Environment.STAGING
+
+
+def test_promotion_is_refused_when_the_step_misses_the_slo(clock: FakeClock) -> None:
+    gate = make_gate(clock)
+    feed(gate, "stable", 400, duration=0.7)  # everyone is slow
+    feed(gate, "canary", 400, duration=0.7)
+    with pytest.raises(PromotionError, match="over the step's 400 canary requests"):
+        gate.promote(Environment.STAGING)

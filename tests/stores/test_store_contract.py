@@ -231,6 +231,14 @@ def test_outcomes_are_counted_per_variant_with_their_evidence(backend: Backend) 
     assert isinstance(evidence, Evidence)
     assert (evidence.requests, evidence.failures) == (40, 4)  # the warm-up is not evidence
     assert stores.windows.evidence("stable").requests == 100
+    # Every store keeps the groups' counts and latency histograms whole: what
+    # the judge's session-robust variances read.
+    expected = Evidence()
+    for i in range(40):
+        expected.record(i >= 4, i >= 4, 0.010 + i / 10_000, i)
+    for name in ("cluster_requests", "cluster_failures", "cluster_bad", "cluster_latency"):
+        assert list(getattr(evidence, name)) == list(getattr(expected, name)), name
+    assert evidence.latency_grouped
 
 
 def test_clear_forgets_every_outcome(backend: Backend) -> None:
