@@ -30,6 +30,10 @@ The traffic model, for every case unless it says otherwise:
   factor of its own, lognormal with σ = 0.5 (some users are slow on every
   request: their durations are production's × that factor, on either
   side); ``latency_factor`` multiplies the canary's on top.
+- ``gate``: quiet traffic run through a real ``PromotionGate`` with a fake
+  clock, request by request (each its own session), at ``rate`` requests/s:
+  a 100 % canary with no holdback (judged against the SLO objective) or a
+  99.9 % canary (a baseline of about one request in 17 minutes).
 - ``ramp_incident``: 5 % share, ramped to 50 % at t = 600 s (a new step),
   then a 30 s incident at t = 700 s in which both sides fail 20 % of requests.
 
@@ -76,8 +80,9 @@ class Case:
     latency_factor: float = 1.0
     production_errors: float = 0.005
     seconds: float = 1800.0
-    model: str = "requests"  # "requests", "sessions", "slow_sessions", "ramp_incident"
+    model: str = "requests"  # "requests", "sessions", "slow_sessions", "ramp_incident", "gate"
     target: str = ""  # what the README promises for it
+    rate: float = 50.0  # requests per second
 
     @property
     def null(self) -> bool:
@@ -200,6 +205,54 @@ CASES = [
         model="slow_sessions",
         target="≤ 1 %",
     ),
+    Case(
+        "quiet_full_null",
+        "100 % canary, no holdback, 0.1 req/s, as production",
+        100.0,
+        seconds=7200.0,
+        model="gate",
+        rate=0.1,
+        target="≤ 1 %",
+    ),
+    Case(
+        "quiet_full_30",
+        "100 % canary, no holdback, 0.1 req/s, failing 30 %",
+        100.0,
+        canary_errors=0.3,
+        seconds=7200.0,
+        model="gate",
+        rate=0.1,
+        target="≥ 95 % within 2 h",
+    ),
+    Case(
+        "quiet_full_all_0.05",
+        "100 % canary, no holdback, 0.05 req/s, failing every request",
+        100.0,
+        canary_errors=1.0,
+        seconds=14400.0,
+        model="gate",
+        rate=0.05,
+        target="≥ 95 % within 4 h",
+    ),
+    Case(
+        "thin_baseline_null",
+        "99.9 % canary at 1 req/s, as production",
+        99.9,
+        seconds=600.0,
+        model="gate",
+        rate=1.0,
+        target="≤ 1 %",
+    ),
+    Case(
+        "thin_baseline_all",
+        "99.9 % canary at 1 req/s, failing every request",
+        99.9,
+        canary_errors=1.0,
+        seconds=600.0,
+        model="gate",
+        rate=1.0,
+        target="≥ 95 % within 10 min",
+    ),
 ]
 
 
@@ -256,7 +309,7 @@ class Traffic:
 def generate(case: Case, seed: int) -> Traffic:
     """The requests of one seed of ``case`` (the traffic model in the module docstring)."""
     rng = np.random.default_rng([seed, zlib.crc32(case.name.encode())])
-    total = rng.poisson(RATE * case.seconds)
+    total = rng.poisson(case.rate * case.seconds)
     times = np.sort(rng.random(total) * case.seconds)
     share = case.share / 100.0
     session_factor = 1.0
@@ -360,8 +413,48 @@ def simulate(
     return None, verdict == HEALTHY
 
 
+class _Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def simulate_gate(case: Case, seed: int) -> tuple[float | None, bool]:
+    """(time of the rollback or None, promotable at the end) for one seed,
+    request by request through a real ``PromotionGate`` and a fake clock."""
+    import logging
+
+    from gate_middleware import Environment, PromotionGate
+
+    logging.getLogger("gate_middleware").setLevel(logging.CRITICAL)
+    traffic = generate(case, seed)
+    clock = _Clock()
+    gate = PromotionGate(
+        PromotionConfig(environment=Environment.canary(case.share), feature_flags=["new"]),
+        clock=clock,
+        plan_timer=False,
+    )
+    for t, canary, group, failed, duration in zip(
+        traffic.times.tolist(),
+        traffic.canary.tolist(),
+        traffic.cluster.tolist(),
+        traffic.failed.tolist(),
+        traffic.durations.tolist(),
+        strict=True,
+    ):
+        clock.now = t
+        gate.record_outcome("canary" if canary else "stable", not failed, duration, -1, group)
+        if gate.environment.name == "production":
+            return t, False
+    clock.now = case.seconds
+    return None, gate.health_snapshot().verdict == HEALTHY
+
+
 def _run(job: tuple[Case, int]) -> tuple[str, float | None, bool]:
     case, seed = job
+    if case.model == "gate":
+        return (case.name, *simulate_gate(case, seed))
     config = PromotionConfig()
     slo = SloConfig()
     settings = judge_settings(config, slo)

@@ -100,9 +100,9 @@ class SloConfig:
       production's (1.5, the guide's rollback line).
     - ``monitor_tolerance``: above this ratio (1.1, the guide's MONITOR band)
       a sign of a regression keeps the verdict from HEALTHY.
-    - ``burn_rate_threshold``: with no concurrent baseline, a canary whose
-      bad fraction burns the error budget (``1 - slo_threshold``) faster than
-      this in both burn windows is rolled back.
+    - ``burn_rate_threshold``: with no concurrent baseline (or a thin one),
+      a canary whose bad rate is shown, anytime-validly, to be above this
+      many times the error budget (``1 - slo_threshold``) is rolled back.
     """
 
     latency_objective_seconds: float = 0.5
@@ -147,7 +147,7 @@ class PromotionConfig:
     ``holdback_percent``: a share of sessions kept on the stable path in
     staging and at a 100 % canary, so they are judged against a concurrent
     baseline (0 keeps the guide's "staging = 100 %": they are then judged
-    against the SLO objective by burn rate). ``initial_delay_seconds``: a
+    against the SLO objective). ``initial_delay_seconds``: a
     warm-up after each step during which outcomes are shown but not judged
     (Argo Rollouts' ``initialDelay``). ``salt`` replaces the rollout name in
     the routing formula; ``cohort="release"`` salts it with the release

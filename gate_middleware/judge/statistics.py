@@ -56,8 +56,15 @@ below, ``DEFAULT_CHECKS`` the three the gate runs):
     rolled back only when this test says it is also worse than
     production's concurrent compliance.
 
+``objective`` (``ObjectiveCheck``)
+    while production has fewer than ``min_requests`` outcomes in the step
+    (a thin baseline: a 99.9 % canary, a quiet night), the canary's bad rate
+    against the objective's line (``burn_rate_threshold`` × the error
+    budget), by a mixture of likelihood ratios over the step's requests
+    (``objective_log_evidence``); with a baseline it does not act.
+
 The false-rollback rate α is split between the checks by their ``share``
-(errors 45 %, latency 45 %, slo 10 %): the shares of the checks judged
+(errors 45 %, latency 45 %, slo 5 %, objective 5 %): the shares of the checks judged
 together must sum to 1, so their union stays within α (``judge`` raises
 ``ConfigError`` otherwise).
 
@@ -74,14 +81,16 @@ MONITOR sign for any check with one, and scores by the strongest evidence of
 all of them. ``tests/judge/test_checks.py`` plugs in a fourth check this way.
 
 Without a concurrent comparison (staging or a 100 % canary with no
-holdback) the canary is judged against the SLO objective by two burn-rate
-windows (the SRE workbook's multi-window rule): it is rolled back when the
-bad fraction exceeds ``burn_rate_threshold × (1 - slo_threshold)`` in both
-the long and the short window.
+holdback) the canary is judged against the SLO objective
+(``judge_against_objective``) by the same anytime-valid test as
+``objective``, with the whole of α: rolled back when the step's bad
+requests are evidence that its bad rate is above
+``burn_rate_threshold × (1 - slo_threshold)``. The two burn-rate windows
+(the SRE workbook's multi-window rule) only warn (MONITOR).
 
 Verdicts (``Verdict``):
 
-- ``ROLLBACK``: a check rejected (or both burn windows burn too fast).
+- ``ROLLBACK``: a check rejected (or, with no baseline, the objective test).
 - ``INSUFFICIENT_DATA``: otherwise, while either side has fewer than
   ``min_requests`` outcomes in the step.
 - ``HEALTHY``: no sign of a regression beyond the MONITOR band: for errors
@@ -134,6 +143,7 @@ MIN_LATENCY_SAMPLES = 10
 LATENCY_MARGIN_NOTE = "the rollback line"  # θ is P(canary / tolerance > production)
 SMALL_COUNT = 10.0  # below this many expected failures, an exact count check must agree
 _SPLIT_RATIOS = (2.0, 3.0, 5.0, 10.0, 20.0)
+_OBJECTIVE_ODDS_RATIOS = (1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0)
 _LOG_GAMMA = math.log(GAMMA)
 _LOG_MIN_SECONDS = math.log(MIN_SECONDS)
 _SHARES_SUM_TOLERANCE = 1e-9
@@ -345,6 +355,38 @@ def split_log_evidence(
         )
     top = max(logs)
     return top + math.log(sum(math.exp(x - top) for x in logs) / len(logs))
+
+
+def objective_log_evidence(bad: float, requests: int, line: float) -> float:
+    """log of the evidence that the bad rate is above ``line``, anytime-valid.
+
+    The mixture (equal weights) over odds ratios r of the likelihood ratios
+    of a bad rate ``p_r`` (``line``'s odds times r) against ``line``, over
+    the step's requests::
+
+        M = mean_r  (p_r / line)^bad · ((1 - p_r) / (1 - line))^(requests - bad)
+
+    Each term is a supermartingale for every true rate at or below ``line``
+    (``p_r > line``), and so is their mean: ``P(sup M >= 1/α) <= α`` (Ville).
+    It needs no baseline, and a few requests that all fail are evidence.
+    """
+    if requests <= 0 or not 0.0 < line < 1.0:
+        return 0.0
+    odds = line / (1.0 - line)
+    logs = []
+    for ratio in _OBJECTIVE_ODDS_RATIOS:
+        p = ratio * odds / (1.0 + ratio * odds)
+        logs.append(
+            bad * math.log(p / line) + (requests - bad) * math.log((1.0 - p) / (1.0 - line))
+        )
+    top = max(logs)
+    return top + math.log(sum(math.exp(x - top) for x in logs) / len(logs))
+
+
+def objective_line(settings: JudgeSettings) -> float:
+    """The bad rate the objective tests hold a canary to: ``burn_rate_threshold``
+    times the error budget (``1 - slo_threshold``), below 1."""
+    return min(settings.burn_rate_threshold * (1.0 - settings.slo_threshold), 0.999)
 
 
 def clustered_variance(
@@ -817,7 +859,7 @@ class SloCheck:
     """``slo``: while the canary misses the SLO, is its bad rate above production's?"""
 
     name: str = "slo"
-    share: float = 0.10
+    share: float = 0.05
     label: str = "SLO"
 
     def test(
@@ -865,8 +907,66 @@ class SloCheck:
         return ""
 
 
+@dataclass(frozen=True)
+class ObjectiveCheck:
+    """``objective``: with a thin baseline, is the canary's bad rate above the
+    objective's line (``burn_rate_threshold`` × the error budget)?
+
+    While production has at least ``min_requests`` outcomes in the step the
+    comparison with it decides, and this check does not act (an incident
+    that hits everyone is not the release's fault). Below that (a 99.9 %
+    canary, a quiet night) it is what catches a canary that fails: a few
+    failed requests in a row are evidence here, with no baseline needed.
+    """
+
+    name: str = "objective"
+    share: float = 0.05
+    label: str = "SLO objective"
+
+    def test(
+        self,
+        canary: Evidence,
+        production: Evidence,
+        settings: JudgeSettings,
+        *,
+        canary_compliance: float,
+    ) -> TestResult:
+        line = objective_line(settings)
+        rate = canary.bad_rate
+        if production.requests >= settings.min_requests or not canary.requests:
+            return TestResult(self.name, rate, 0.0, 0.0, False, False)
+        log_m = objective_log_evidence(canary.bad, canary.requests, line)
+        z = (rate - line) / math.sqrt(line * (1.0 - line) / canary.requests)
+        rejected = log_m >= settings.rejection_log_for(self.share)
+        return TestResult(self.name, rate, z, log_m, rejected, rejected)
+
+    def rollback_reason(
+        self,
+        result: TestResult,
+        canary: Evidence,
+        production: Evidence,
+        settings: JudgeSettings,
+        *,
+        canary_compliance: float,
+        comparison: str,
+    ) -> str:
+        return (
+            f"canary bad rate {canary.bad_rate:.4f} is above the objective's line "
+            f"{objective_line(settings):.4f} ({settings.burn_rate_threshold:g}x the error "
+            f"budget) with a thin baseline ({production.requests} {comparison} requests in "
+            f"this step; log-evidence {result.log_evidence:.1f} ≥ "
+            f"{settings.rejection_log_for(self.share):.1f})"
+        )
+
+    def severity(self, canary: Evidence, production: Evidence) -> float:
+        return ROLLBACK_LINE
+
+    def figures(self, result: TestResult, canary: Evidence, production: Evidence) -> str:
+        return ""
+
+
 # The checks the gate runs, in the order a rollback names the first that rejected.
-DEFAULT_CHECKS: tuple[Check, ...] = (ErrorRateCheck(), LatencyCheck(), SloCheck())
+DEFAULT_CHECKS: tuple[Check, ...] = (ErrorRateCheck(), LatencyCheck(), SloCheck(), ObjectiveCheck())
 # How the false-rollback rate is split between them (their union stays within it).
 ALPHA_SHARES = {check.name: check.share for check in DEFAULT_CHECKS}
 
@@ -992,13 +1092,18 @@ def judge_against_objective(
     short_window: tuple[int, int],
     settings: JudgeSettings,
 ) -> Judgement:
-    """Judge a canary with no concurrent production sessions by two burn-rate windows.
+    """Judge a canary with no concurrent production sessions against the SLO objective.
 
-    ``long_window`` and ``short_window`` are (requests, bad) over the last
-    rollback window and the last twelfth of it. Burn rate = bad fraction /
-    (1 - slo_threshold); both windows above ``burn_rate_threshold`` rolls
-    back; HEALTHY needs ``min_requests`` in the step and both windows
-    within the budget (burn rate ≤ 1).
+    Rolled back when ``objective_log_evidence`` of the step's bad requests
+    against the line (``burn_rate_threshold`` × the error budget) reaches
+    ``1/false_rollback_rate``: a canary whose bad rate stays at or below the
+    line is rolled back with probability at most ``false_rollback_rate``
+    over the whole step, however quiet or long. The two burn-rate windows
+    (``long_window`` and ``short_window``: (requests, bad) over the last
+    rollback window and the last twelfth of it; burn rate = bad fraction /
+    (1 - slo_threshold)) only warn: MONITOR when either burns above 1 with
+    enough requests in both; HEALTHY needs ``min_requests`` in the step and
+    no such sign.
     """
     budget = max(1.0 - settings.slo_threshold, 1e-9)
     minimum = max(1, settings.min_requests // 10)
@@ -1010,15 +1115,22 @@ def judge_against_objective(
     long_burn, short_burn = burn(long_window), burn(short_window)
     enough_windows = long_window[0] >= minimum and short_window[0] >= minimum
     burn_rates: BurnRates = {"long_burn_rate": long_burn, "short_burn_rate": short_burn}
-    strength = min(1.0, min(long_burn, short_burn) / settings.burn_rate_threshold)
-    if enough_windows and min(long_burn, short_burn) > settings.burn_rate_threshold:
+    line = objective_line(settings)
+    log_m = objective_log_evidence(canary.bad, canary.requests, line)
+    threshold = settings.rejection_log_for(1.0)
+    rate = canary.bad_rate
+    z = (rate - line) / math.sqrt(line * (1.0 - line) / canary.requests) if canary.requests else 0.0
+    objective = TestResult("objective", rate, z, log_m, log_m >= threshold, log_m >= threshold)
+    strength = min(1.0, max(0.0, log_m) / threshold)
+    if objective.rejected:
         verdict = ROLLBACK
         reason = (
-            f"canary burns its error budget at {long_burn:.1f}x (long window) and "
-            f"{short_burn:.1f}x (short window), over {settings.burn_rate_threshold:g}x "
-            f"(SLO {settings.slo_threshold})"
+            f"canary bad rate {rate:.4f} over the step's {canary.requests} requests is above "
+            f"{settings.burn_rate_threshold:g}x the error budget ({line:.4f}, SLO "
+            f"{settings.slo_threshold}; log-evidence {log_m:.1f} ≥ {threshold:.1f}; burn rate "
+            f"{long_burn:.1f}x long, {short_burn:.1f}x short)"
         )
-        score = min(ROLLBACK_SCORE - 0.01, ROLLBACK_SCORE / max(1.0, long_burn / 2.0))
+        score = min(ROLLBACK_SCORE - 0.01, ROLLBACK_SCORE / max(1.0, rate / line))
     elif canary.requests < settings.min_requests:
         verdict = INSUFFICIENT_DATA
         reason = (
@@ -1026,7 +1138,7 @@ def judge_against_objective(
             f"{settings.min_requests} needed to judge against the SLO objective"
         )
         score = _score(verdict, strength, 1.0)
-    elif long_burn > 1.0 or short_burn > 1.0:
+    elif enough_windows and (long_burn > 1.0 or short_burn > 1.0):
         verdict = MONITOR
         reason = (
             f"canary burns its error budget at {long_burn:.1f}x (long) / {short_burn:.1f}x (short)"
@@ -1042,7 +1154,7 @@ def judge_against_objective(
         verdict,
         score,
         reason,
-        (),
+        (objective,),
         canary_requests=canary.requests,
         production_requests=0,
         comparison="slo objective",

@@ -265,7 +265,7 @@ def test_canary_to_staging_to_production(clock: FakeClock) -> None:
     assert kinds == [("rollback", None), ("promotion", "promote"), ("promotion", "promote")]
 
 
-def test_staging_without_holdback_rolls_back_on_burn_rate(clock: FakeClock) -> None:
+def test_staging_without_holdback_rolls_back_against_the_objective(clock: FakeClock) -> None:
     gate = make_gate(clock)
     healthy(gate)
     gate.promote(Environment.STAGING)
@@ -275,7 +275,22 @@ def test_staging_without_holdback_rolls_back_on_burn_rate(clock: FakeClock) -> N
     assert gate.environment == Environment.PRODUCTION
     [event] = gate.get_rollback_history()
     assert event.environment == Environment.STAGING
-    assert "burns its error budget at 4.0x" in event.reason
+    assert "canary bad rate 0.2000 over the step's 200 requests is above 2x" in event.reason
+    assert "burn rate 4.0x long, 4.0x short" in event.reason
+
+
+def test_staging_at_the_objectives_line_is_not_rolled_back(clock: FakeClock) -> None:
+    """10 % bad, exactly the line (2x the 5 % budget): the burn windows warn
+    (MONITOR), and the anytime-valid test does not roll back."""
+    gate = make_gate(clock)
+    healthy(gate)
+    gate.promote(Environment.STAGING)
+    for _ in range(30):
+        feed(gate, "canary", 100, error_every=10)
+        clock.advance(5.0)
+    health = gate.monitor_canary_health()
+    assert gate.environment == Environment.STAGING
+    assert health.verdict == "MONITOR"
 
 
 def test_canary_straight_to_production_warns(

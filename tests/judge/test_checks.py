@@ -22,6 +22,7 @@ from gate_middleware.judge.statistics import (
     ErrorRateCheck,
     JudgeSettings,
     LatencyCheck,
+    ObjectiveCheck,
     SloCheck,
     Verdict,
     judge,
@@ -83,7 +84,13 @@ class CheckoutCheck:
 
 def four_checks(checkout: CheckoutCheck) -> tuple[Check, ...]:
     """The default three with the rate split again to make room for a fourth."""
-    return (ErrorRateCheck(share=0.40), LatencyCheck(share=0.40), SloCheck(), checkout)
+    return (
+        ErrorRateCheck(share=0.40),
+        LatencyCheck(share=0.40),
+        SloCheck(),
+        ObjectiveCheck(),
+        checkout,
+    )
 
 
 SETTINGS = JudgeSettings()
@@ -112,9 +119,9 @@ def test_every_check_keeps_the_contract(check: Check) -> None:
 
 
 def test_the_default_checks_split_the_whole_rate() -> None:
-    assert [check.name for check in DEFAULT_CHECKS] == ["errors", "latency", "slo"]
+    assert [check.name for check in DEFAULT_CHECKS] == ["errors", "latency", "slo", "objective"]
     assert math.fsum(check.share for check in DEFAULT_CHECKS) == 1.0
-    assert ALPHA_SHARES == {"errors": 0.45, "latency": 0.45, "slo": 0.10}
+    assert ALPHA_SHARES == {"errors": 0.45, "latency": 0.45, "slo": 0.05, "objective": 0.05}
     assert SETTINGS.rejection_log("errors") == SETTINGS.rejection_log_for(0.45)
 
 
@@ -124,7 +131,13 @@ def test_a_fourth_check_takes_part_in_the_verdict() -> None:
     assert judgement.verdict == ROLLBACK
     assert judgement.reason == "canary checkout rate is below production's (z 3.00)"
     assert judgement.health_score == pytest.approx(0.8 * 1.5 / 3.0)  # its severity
-    assert [test.name for test in judgement.tests] == ["errors", "latency", "slo", "checkout"]
+    assert [test.name for test in judgement.tests] == [
+        "errors",
+        "latency",
+        "slo",
+        "objective",
+        "checkout",
+    ]
     health = assess(5.0, WindowStats(), WindowStats(), judgement)
     assert health.verdict == ROLLBACK
     assert health.evidence["tests"]["checkout"]["log_evidence"] == 20.0

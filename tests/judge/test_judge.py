@@ -639,3 +639,25 @@ def test_counts_without_the_groups_latency_are_judged_as_before() -> None:
     assert grouped is not None and plain is not None
     assert grouped.estimate == plain.estimate  # the same θ̂
     assert abs(grouped.z) <= abs(plain.z)  # a wider variance with the groups known
+
+
+@pytest.mark.parametrize(
+    ("name", "seeds", "rolled_back"),
+    [
+        ("thin_baseline_all", 5, 5),
+        ("thin_baseline_null", 5, 0),
+        ("quiet_full_30", 3, 3),
+        ("quiet_full_null", 3, 0),
+    ],
+)
+def test_quiet_and_thin_baselines_through_a_real_gate(
+    name: str, seeds: int, rolled_back: int
+) -> None:
+    """A bounded sample of the simulation's quiet cells: a 99.9 % canary whose
+    baseline sees a request every 17 minutes, and a 100 % canary with no
+    holdback at one request every 10 s, are rolled back when they fail and
+    left alone when they do not."""
+    results = [judge_sim.simulate_gate(case(name), seed) for seed in range(seeds)]
+    assert sum(rolled is not None for rolled, _ in results) == rolled_back
+    for rolled, _ in results:
+        assert rolled is None or rolled <= case(name).seconds
