@@ -53,6 +53,7 @@ import sys
 import time
 import zlib
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -305,6 +306,17 @@ class Traffic:
     failed: np.ndarray  # bool
     durations: np.ndarray  # seconds
 
+    def requests(self) -> Iterator[tuple[float, bool, int, bool, float]]:
+        """(time, on the canary, group, failed, duration) of each request, in order."""
+        return zip(
+            self.times.tolist(),
+            self.canary.tolist(),
+            self.cluster.tolist(),
+            self.failed.tolist(),
+            self.durations.tolist(),
+            strict=True,
+        )
+
 
 def generate(case: Case, seed: int) -> Traffic:
     """The requests of one seed of ``case`` (the traffic model in the module docstring)."""
@@ -435,14 +447,7 @@ def simulate_gate(case: Case, seed: int) -> tuple[float | None, bool]:
         clock=clock,
         plan_timer=False,
     )
-    for t, canary, group, failed, duration in zip(
-        traffic.times.tolist(),
-        traffic.canary.tolist(),
-        traffic.cluster.tolist(),
-        traffic.failed.tolist(),
-        traffic.durations.tolist(),
-        strict=True,
-    ):
+    for t, canary, group, failed, duration in traffic.requests():
         clock.now = t
         gate.record_outcome("canary" if canary else "stable", not failed, duration, -1, group)
         if gate.environment.name == "production":

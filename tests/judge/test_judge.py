@@ -251,14 +251,7 @@ def run_gate(case: judge_sim.Case, seed: int, seconds: float) -> tuple[float | N
     traffic = judge_sim.generate(case, seed)
     start = clock()
     ramped = case.model != "ramp_incident"
-    for t, canary, group, failed, duration in zip(
-        traffic.times.tolist(),
-        traffic.canary.tolist(),
-        traffic.cluster.tolist(),
-        traffic.failed.tolist(),
-        traffic.durations.tolist(),
-        strict=True,
-    ):
+    for t, canary, group, failed, duration in traffic.requests():
         if t > seconds:
             break
         clock.now = start + t
@@ -298,14 +291,7 @@ def test_the_gate_decides_as_the_simulation_says(seed: int) -> None:
         clock=clock,
     )
     start = clock()
-    for t, canary, group, failed, duration in zip(
-        traffic.times.tolist(),
-        traffic.canary.tolist(),
-        traffic.cluster.tolist(),
-        traffic.failed.tolist(),
-        traffic.durations.tolist(),
-        strict=True,
-    ):
+    for t, canary, group, failed, duration in traffic.requests():
         if t >= checkpoint:
             break
         clock.now = start + t
