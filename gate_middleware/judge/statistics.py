@@ -483,7 +483,7 @@ def proportion_test(
     are not the evidence's own (``slow_within_the_line``).
     """
     n_c, n_p = canary.requests, production.requests
-    x_c: float = canary.bad if bad else canary.failures
+    x_c: float = float(canary.bad if bad else canary.failures)
     x_p = production.bad if bad else production.failures
     if n_c == 0 or n_p == 0:
         return TestResult(name, 0.0, 0.0, 0.0, False, False)
@@ -1013,7 +1013,7 @@ def _figures(
     judged: Sequence[tuple[Check, TestResult]], canary: Evidence, production: Evidence
 ) -> str:
     """Every check's figures, for a MONITOR or HEALTHY reason."""
-    figures = (check.figures(result, canary, production) for check, result in judged)
+    figures = [check.figures(result, canary, production) for check, result in judged]
     return ", ".join(text for text in figures if text)
 
 
