@@ -34,11 +34,21 @@ The traffic model, for every case unless it says otherwise:
   clock, request by request (each its own session), at ``rate`` requests/s:
   a 100 % canary with no holdback (judged against the SLO objective) or a
   99.9 % canary (a baseline of about one request in 17 minutes).
+- ``plan``: a good release (canary = production) carried through the
+  default rollout plan (1 → 5 → 10 → 25 → 50 %, then staging: 100 %, no
+  holdback, judged against the SLO objective) by a real ``PromotionGate``
+  with a fake clock, time compressed: each step bakes ``seconds / 8``
+  (600 s) instead of 12 h, at ``rate`` requests/s (20), each request its own
+  session on the canary with the current step's share. "Rolled back" counts
+  a rollback at any point of the release's life; "promotable at the end"
+  here means it reached production.
 - ``ramp_incident``: 5 % share, ramped to 50 % at t = 600 s (a new step),
   then a 30 s incident at t = 700 s in which both sides fail 20 % of requests.
 
 The decisions are the judge's own code (``gate_middleware.judge.statistics``) fed the
-evidence the gate would hold; the gate's wiring of it (steps, the clock,
+evidence the gate would hold, with the lines the gate draws for a release's
+steps (its first from ``release_start_log_evidence``, a later one moved by
+what the step before carries); the gate's wiring of it (steps, the clock,
 release tags) is tested in ``tests/judge/test_judge.py``, which also runs a
 bounded sample of these cases through a real ``PromotionGate``.
 """
@@ -54,7 +64,7 @@ import time
 import zlib
 from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -62,7 +72,14 @@ from gate_middleware.domain.config import PromotionConfig, SloConfig, judge_sett
 from gate_middleware.domain.routing import canary_threshold, compute_bucket
 from gate_middleware.judge.evidence import CLUSTERS, COARSE, COARSE_SHIFT, Evidence
 from gate_middleware.judge.sketch import _INV_LOG_GAMMA, _LOG_MIN, _TOP, BUCKET_COUNT, MIN_SECONDS
-from gate_middleware.judge.statistics import HEALTHY, ROLLBACK, JudgeSettings, judge
+from gate_middleware.judge.statistics import (
+    HEALTHY,
+    ROLLBACK,
+    JudgeSettings,
+    carry,
+    judge,
+    release_start_log_evidence,
+)
 
 RATE = 50.0
 _UNSIGNED = np.dtype(f"u{array('L').itemsize}")
@@ -81,7 +98,8 @@ class Case:
     latency_factor: float = 1.0
     production_errors: float = 0.005
     seconds: float = 1800.0
-    model: str = "requests"  # "requests", "sessions", "slow_sessions", "ramp_incident", "gate"
+    model: str = "requests"  # "requests", "sessions", "slow_sessions", "ramp_incident",
+    # "gate", "plan"
     target: str = ""  # what the README promises for it
     rate: float = 50.0  # requests per second
 
@@ -234,6 +252,15 @@ CASES = [
         model="gate",
         rate=0.05,
         target="≥ 95 % within 4 h",
+    ),
+    Case(
+        "plan_null",
+        "a good release through the default plan and staging, 600 s a step, 20 req/s",
+        1.0,
+        seconds=4800.0,
+        model="plan",
+        rate=20.0,
+        target="≤ 1 % rolled back over its life",
     ),
     Case(
         "thin_baseline_null",
@@ -406,7 +433,14 @@ def simulate(
         side_data.append((hist, req, fail, badc, cells))
     window_intervals = int(window // INTERVAL)
     verdict = None
+    # As the gate judges a release: its first step from log(1 - RESTART_SHARE),
+    # each later one from what the step before carries (``carry``).
+    carried = release_start_log_evidence()
+    result = None
     for step_number, start in enumerate(step_starts):
+        if result is not None:
+            carried = carry(carried, result.step_log_evidence, step_number + 1)
+        step_settings = replace(settings, carried_log_evidence=carried)
         end = step_starts[step_number + 1] if step_number + 1 < len(step_starts) else intervals
         cumulative = [tuple(np.cumsum(a[start:end], axis=0) for a in data) for data in side_data]
         canary_req_per_interval = side_data[0][1].sum(axis=1)
@@ -418,7 +452,9 @@ def simulate(
             window_requests = canary_req_per_interval[lo : now + 1].sum()
             window_bad = canary_bad_per_interval[lo : now + 1].sum()
             compliance = 1.0 - window_bad / window_requests if window_requests else 1.0
-            result = judge(evidence[0], evidence[1], settings, canary_window_compliance=compliance)
+            result = judge(
+                evidence[0], evidence[1], step_settings, canary_window_compliance=compliance
+            )
             verdict = result.verdict
             if verdict == ROLLBACK:
                 return (now + 1) * INTERVAL, False
@@ -456,10 +492,53 @@ def simulate_gate(case: Case, seed: int) -> tuple[float | None, bool]:
     return None, gate.health_snapshot().verdict == HEALTHY
 
 
+def simulate_plan(case: Case, seed: int) -> tuple[float | None, bool]:
+    """(time of a rollback or None, reached production) for one seed of a
+    ``plan`` case: the release's whole life through a real ``PromotionGate``."""
+    import logging
+
+    from gate_middleware import PromotionGate
+    from gate_middleware.domain.plan import RolloutPlan
+
+    logging.getLogger("gate_middleware").setLevel(logging.CRITICAL)
+    rng = np.random.default_rng([seed, zlib.crc32(case.name.encode())])
+    total = rng.poisson(case.rate * case.seconds)
+    times = np.sort(rng.random(total) * case.seconds).tolist()
+    draws = rng.random(total).tolist()
+    failed = (rng.random(total) < case.production_errors).tolist()
+    durations = np.exp(math.log(MEDIAN_SECONDS) + SIGMA * rng.standard_normal(total)).tolist()
+    groups = rng.integers(0, CLUSTERS, total).tolist()
+    bake = case.seconds / 8
+    clock = _Clock()
+    gate = PromotionGate(
+        PromotionConfig(
+            feature_flags=["new"],
+            plan=RolloutPlan(bake_seconds=bake, staging_bake_seconds=bake),
+        ),
+        clock=clock,
+        wall_clock=clock,
+        plan_timer=False,
+    )
+    gate.start_canary(feature_flags=["new"])
+    for t, draw, fails, duration, group in zip(
+        times, draws, failed, durations, groups, strict=True
+    ):
+        clock.now = t
+        environment = gate.environment
+        if environment.name == "production":
+            rolled = any(event.kind == "rollback" for event in gate.get_history())
+            return (t if rolled else None), not rolled
+        canary = draw * 100.0 < environment.traffic_percent
+        gate.record_outcome("canary" if canary else "stable", not fails, duration, -1, group)
+    return None, False
+
+
 def _run(job: tuple[Case, int]) -> tuple[str, float | None, bool]:
     case, seed = job
     if case.model == "gate":
         return (case.name, *simulate_gate(case, seed))
+    if case.model == "plan":
+        return (case.name, *simulate_plan(case, seed))
     config = PromotionConfig()
     slo = SloConfig()
     settings = judge_settings(config, slo)

@@ -9,6 +9,7 @@ write left in the store.
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 from datetime import datetime
@@ -18,6 +19,7 @@ from gate_middleware.domain.environment import Environment
 from gate_middleware.domain.plan import PlanPosition
 from gate_middleware.domain.state import (
     MAX_HISTORY,
+    CarriedEvidence,
     GateEvent,
     GateState,
     PromotionEvent,
@@ -77,20 +79,35 @@ def _event(data: dict[str, Any]) -> GateEvent:
     )
 
 
+def _carried(data: dict[str, Any] | None) -> CarriedEvidence | None:
+    """The carried evidence (``None``: a release's first step, or a state
+    stored before it was kept)."""
+    if data is None:
+        return None
+    log_evidence, step = data["log_evidence"], data["step"]
+    if isinstance(log_evidence, bool) or not isinstance(log_evidence, (int, float)):
+        raise ValueError(f"the carried log-evidence {log_evidence!r} is not a number")
+    if not math.isfinite(log_evidence):
+        raise ValueError(f"the carried log-evidence {log_evidence!r} is not finite")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 2:
+        raise ValueError(f"the carried step {step!r} is not an integer from 2")
+    return CarriedEvidence(float(log_evidence), step)
+
+
 def encode_state(state: GateState) -> str:
     """The state's content as JSON; its identity (version, id) is stored beside it."""
-    return json.dumps(
-        {
-            "environment": state.environment.to_dict(),
-            "stable_flags": sorted(state.stable_flags),
-            "release_flags": sorted(state.release_flags),
-            "history": [event.to_dict() for event in state.history[-STORED_HISTORY:]],
-            "release": state.release,
-            "step": state.step,
-            "plan": None if state.plan is None else state.plan.to_dict(),
-        },
-        separators=(",", ":"),
-    )
+    data: dict[str, Any] = {
+        "environment": state.environment.to_dict(),
+        "stable_flags": sorted(state.stable_flags),
+        "release_flags": sorted(state.release_flags),
+        "history": [event.to_dict() for event in state.history[-STORED_HISTORY:]],
+        "release": state.release,
+        "step": state.step,
+        "plan": None if state.plan is None else state.plan.to_dict(),
+    }
+    if state.carried is not None:  # absent otherwise: a configured state's text is unchanged
+        data["carried"] = state.carried.to_dict()
+    return json.dumps(data, separators=(",", ":"))
 
 
 def decode_state(
@@ -119,6 +136,7 @@ def decode_state(
             release=release,
             step=int(data.get("step", 0)),
             plan=None if data.get("plan") is None else PlanPosition.from_dict(data["plan"]),
+            carried=_carried(data.get("carried")),
             version=int(version),
             transition=transition,
         )

@@ -89,8 +89,9 @@ class SloConfig:
 
     The judge (``gate_middleware.judge.statistics``) rolls a release back only on an
     anytime-valid test, so that a release as good as production is rolled
-    back with probability at most ``false_rollback_rate`` over the whole of
-    a step, however often it is evaluated:
+    back with probability at most ``false_rollback_rate`` over its whole
+    life (every step, staging, a 100 % canary), however often it is
+    evaluated:
 
     - ``error_rate_tolerance``: the canary's failure rate may exceed
       production's by this much (an absolute difference: 0.001 is 0.1

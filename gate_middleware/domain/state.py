@@ -109,6 +109,20 @@ GateEvent = RollbackEvent | PromotionEvent
 
 
 @dataclass(frozen=True)
+class CarriedEvidence:
+    """What a release's earlier steps carry into its current step, the
+    ``step``-th (from 2): ``log_evidence`` is log S, by which the judge's
+    lines move (``gate_middleware.judge.statistics.carry``), so that the
+    false-rollback rate holds for the release's whole life."""
+
+    log_evidence: float
+    step: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"log_evidence": self.log_evidence, "step": self.step}
+
+
+@dataclass(frozen=True)
 class GateState:
     """Everything the gate decides by, as one immutable value.
 
@@ -119,6 +133,8 @@ class GateState:
     change, promotion and rollback: each step is judged on fresh evidence,
     and outcomes routed under another step are dropped). ``plan`` is where
     the release stands in the config's rollout plan (``None`` without one).
+    ``carried`` is what the release's earlier steps carry into the judging
+    of this one (``None`` in a release's first step and in production).
     """
 
     environment: Environment
@@ -130,6 +146,7 @@ class GateState:
     step: int = 0
     transition: str = ""  # a random id per change: (version, transition) is the state's identity
     plan: PlanPosition | None = None
+    carried: CarriedEvidence | None = None
 
     def evolve(self, event: GateEvent | None = None, **changes: Any) -> GateState:
         """A copy with ``changes`` applied, ``event`` appended and the next version."""

@@ -16,6 +16,7 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from gate_middleware.background import run_once
 from gate_middleware.domain.config import PromotionConfig, SloConfig, judge_settings
@@ -29,8 +30,10 @@ from gate_middleware.judge.statistics import (
     HEALTHY,
     MONITOR,
     Check,
+    JudgeSettings,
     judge,
     judge_against_objective,
+    release_start_log_evidence,
     validate_checks,
 )
 from gate_middleware.judge.verdict import CanaryHealth, WindowStats, assess, no_release
@@ -209,6 +212,22 @@ class Evaluation:
 
         return since(long_seconds), since(short_seconds)
 
+    def settings(self, state: GateState) -> JudgeSettings:
+        """The judge's settings for ``state``'s step: its lines moved by what
+        the release's earlier steps carry (``GateState.carried``)."""
+        carried = (
+            release_start_log_evidence() if state.carried is None else state.carried.log_evidence
+        )
+        return replace(self._settings, carried_log_evidence=carried)
+
+    def step_evidence(self, state: GateState) -> float:
+        """The evidence of ``state``'s step so far, all checks together (log):
+        what it carries into the release's next step."""
+        if state.environment.name == PRODUCTION:
+            return 0.0
+        health = self.health(state)[0]
+        return health.evidence.get("step_log_evidence", 0.0)
+
     def health(self, state: GateState) -> tuple[CanaryHealth, WindowStats, WindowStats]:
         """The release's ``CanaryHealth``, with the canary's and the stable side's windows."""
         now = self._clock()
@@ -218,6 +237,7 @@ class Evaluation:
         if environment.name == PRODUCTION:
             return no_release(canary, stable), canary, stable
         canary_evidence = self._windows.evidence(CANARY)
+        settings = self.settings(state)
         if self._concurrent(environment):
             holdback = self._config.holdback_percent > 0 and (
                 environment.name == STAGING
@@ -226,7 +246,7 @@ class Evaluation:
             judgement = judge(
                 canary_evidence,
                 self._windows.evidence(STABLE),
-                self._settings,
+                settings,
                 canary_window_compliance=canary.slo_compliance if canary.requests else None,
                 comparison="holdback" if holdback else "production",
                 checks=self._checks,
@@ -234,7 +254,7 @@ class Evaluation:
         else:
             long_window, short_window = self.burn_windows(canary_evidence, now)
             judgement = judge_against_objective(
-                canary_evidence, long_window, short_window, self._settings
+                canary_evidence, long_window, short_window, settings
             )
         return assess(environment.traffic_percent, canary, stable, judgement), canary, stable
 

@@ -250,7 +250,12 @@ class PromotionGate:
         # for a shared store): a process whose clock is off cannot move a step.
         self._wall_clock = self._store.clock(wall_clock)
         self._effects = AfterChange(self.name, self._windows, GateTelemetry(self, meter_provider))
-        self._transitions = Transitions(self._store, self._adopted, self._effects)
+        self._transitions = Transitions(
+            self._store,
+            self._adopted,
+            self._effects,
+            lambda state: self._evaluation.step_evidence(state),
+        )
         self._routing = routing_table(self._transitions.state, config)
         self._evaluation = Evaluation(
             config,

@@ -20,10 +20,17 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from gate_middleware.domain.environment import PRODUCTION, STAGING
-from gate_middleware.domain.state import GateEvent, GateState, PromotionEvent, RollbackEvent
+from gate_middleware.domain.state import (
+    CarriedEvidence,
+    GateEvent,
+    GateState,
+    PromotionEvent,
+    RollbackEvent,
+)
 from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
 from gate_middleware.gate.telemetry import GateTelemetry
 from gate_middleware.gate.webhooks import Webhook
+from gate_middleware.judge.statistics import carry, release_start_log_evidence
 from gate_middleware.stores import StateStore, WindowStore
 
 logger = logging.getLogger("gate_middleware")
@@ -114,10 +121,12 @@ class Transitions:
         store: StateStore,
         adopted: Callable[[GateState, bool], None],
         after_change: AfterChange,
+        step_evidence: Callable[[GateState], float],
     ) -> None:
         self._store = store
         self._adopted = adopted
         self._after_change = after_change
+        self._step_evidence = step_evidence
         self.state = store.load()
         # Changes sent to a shared store that stopped answering, by
         # transition id: reported if they turn up applied. Replaced, never
@@ -156,6 +165,21 @@ class Transitions:
             logger.warning("A change whose outcome was unknown was applied after all: %s", event)
             self._after_change(event, state)
 
+    def _carry(self, old: GateState, new: GateState) -> GateState:
+        """``new`` with what the release's steps so far carry into its next
+        step: every change of step within a release carries the evidence of
+        the step it ends (``step_evidence``), so that the false-rollback rate
+        holds for the release's whole life; a new release or production
+        starts from nothing."""
+        if new.release != old.release or new.environment.name == PRODUCTION:
+            return replace(new, carried=None) if new.carried is not None else new
+        if new.step == old.step or old.environment.name == PRODUCTION:
+            return new
+        previous = release_start_log_evidence() if old.carried is None else old.carried.log_evidence
+        step = 2 if old.carried is None else old.carried.step + 1
+        carried = carry(previous, self._step_evidence(old), step)
+        return replace(new, carried=CarriedEvidence(carried, step))
+
     def apply(
         self, change: Callable[[GateState], tuple[GateState, Event] | None]
     ) -> tuple[GateState, Event] | None:
@@ -178,7 +202,7 @@ class Transitions:
             result = change(state)
             if result is None:
                 return None
-            new_state = replace(result[0], transition=secrets.token_hex(8))
+            new_state = replace(self._carry(state, result[0]), transition=secrets.token_hex(8))
             attempts[new_state.transition] = (new_state, result[1])
             try:
                 done = self._store.compare_and_set(

@@ -6,7 +6,8 @@ compared with: the stable sessions beside it, or the holdback) and acts on
 the ``Judgement``. Every decision to roll back rests on a test that is valid
 at every evaluation, however many there are ("anytime-valid"): the chance
 that a release as good as production is ever rolled back by it stays under
-``false_rollback_rate`` for the whole step, not per look.
+``false_rollback_rate`` for the step, not per look, and, with what the
+release's earlier steps carry (``carry``, below), for its whole life.
 
 Checks (each a one-sided test, "the canary is worse"; the ``Check`` protocol
 below, ``DEFAULT_CHECKS`` the three the gate runs):
@@ -161,10 +162,14 @@ class JudgeSettings:
     slo_threshold: float = 0.95
     burn_rate_threshold: float = 2.0
     latency_objective_seconds: float | None = None  # the SLO check's line, when known
+    # log S: what the release's earlier steps carry into this one (``carry``);
+    # 0 judges one step on its own.
+    carried_log_evidence: float = 0.0
 
     def rejection_log_for(self, share: float) -> float:
-        """log(1/α_check): where a check with ``share`` of the false-rollback rate rejects."""
-        return math.log(1.0 / (self.false_rollback_rate * share))
+        """Where a check with ``share`` of the false-rollback rate rejects:
+        log(1/α_check), less what the release's earlier steps carry."""
+        return math.log(1.0 / (self.false_rollback_rate * share)) - self.carried_log_evidence
 
     def rejection_log(self, test: str) -> float:
         """``rejection_log_for`` the share of one of ``DEFAULT_CHECKS``, by name."""
@@ -221,6 +226,9 @@ class Judgement:
     production_requests: int = 0
     comparison: str = "production"  # "production", "holdback" or "slo objective"
     burn_rates: BurnRates | None = None  # judged against the objective
+    # log Σ share·M of this step's checks: what the step carries into the next (``carry``)
+    step_log_evidence: float = 0.0
+    carried_log_evidence: float = 0.0  # what the earlier steps carried into this one
 
     @property
     def recommendation(self) -> str:
@@ -508,19 +516,15 @@ def proportion_test(
     expected = n_c * (p_p + tolerance)
     small = expected < SMALL_COUNT
     log_m = mixture_log_evidence(z if small else _skew_corrected(z, pooled, n_c, n_p), u)
-    threshold = settings.rejection_log_for(share)
-    rejected = False
-    if log_m >= threshold:
-        rejected = True
-        if small:
-            # Too few failures expected for the normal approximation: the
-            # exact evidence of where the failures landed must agree. A
-            # tolerance moves the null's share as a ratio at production's rate.
-            ratio = 1.0 + (tolerance / p_p if p_p > 0 else 0.0)
-            canary_share = ratio * n_c / (ratio * n_c + n_p)
-            exact = split_log_evidence(x_c, x_p, canary_share)
-            rejected = exact >= threshold
-            log_m = min(log_m, exact)
+    if small:
+        # Too few failures expected for the normal approximation: the exact
+        # evidence of where the failures landed must agree (the smaller of
+        # the two is the step's evidence). A tolerance moves the null's share
+        # as a ratio at production's rate.
+        ratio = 1.0 + (tolerance / p_p if p_p > 0 else 0.0)
+        canary_share = ratio * n_c / (ratio * n_c + n_p)
+        log_m = min(log_m, split_log_evidence(x_c, x_p, canary_share))
+    rejected = log_m >= settings.rejection_log_for(share)
     sign_z = (p_c - monitor_ratio * p_p - tolerance) / se
     return TestResult(name, difference, z, log_m, rejected, rejected or sign_z > SIGN_Z)
 
@@ -989,10 +993,71 @@ def validate_checks(checks: Sequence[Check]) -> None:
         )
 
 
+# -- one budget for a release's whole life ----------------------------------------
+#
+# Each step's checks give e-processes M_i (test supermartingales while the
+# release is no worse than production); rejecting at S·s_i·M_i >= 1/α
+# implies S·Σ s_i·M_i >= 1/α. Across steps the gate keeps S, the mass the
+# release's earlier steps carry: S_1 = 1 - RESTART_SHARE, and at the end of
+# step k, S_{k+1} = S_k·Σ s_i·M_i(end) + w_{k+1} with
+# w_k = RESTART_SHARE / ((k-1)·k) (these sum to RESTART_SHARE). The process
+# S_k·Σ s_i·M_i(t) + Σ_{j>k} w_j starts at 1 and is a test supermartingale
+# over the release's whole life (a mixture over the steps it could have
+# restarted at), so by Ville's inequality the release is rolled back
+# falsely with probability at most α, however many steps and evaluations.
+# Evidence of a regression in one step carries into the next; a good
+# release's steps carry little, and each new step still starts from at
+# least w_k (a regression that appears only at a larger share is judged
+# from that step on, at a stricter line).
+
+RESTART_SHARE = 0.1
+
+
+def release_start_log_evidence() -> float:
+    """log S_1: what the first step of a release starts from."""
+    return math.log(1.0 - RESTART_SHARE)
+
+
+def restart_weight(step: int) -> float:
+    """w_k: the mass a release's ``step``-th step (from 2) starts afresh with."""
+    if step < 2:
+        raise ValueError(f"step must be 2 or more, got {step}")
+    return RESTART_SHARE / ((step - 1) * step)
+
+
+def carry(carried: float, step_log_evidence: float, next_step: int) -> float:
+    """log S_{k+1}: what step k (started from ``carried``, ending with
+    ``step_log_evidence``) carries into the release's ``next_step``-th step."""
+    return _log_sum_exp((carried + step_log_evidence, math.log(restart_weight(next_step))))
+
+
+def _log_sum_exp(values: Sequence[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(value - top) for value in values))
+
+
+def _step_log_evidence(judged: Sequence[tuple[Check, TestResult]]) -> float:
+    """log Σ s_i·M_i: the step's checks together (what it carries on)."""
+    if not judged:
+        return 0.0
+    return _log_sum_exp([math.log(check.share) + result.log_evidence for check, result in judged])
+
+
+def _carried_note(settings: JudgeSettings) -> str:
+    """How far the release's earlier steps moved the line (for a rollback's reason)."""
+    carried = settings.carried_log_evidence
+    if abs(carried) < 0.05:
+        return ""
+    return f"; the release's earlier steps moved the line by {-carried:+.1f}"
+
+
 def _strength(judged: Sequence[tuple[Check, TestResult]], settings: JudgeSettings) -> float:
     """0 (no evidence of a regression) .. 1 (enough to roll back)."""
     top = max(
-        (result.log_evidence / settings.rejection_log_for(check.share) for check, result in judged),
+        (
+            result.log_evidence / max(settings.rejection_log_for(check.share), 0.1)
+            for check, result in judged
+        ),
         default=0.0,
     )
     return min(1.0, max(0.0, top))
@@ -1055,6 +1120,7 @@ def judge(
             canary_compliance=compliance,
             comparison=comparison,
         )
+        reason += _carried_note(settings)
         ratio = check.severity(canary, production)
     elif canary.requests < settings.min_requests or production.requests < settings.min_requests:
         verdict = INSUFFICIENT_DATA
@@ -1083,6 +1149,8 @@ def judge(
         canary_requests=canary.requests,
         production_requests=production.requests,
         comparison=comparison,
+        step_log_evidence=_step_log_evidence(judged),
+        carried_log_evidence=settings.carried_log_evidence,
     )
 
 
@@ -1121,7 +1189,7 @@ def judge_against_objective(
     rate = canary.bad_rate
     z = (rate - line) / math.sqrt(line * (1.0 - line) / canary.requests) if canary.requests else 0.0
     objective = TestResult("objective", rate, z, log_m, log_m >= threshold, log_m >= threshold)
-    strength = min(1.0, max(0.0, log_m) / threshold)
+    strength = min(1.0, max(0.0, log_m) / max(threshold, 0.1))
     if objective.rejected:
         verdict = ROLLBACK
         reason = (
@@ -1129,7 +1197,7 @@ def judge_against_objective(
             f"{settings.burn_rate_threshold:g}x the error budget ({line:.4f}, SLO "
             f"{settings.slo_threshold}; log-evidence {log_m:.1f} ≥ {threshold:.1f}; burn rate "
             f"{long_burn:.1f}x long, {short_burn:.1f}x short)"
-        )
+        ) + _carried_note(settings)
         score = min(ROLLBACK_SCORE - 0.01, ROLLBACK_SCORE / max(1.0, rate / line))
     elif canary.requests < settings.min_requests:
         verdict = INSUFFICIENT_DATA
@@ -1159,6 +1227,8 @@ def judge_against_objective(
         production_requests=0,
         comparison="slo objective",
         burn_rates=burn_rates,
+        step_log_evidence=log_m,
+        carried_log_evidence=settings.carried_log_evidence,
     )
 
 
@@ -1176,10 +1246,13 @@ __all__ = [
     "SloCheck",
     "TestResult",
     "Verdict",
+    "carry",
     "judge",
     "judge_against_objective",
     "mann_whitney_theta",
     "mixture_log_evidence",
+    "release_start_log_evidence",
+    "restart_weight",
     "split_log_evidence",
     "validate_checks",
 ]

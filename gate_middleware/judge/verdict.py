@@ -67,12 +67,15 @@ class WindowStats:
 
 class HealthEvidence(TypedDict, total=False):
     """What the verdict rests on: the step's requests on each side and each
-    check's figures by its name; the burn rates when judged against the
+    check's figures by its name; the step's evidence of all checks together
+    and what the release's earlier steps carried into it (log); the burn rates when judged against the
     objective (empty in production: nothing judged)."""
 
     canary_requests: int
     baseline_requests: int
     tests: dict[str, TestView]
+    step_log_evidence: float
+    carried_log_evidence: float
     long_burn_rate: float
     short_burn_rate: float
 
@@ -162,6 +165,8 @@ def assess(
         "canary_requests": judgement.canary_requests,
         "baseline_requests": judgement.production_requests,  # its published name
         "tests": {test.name: test.to_dict() for test in judgement.tests},
+        "step_log_evidence": judgement.step_log_evidence,
+        "carried_log_evidence": judgement.carried_log_evidence,
     }
     if judgement.burn_rates is not None:
         evidence["long_burn_rate"] = judgement.burn_rates["long_burn_rate"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +28,20 @@ from gate_middleware.judge.evidence import CLUSTERS, COARSE, COARSE_SHIFT, Evide
 from gate_middleware.judge.sketch import BUCKET_COUNT, GAMMA, bucket_index
 from gate_middleware.judge.statistics import (
     HEALTHY,
+    RESTART_SHARE,
     ROLLBACK,
     JudgeSettings,
     _win_weights,
     canary_wins,
+    carry,
     clustered_variance,
     grouped_excess,
     judge,
     mann_whitney_theta,
     mixture_log_evidence,
     production_wins,
+    release_start_log_evidence,
+    restart_weight,
     side_variance,
     split_log_evidence,
 )
@@ -647,3 +652,99 @@ def test_quiet_and_thin_baselines_through_a_real_gate(
     assert sum(rolled is not None for rolled, _ in results) == rolled_back
     for rolled, _ in results:
         assert rolled is None or rolled <= case(name).seconds
+
+
+# -- one budget for a release's whole life -------------------------------------------
+
+
+def test_a_releases_starting_and_restart_masses_sum_to_one() -> None:
+    """S_1 + Σ w_k = 1 (the w_k telescope: Σ_{k=2..N} β/((k-1)k) = β(1 - 1/N)),
+    so the release's process starts at 1 and Ville's inequality holds for
+    its whole life."""
+    steps = 100_000
+    total = math.exp(release_start_log_evidence()) + math.fsum(
+        restart_weight(k) for k in range(2, steps + 1)
+    )
+    assert total == pytest.approx(1.0 - RESTART_SHARE / steps, abs=1e-12)
+    with pytest.raises(ValueError, match="step must be 2 or more"):
+        restart_weight(1)
+    # What a step carries: the product so far, plus the next step's fresh start.
+    assert carry(-1.0, 2.0, 3) == pytest.approx(math.log(math.e + RESTART_SHARE / 6))
+    assert carry(-800.0, -900.0, 2) == pytest.approx(math.log(RESTART_SHARE / 2))
+
+
+def test_what_earlier_steps_carry_moves_every_checks_line() -> None:
+    """The same evidence rolls back or not by what the release's earlier
+    steps carried: the line is log(1/(α·share)) less the carried log S; the
+    step's own evidence of all checks together is log Σ share·M."""
+    canary, production = judge_sim.evidence_until(
+        judge_sim.generate(case("errors_2x_10"), 1), 400.0
+    )
+    fresh = JudgeSettings()
+    alone = judge(canary, production, fresh)
+    errors = alone.test("errors")
+    assert errors is not None
+    shares = {"errors": 0.45, "latency": 0.45, "slo": 0.05, "objective": 0.05}
+    together = math.log(math.fsum(shares[t.name] * math.exp(t.log_evidence) for t in alone.tests))
+    assert alone.step_log_evidence == pytest.approx(together, abs=1e-12)
+    assert alone.carried_log_evidence == 0.0
+    margin = fresh.rejection_log("errors") - errors.log_evidence
+    above = judge(canary, production, replace(fresh, carried_log_evidence=margin + 0.2))
+    below = judge(canary, production, replace(fresh, carried_log_evidence=margin - 0.2))
+    assert above.verdict == ROLLBACK and below.verdict != ROLLBACK
+    assert "the release's earlier steps moved the line by" in above.reason
+    assert above.carried_log_evidence == pytest.approx(margin + 0.2)
+    # The step's own evidence is the same whatever was carried.
+    assert above.step_log_evidence == pytest.approx(alone.step_log_evidence)
+
+
+def test_small_counts_report_the_smaller_of_the_two_evidences() -> None:
+    """With few failures expected, a check's evidence is never more than the
+    exact split's (what a step carries on must be valid too)."""
+    canary, production = Evidence(), Evidence()
+    canary.record(False, False, 0.05, 0)
+    canary.record(False, False, 0.05, 1)
+    for i in range(18):
+        canary.record(True, True, 0.05, 2 + i)
+    for i in range(400):
+        production.record(i >= 1, i >= 1, 0.05, i)
+    errors = judge(canary, production, JudgeSettings()).test("errors")
+    assert errors is not None
+    assert errors.log_evidence <= split_log_evidence(2, 1, 20 / 420) + 1e-12
+
+
+def test_each_step_carries_its_evidence_into_the_next(clock: FakeClock) -> None:
+    """Every change of step within a release carries the evidence of the step
+    it ends, as ``carry`` says; production and a new release start afresh."""
+    gate = PromotionGate(
+        PromotionConfig(environment=Environment.canary(5.0), feature_flags=["new"]),
+        clock=clock,
+    )
+    assert gate.state.carried is None
+    start = release_start_log_evidence()
+    expected = start
+    for step, percent in ((2, 10.0), (3, 20.0)):
+        feed(gate, CANARY, 150, failures=2)
+        feed(gate, STABLE, 1500, failures=10)
+        evidence = gate.health_snapshot().evidence
+        assert evidence["carried_log_evidence"] == pytest.approx(expected)
+        gate.set_traffic_percent(percent)
+        carried = gate.state.carried
+        assert carried is not None and carried.step == step
+        expected = carry(expected, evidence["step_log_evidence"], step)
+        assert carried.log_evidence == pytest.approx(expected, abs=1e-9)
+    gate.promote(Environment.STAGING, force=True)
+    assert gate.state.carried is not None and gate.state.carried.step == 4
+    gate.rollback("done")
+    assert gate.state.carried is None
+    gate.start_canary(5.0, ["new"])
+    assert gate.state.carried is None
+    assert gate.health_snapshot().evidence["carried_log_evidence"] == pytest.approx(start)
+
+
+def test_a_good_release_through_the_whole_plan() -> None:
+    """A few seeds of ``plan_null`` (a good release through the default plan
+    and staging, time compressed): each reaches production, none is rolled
+    back (``python -m benchmarks.judge_sim`` runs 1,000)."""
+    results = [judge_sim.simulate_plan(case("plan_null"), seed) for seed in range(4)]
+    assert results == [(None, True)] * 4

@@ -9,6 +9,7 @@ are one process's; the Redis stores run against a real ``redis-server``.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,7 +23,8 @@ from typing import Any
 import pytest
 
 from gate_middleware import ConfigError, Environment, PromotionConfig, PromotionGate
-from gate_middleware.domain.state import GateState
+from gate_middleware.domain.codec import CorruptData, decode_state, encode_state
+from gate_middleware.domain.state import CarriedEvidence, GateState
 from gate_middleware.judge.evidence import Evidence
 from gate_middleware.judge.verdict import WindowStats
 from gate_middleware.stores import (
@@ -185,10 +187,40 @@ def test_compare_and_set_takes_only_the_expected_version_and_transition(
         "t-1",
         Environment.canary(25),
     )
-    # The same version with the right transition id is taken.
-    last = new.evolve(environment=Environment.STAGING, transition="t-4")
+    # The same version with the right transition id is taken, with what the
+    # release's steps carried (kept as it was given).
+    carried = CarriedEvidence(-2.718281828459045, 3)
+    last = new.evolve(environment=Environment.STAGING, transition="t-4", carried=carried)
     assert stores.state.compare_and_set(new.version, last, expected_transition="t-1")
     assert stores.state.load().environment == Environment.STAGING
+    assert stores.state.load().carried == carried
+
+
+@pytest.mark.parametrize(
+    "carried",
+    [
+        {"log_evidence": "1.5", "step": 2},
+        {"log_evidence": float("nan"), "step": 2},
+        {"log_evidence": True, "step": 2},
+        {"log_evidence": 1.0, "step": 1},
+        {"log_evidence": 1.0, "step": 2.5},
+        {"log_evidence": 1.0},
+    ],
+)
+def test_carried_evidence_that_does_not_decode_is_corrupt_data(carried: Any) -> None:
+    """A foreign write to the carried evidence is ``CorruptData``, never a
+    number the judge would draw its lines by; a state stored without it (an
+    earlier version) decodes as a release's first step."""
+    state = GateState(Environment.canary(5.0), carried=CarriedEvidence(-1.5, 2))
+    text = encode_state(state)
+    assert decode_state(text, b"1").carried == CarriedEvidence(-1.5, 2)
+    assert '"carried"' not in encode_state(GateState(Environment.canary(5.0)))
+    data = json.loads(text)
+    data["carried"] = carried
+    with pytest.raises(CorruptData, match="carried|KeyError"):
+        decode_state(json.dumps(data), b"1")
+    del data["carried"]
+    assert decode_state(json.dumps(data), b"1").carried is None
 
 
 def test_a_change_reaches_every_opening_of_a_shared_rollout(backend: Backend) -> None:
