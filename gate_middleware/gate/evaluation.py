@@ -29,8 +29,10 @@ from gate_middleware.judge.statistics import (
     DEFAULT_CHECKS,
     HEALTHY,
     MONITOR,
+    BurnWindow,
     Check,
     JudgeSettings,
+    burn_window_minimum,
     judge,
     judge_against_objective,
     release_start_log_evidence,
@@ -184,31 +186,43 @@ class Evaluation:
             return True
         return environment.name == CANARY_STAGE and environment.traffic_percent < 100.0
 
-    def burn_windows(self, canary: Evidence, now: float) -> tuple[tuple[int, int], tuple[int, int]]:
-        """(requests, bad) of the canary over the long and the short burn window.
+    def burn_windows(self, canary: Evidence, now: float) -> tuple[BurnWindow, BurnWindow]:
+        """The canary's long and short burn windows.
 
         The long window is ``rollback_window_seconds``, the short one a
-        twelfth of it (the SRE workbook's 1 h / 5 min pair, scaled); both
-        are differences of the step's evidence between evaluations.
+        twelfth of it (the SRE workbook's 1 h / 5 min pair, scaled); each
+        reaches further back in the step while it holds fewer than
+        ``burn_window_minimum`` requests, so a quiet release's windows hold
+        enough to warn. Both are differences of the step's evidence between
+        evaluations (a moment is kept when the count changed, so the deque
+        stays short however quiet the step).
         """
         long_seconds = self._config.rollback_window_seconds
         short_seconds = long_seconds / 12
+        minimum = burn_window_minimum(self._config.min_requests)
         with self._burn_lock:  # status, gauges and evaluations may read at once
             burn = self._burn
-            last = burn[-1][0]
-            if now - last >= self._config.evaluation_interval_seconds / 2 or now < last:
+            last = burn[-1]
+            if now < last[0] or (
+                now - last[0] >= self._config.evaluation_interval_seconds / 2
+                and canary.requests != last[1]
+            ):
                 burn.append((now, canary.requests, canary.bad))
-            while len(burn) > 2 and burn[1][0] <= now - long_seconds:
+            while (
+                len(burn) > 2
+                and burn[1][0] <= now - long_seconds
+                and canary.requests - burn[1][1] >= minimum
+            ):
                 burn.popleft()
             moments = list(burn)
 
-        def since(seconds: float) -> tuple[int, int]:
+        def since(seconds: float) -> BurnWindow:
             start = moments[0]
             for moment in moments:
-                if moment[0] > now - seconds:
+                if moment[0] > now - seconds or canary.requests - moment[1] < minimum:
                     break
                 start = moment
-            return canary.requests - start[1], canary.bad - start[2]
+            return BurnWindow(canary.requests - start[1], canary.bad - start[2], now - start[0])
 
         return since(long_seconds), since(short_seconds)
 

@@ -187,10 +187,28 @@ class TestView(TypedDict):
 
 
 class BurnRates(TypedDict):
-    """The canary's burn rates of its error budget, when judged against the objective."""
+    """The canary's burn rates of its error budget, when judged against the
+    objective, and the spans (seconds) they were measured over."""
 
     long_burn_rate: float
     short_burn_rate: float
+    long_window_seconds: float
+    short_window_seconds: float
+
+
+@dataclass(frozen=True)
+class BurnWindow:
+    """The canary's requests and bad requests over the last ``seconds``."""
+
+    requests: int
+    bad: int
+    seconds: float
+
+
+def burn_window_minimum(min_requests: int) -> int:
+    """The requests a burn window must hold to warn (a tenth of ``min_requests``):
+    a quiet release's windows reach back until they hold it."""
+    return max(1, min_requests // 10)
 
 
 @dataclass(frozen=True)
@@ -1156,8 +1174,8 @@ def judge(
 
 def judge_against_objective(
     canary: Evidence,
-    long_window: tuple[int, int],
-    short_window: tuple[int, int],
+    long_window: BurnWindow,
+    short_window: BurnWindow,
     settings: JudgeSettings,
 ) -> Judgement:
     """Judge a canary with no concurrent production sessions against the SLO objective.
@@ -1167,22 +1185,27 @@ def judge_against_objective(
     ``1/false_rollback_rate``: a canary whose bad rate stays at or below the
     line is rolled back with probability at most ``false_rollback_rate``
     over the whole step, however quiet or long. The two burn-rate windows
-    (``long_window`` and ``short_window``: (requests, bad) over the last
-    rollback window and the last twelfth of it; burn rate = bad fraction /
+    (``long_window`` and ``short_window``: the last rollback window and the
+    last twelfth of it, each reaching further back while it holds fewer than
+    ``burn_window_minimum`` requests; burn rate = bad fraction /
     (1 - slo_threshold)) only warn: MONITOR when either burns above 1 with
     enough requests in both; HEALTHY needs ``min_requests`` in the step and
     no such sign.
     """
     budget = max(1.0 - settings.slo_threshold, 1e-9)
-    minimum = max(1, settings.min_requests // 10)
+    minimum = burn_window_minimum(settings.min_requests)
 
-    def burn(window: tuple[int, int]) -> float:
-        requests, bad = window
-        return (bad / requests) / budget if requests else 0.0
+    def burn(window: BurnWindow) -> float:
+        return (window.bad / window.requests) / budget if window.requests else 0.0
 
     long_burn, short_burn = burn(long_window), burn(short_window)
-    enough_windows = long_window[0] >= minimum and short_window[0] >= minimum
-    burn_rates: BurnRates = {"long_burn_rate": long_burn, "short_burn_rate": short_burn}
+    enough_windows = long_window.requests >= minimum and short_window.requests >= minimum
+    burn_rates: BurnRates = {
+        "long_burn_rate": long_burn,
+        "short_burn_rate": short_burn,
+        "long_window_seconds": long_window.seconds,
+        "short_window_seconds": short_window.seconds,
+    }
     line = objective_line(settings)
     log_m = objective_log_evidence(canary.bad, canary.requests, line)
     threshold = settings.rejection_log_for(1.0)
@@ -1209,7 +1232,9 @@ def judge_against_objective(
     elif enough_windows and (long_burn > 1.0 or short_burn > 1.0):
         verdict = MONITOR
         reason = (
-            f"canary burns its error budget at {long_burn:.1f}x (long) / {short_burn:.1f}x (short)"
+            f"canary burns its error budget at {long_burn:.1f}x over the last "
+            f"{long_window.seconds:.0f} s ({long_window.requests} requests) / {short_burn:.1f}x "
+            f"over the last {short_window.seconds:.0f} s ({short_window.requests} requests)"
         )
         score = _score(verdict, strength, 1.0)
     else:
@@ -1233,6 +1258,7 @@ def judge_against_objective(
 
 
 __all__ = [
+    "BurnWindow",
     "DEFAULT_CHECKS",
     "HEALTHY",
     "INSUFFICIENT_DATA",
@@ -1246,6 +1272,7 @@ __all__ = [
     "SloCheck",
     "TestResult",
     "Verdict",
+    "burn_window_minimum",
     "carry",
     "judge",
     "judge_against_objective",

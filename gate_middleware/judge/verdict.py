@@ -78,6 +78,8 @@ class HealthEvidence(TypedDict, total=False):
     carried_log_evidence: float
     long_burn_rate: float
     short_burn_rate: float
+    long_window_seconds: float
+    short_window_seconds: float
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,8 @@ def assess(
     if judgement.burn_rates is not None:
         evidence["long_burn_rate"] = judgement.burn_rates["long_burn_rate"]
         evidence["short_burn_rate"] = judgement.burn_rates["short_burn_rate"]
+        evidence["long_window_seconds"] = judgement.burn_rates["long_window_seconds"]
+        evidence["short_window_seconds"] = judgement.burn_rates["short_window_seconds"]
     return CanaryHealth(
         traffic_percent=traffic_percent,
         health_score=judgement.health_score,

@@ -28,6 +28,7 @@ from gate_middleware.judge.evidence import CLUSTERS, COARSE, COARSE_SHIFT, Evide
 from gate_middleware.judge.sketch import BUCKET_COUNT, GAMMA, bucket_index
 from gate_middleware.judge.statistics import (
     HEALTHY,
+    MONITOR,
     RESTART_SHARE,
     ROLLBACK,
     JudgeSettings,
@@ -608,6 +609,34 @@ def test_burn_windows_read_from_many_threads_at_once() -> None:
     finally:
         sys.setswitchinterval(interval)
     assert errors == []
+
+
+def test_a_quiet_releases_burn_windows_reach_back_until_they_hold_enough(
+    clock: FakeClock,
+) -> None:
+    """A 100 % canary with no holdback at one request every 10 s, failing
+    one in twelve (burning its budget at 1.7x, inside the objective's 2x
+    line): the short window (25 s) reaches back to hold 10 requests, so the
+    warning comes, and the reason says over what."""
+    gate = make_gate(clock, 100.0)
+    for i in range(150):
+        clock.advance(10.0)
+        gate.record_outcome(CANARY, i % 12 != 0, 0.05, -1, i)
+    health = gate.monitor_canary_health()
+    evidence = health.evidence
+    assert health.verdict == MONITOR, health.recommendation
+    assert evidence["long_window_seconds"] == pytest.approx(300.0, abs=10.0)
+    assert 90.0 <= evidence["short_window_seconds"] <= 110.0
+    assert "over the last 300 s (30 requests)" in health.recommendation
+    assert "(10 requests)" in health.recommendation
+    # With traffic, each window is its own length again.
+    for i in range(3000):
+        clock.advance(0.1)
+        gate.record_outcome(CANARY, True, 0.05, -1, i)
+    evidence = gate.monitor_canary_health().evidence
+    # (a window starts at the last evaluation at or before its length)
+    assert 300.0 <= evidence["long_window_seconds"] <= 315.0
+    assert 25.0 <= evidence["short_window_seconds"] <= 35.0
 
 
 def test_counts_without_the_groups_latency_are_judged_as_before() -> None:
