@@ -1188,8 +1188,9 @@ def judge_against_objective(
     (``long_window`` and ``short_window``: the last rollback window and the
     last twelfth of it, each reaching further back while it holds fewer than
     ``burn_window_minimum`` requests; burn rate = bad fraction /
-    (1 - slo_threshold)) only warn: MONITOR when either burns above 1 with
-    enough requests in both; HEALTHY needs ``min_requests`` in the step and
+    (1 - slo_threshold)) only warn: MONITOR when both burn above 1 (the
+    SRE workbook's rule: the long one says the burn is sustained, the short
+    one that it is still going on) with enough requests in both; HEALTHY needs ``min_requests`` in the step and
     no such sign.
     """
     budget = max(1.0 - settings.slo_threshold, 1e-9)
@@ -1229,7 +1230,7 @@ def judge_against_objective(
             f"{settings.min_requests} needed to judge against the SLO objective"
         )
         score = _score(verdict, strength, 1.0)
-    elif enough_windows and (long_burn > 1.0 or short_burn > 1.0):
+    elif enough_windows and long_burn > 1.0 and short_burn > 1.0:
         verdict = MONITOR
         reason = (
             f"canary burns its error budget at {long_burn:.1f}x over the last "
