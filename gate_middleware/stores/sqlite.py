@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -260,8 +261,14 @@ class _Trouble:
     def __init__(self, what: str) -> None:
         self.what = what
         self.problem = ""
+        self.recovered_at = -math.inf  # time.monotonic() of the last success
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException, started: float = math.inf) -> None:
+        """An attempt begun at ``started`` (monotonic) failed: the trouble,
+        unless a later attempt has succeeded meanwhile (a write that waited
+        out the busy timeout must not undo the success that followed it)."""
+        if started < self.recovered_at:
+            return
         if not self.problem:
             logger.error(
                 "%s: the SQLite store failed (%s); serving the last known state", self.what, exc
@@ -269,6 +276,7 @@ class _Trouble:
         self.problem = f"{type(exc).__name__}: {exc}"[:200]
 
     def recovered(self) -> None:
+        self.recovered_at = time.monotonic()
         if self.problem:
             self.problem = ""
             logger.warning("%s: the SQLite store works again; resynchronised", self.what)
@@ -427,10 +435,11 @@ class SqliteStateStore(StateStoreBase):
         self._trouble.recovered()
         self._corrupt = ""
         if self._write_trouble.problem:
+            started = time.monotonic()
             try:
                 self._probe_writes()
             except sqlite3.Error as exc:
-                self._write_trouble.failed(exc)
+                self._write_trouble.failed(exc, started)
         if state is None:
             return
         self._state = state
@@ -610,12 +619,13 @@ class SqliteWindowStore(BufferedWindowStore):
         self._clock = clock
         self.transactions = 0  # write transactions committed by this process
         self._trouble = _Trouble(f"rollout {rollout!r} windows")
+        self._write_started = math.inf  # when the flush under way began (monotonic)
 
     def _now(self) -> float:
         return self._clock()
 
     def _unreachable(self, exc: BaseException) -> None:
-        self._trouble.failed(exc)
+        self._trouble.failed(exc, self._write_started)
 
     def status(self) -> tuple[StoreCondition, str]:
         if self._trouble.problem:
@@ -632,8 +642,11 @@ class SqliteWindowStore(BufferedWindowStore):
                 )
         except sqlite3.Error as exc:
             self._trouble.failed(exc)
+        else:  # a committed write: the file works again (not only at the next flush)
+            self._trouble.recovered()
 
     def _write(self, pending: dict[tuple[str, int], Slice], evidence: dict[str, Evidence]) -> None:
+        self._write_started = time.monotonic()
         oldest = self._slice_now() - SLICES + 1
         self._buffer.drop_expired(pending, oldest)
         window_rows: list[tuple[Any, ...]] = []

@@ -29,7 +29,7 @@ from gate_middleware import (
     PromotionGate,
     RollbackEvent,
 )
-from gate_middleware.stores.sqlite import SqliteWindowStore, _Database, database_path
+from gate_middleware.stores.sqlite import SqliteWindowStore, _Database, _Trouble, database_path
 from tests.servers import eventually, free_port, python, running
 from tests.support import OPEN_GATES
 
@@ -455,6 +455,22 @@ def test_a_locked_file_refuses_a_change_and_serves_on(url: str) -> None:
     gate.set_traffic_percent(40)
     assert gate.environment == Environment.canary(40)
     assert gate.status().to_dict()["store"]["status"] == "ok"
+
+
+def test_a_failure_older_than_the_last_success_is_not_the_trouble() -> None:
+    """A write that waited out the busy timeout while another thread's write
+    went through must not mark the file as failing after that success (the
+    status read "unreachable" right after a change went through)."""
+    trouble = _Trouble("rollout 'x' windows")
+    started = time.monotonic()
+    trouble.recovered()
+    trouble.failed(sqlite3.OperationalError("database is locked"), started)
+    assert trouble.problem == ""
+    trouble.failed(sqlite3.OperationalError("database is locked"), time.monotonic())
+    assert trouble.problem == "OperationalError: database is locked"
+    trouble.recovered()
+    trouble.failed(sqlite3.OperationalError("disk I/O error"))  # no start given: it counts
+    assert trouble.problem == "OperationalError: disk I/O error"
 
 
 def test_state_written_by_another_process_is_read_back_whole(url: str) -> None:
