@@ -1062,11 +1062,12 @@ def _step_log_evidence(judged: Sequence[tuple[Check, TestResult]]) -> float:
 
 
 def _carried_note(settings: JudgeSettings) -> str:
-    """How far the release's earlier steps moved the line (for a rollback's reason)."""
+    """How far the release's whole-life budget moved the line (for a rollback's
+    reason): 0.1 up in its first step, then by what its earlier steps carried."""
     carried = settings.carried_log_evidence
     if abs(carried) < 0.05:
         return ""
-    return f"; the release's earlier steps moved the line by {-carried:+.1f}"
+    return f"; the release's whole-life budget moved the line by {-carried:+.1f}"
 
 
 def _strength(judged: Sequence[tuple[Check, TestResult]], settings: JudgeSettings) -> float:

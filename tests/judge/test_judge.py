@@ -721,7 +721,7 @@ def test_what_earlier_steps_carry_moves_every_checks_line() -> None:
     above = judge(canary, production, replace(fresh, carried_log_evidence=margin + 0.2))
     below = judge(canary, production, replace(fresh, carried_log_evidence=margin - 0.2))
     assert above.verdict == ROLLBACK and below.verdict != ROLLBACK
-    assert "the release's earlier steps moved the line by" in above.reason
+    assert "the release's whole-life budget moved the line by" in above.reason
     assert above.carried_log_evidence == pytest.approx(margin + 0.2)
     # The step's own evidence is the same whatever was carried.
     assert above.step_log_evidence == pytest.approx(alone.step_log_evidence)
