@@ -221,6 +221,10 @@ class TestResult:
     log_evidence: float  # log M; rejects at log(1/α)
     rejected: bool
     sign: bool  # a sign of a regression beyond the MONITOR band
+    # False when the check did not act in this evaluation (its work skipped:
+    # the SLO met, a baseline present): its evidence is then not known, and
+    # the step carries none of it into the next (``carry``).
+    acted: bool = True
 
     def to_dict(self) -> TestView:
         return {
@@ -905,7 +909,9 @@ class SloCheck:
                 canary_bad=slow_within_the_line(canary, settings),
             )
         # The SLO is met: the test cannot act, so its work is skipped.
-        return TestResult(self.name, canary.bad_rate - production.bad_rate, 0.0, 0.0, False, False)
+        return TestResult(
+            self.name, canary.bad_rate - production.bad_rate, 0.0, 0.0, False, False, acted=False
+        )
 
     def rollback_reason(
         self,
@@ -956,7 +962,7 @@ class ObjectiveCheck:
         line = objective_line(settings)
         rate = canary.bad_rate
         if production.requests >= settings.min_requests or not canary.requests:
-            return TestResult(self.name, rate, 0.0, 0.0, False, False)
+            return TestResult(self.name, rate, 0.0, 0.0, False, False, acted=False)
         log_m = objective_log_evidence(canary.bad, canary.requests, line)
         z = (rate - line) / math.sqrt(line * (1.0 - line) / canary.requests)
         rejected = log_m >= settings.rejection_log_for(self.share)
@@ -1029,6 +1035,7 @@ def validate_checks(checks: Sequence[Check]) -> None:
 # from that step on, at a stricter line).
 
 RESTART_SHARE = 0.1
+NO_EVIDENCE = -1e300  # log M of a step whose checks all stood aside (M = 0, and JSON can say it)
 
 
 def release_start_log_evidence() -> float:
@@ -1045,20 +1052,28 @@ def restart_weight(step: int) -> float:
 
 def carry(carried: float, step_log_evidence: float, next_step: int) -> float:
     """log S_{k+1}: what step k (started from ``carried``, ending with
-    ``step_log_evidence``) carries into the release's ``next_step``-th step."""
+    ``step_log_evidence``, -inf for none) carries into the release's
+    ``next_step``-th step."""
     return _log_sum_exp((carried + step_log_evidence, math.log(restart_weight(next_step))))
 
 
 def _log_sum_exp(values: Sequence[float]) -> float:
     top = max(values)
+    if top == -math.inf:
+        return -math.inf
     return top + math.log(sum(math.exp(value - top) for value in values))
 
 
 def _step_log_evidence(judged: Sequence[tuple[Check, TestResult]]) -> float:
-    """log Σ s_i·M_i: the step's checks together (what it carries on)."""
-    if not judged:
-        return 0.0
-    return _log_sum_exp([math.log(check.share) + result.log_evidence for check, result in judged])
+    """log Σ s_i·M_i: the step's checks together (what it carries on).
+
+    A check that did not act (``TestResult.acted``) counts as M = 0: its
+    e-process was not computed, and any value at most the true one keeps
+    the carried process a supermartingale (1 would not)."""
+    terms = [
+        math.log(check.share) + result.log_evidence for check, result in judged if result.acted
+    ]
+    return _log_sum_exp(terms) if terms else NO_EVIDENCE
 
 
 def _carried_note(settings: JudgeSettings) -> str:
@@ -1213,7 +1228,9 @@ def judge_against_objective(
     threshold = settings.rejection_log_for(1.0)
     rate = canary.bad_rate
     z = (rate - line) / math.sqrt(line * (1.0 - line) / canary.requests) if canary.requests else 0.0
-    objective = TestResult("objective", rate, z, log_m, log_m >= threshold, log_m >= threshold)
+    # Never on no request at all (a line moved below 0 by a carried budget).
+    rejected = canary.requests > 0 and log_m >= threshold
+    objective = TestResult("objective", rate, z, log_m, rejected, rejected)
     strength = min(1.0, max(0.0, log_m) / max(threshold, 0.1))
     if objective.rejected:
         verdict = ROLLBACK

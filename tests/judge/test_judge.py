@@ -31,6 +31,7 @@ from gate_middleware.judge.statistics import (
     MONITOR,
     RESTART_SHARE,
     ROLLBACK,
+    BurnWindow,
     JudgeSettings,
     _win_weights,
     canary_wins,
@@ -38,6 +39,7 @@ from gate_middleware.judge.statistics import (
     clustered_variance,
     grouped_excess,
     judge,
+    judge_against_objective,
     mann_whitney_theta,
     mixture_log_evidence,
     production_wins,
@@ -714,7 +716,11 @@ def test_what_earlier_steps_carry_moves_every_checks_line() -> None:
     errors = alone.test("errors")
     assert errors is not None
     shares = {"errors": 0.45, "latency": 0.45, "slo": 0.05, "objective": 0.05}
-    together = math.log(math.fsum(shares[t.name] * math.exp(t.log_evidence) for t in alone.tests))
+    # A check that stood aside (the SLO met, a baseline present) carries
+    # nothing: its evidence was not computed, and 1 would be more than it earned.
+    acted = [t for t in alone.tests if t.acted]
+    assert {t.name for t in alone.tests} - {t.name for t in acted} == {"slo", "objective"}
+    together = math.log(math.fsum(shares[t.name] * math.exp(t.log_evidence) for t in acted))
     assert alone.step_log_evidence == pytest.approx(together, abs=1e-12)
     assert alone.carried_log_evidence == 0.0
     margin = fresh.rejection_log("errors") - errors.log_evidence
@@ -725,6 +731,21 @@ def test_what_earlier_steps_carry_moves_every_checks_line() -> None:
     assert above.carried_log_evidence == pytest.approx(margin + 0.2)
     # The step's own evidence is the same whatever was carried.
     assert above.step_log_evidence == pytest.approx(alone.step_log_evidence)
+
+
+def test_no_rollback_without_a_request_whatever_was_carried() -> None:
+    """A carried budget can move the objective's line below 0; a step with no
+    request yet is still not rolled back (there is nothing of its own to judge)."""
+    settings = replace(JudgeSettings(), carried_log_evidence=6.0)
+    empty = judge_against_objective(
+        Evidence(), BurnWindow(0, 0, 0.0), BurnWindow(0, 0, 0.0), settings
+    )
+    assert empty.verdict != ROLLBACK
+    canary = Evidence()
+    canary.record(False, False, 0.05, 0)
+    one = judge_against_objective(canary, BurnWindow(1, 1, 5.0), BurnWindow(1, 1, 5.0), settings)
+    assert one.verdict == ROLLBACK
+    assert "whole-life budget moved the line by -6.0" in one.reason
 
 
 def test_small_counts_report_the_smaller_of_the_two_evidences() -> None:
