@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal, NotRequired, TypedDict
 from gate_middleware.domain.config import PromotionConfig, SloConfig
 from gate_middleware.domain.environment import Environment
 from gate_middleware.domain.plan import PlanPosition, PlanProgress
+from gate_middleware.judge.statistics import release_start_log_evidence
 from gate_middleware.judge.verdict import CanaryHealth, WindowStats
 
 MAX_HISTORY = 1000
@@ -147,6 +148,17 @@ class GateState:
     transition: str = ""  # a random id per change: (version, transition) is the state's identity
     plan: PlanPosition | None = None
     carried: CarriedEvidence | None = None
+
+    @property
+    def carried_log_evidence(self) -> float:
+        """log S of this step: what the release's earlier steps carry into it
+        (a release's first step starts from ``release_start_log_evidence``)."""
+        return release_start_log_evidence() if self.carried is None else self.carried.log_evidence
+
+    @property
+    def release_step(self) -> int:
+        """Which step of its release this is, from 1."""
+        return 1 if self.carried is None else self.carried.step
 
     def evolve(self, event: GateEvent | None = None, **changes: Any) -> GateState:
         """A copy with ``changes`` applied, ``event`` appended and the next version."""

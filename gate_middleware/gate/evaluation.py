@@ -35,7 +35,6 @@ from gate_middleware.judge.statistics import (
     burn_window_minimum,
     judge,
     judge_against_objective,
-    release_start_log_evidence,
     validate_checks,
 )
 from gate_middleware.judge.verdict import CanaryHealth, WindowStats, assess, no_release
@@ -229,10 +228,7 @@ class Evaluation:
     def settings(self, state: GateState) -> JudgeSettings:
         """The judge's settings for ``state``'s step: its lines moved by what
         the release's earlier steps carry (``GateState.carried``)."""
-        carried = (
-            release_start_log_evidence() if state.carried is None else state.carried.log_evidence
-        )
-        return replace(self._settings, carried_log_evidence=carried)
+        return replace(self._settings, carried_log_evidence=state.carried_log_evidence)
 
     def step_evidence(self, state: GateState) -> float:
         """The evidence of ``state``'s step so far, all checks together (log):

@@ -30,7 +30,7 @@ from gate_middleware.domain.state import (
 from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
 from gate_middleware.gate.telemetry import GateTelemetry
 from gate_middleware.gate.webhooks import Webhook
-from gate_middleware.judge.statistics import carry, release_start_log_evidence
+from gate_middleware.judge.statistics import carry
 from gate_middleware.stores import StateStore, WindowStore
 
 logger = logging.getLogger("gate_middleware")
@@ -175,9 +175,8 @@ class Transitions:
             return replace(new, carried=None) if new.carried is not None else new
         if new.step == old.step or old.environment.name == PRODUCTION:
             return new
-        previous = release_start_log_evidence() if old.carried is None else old.carried.log_evidence
-        step = 2 if old.carried is None else old.carried.step + 1
-        carried = carry(previous, self._step_evidence(old), step)
+        step = old.release_step + 1
+        carried = carry(old.carried_log_evidence, self._step_evidence(old), step)
         return replace(new, carried=CarriedEvidence(carried, step))
 
     def apply(

@@ -1052,15 +1052,13 @@ def restart_weight(step: int) -> float:
 
 def carry(carried: float, step_log_evidence: float, next_step: int) -> float:
     """log S_{k+1}: what step k (started from ``carried``, ending with
-    ``step_log_evidence``, -inf for none) carries into the release's
-    ``next_step``-th step."""
+    ``step_log_evidence``; ``NO_EVIDENCE`` for none) carries into the
+    release's ``next_step``-th step."""
     return _log_sum_exp((carried + step_log_evidence, math.log(restart_weight(next_step))))
 
 
 def _log_sum_exp(values: Sequence[float]) -> float:
     top = max(values)
-    if top == -math.inf:
-        return -math.inf
     return top + math.log(sum(math.exp(value - top) for value in values))
 
 
