@@ -44,6 +44,12 @@ The traffic model, for every case unless it says otherwise:
   here means it reached production.
 - ``ramp_incident``: 5 % share, ramped to 50 % at t = 600 s (a new step),
   then a 30 s incident at t = 700 s in which both sides fail 20 % of requests.
+- Routes (every model but ``gate`` and ``plan``): each request names one of
+  40 route templates, drawn independently of its session: ``/checkout``
+  with 2 % of the traffic, the other 98 % over 39 templates with Zipf(1.0)
+  weights; each template counted in its route slot as the gate counts it.
+  ``route_errors``: the canary fails that fraction of its ``/checkout``
+  requests (the endpoint-local regression), and the rest as production.
 
 The decisions are the judge's own code (``gate_middleware.judge.statistics``) fed the
 evidence the gate would hold, with the lines the gate draws for a release's
@@ -70,7 +76,14 @@ import numpy as np
 
 from gate_middleware.domain.config import PromotionConfig, SloConfig, judge_settings
 from gate_middleware.domain.routing import canary_threshold, compute_bucket
-from gate_middleware.judge.evidence import CLUSTERS, COARSE, COARSE_SHIFT, Evidence
+from gate_middleware.judge.evidence import (
+    CLUSTERS,
+    COARSE,
+    COARSE_SHIFT,
+    ROUTE_SLOTS,
+    Evidence,
+    route_slot,
+)
 from gate_middleware.judge.sketch import _INV_LOG_GAMMA, _LOG_MIN, _TOP, BUCKET_COUNT, MIN_SECONDS
 from gate_middleware.judge.statistics import (
     HEALTHY,
@@ -87,6 +100,12 @@ INTERVAL = 5.0
 MEDIAN_SECONDS = 0.05
 SIGMA = 0.8
 SESSION_SIGMA = 0.5  # the spread of the sessions' own latency factors (slow_sessions)
+ENDPOINT = "/checkout"  # the route an endpoint-local regression hits
+ENDPOINT_SHARE = 0.02  # its part of the traffic
+ROUTES = [ENDPOINT] + [f"/api/v1/resource{k}/{{item_id}}" for k in range(1, 40)]
+_ZIPF = 1.0 / np.arange(1, len(ROUTES), dtype=float)
+ROUTE_WEIGHTS = np.concatenate(([ENDPOINT_SHARE], (1.0 - ENDPOINT_SHARE) * _ZIPF / _ZIPF.sum()))
+ROUTE_SLOT_OF = np.array([route_slot(route) for route in ROUTES], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -102,12 +121,17 @@ class Case:
     # "gate", "plan"
     target: str = ""  # what the README promises for it
     rate: float = 50.0  # requests per second
+    route_errors: float | None = None  # the canary's failure rate on ENDPOINT, when it differs
 
     @property
     def null(self) -> bool:
         """No regression beyond a test's own line: every rollback is a false one
         (a slowdown up to the 1.5× rollback line is not a regression to roll back)."""
-        return self.canary_errors == self.production_errors and self.latency_factor <= 1.5
+        return (
+            self.canary_errors == self.production_errors
+            and self.latency_factor <= 1.5
+            and self.route_errors is None
+        )
 
 
 CASES = [
@@ -185,6 +209,13 @@ CASES = [
         0.1,
         canary_errors=0.05,
         target="≥ 55 %",
+    ),
+    Case(
+        "endpoint_20pct_10",
+        "/checkout (2 % of traffic) fails 20 % on the canary, 10 % share",
+        10.0,
+        route_errors=0.2,
+        target="≥ 97 % within 30 min",
     ),
     Case(
         "floor_0.1_to_1",
@@ -297,6 +328,8 @@ def _evidence(
     failures: np.ndarray,
     bad: np.ndarray,
     cells: np.ndarray,
+    route_requests: np.ndarray | None = None,
+    route_failures: np.ndarray | None = None,
 ) -> Evidence:
     evidence = Evidence()
     evidence.latency = array("L", hist.astype(_UNSIGNED).tobytes())
@@ -308,6 +341,9 @@ def _evidence(
     evidence.cluster_failures = array("q", failures.astype(np.int64).tobytes())
     evidence.cluster_bad = array("q", bad.astype(np.int64).tobytes())
     evidence.cluster_latency = array("q", cells.astype(np.int64).tobytes())
+    if route_requests is not None and route_failures is not None:
+        evidence.route_requests = array("q", route_requests.astype(np.int64).tobytes())
+        evidence.route_failures = array("q", route_failures.astype(np.int64).tobytes())
     evidence.requests = int(requests.sum())
     evidence.failures = int(failures.sum())
     evidence.bad = int(bad.sum())
@@ -332,15 +368,18 @@ class Traffic:
     cluster: np.ndarray  # the session's group (its routing bucket % 64)
     failed: np.ndarray  # bool
     durations: np.ndarray  # seconds
+    route: np.ndarray  # the index of its template in ROUTES
 
-    def requests(self) -> Iterator[tuple[float, bool, int, bool, float]]:
-        """(time, on the canary, group, failed, duration) of each request, in order."""
+    def requests(self) -> Iterator[tuple[float, bool, int, bool, float, str]]:
+        """(time, on the canary, group, failed, duration, route template) of
+        each request, in order."""
         return zip(
             self.times.tolist(),
             self.canary.tolist(),
             self.cluster.tolist(),
             self.failed.tolist(),
             self.durations.tolist(),
+            [ROUTES[index] for index in self.route.tolist()],
             strict=True,
         )
 
@@ -365,14 +404,17 @@ def generate(case: Case, seed: int) -> Traffic:
         canary = rng.random(total) < shares
         cluster = rng.integers(0, CLUSTERS, total)
         always_fails = np.zeros(total, dtype=bool)
+    route = rng.choice(len(ROUTES), size=total, p=ROUTE_WEIGHTS)
     error_rate = np.where(canary, case.canary_errors, case.production_errors)
+    if case.route_errors is not None:
+        error_rate = np.where(canary & (route == 0), case.route_errors, error_rate)
     if case.model == "ramp_incident":
         error_rate = np.where((times >= 700.0) & (times < 730.0), 0.2, error_rate)
     failed = always_fails | (rng.random(total) < error_rate)
     durations = np.exp(math.log(MEDIAN_SECONDS) + SIGMA * rng.standard_normal(total))
     durations = durations * session_factor
     durations = np.where(canary, durations * case.latency_factor, durations)
-    return Traffic(times, canary, cluster, failed, durations)
+    return Traffic(times, canary, cluster, failed, durations, route)
 
 
 def final_evidence(case: Case, seed: int, objective: float = 0.5) -> tuple[Evidence, Evidence]:
@@ -392,6 +434,7 @@ def evidence_until(
         hist = np.bincount(buckets[side], minlength=BUCKET_COUNT)
         groups = traffic.cluster[side]
         cells = groups * COARSE + (buckets[side] >> COARSE_SHIFT)
+        slots = ROUTE_SLOT_OF[traffic.route[side]] * CLUSTERS + groups
         sides.append(
             _evidence(
                 hist,
@@ -399,8 +442,14 @@ def evidence_until(
                 np.bincount(groups, weights=traffic.failed[side], minlength=CLUSTERS),
                 np.bincount(groups, weights=bad[side], minlength=CLUSTERS),
                 np.bincount(cells, minlength=CLUSTERS * COARSE),
+                np.bincount(slots, minlength=ROUTE_SLOTS * CLUSTERS),
+                np.bincount(slots, weights=traffic.failed[side], minlength=ROUTE_SLOTS * CLUSTERS),
             )
         )
+        failing = np.bincount(traffic.route[side & traffic.failed], minlength=len(ROUTES))
+        sides[-1].route_names = {
+            ROUTES[index]: int(count) for index, count in enumerate(failing.tolist()) if count
+        }
     return sides[0], sides[1]
 
 
@@ -430,7 +479,12 @@ def simulate(
         np.add.at(badc, (idx, cluster[side]), bad[side].astype(np.int64))
         cells = np.zeros((intervals, CLUSTERS * COARSE), dtype=np.int64)
         np.add.at(cells, (idx, cluster[side] * COARSE + (buckets[side] >> COARSE_SHIFT)), 1)
-        side_data.append((hist, req, fail, badc, cells))
+        slots = ROUTE_SLOT_OF[traffic.route[side]] * CLUSTERS + cluster[side]
+        route_req = np.zeros((intervals, ROUTE_SLOTS * CLUSTERS), dtype=np.int64)
+        route_fail = np.zeros((intervals, ROUTE_SLOTS * CLUSTERS), dtype=np.int64)
+        np.add.at(route_req, (idx, slots), 1)
+        np.add.at(route_fail, (idx, slots), failed[side].astype(np.int64))
+        side_data.append((hist, req, fail, badc, cells, route_req, route_fail))
     window_intervals = int(window // INTERVAL)
     verdict = None
     # As the gate judges a release: its first step from log(1 - RESTART_SHARE),
@@ -483,7 +537,7 @@ def simulate_gate(case: Case, seed: int) -> tuple[float | None, bool]:
         clock=clock,
         plan_timer=False,
     )
-    for t, canary, group, failed, duration in traffic.requests():
+    for t, canary, group, failed, duration, _ in traffic.requests():
         clock.now = t
         gate.record_outcome("canary" if canary else "stable", not failed, duration, -1, group)
         if gate.environment.name == "production":

@@ -91,7 +91,9 @@ class Evaluation:
         with self._burn_lock:
             self._burn: deque[tuple[float, int, int]] = deque([(now, 0, 0)])
 
-    def record(self, variant: str, success: bool, seconds: float, cluster: int) -> None:
+    def record(
+        self, variant: str, success: bool, seconds: float, cluster: int, route: str | None = None
+    ) -> None:
         """Count one outcome of the current step; evaluate if one is due."""
         now = self._clock()
         self._windows.record(
@@ -102,6 +104,7 @@ class Evaluation:
             now,
             cluster,
             now >= self._evidence_from,
+            route=route,
         )
         if now >= self._next or now < self._last:
             self._on_schedule(now)

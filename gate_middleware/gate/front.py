@@ -419,6 +419,7 @@ class PromotionGate:
         *,
         variant: str | None = None,
         decision: RoutingDecision | None = None,
+        route: str | None = None,
     ) -> None:
         """Count one request's outcome for the session's variant.
 
@@ -426,37 +427,50 @@ class PromotionGate:
         ``decision`` that ``route_request`` returned for the request (best:
         an outcome routed under an earlier step or release is then dropped,
         not counted against the new one), or its ``variant`` ("canary" or
-        "stable"), so the session is not hashed again.
+        "stable"), so the session is not hashed again. ``route`` is the
+        request's route template (``/items/{item_id}``, not the path: a
+        path per item would spread one endpoint over many slots), when the
+        caller knows it: the judge also tests each route slot's errors.
         """
         seconds = _seconds(duration)
+        if route is not None and not isinstance(route, str):
+            raise ConfigError("route", route, "a route template (str) or None")
         if decision is not None:
             if not isinstance(decision, RoutingDecision):
                 raise ConfigError("decision", decision, "a RoutingDecision from route_request")
             self.record_outcome(
-                decision.variant, bool(success), seconds, decision.step, decision.bucket
+                decision.variant, bool(success), seconds, decision.step, decision.bucket, route
             )
             return
         if variant is None:
             routed = self.route_request(session_id)
-            self.record_outcome(routed.variant, bool(success), seconds, routed.step, routed.bucket)
+            self.record_outcome(
+                routed.variant, bool(success), seconds, routed.step, routed.bucket, route
+            )
             return
         if variant not in VARIANTS:
             raise ConfigError("variant", variant, "'canary', 'stable' or None")
         group = zlib.crc32(str(session_id).encode("utf-8", "surrogatepass"))
-        self.record_outcome(variant, bool(success), seconds, -1, group)
+        self.record_outcome(variant, bool(success), seconds, -1, group, route)
 
     def record_outcome(
-        self, variant: str, success: bool, seconds: float, step: int = -1, cluster: int = 0
+        self,
+        variant: str,
+        success: bool,
+        seconds: float,
+        step: int = -1,
+        cluster: int = 0,
+        route: str | None = None,
     ) -> None:
         """``record_request_outcome`` without the argument checks, for callers
         that already hold a valid variant, a bool and a non-negative float
         (the middleware). ``step`` is the decision's step (-1: unknown, the
-        outcome counts) and ``cluster`` its bucket (it groups the evidence
-        by session)."""
+        outcome counts), ``cluster`` its bucket (it groups the evidence
+        by session) and ``route`` the route template, when known."""
         if step >= 0 and step != self._routing.step:
             self.stale_outcomes += 1  # routed under another step or release
             return
-        self._evaluation.record(variant, success, seconds, cluster)
+        self._evaluation.record(variant, success, seconds, cluster, route)
 
     def _act(self, state: GateState, health: CanaryHealth) -> None:
         """What a verdict leads to, while a release is in progress: a rollback

@@ -19,12 +19,22 @@ speeds vary too (a slow user is slow on every request).
 
 A session's group is ``bucket % CLUSTERS``, its routing bucket, so every
 process puts a session in the same group without remembering it.
+
+Requests to a known route template (``/items/{item_id}``) are also counted
+per *route slot*: ``ROUTE_SLOTS`` fixed slots, a template's slot its CRC-32
+modulo ``ROUTE_SLOTS`` (the same in every process, without a registry),
+each with the groups' requests and failures. So a regression confined to one
+endpoint can be judged at that endpoint's rate, in fixed memory however
+many routes an app has (templates that share a slot are judged together).
+The failures of up to ``ROUTE_NAMES`` templates are kept by name, so a
+verdict can say which route it saw failing.
 """
 
 from __future__ import annotations
 
+import zlib
 from array import array
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from operator import add
 
 from gate_middleware.judge.sketch import BUCKET_COUNT, bucket_index
@@ -32,6 +42,23 @@ from gate_middleware.judge.sketch import BUCKET_COUNT, bucket_index
 CLUSTERS = 64
 COARSE_SHIFT = 4  # a group's latency histogram: 2**4 sketch buckets to one
 COARSE = (BUCKET_COUNT >> COARSE_SHIFT) + 1  # buckets of a group's histogram
+ROUTE_SLOTS = 16  # a route template's slot: crc32(template) % ROUTE_SLOTS
+ROUTE_NAMES = 64  # templates whose failures are kept by name (one side, one process)
+ROUTE_NAME_LENGTH = 200  # a longer template is counted in its slot, not by name
+
+
+_KNOWN_SLOTS: dict[str, int] = {}  # the request path's templates, hashed once each
+_KNOWN_SLOTS_LIMIT = 4096  # past this many templates (a misbehaving router), hash each time
+
+
+def route_slot(route: str) -> int:
+    """The slot a route template's outcomes are counted in (every process agrees)."""
+    slot = _KNOWN_SLOTS.get(route)
+    if slot is None:
+        slot = zlib.crc32(route.encode("utf-8", "surrogatepass")) % ROUTE_SLOTS
+        if len(_KNOWN_SLOTS) < _KNOWN_SLOTS_LIMIT:
+            _KNOWN_SLOTS[route] = slot
+    return slot
 
 
 def _zeros(length: int, code: str = "q") -> array[int]:
@@ -43,6 +70,7 @@ def _zeros(length: int, code: str = "q") -> array[int]:
 _NO_LATENCY = _zeros(BUCKET_COUNT, "L")  # the sketch's layout
 _NO_CLUSTERS = _zeros(CLUSTERS)
 _NO_CLUSTER_LATENCY = _zeros(CLUSTERS * COARSE)
+_NO_ROUTES = _zeros(ROUTE_SLOTS * CLUSTERS)
 
 
 class Evidence:
@@ -59,6 +87,9 @@ class Evidence:
         "cluster_failures",
         "cluster_bad",
         "cluster_latency",
+        "route_requests",
+        "route_failures",
+        "route_names",
     )
 
     def __init__(self) -> None:
@@ -73,15 +104,32 @@ class Evidence:
         self.cluster_bad = _NO_CLUSTERS[:]
         # group g's coarse bucket c at g * COARSE + c
         self.cluster_latency = _NO_CLUSTER_LATENCY[:]
+        # slot s's group g at s * CLUSTERS + g
+        self.route_requests = _NO_ROUTES[:]
+        self.route_failures = _NO_ROUTES[:]
+        self.route_names: dict[str, int] = {}  # a template's failures, by name
 
-    def record(self, success: bool, good: bool, duration: float, cluster: int) -> None:
-        """Count one outcome (``cluster``: the session's routing bucket, any int)."""
-        self.add(1, 0 if success else 1, 0 if good else 1, bucket_index(duration), cluster)
+    def record(
+        self, success: bool, good: bool, duration: float, cluster: int, route: str | None = None
+    ) -> None:
+        """Count one outcome (``cluster``: the session's routing bucket, any
+        int; ``route``: the request's route template, when known)."""
+        self.add(1, 0 if success else 1, 0 if good else 1, bucket_index(duration), cluster, route)
 
-    def add(self, requests: int, failures: int, bad: int, index: int, cluster: int) -> None:
+    def add(
+        self,
+        requests: int,
+        failures: int,
+        bad: int,
+        index: int,
+        cluster: int,
+        route: str | None = None,
+    ) -> None:
         # failures and bad may be bools (0 or 1) on the request path
         """Count ``requests`` outcomes in sketch bucket ``index`` (a merged batch)."""
         group = cluster % CLUSTERS
+        if route is not None:
+            self.add_route(route, group, requests, failures)
         self.requests += requests
         self.cluster_requests[group] += requests
         self.latency[index] += requests
@@ -97,6 +145,32 @@ class Evidence:
             self.bad += bad
             self.cluster_bad[group] += bad
 
+    def add_route(self, route: str, group: int, requests: int, failures: int) -> None:
+        """Count outcomes of session group ``group`` on ``route`` in its slot."""
+        cell = route_slot(route) * CLUSTERS + group % CLUSTERS
+        self.route_requests[cell] += requests
+        if failures:
+            self.route_failures[cell] += failures
+            names = self.route_names
+            if route in names:
+                names[route] += failures
+            elif len(names) < ROUTE_NAMES and len(route) <= ROUTE_NAME_LENGTH:
+                names[route] = failures
+
+    def route(self, slot: int) -> Evidence:
+        """The outcomes counted in route slot ``slot``, as evidence of their
+        own (requests and failures per group; no latency)."""
+        evidence = Evidence()
+        first = slot * CLUSTERS
+        evidence.cluster_requests = self.route_requests[first : first + CLUSTERS]
+        evidence.cluster_failures = self.route_failures[first : first + CLUSTERS]
+        evidence.requests = sum(evidence.cluster_requests)
+        evidence.failures = sum(evidence.cluster_failures)
+        evidence.route_names = {
+            name: count for name, count in self.route_names.items() if route_slot(name) == slot
+        }
+        return evidence
+
     @classmethod
     def from_counts(
         cls,
@@ -105,12 +179,17 @@ class Evidence:
         cluster_failures: Sequence[int],
         cluster_bad: Sequence[int],
         cluster_latency: Sequence[int] = (),
+        route_requests: Sequence[int] = (),
+        route_failures: Sequence[int] = (),
+        route_names: Mapping[str, int] | None = None,
     ) -> Evidence:
         """Evidence built from merged counts (another process's, or a simulation's).
 
         ``cluster_latency`` (the groups' histograms, flat) may be missing from
         counts written before it existed: the latency test then treats the
-        groups as unknown (``latency_grouped`` is false)."""
+        groups as unknown (``latency_grouped`` is false). So may the route
+        slots' counts (``route_requests``, ``route_failures``, flat like
+        ``Evidence.route_requests``) and the failing templates' names."""
         evidence = cls()
         for index, count in enumerate(latency):
             if count:
@@ -124,6 +203,14 @@ class Evidence:
         for cell, count in enumerate(cluster_latency):
             if count:
                 evidence.cluster_latency[cell] = int(count)
+        for cell, count in enumerate(route_requests):
+            if count:
+                evidence.route_requests[cell] = int(count)
+        for cell, count in enumerate(route_failures):
+            if count:
+                evidence.route_failures[cell] = int(count)
+        if route_names:
+            evidence.route_names = dict(route_names)
         evidence.requests = sum(evidence.cluster_requests)
         evidence.failures = sum(evidence.cluster_failures)
         evidence.bad = sum(evidence.cluster_bad)
@@ -142,9 +229,22 @@ class Evidence:
         )
         self.lowest = min(self.lowest, other.lowest)
         self.highest = max(self.highest, other.highest)
-        for name in ("cluster_requests", "cluster_failures", "cluster_bad", "cluster_latency"):
+        for name in (
+            "cluster_requests",
+            "cluster_failures",
+            "cluster_bad",
+            "cluster_latency",
+            "route_requests",
+            "route_failures",
+        ):
             mine = getattr(self, name)
             setattr(self, name, array(mine.typecode, map(add, mine, getattr(other, name))))
+        names = self.route_names
+        for route, count in other.route_names.items():
+            if route in names:
+                names[route] += count
+            elif len(names) < ROUTE_NAMES:
+                names[route] = count
 
     def copy(self) -> Evidence:
         evidence = Evidence.__new__(Evidence)
@@ -158,6 +258,9 @@ class Evidence:
         evidence.cluster_failures = self.cluster_failures[:]
         evidence.cluster_bad = self.cluster_bad[:]
         evidence.cluster_latency = self.cluster_latency[:]
+        evidence.route_requests = self.route_requests[:]
+        evidence.route_failures = self.route_failures[:]
+        evidence.route_names = dict(self.route_names)
         return evidence
 
     @property
@@ -178,4 +281,12 @@ class Evidence:
         return f"<Evidence {self.requests} requests, {self.failures} failed, {self.bad} bad>"
 
 
-__all__ = ["CLUSTERS", "COARSE", "COARSE_SHIFT", "Evidence"]
+__all__ = [
+    "CLUSTERS",
+    "COARSE",
+    "COARSE_SHIFT",
+    "ROUTE_NAMES",
+    "ROUTE_SLOTS",
+    "Evidence",
+    "route_slot",
+]

@@ -64,8 +64,15 @@ below, ``DEFAULT_CHECKS`` the three the gate runs):
     budget), by a mixture of likelihood ratios over the step's requests
     (``objective_log_evidence``); with a baseline it does not act.
 
+``routes`` (``RouteErrorCheck``)
+    the ``errors`` test on each route slot's own requests (the route
+    templates' outcomes, counted in ``ROUTE_SLOTS`` fixed slots:
+    ``gate_middleware.judge.evidence``), its evidence the slots' average,
+    so a regression on one endpoint is judged at that endpoint's rate; a
+    rollback names the route the canary failed on most in the slot.
+
 The false-rollback rate α is split between the checks by their ``share``
-(errors 45 %, latency 45 %, slo 5 %, objective 5 %): the shares of the checks judged
+(errors 40 %, latency 40 %, slo 5 %, objective 5 %, routes 10 %): the shares of the checks judged
 together must sum to 1, so their union stays within α (``judge`` raises
 ``ConfigError`` otherwise).
 
@@ -97,8 +104,10 @@ Verdicts (``Verdict``):
 - ``HEALTHY``: no sign of a regression beyond the MONITOR band: for errors
   ``z`` of ``p̂_c - 1.1·p̂_p - tolerance`` and for latency the Mann–Whitney
   ``z`` of canary/1.1 against production both below 1.645 (a plain 5 %
-  one-sided check, not a decision to act), and the SLO met or no worse
-  than production's.
+  one-sided check, not a decision to act; while fewer than ``SMALL_COUNT``
+  canary failures are expected, the exact binomial check of the failures'
+  split at 1.1× must agree, so one failure among the canary's first
+  requests is no sign), and the SLO met or no worse than production's.
 - ``MONITOR``: the rest.
 
 The health score keeps the guide's bands: HEALTHY scores 0.9..1.0, MONITOR
@@ -115,7 +124,7 @@ from enum import StrEnum
 from typing import Protocol, TypedDict
 
 from gate_middleware.errors import ConfigError
-from gate_middleware.judge.evidence import CLUSTERS, COARSE, COARSE_SHIFT, Evidence
+from gate_middleware.judge.evidence import CLUSTERS, COARSE, COARSE_SHIFT, ROUTE_SLOTS, Evidence
 from gate_middleware.judge.sketch import GAMMA, MIN_SECONDS, bucket_index, quantile
 
 
@@ -139,6 +148,7 @@ HEALTHY_SCORE = 0.9
 ROLLBACK_SCORE = 0.8
 ROLLBACK_LINE = 1.5  # a regression this large (the guide's rollback line) scores just under 0.8
 SIGN_Z = 1.6448536269514722  # a one-sided 5 % check: "a sign of a regression"
+SIGN_LEVEL = 0.05  # the same check, exact, for a handful of failures
 LATENCY_MIXING_SCALE = 0.1  # ρ for the Mann–Whitney test: θ 0.5 → 0.6
 MIN_LATENCY_SAMPLES = 10
 LATENCY_MARGIN_NOTE = "the rollback line"  # θ is P(canary / tolerance > production)
@@ -387,6 +397,25 @@ def split_log_evidence(
     return top + math.log(sum(math.exp(x - top) for x in logs) / len(logs))
 
 
+def binomial_upper_tail(k: int, n: int, q: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, q): how often ``k`` or more of ``n``
+    failures land on a side holding ``q`` of them."""
+    if k <= 0:
+        return 1.0
+    if k > n or q <= 0.0:
+        return 0.0
+    if q >= 1.0:
+        return 1.0
+    log_q, log_rest = math.log(q), math.log1p(-q)
+    base = math.lgamma(n + 1)
+    total = 0.0
+    for x in range(k, n + 1):
+        total += math.exp(
+            base - math.lgamma(x + 1) - math.lgamma(n - x + 1) + x * log_q + (n - x) * log_rest
+        )
+    return min(1.0, total)
+
+
 def objective_log_evidence(bad: float, requests: int, line: float) -> float:
     """log of the evidence that the bad rate is above ``line``, anytime-valid.
 
@@ -548,7 +577,17 @@ def proportion_test(
         log_m = min(log_m, split_log_evidence(x_c, x_p, canary_share))
     rejected = log_m >= settings.rejection_log_for(share)
     sign_z = (p_c - monitor_ratio * p_p - tolerance) / se
-    return TestResult(name, difference, z, log_m, rejected, rejected or sign_z > SIGN_Z)
+    sign = rejected or sign_z > SIGN_Z
+    if sign and small and not rejected:
+        # A handful of failures: one canary failure among twenty requests
+        # beside none in production reads as z 3 at the pooled rate. The
+        # sign is then the exact one: are this many of the failures on the
+        # canary unlikely (5 %) were its rate monitor_ratio × production's?
+        ratio = monitor_ratio + (tolerance / p_p if p_p > 0 else 0.0)
+        monitored_share = ratio * n_c / (ratio * n_c + n_p)
+        failures = round(x_c + x_p)
+        sign = binomial_upper_tail(round(x_c), failures, monitored_share) < SIGN_LEVEL
+    return TestResult(name, difference, z, log_m, rejected, sign)
 
 
 def _shift_buckets(ratio: float) -> int:
@@ -742,7 +781,7 @@ class ErrorRateCheck:
     """``errors``: is the canary's failure rate above production's (+ the tolerance)?"""
 
     name: str = "errors"
-    share: float = 0.45
+    share: float = 0.40
     label: str = "error rate"
 
     def test(
@@ -795,7 +834,7 @@ class LatencyCheck:
     """``latency``: is the canary slower than ``latency_tolerance`` × production?"""
 
     name: str = "latency"
-    share: float = 0.45
+    share: float = 0.40
     label: str = "latency"
 
     def test(
@@ -993,8 +1032,140 @@ class ObjectiveCheck:
         return ""
 
 
+def _route_slot_results(
+    canary: Evidence, production: Evidence, settings: JudgeSettings, share: float
+) -> list[tuple[int, TestResult]]:
+    """The errors test of each route slot with failures on either side and
+    requests on both (the slots the route check weighs)."""
+    results: list[tuple[int, TestResult]] = []
+    for slot in range(ROUTE_SLOTS):
+        first = slot * CLUSTERS
+        last = first + CLUSTERS
+        if (
+            not any(canary.route_requests[first:last])
+            or not any(production.route_requests[first:last])
+            or not (
+                any(canary.route_failures[first:last]) or any(production.route_failures[first:last])
+            )
+        ):
+            continue
+        result = proportion_test(
+            "routes",
+            canary.route(slot),
+            production.route(slot),
+            bad=False,
+            tolerance=settings.error_rate_tolerance,
+            monitor_ratio=settings.monitor_tolerance,
+            share=share / ROUTE_SLOTS,
+            settings=settings,
+        )
+        results.append((slot, result))
+    return results
+
+
+def _route_name(canary: Evidence, slot: int) -> str:
+    """The route template the canary failed on most in ``slot``, for a reason."""
+    names = canary.route(slot).route_names
+    if not names:
+        return f"route slot {slot}"
+    top = max(names, key=lambda name: (names[name], name))
+    others = len(names) - 1
+    return f"route {top}" + (f" (and {others} more in its slot)" if others else "")
+
+
+@dataclass(frozen=True)
+class RouteErrorCheck:
+    """``routes``: is the canary's failure rate on one route above production's there?
+
+    Each of the ``ROUTE_SLOTS`` route slots (``Evidence.route``) gets the
+    ``errors`` test on its own requests, so a regression confined to an
+    endpoint with 2 % of the traffic is judged at that endpoint's rate, not
+    diluted fifty times. The check's evidence is the slots' average
+    ``(1/ROUTE_SLOTS)·Σ M_slot`` (a slot not yet weighed counts 0, below
+    its true value): a mixture of test martingales, so rejecting when it
+    reaches ``1/(α·share)`` keeps the check within its share however many
+    routes an app has. Its MONITOR sign needs half the rejection line in
+    evidence (a plain 5 % check on sixteen slots would flag most good
+    releases somewhere).
+    """
+
+    name: str = "routes"
+    share: float = 0.10
+    label: str = "error rate on a route"
+
+    def test(
+        self,
+        canary: Evidence,
+        production: Evidence,
+        settings: JudgeSettings,
+        *,
+        canary_compliance: float,
+    ) -> TestResult:
+        results = _route_slot_results(canary, production, settings, self.share)
+        if not results:
+            return TestResult(self.name, 0.0, 0.0, 0.0, False, False, acted=False)
+        log_m = _log_sum_exp([result.log_evidence for _, result in results]) - math.log(ROUTE_SLOTS)
+        worst = max(results, key=lambda item: item[1].log_evidence)[1]
+        line = settings.rejection_log_for(self.share)
+        rejected = log_m >= line
+        sign = rejected or (log_m > 0.0 and log_m >= line / 2.0)
+        return TestResult(self.name, worst.estimate, worst.z, log_m, rejected, sign)
+
+    def _worst(self, canary: Evidence, production: Evidence, settings: JudgeSettings) -> int | None:
+        results = _route_slot_results(canary, production, settings, self.share)
+        if not results:
+            return None
+        return max(results, key=lambda item: item[1].log_evidence)[0]
+
+    def rollback_reason(
+        self,
+        result: TestResult,
+        canary: Evidence,
+        production: Evidence,
+        settings: JudgeSettings,
+        *,
+        canary_compliance: float,
+        comparison: str,
+    ) -> str:
+        slot = self._worst(canary, production, settings)
+        if slot is None:
+            return f"canary error rate on a route above {comparison}'s"
+        mine, theirs = canary.route(slot), production.route(slot)
+        return (
+            f"canary error rate on {_route_name(canary, slot)} {mine.error_rate:.4f} "
+            f"({mine.failures} of {mine.requests}) is above {comparison}'s "
+            f"{theirs.error_rate:.4f} there ({theirs.failures} of {theirs.requests}; z "
+            f"{result.z:.2f}; log-evidence over the {ROUTE_SLOTS} route slots "
+            f"{result.log_evidence:.1f} ≥ {settings.rejection_log_for(self.share):.1f})"
+        )
+
+    def severity(self, canary: Evidence, production: Evidence) -> float:
+        slot = self._worst(canary, production, JudgeSettings())
+        if slot is None:
+            return ROLLBACK_LINE
+        return ErrorRateCheck().severity(canary.route(slot), production.route(slot))
+
+    def figures(self, result: TestResult, canary: Evidence, production: Evidence) -> str:
+        if not result.sign:
+            return ""
+        slot = self._worst(canary, production, JudgeSettings())
+        if slot is None:
+            return ""
+        mine, theirs = canary.route(slot), production.route(slot)
+        return (
+            f"error rate on {_route_name(canary, slot)} {mine.error_rate:.4f} "
+            f"vs {theirs.error_rate:.4f}"
+        )
+
+
 # The checks the gate runs, in the order a rollback names the first that rejected.
-DEFAULT_CHECKS: tuple[Check, ...] = (ErrorRateCheck(), LatencyCheck(), SloCheck(), ObjectiveCheck())
+DEFAULT_CHECKS: tuple[Check, ...] = (
+    ErrorRateCheck(),
+    LatencyCheck(),
+    SloCheck(),
+    ObjectiveCheck(),
+    RouteErrorCheck(),
+)
 # How the false-rollback rate is split between them (their union stays within it).
 ALPHA_SHARES = {check.name: check.share for check in DEFAULT_CHECKS}
 
@@ -1286,6 +1457,7 @@ __all__ = [
     "JudgeSettings",
     "Judgement",
     "LatencyCheck",
+    "RouteErrorCheck",
     "SloCheck",
     "TestResult",
     "Verdict",

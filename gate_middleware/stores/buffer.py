@@ -19,7 +19,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, g
 
 from gate_middleware.background import BackgroundThread
 from gate_middleware.domain.routing import CANARY, STABLE
-from gate_middleware.judge.evidence import CLUSTERS, COARSE, Evidence
+from gate_middleware.judge.evidence import CLUSTERS, COARSE, ROUTE_NAMES, ROUTE_SLOTS, Evidence
 from gate_middleware.judge.sketch import BUCKET_COUNT, bucket_index, quantile
 from gate_middleware.judge.verdict import WindowStats
 from gate_middleware.stores.port import WindowStoreBase
@@ -69,8 +69,10 @@ EVIDENCE_SECONDS = 7 * 24 * 3600  # a step's evidence outlives any window; refre
 
 def evidence_fields(evidence: Evidence) -> list[tuple[str, int]]:
     """The counter fields of a step's evidence: per session group r/f/x
-    (requests, failures, bad), per sketch bucket b, and per cell of the
-    groups' latency histograms l (``Evidence.cluster_latency``)."""
+    (requests, failures, bad), per sketch bucket b, per cell of the
+    groups' latency histograms l (``Evidence.cluster_latency``), per cell of
+    the route slots q/e (requests, failures: ``Evidence.route_requests``),
+    and ``@`` and a route template's name for its failures."""
     fields: list[tuple[str, int]] = []
     if not evidence.requests:
         return fields
@@ -87,6 +89,12 @@ def evidence_fields(evidence: Evidence) -> list[tuple[str, int]]:
     for cell, count in enumerate(evidence.cluster_latency):
         if count:
             fields.append((f"l{cell}", count))
+    for cell, count in enumerate(evidence.route_requests):
+        if count:
+            fields.append((f"q{cell}", count))
+            if evidence.route_failures[cell]:
+                fields.append((f"e{cell}", evidence.route_failures[cell]))
+    fields.extend((f"@{route}", count) for route, count in evidence.route_names.items())
     return fields
 
 
@@ -95,9 +103,17 @@ def evidence_from_fields(fields: Iterable[tuple[str, int]]) -> Evidence:
     latency = [0] * BUCKET_COUNT
     cells = [0] * (CLUSTERS * COARSE)
     groups = {"r": [0] * CLUSTERS, "f": [0] * CLUSTERS, "x": [0] * CLUSTERS}
+    routes = {"q": [0] * (ROUTE_SLOTS * CLUSTERS), "e": [0] * (ROUTE_SLOTS * CLUSTERS)}
+    names: dict[str, int] = {}
     for name, count in fields:
         kind, number = name[:1], name[1:]
-        if not number.isdigit() or not isinstance(count, int) or count < 0:
+        if not isinstance(count, int) or count < 0:
+            continue
+        if kind == "@":
+            if number and len(names) < ROUTE_NAMES:
+                names[number] = count
+            continue
+        if not number.isdigit():
             continue
         index = int(number)
         if kind == "b" and index < BUCKET_COUNT:
@@ -106,7 +122,11 @@ def evidence_from_fields(fields: Iterable[tuple[str, int]]) -> Evidence:
             cells[index] = count
         elif kind in groups and index < CLUSTERS:
             groups[kind][index] = count
-    return Evidence.from_counts(latency, groups["r"], groups["f"], groups["x"], cells)
+        elif kind in routes and index < ROUTE_SLOTS * CLUSTERS:
+            routes[kind][index] = count
+    return Evidence.from_counts(
+        latency, groups["r"], groups["f"], groups["x"], cells, routes["q"], routes["e"], names
+    )
 
 
 class OutcomeBuffer:
@@ -133,11 +153,12 @@ class OutcomeBuffer:
         cluster: int,
         number: int,
         evidence: bool,
+        route: str | None = None,
     ) -> None:
         """Count one outcome (latency bucket ``index``) in slice ``number``."""
         with self.lock:
             if evidence:
-                self.evidence[variant].add(1, not success, not good, index, cluster)
+                self.evidence[variant].add(1, not success, not good, index, cluster, route)
             entry = self.slices.get((variant, number))
             if entry is None:
                 entry = self.slices[(variant, number)] = Slice()
@@ -313,10 +334,11 @@ class BufferedWindowStore(WindowStoreBase):
         now: float,
         cluster: int = 0,
         evidence: bool = True,
+        route: str | None = None,
     ) -> None:
         number = self._slice_now()
         self._buffer.record(
-            variant, success, good, bucket_index(duration), cluster, number, evidence
+            variant, success, good, bucket_index(duration), cluster, number, evidence, route
         )
         self._follower.ensure()
 

@@ -120,12 +120,14 @@ class WindowStore(Protocol):
         now: float,
         cluster: int = 0,
         evidence: bool = True,
+        route: str | None = None,
     ) -> None:
         """Count one outcome at time ``now`` (seconds of the gate's clock).
 
         ``cluster`` is the session's routing bucket (it groups the evidence
         by session); ``evidence=False`` counts it in the window only (the
-        step's warm-up).
+        step's warm-up); ``route`` is the request's route template, when
+        known (the evidence counts it in its route slot: ``Evidence.add``).
         """
         ...
 
@@ -214,6 +216,7 @@ class WindowStoreBase(ABC):
         now: float,
         cluster: int = 0,
         evidence: bool = True,
+        route: str | None = None,
     ) -> None:
         """Count one outcome at time ``now``."""
 

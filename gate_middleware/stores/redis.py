@@ -781,7 +781,7 @@ def _decode_evidence(reply: dict[bytes, bytes]) -> Evidence:
     fields: list[tuple[str, int]] = []
     for key, value in reply.items():
         try:
-            fields.append((key.decode("ascii"), int(value)))
+            fields.append((key.decode("utf-8"), int(value)))
         except (UnicodeDecodeError, ValueError):
             continue
     return evidence_from_fields(fields)

@@ -159,13 +159,14 @@ class InMemoryWindowStore:
         now: float,
         cluster: int = 0,
         evidence: bool = True,
+        route: str | None = None,
     ) -> None:
         window = self._windows[variant]
         index = bucket_index(duration)
         with self._lock:
             window.record_bucket(success, good, index, now)
             if evidence:
-                self._evidence[variant].add(1, not success, not good, index, cluster)
+                self._evidence[variant].add(1, not success, not good, index, cluster, route)
 
     def stats(self, variant: str, now: float) -> WindowStats:
         with self._lock:

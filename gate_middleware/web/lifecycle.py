@@ -367,7 +367,12 @@ class RequestLifecycle:
         decision = request.decision
         try:
             self.gate.record_outcome(
-                decision.variant, success, duration, decision.step, decision.bucket
+                decision.variant,
+                success,
+                duration,
+                decision.step,
+                decision.bucket,
+                route if isinstance(route, str) else None,
             )
         except Exception as exc:
             self.report_fault("record", exc)

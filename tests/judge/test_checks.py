@@ -23,6 +23,7 @@ from gate_middleware.judge.statistics import (
     JudgeSettings,
     LatencyCheck,
     ObjectiveCheck,
+    RouteErrorCheck,
     SloCheck,
     Verdict,
     judge,
@@ -83,12 +84,13 @@ class CheckoutCheck:
 
 
 def four_checks(checkout: CheckoutCheck) -> tuple[Check, ...]:
-    """The default three with the rate split again to make room for a fourth."""
+    """The default checks with the rate split again to make room for one more."""
     return (
-        ErrorRateCheck(share=0.40),
-        LatencyCheck(share=0.40),
+        ErrorRateCheck(share=0.35),
+        LatencyCheck(share=0.35),
         SloCheck(),
         ObjectiveCheck(),
+        RouteErrorCheck(),
         checkout,
     )
 
@@ -119,10 +121,17 @@ def test_every_check_keeps_the_contract(check: Check) -> None:
 
 
 def test_the_default_checks_split_the_whole_rate() -> None:
-    assert [check.name for check in DEFAULT_CHECKS] == ["errors", "latency", "slo", "objective"]
+    names = ["errors", "latency", "slo", "objective", "routes"]
+    assert [check.name for check in DEFAULT_CHECKS] == names
     assert math.fsum(check.share for check in DEFAULT_CHECKS) == 1.0
-    assert ALPHA_SHARES == {"errors": 0.45, "latency": 0.45, "slo": 0.05, "objective": 0.05}
-    assert SETTINGS.rejection_log("errors") == SETTINGS.rejection_log_for(0.45)
+    assert ALPHA_SHARES == {
+        "errors": 0.40,
+        "latency": 0.40,
+        "slo": 0.05,
+        "objective": 0.05,
+        "routes": 0.10,
+    }
+    assert SETTINGS.rejection_log("errors") == SETTINGS.rejection_log_for(0.40)
 
 
 def test_a_fourth_check_takes_part_in_the_verdict() -> None:
@@ -136,6 +145,7 @@ def test_a_fourth_check_takes_part_in_the_verdict() -> None:
         "latency",
         "slo",
         "objective",
+        "routes",
         "checkout",
     ]
     health = assess(5.0, WindowStats(), WindowStats(), judgement)
@@ -163,14 +173,14 @@ def test_a_fourth_check_takes_part_in_the_budget() -> None:
     half = judge(CANARY, PRODUCTION, SETTINGS, checks=four_checks(CheckoutCheck(threshold / 2)))
     assert half.health_score == pytest.approx(0.95)
 
-    # The errors check now rejects at log(1/(α·0.40)), no longer at log(1/(α·0.45)).
+    # The errors check now rejects at log(1/(α·0.35)), no longer at log(1/(α·0.40)).
     failing = evidence_of(500, failures=60)
     errors = judge(
         failing, evidence_of(2000, failures=20), SETTINGS, checks=four_checks(CheckoutCheck(0.0))
     )
     assert errors.verdict == ROLLBACK
-    assert errors.reason.endswith(f"≥ {math.log(1 / (0.01 * 0.40)):.1f})")
-    assert f"{math.log(1 / (0.01 * 0.40)):.1f}" != f"{math.log(1 / (0.01 * 0.45)):.1f}"
+    assert errors.reason.endswith(f"≥ {math.log(1 / (0.01 * 0.35)):.1f})")
+    assert f"{math.log(1 / (0.01 * 0.35)):.1f}" != f"{math.log(1 / (0.01 * 0.40)):.1f}"
 
     # The default three and a fourth would spend more than the whole rate.
     with pytest.raises(ConfigError, match="sum to 1"):

@@ -24,9 +24,11 @@ from gate_middleware import (
 )
 from gate_middleware.domain.config import judge_settings
 from gate_middleware.domain.routing import CANARY, STABLE, compute_bucket
-from gate_middleware.judge.evidence import CLUSTERS, COARSE, COARSE_SHIFT, Evidence
+from gate_middleware.judge import statistics
+from gate_middleware.judge.evidence import CLUSTERS, COARSE, COARSE_SHIFT, Evidence, route_slot
 from gate_middleware.judge.sketch import BUCKET_COUNT, GAMMA, bucket_index
 from gate_middleware.judge.statistics import (
+    DEFAULT_CHECKS,
     HEALTHY,
     MONITOR,
     RESTART_SHARE,
@@ -259,7 +261,7 @@ def run_gate(case: judge_sim.Case, seed: int, seconds: float) -> tuple[float | N
     traffic = judge_sim.generate(case, seed)
     start = clock()
     ramped = case.model != "ramp_incident"
-    for t, canary, group, failed, duration in traffic.requests():
+    for t, canary, group, failed, duration, route in traffic.requests():
         if t > seconds:
             break
         clock.now = start + t
@@ -267,9 +269,9 @@ def run_gate(case: judge_sim.Case, seed: int, seconds: float) -> tuple[float | N
             gate.set_traffic_percent(50)
             ramped = True
         step = gate.state.step
-        gate.record_outcome(CANARY if canary else STABLE, not failed, duration, step, group)
+        gate.record_outcome(CANARY if canary else STABLE, not failed, duration, step, group, route)
         if gate.environment.name == "production":
-            return t, ROLLBACK
+            return t, gate.get_history()[-1].reason
     return None, gate.monitor_canary_health().verdict
 
 
@@ -299,14 +301,14 @@ def test_the_gate_decides_as_the_simulation_says(seed: int) -> None:
         clock=clock,
     )
     start = clock()
-    for t, canary, group, failed, duration in traffic.requests():
+    for t, canary, group, failed, duration, route in traffic.requests():
         if t >= checkpoint:
             break
         clock.now = start + t
-        gate.record_outcome(CANARY if canary else STABLE, not failed, duration, -1, group)
+        gate.record_outcome(CANARY if canary else STABLE, not failed, duration, -1, group, route)
     tests = gate.health_snapshot().evidence["tests"]
     expected = judge(*judge_sim.evidence_until(traffic, checkpoint), settings)
-    for test in ("errors", "latency"):
+    for test in ("errors", "latency", "routes"):
         found = expected.test(test)
         assert found is not None
         assert tests[test]["log_evidence"] == pytest.approx(found.log_evidence, abs=1e-9), test
@@ -321,6 +323,7 @@ def test_the_gate_decides_as_the_simulation_says(seed: int) -> None:
         ("p99_1.2_10", 3, 600.0, 0, 0),
         ("p99_2x_10", 3, 120.0, 3, 3),
         ("floor_0.1_to_1", 3, 600.0, 3, 3),
+        ("endpoint_20pct_10", 3, 1800.0, 3, 3),
     ],
 )
 def test_bounded_sample_through_a_real_gate(
@@ -330,6 +333,83 @@ def test_bounded_sample_through_a_real_gate(
     runs 200 to 1,000 of each)."""
     rolled = sum(run_gate(case(name), seed, seconds)[0] is not None for seed in range(seeds))
     assert rolled_back_at_least <= rolled <= rolled_back_at_most
+
+
+def test_a_regression_on_one_route_is_caught_at_that_routes_rate() -> None:
+    """``/checkout`` (2 % of the traffic) fails 20 % of the canary's requests
+    there, +0.4 points overall: the route check rolls it back and names the
+    route, while the whole-traffic errors test is still short of its line."""
+    endpoint = case("endpoint_20pct_10")
+    settings = judge_settings(PromotionConfig(), SloConfig())
+    for seed in range(2):
+        rolled, reason = run_gate(endpoint, seed, 1800.0)
+        assert rolled is not None, seed
+        assert "canary error rate on route /checkout" in reason, reason
+        assert "log-evidence over the 16 route slots" in reason
+        canary, production = judge_sim.evidence_until(judge_sim.generate(endpoint, seed), rolled)
+        errors = judge(canary, production, settings).test("errors")
+        assert errors is not None
+        assert errors.log_evidence < settings.rejection_log("errors")
+    # The same requests with the route unknown: nothing to judge per route.
+    traffic = judge_sim.generate(endpoint, 0)
+    traffic.route[:] = 1
+    canary, production = judge_sim.evidence_until(traffic, 600.0)
+    routes = judge(canary, production, settings).test("routes")
+    assert routes is not None and routes.log_evidence < 2.0
+
+
+def test_the_route_check_is_a_mixture_over_the_slots() -> None:
+    """Its evidence is (1/16)·Σ M_slot over the slots it could weigh (a slot
+    with no failure, or no request on a side, counts 0), and it rejects at
+    log(1/(α·0.10)), so a single slot needs 16 times the evidence."""
+    settings = JudgeSettings()
+    canary, production = Evidence(), Evidence()
+    for i in range(400):
+        canary.record(i % 5 != 0, True, 0.05, i, "/checkout")  # 20 % failing
+        production.record(i % 100 != 0, True, 0.05, i, "/checkout")
+        production.record(True, True, 0.05, i, "/other")
+        canary.record(True, True, 0.05, i, "/other")
+    result = statistics.RouteErrorCheck().test(canary, production, settings, canary_compliance=1.0)
+    slot = statistics.proportion_test(
+        "routes",
+        canary.route(route_slot("/checkout")),
+        production.route(route_slot("/checkout")),
+        bad=False,
+        tolerance=0.0,
+        monitor_ratio=1.1,
+        share=0.1 / 16,
+        settings=settings,
+    )
+    assert result.log_evidence == pytest.approx(slot.log_evidence - math.log(16))
+    assert result.rejected == (result.log_evidence >= math.log(1 / (0.01 * 0.10)))
+    assert result.rejected and result.sign
+
+
+@pytest.mark.parametrize(("n", "k", "q"), [(1, 1, 0.09), (5, 2, 0.1), (30, 4, 0.2), (200, 9, 0.01)])
+def test_the_binomial_tail_equals_the_sum_of_its_terms(n: int, k: int, q: float) -> None:
+    slow = math.fsum(math.comb(n, x) * q**x * (1 - q) ** (n - x) for x in range(k, n + 1))
+    assert statistics.binomial_upper_tail(k, n, q) == pytest.approx(slow, rel=1e-9)
+
+
+def test_one_early_canary_failure_is_no_sign_and_a_few_are() -> None:
+    """With a handful of failures the sign is the exact one (the failures'
+    split at 1.1×): one canary failure in 120 requests beside none in 1,200
+    of production's read as z 3 at the pooled rate and held a good release
+    at MONITOR; two of them are a sign (P ≈ 0.01 at 1.1×), not a rollback."""
+
+    def verdict(canary_failures: int) -> tuple[str, bool]:
+        canary, production = Evidence(), Evidence()
+        for i in range(120):
+            canary.record(i >= canary_failures, True, 0.05, i)
+        for i in range(1200):
+            production.record(True, True, 0.05, i)
+        result = judge(canary, production, JudgeSettings())
+        errors = result.test("errors")
+        assert errors is not None
+        return result.verdict, errors.sign
+
+    assert verdict(1) == (HEALTHY, False)
+    assert verdict(2) == (MONITOR, True)
 
 
 def test_simulation_table_runs() -> None:
@@ -715,7 +795,7 @@ def test_what_earlier_steps_carry_moves_every_checks_line() -> None:
     alone = judge(canary, production, fresh)
     errors = alone.test("errors")
     assert errors is not None
-    shares = {"errors": 0.45, "latency": 0.45, "slo": 0.05, "objective": 0.05}
+    shares = {check.name: check.share for check in DEFAULT_CHECKS}
     # A check that stood aside (the SLO met, a baseline present) carries
     # nothing: its evidence was not computed, and 1 would be more than it earned.
     acted = [t for t in alone.tests if t.acted]

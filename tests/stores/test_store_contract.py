@@ -25,7 +25,7 @@ import pytest
 from gate_middleware import ConfigError, Environment, PromotionConfig, PromotionGate
 from gate_middleware.domain.codec import CorruptData, decode_state, encode_state
 from gate_middleware.domain.state import CarriedEvidence, GateState
-from gate_middleware.judge.evidence import Evidence
+from gate_middleware.judge.evidence import Evidence, route_slot
 from gate_middleware.judge.verdict import WindowStats
 from gate_middleware.stores import (
     Delivery,
@@ -273,6 +273,35 @@ def test_outcomes_are_counted_per_variant_with_their_evidence(backend: Backend) 
     assert evidence.latency_grouped
 
 
+def test_route_slots_and_failing_routes_are_kept_and_merged(backend: Backend) -> None:
+    """Every store keeps the route slots' counts (the per-route check reads
+    them) and the failing templates by name, a non-ASCII one too, merged
+    across the openings of a shared rollout."""
+    name = rollout()
+    one, two = backend(name), backend(name)
+    routes = ["/checkout", "/café/{item_id}", "/items/{item_id}"]
+    for windows in (one.windows, two.windows):
+        for i in range(30):
+            route = routes[i % 3]
+            windows.record("canary", i % 5 != 0, True, 0.01, 1_000.0, cluster=i, route=route)
+        windows.record("canary", True, True, 0.01, 1_000.0, cluster=1)  # no route known
+        windows.flush()
+    expected = Evidence()
+    for _ in range(2 if backend.shared else 1):
+        for i in range(30):
+            expected.record(i % 5 != 0, True, 0.01, i, routes[i % 3])
+    assert eventually(
+        lambda: one.windows.evidence("canary").requests == (62 if backend.shared else 31), 5.0
+    )
+    evidence = one.windows.evidence("canary")
+    assert list(evidence.route_requests) == list(expected.route_requests)
+    assert list(evidence.route_failures) == list(expected.route_failures)
+    assert evidence.route_names == expected.route_names
+    assert set(evidence.route_names) == set(routes)
+    slot = route_slot("/café/{item_id}")
+    assert evidence.route(slot).failures == expected.route(slot).failures > 0
+
+
 def test_clear_forgets_every_outcome(backend: Backend) -> None:
     stores = backend(rollout())
     record(stores.windows, "canary", 10, 1, 1_000.0)
@@ -394,9 +423,9 @@ class PlainWindowStore(WindowStoreBase):
         self.recorded = 0
 
     def record(self, variant: str, success: bool, good: bool, duration: float, now: float,
-               cluster: int = 0, evidence: bool = True) -> None:  # fmt: skip
+               cluster: int = 0, evidence: bool = True, route: str | None = None) -> None:  # fmt: skip
         self.recorded += 1
-        self.inner.record(variant, success, good, duration, now, cluster, evidence)
+        self.inner.record(variant, success, good, duration, now, cluster, evidence, route)
 
     def stats(self, variant: str, now: float) -> WindowStats:
         return self.inner.stats(variant, now)

@@ -11,6 +11,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
+from gate_middleware.judge.statistics import RouteErrorCheck
 from tests.apps import FLAG, FRAMEWORKS, ROUTES, client_for
 from tests.support import FakeClock, metric_points
 
@@ -218,6 +219,35 @@ def test_a_canary_that_returns_500s_is_rolled_back(
         client.cookies.clear()
         assert client.get("/").json()["variant"] == "stable"
         assert client.get("/flag").text == "old"
+
+
+def test_the_route_template_reaches_the_judge_and_names_the_rollback(
+    framework: str, gate_clock: FakeClock, meter_provider: MeterProvider
+) -> None:
+    """Each adapter hands the judge the matched route template: a gate that
+    judges by the route check alone rolls back naming the failing endpoint's
+    template (its slot also holds the other template's requests, or not)."""
+    gate = PromotionGate(
+        PromotionConfig(environment=Environment.canary(50), min_requests=20),
+        clock=gate_clock,
+        checks=(RouteErrorCheck(share=1.0),),
+    )
+    client, cleanup = client_for(framework, gate, meter_provider=meter_provider)
+    try:
+        for i in range(120):
+            client.cookies.clear()
+            client.get(f"/items/{i}")
+            client.get("/canary-fails")
+        gate_clock.advance(6.0)
+        client.get("/canary-fails")
+    finally:
+        client.close()
+        if cleanup:
+            cleanup()
+    assert gate.environment == Environment.PRODUCTION
+    [event] = gate.get_rollback_history()
+    failing = "canary-fails" if framework.startswith("django") else "/canary-fails"
+    assert f"canary error rate on route {failing} " in event.reason, event.reason
 
 
 def test_the_qa_override_needs_the_token(make_client: MakeClient) -> None:
