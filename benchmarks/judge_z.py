@@ -20,7 +20,10 @@ test's own null boundary, builds the step's evidence at the end of
   tolerance by ``SloCheck`` as the gate runs it;
 - ``latency``: the canary is 1.5× production, the rollback line (the test's
   margin is 1.52×, whole sketch buckets rounded up, so ``z`` centres a
-  little below 0).
+  little below 0);
+- ``routes``: as ``errors``, on the requests of the busiest route's slot
+  (the route check's test of one slot: about a quarter of the traffic,
+  spread over the same 64 session groups).
 
 Traffic models (``judge_sim``'s): ``requests`` (every request its own
 session), ``sessions`` (20,000 Zipf-weighted sessions, 0.2 % of them failing
@@ -38,9 +41,15 @@ import statistics
 import sys
 import time
 
-from benchmarks.judge_sim import Case, final_evidence
+from benchmarks.judge_sim import ROUTES, Case, final_evidence
 from gate_middleware.domain.config import PromotionConfig, SloConfig, judge_settings
-from gate_middleware.judge.statistics import SloCheck, latency_test, proportion_test
+from gate_middleware.judge.evidence import route_slot
+from gate_middleware.judge.statistics import (
+    ALPHA_SHARES,
+    SloCheck,
+    latency_test,
+    proportion_test,
+)
 
 #: (test, traffic model) cells.
 CELLS = [
@@ -50,11 +59,14 @@ CELLS = [
     ("slo", "slow_sessions"),
     ("latency", "requests"),
     ("latency", "slow_sessions"),
+    ("routes", "requests"),
+    ("routes", "sessions"),
 ]
+BUSIEST_SLOT = route_slot(ROUTES[1])
 
 
 def cell_case(test: str, model: str, seconds: float) -> Case:
-    factor = 1.0 if test == "errors" else 1.5
+    factor = 1.0 if test in ("errors", "routes") else 1.5
     return Case(
         f"z-{test}-{model}",
         f"{test} at its boundary, {model}",
@@ -69,10 +81,14 @@ def z_of(test: str, model: str, seed: int, seconds: float) -> float:
     settings = judge_settings(PromotionConfig(), SloConfig())
     canary, production = final_evidence(cell_case(test, model, seconds), seed)
     if test == "latency":
-        result = latency_test(test, canary, production, share=0.45, settings=settings)
+        result = latency_test(
+            test, canary, production, share=ALPHA_SHARES["latency"], settings=settings
+        )
     elif test == "slo":  # as the gate runs it, whatever the canary's compliance
         result = SloCheck().test(canary, production, settings, canary_compliance=0.0)
     else:
+        if test == "routes":
+            canary, production = canary.route(BUSIEST_SLOT), production.route(BUSIEST_SLOT)
         result = proportion_test(
             test,
             canary,
@@ -80,7 +96,7 @@ def z_of(test: str, model: str, seed: int, seconds: float) -> float:
             bad=False,
             tolerance=0.0,
             monitor_ratio=settings.monitor_tolerance,
-            share=0.45,
+            share=ALPHA_SHARES[test],
             settings=settings,
         )
     return result.z

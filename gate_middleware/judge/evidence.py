@@ -56,9 +56,22 @@ def route_slot(route: str) -> int:
     slot = _KNOWN_SLOTS.get(route)
     if slot is None:
         slot = zlib.crc32(route.encode("utf-8", "surrogatepass")) % ROUTE_SLOTS
-        if len(_KNOWN_SLOTS) < _KNOWN_SLOTS_LIMIT:
+        if len(_KNOWN_SLOTS) < _KNOWN_SLOTS_LIMIT and len(route) <= ROUTE_NAME_LENGTH:
             _KNOWN_SLOTS[route] = slot
     return slot
+
+
+def nameable(route: str) -> bool:
+    """Whether a template may be kept by name: short, printable and valid
+    UTF-8 (every store writes it; a reason shows it). Any other template is
+    still counted in its slot."""
+    if not route or len(route) > ROUTE_NAME_LENGTH or not route.isprintable():
+        return False
+    try:
+        route.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 def _zeros(length: int, code: str = "q") -> array[int]:
@@ -128,7 +141,7 @@ class Evidence:
         # failures and bad may be bools (0 or 1) on the request path
         """Count ``requests`` outcomes in sketch bucket ``index`` (a merged batch)."""
         group = cluster % CLUSTERS
-        if route is not None:
+        if route:
             self.add_route(route, group, requests, failures)
         self.requests += requests
         self.cluster_requests[group] += requests
@@ -150,12 +163,13 @@ class Evidence:
         cell = route_slot(route) * CLUSTERS + group % CLUSTERS
         self.route_requests[cell] += requests
         if failures:
-            self.route_failures[cell] += failures
+            count = int(failures)  # a bool on the request path; stores write ints
+            self.route_failures[cell] += count
             names = self.route_names
             if route in names:
-                names[route] += failures
-            elif len(names) < ROUTE_NAMES and len(route) <= ROUTE_NAME_LENGTH:
-                names[route] = failures
+                names[route] += count
+            elif len(names) < ROUTE_NAMES and nameable(route):
+                names[route] = count
 
     def route(self, slot: int) -> Evidence:
         """The outcomes counted in route slot ``slot``, as evidence of their
@@ -288,5 +302,6 @@ __all__ = [
     "ROUTE_NAMES",
     "ROUTE_SLOTS",
     "Evidence",
+    "nameable",
     "route_slot",
 ]

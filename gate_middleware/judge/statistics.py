@@ -10,7 +10,7 @@ that a release as good as production is ever rolled back by it stays under
 release's earlier steps carry (``carry``, below), for its whole life.
 
 Checks (each a one-sided test, "the canary is worse"; the ``Check`` protocol
-below, ``DEFAULT_CHECKS`` the three the gate runs):
+below, ``DEFAULT_CHECKS`` the five the gate runs):
 
 ``errors`` (``ErrorRateCheck``)
     H0: ``p_canary - p_production <= error_rate_tolerance``. The statistic
@@ -83,10 +83,10 @@ names it by, ``test`` (an anytime-valid test: reject only when its evidence
 reaches ``settings.rejection_log_for(share)``), and the reason, severity and
 figures the verdict's text and score take from it — and pass it to
 ``judge(..., checks=(...))`` beside the others, their shares split again to
-sum to 1 (``ErrorRateCheck(share=0.4)``...). Nothing else changes: the judge
+sum to 1 (``ErrorRateCheck(share=0.35)``...). Nothing else changes: the judge
 rolls back on the first check (in the tuple's order) that rejects, shows a
 MONITOR sign for any check with one, and scores by the strongest evidence of
-all of them. ``tests/judge/test_checks.py`` plugs in a fourth check this way.
+all of them. ``tests/judge/test_checks.py`` plugs in a sixth check this way.
 
 Without a concurrent comparison (staging or a 100 % canary with no
 holdback) the canary is judged against the SLO objective
@@ -406,13 +406,33 @@ def binomial_upper_tail(k: int, n: int, q: float) -> float:
         return 0.0
     if q >= 1.0:
         return 1.0
-    log_q, log_rest = math.log(q), math.log1p(-q)
-    base = math.lgamma(n + 1)
-    total = 0.0
-    for x in range(k, n + 1):
-        total += math.exp(
-            base - math.lgamma(x + 1) - math.lgamma(n - x + 1) + x * log_q + (n - x) * log_rest
+    odds = q / (1.0 - q)
+
+    def term(x: int) -> float:
+        return math.exp(
+            math.lgamma(n + 1)
+            - math.lgamma(x + 1)
+            - math.lgamma(n - x + 1)
+            + x * math.log(q)
+            + (n - x) * math.log1p(-q)
         )
+
+    if k <= n * q:
+        # Most of the mass lies at or above k: 1 less the k terms below it.
+        below = 0.0
+        current = term(0)
+        for x in range(k):
+            below += current
+            current *= (n - x) / (x + 1) * odds
+        return max(0.0, min(1.0, 1.0 - below))
+    # Above the mean the terms fall at least geometrically: stop when they vanish.
+    total = 0.0
+    current = term(k)
+    for x in range(k, n + 1):
+        total += current
+        if current <= total * 1e-16:
+            break
+        current *= (n - x) / (x + 1) * odds
     return min(1.0, total)
 
 
@@ -585,8 +605,9 @@ def proportion_test(
         # canary unlikely (5 %) were its rate monitor_ratio × production's?
         ratio = monitor_ratio + (tolerance / p_p if p_p > 0 else 0.0)
         monitored_share = ratio * n_c / (ratio * n_c + n_p)
-        failures = round(x_c + x_p)
-        sign = binomial_upper_tail(round(x_c), failures, monitored_share) < SIGN_LEVEL
+        failures = math.floor(x_c + x_p + 0.5)
+        canary_failures = math.floor(x_c + 0.5)
+        sign = binomial_upper_tail(canary_failures, failures, monitored_share) < SIGN_LEVEL
     return TestResult(name, difference, z, log_m, rejected, sign)
 
 
@@ -1073,6 +1094,9 @@ def _route_name(canary: Evidence, slot: int) -> str:
     return f"route {top}" + (f" (and {others} more in its slot)" if others else "")
 
 
+_NAMING_SETTINGS = JudgeSettings()
+
+
 @dataclass(frozen=True)
 class RouteErrorCheck:
     """``routes``: is the canary's failure rate on one route above production's there?
@@ -1111,8 +1135,11 @@ class RouteErrorCheck:
         sign = rejected or (log_m > 0.0 and log_m >= line / 2.0)
         return TestResult(self.name, worst.estimate, worst.z, log_m, rejected, sign)
 
-    def _worst(self, canary: Evidence, production: Evidence, settings: JudgeSettings) -> int | None:
-        results = _route_slot_results(canary, production, settings, self.share)
+    def _worst(self, canary: Evidence, production: Evidence) -> int | None:
+        """The slot with the strongest evidence at no tolerance: the one a
+        reason names and a score is taken from (the check's own settings do
+        not reach ``severity``, so all three choose it the same way)."""
+        results = _route_slot_results(canary, production, _NAMING_SETTINGS, self.share)
         if not results:
             return None
         return max(results, key=lambda item: item[1].log_evidence)[0]
@@ -1127,7 +1154,7 @@ class RouteErrorCheck:
         canary_compliance: float,
         comparison: str,
     ) -> str:
-        slot = self._worst(canary, production, settings)
+        slot = self._worst(canary, production)
         if slot is None:
             return f"canary error rate on a route above {comparison}'s"
         mine, theirs = canary.route(slot), production.route(slot)
@@ -1140,7 +1167,7 @@ class RouteErrorCheck:
         )
 
     def severity(self, canary: Evidence, production: Evidence) -> float:
-        slot = self._worst(canary, production, JudgeSettings())
+        slot = self._worst(canary, production)
         if slot is None:
             return ROLLBACK_LINE
         return ErrorRateCheck().severity(canary.route(slot), production.route(slot))
@@ -1148,7 +1175,7 @@ class RouteErrorCheck:
     def figures(self, result: TestResult, canary: Evidence, production: Evidence) -> str:
         if not result.sign:
             return ""
-        slot = self._worst(canary, production, JudgeSettings())
+        slot = self._worst(canary, production)
         if slot is None:
             return ""
         mine, theirs = canary.route(slot), production.route(slot)

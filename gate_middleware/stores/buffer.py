@@ -110,10 +110,10 @@ def evidence_from_fields(fields: Iterable[tuple[str, int]]) -> Evidence:
         if not isinstance(count, int) or count < 0:
             continue
         if kind == "@":
-            if number and len(names) < ROUTE_NAMES:
+            if number:
                 names[number] = count
             continue
-        if not number.isdigit():
+        if not (number.isascii() and number.isdigit()):
             continue
         index = int(number)
         if kind == "b" and index < BUCKET_COUNT:
@@ -124,6 +124,8 @@ def evidence_from_fields(fields: Iterable[tuple[str, int]]) -> Evidence:
             groups[kind][index] = count
         elif kind in routes and index < ROUTE_SLOTS * CLUSTERS:
             routes[kind][index] = count
+    if len(names) > ROUTE_NAMES:  # written by several processes at once: the most failing
+        names = dict(sorted(names.items(), key=lambda item: -item[1])[:ROUTE_NAMES])
     return Evidence.from_counts(
         latency, groups["r"], groups["f"], groups["x"], cells, routes["q"], routes["e"], names
     )
@@ -209,6 +211,15 @@ class OutcomeBuffer:
         with self.lock:
             pending, self.slices = self.slices, {}
             evidence, self.evidence = self.evidence, _both(Evidence)
+            for variant, unsent in evidence.items():
+                # The store keeps about ROUTE_NAMES failing templates by name,
+                # not one more each flush: once it holds that many, only
+                # their counts grow (the slots count every template).
+                known = self.merged_evidence[variant].route_names
+                if len(known) >= ROUTE_NAMES:
+                    unsent.route_names = {
+                        name: count for name, count in unsent.route_names.items() if name in known
+                    }
         return pending, evidence
 
     def drop_expired(self, pending: dict[tuple[str, int], Slice], oldest: int) -> None:

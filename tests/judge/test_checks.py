@@ -1,4 +1,4 @@
-"""The judge's checks: the ``Check`` port, a fourth check plugged in, and verdicts as an enum."""
+"""The judge's checks: the ``Check`` port, another check plugged in, and verdicts as an enum."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ class CheckoutCheck:
         return f"checkout rate {result.estimate:+.2f}"
 
 
-def four_checks(checkout: CheckoutCheck) -> tuple[Check, ...]:
+def with_another(checkout: CheckoutCheck) -> tuple[Check, ...]:
     """The default checks with the rate split again to make room for one more."""
     return (
         ErrorRateCheck(share=0.35),
@@ -134,9 +134,9 @@ def test_the_default_checks_split_the_whole_rate() -> None:
     assert SETTINGS.rejection_log("errors") == SETTINGS.rejection_log_for(0.40)
 
 
-def test_a_fourth_check_takes_part_in_the_verdict() -> None:
+def test_another_check_takes_part_in_the_verdict() -> None:
     checkout = CheckoutCheck(log_evidence=20.0)
-    judgement = judge(CANARY, PRODUCTION, SETTINGS, checks=four_checks(checkout))
+    judgement = judge(CANARY, PRODUCTION, SETTINGS, checks=with_another(checkout))
     assert judgement.verdict == ROLLBACK
     assert judgement.reason == "canary checkout rate is below production's (z 3.00)"
     assert judgement.health_score == pytest.approx(0.8 * 1.5 / 3.0)  # its severity
@@ -153,7 +153,7 @@ def test_a_fourth_check_takes_part_in_the_verdict() -> None:
     assert health.evidence["tests"]["checkout"]["log_evidence"] == 20.0
 
     # A sign without a rejection: MONITOR, named by its label, with its figures.
-    signed = judge(CANARY, PRODUCTION, SETTINGS, checks=four_checks(CheckoutCheck(0.0, True)))
+    signed = judge(CANARY, PRODUCTION, SETTINGS, checks=with_another(CheckoutCheck(0.0, True)))
     assert signed.verdict == MONITOR
     assert "(checkout rate: error rate 0.0000 vs 0.0000, latency θ" in signed.reason
     assert ", checkout rate -0.02)" in signed.reason
@@ -162,27 +162,27 @@ def test_a_fourth_check_takes_part_in_the_verdict() -> None:
     assert judge(CANARY, PRODUCTION, SETTINGS).verdict == HEALTHY
 
 
-def test_a_fourth_check_takes_part_in_the_budget() -> None:
+def test_another_check_takes_part_in_the_budget() -> None:
     """It rejects at its own share of the rate, the others at theirs, and
     the shares must still sum to 1."""
     threshold = math.log(1 / (SETTINGS.false_rollback_rate * 0.10))  # 6.9
-    below = judge(CANARY, PRODUCTION, SETTINGS, checks=four_checks(CheckoutCheck(threshold - 0.1)))
-    at = judge(CANARY, PRODUCTION, SETTINGS, checks=four_checks(CheckoutCheck(threshold)))
+    below = judge(CANARY, PRODUCTION, SETTINGS, checks=with_another(CheckoutCheck(threshold - 0.1)))
+    at = judge(CANARY, PRODUCTION, SETTINGS, checks=with_another(CheckoutCheck(threshold)))
     assert (below.verdict, at.verdict) == (HEALTHY, ROLLBACK)
     # Its evidence counts in the score against its own threshold: half-way, half the band.
-    half = judge(CANARY, PRODUCTION, SETTINGS, checks=four_checks(CheckoutCheck(threshold / 2)))
+    half = judge(CANARY, PRODUCTION, SETTINGS, checks=with_another(CheckoutCheck(threshold / 2)))
     assert half.health_score == pytest.approx(0.95)
 
     # The errors check now rejects at log(1/(α·0.35)), no longer at log(1/(α·0.40)).
     failing = evidence_of(500, failures=60)
     errors = judge(
-        failing, evidence_of(2000, failures=20), SETTINGS, checks=four_checks(CheckoutCheck(0.0))
+        failing, evidence_of(2000, failures=20), SETTINGS, checks=with_another(CheckoutCheck(0.0))
     )
     assert errors.verdict == ROLLBACK
     assert errors.reason.endswith(f"≥ {math.log(1 / (0.01 * 0.35)):.1f})")
     assert f"{math.log(1 / (0.01 * 0.35)):.1f}" != f"{math.log(1 / (0.01 * 0.40)):.1f}"
 
-    # The default three and a fourth would spend more than the whole rate.
+    # The default checks and one more would spend more than the whole rate.
     with pytest.raises(ConfigError, match="sum to 1"):
         judge(CANARY, PRODUCTION, SETTINGS, checks=(*DEFAULT_CHECKS, CheckoutCheck(0.0)))
     with pytest.raises(ConfigError, match="distinct names"):
@@ -230,7 +230,7 @@ def test_the_health_carries_its_verdict_and_publishes_it_as_a_string() -> None:
 def test_the_gate_rolls_back_on_a_check_it_was_given() -> None:
     """``PromotionGate(checks=...)`` is the seam: the same traffic is healthy
     with the default checks and rolled back, by the plugged-in check's
-    reason, with a fourth that rejects."""
+    reason, with another that rejects."""
 
     def gate_with(checks: tuple[Check, ...]) -> PromotionGate:
         config = PromotionConfig(
@@ -242,7 +242,7 @@ def test_the_gate_rolls_back_on_a_check_it_was_given() -> None:
         return gate
 
     assert gate_with(DEFAULT_CHECKS).environment == Environment.canary(20.0)
-    failing = gate_with(four_checks(CheckoutCheck(log_evidence=50.0)))
+    failing = gate_with(with_another(CheckoutCheck(log_evidence=50.0)))
     assert failing.environment == Environment.PRODUCTION
     [event] = failing.get_rollback_history()
     assert "canary checkout rate is below production's" in event.reason

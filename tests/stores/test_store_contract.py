@@ -25,7 +25,7 @@ import pytest
 from gate_middleware import ConfigError, Environment, PromotionConfig, PromotionGate
 from gate_middleware.domain.codec import CorruptData, decode_state, encode_state
 from gate_middleware.domain.state import CarriedEvidence, GateState
-from gate_middleware.judge.evidence import Evidence, route_slot
+from gate_middleware.judge.evidence import ROUTE_NAMES, Evidence, route_slot
 from gate_middleware.judge.verdict import WindowStats
 from gate_middleware.stores import (
     Delivery,
@@ -39,6 +39,7 @@ from gate_middleware.stores import (
     schemes,
 )
 from gate_middleware.stores import registry as store_registry
+from gate_middleware.stores.buffer import evidence_fields, evidence_from_fields
 from gate_middleware.stores.memory import InMemoryStateStore
 from gate_middleware.stores.windows import InMemoryWindowStore
 from tests.servers import RedisServer, eventually
@@ -300,6 +301,45 @@ def test_route_slots_and_failing_routes_are_kept_and_merged(backend: Backend) ->
     assert set(evidence.route_names) == set(routes)
     slot = route_slot("/café/{item_id}")
     assert evidence.route(slot).failures == expected.route(slot).failures > 0
+
+
+def test_odd_route_templates_are_counted_and_never_block_a_write(backend: Backend) -> None:
+    """A template that fails once (a bool on the request path), one no store
+    could write by name (a lone surrogate, a control character, an empty
+    one) and more failing templates than are kept by name: every flush
+    goes through, every outcome is in its slot, and about ``ROUTE_NAMES``
+    names are kept, the most failing first."""
+    stores = backend(rollout())
+    windows = stores.windows
+    odd = ["/once", "/bad\udcff", "/line\nbreak", ""]
+    for route in odd:
+        windows.record("canary", False, False, 0.01, 1_000.0, cluster=3, route=route)
+    windows.flush()
+    assert eventually(lambda: windows.evidence("canary").requests == 4, 5.0)
+    assert windows.evidence("canary").route_names == {"/once": 1}
+    for batch in range(3):
+        for k in range(40):
+            for _ in range(1 + (k == 0)):  # the first of each batch fails twice
+                route = f"/many/{batch}/{k}"
+                windows.record("canary", False, False, 0.01, 1_000.0, cluster=k, route=route)
+        windows.flush()
+    assert eventually(lambda: windows.evidence("canary").requests == 4 + 3 * 41, 5.0)
+    evidence = windows.evidence("canary")
+    assert sum(evidence.route_requests) == 3 + 3 * 41  # the empty template names no route
+    assert sum(evidence.route_failures) == 3 + 3 * 41
+    assert not {"/bad\udcff", "/line\nbreak", ""} & set(evidence.route_names)
+    assert len(evidence.route_names) <= ROUTE_NAMES
+    assert {"/many/0/0", "/many/1/0"} <= set(evidence.route_names)
+
+
+def test_evidence_fields_round_trip_and_skip_what_does_not_parse() -> None:
+    evidence = Evidence()
+    for i in range(50):
+        evidence.record(i % 7 != 0, i % 5 != 0, 0.01 * (1 + i % 9), i, f"/r/{i % 4}")
+    fields = evidence_fields(evidence)
+    back = evidence_from_fields([*fields, ("q²", 5), ("e-1", 2), ("zz", 1), ("@", 3)])
+    for name in Evidence.__slots__:
+        assert getattr(back, name) == getattr(evidence, name), name
 
 
 def test_clear_forgets_every_outcome(backend: Backend) -> None:
