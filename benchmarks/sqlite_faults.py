@@ -58,6 +58,7 @@ from pathlib import Path
 from benchmarks.drill import Figures, Rollout, print_table
 
 HOLD_SECONDS = 3.0
+AGREE_LIMIT_SECONDS = 30.0  # the bounded wait for every gate to agree after a fault
 
 
 @contextlib.contextmanager
@@ -83,7 +84,10 @@ def _drill(name: str, path: Path, fault: Callable[[Rollout, Figures], None]) -> 
         fault(rollout, figures)
         ended = time.monotonic()
         rollout.roll_back(figures, rollout.gates[1])
-        agreed = rollout.agree_seconds()
+        # 30 s, not the drill's usual 10: on a loaded 2-core machine the gates
+        # did not agree within 10 s after the read-only fault (twice in a
+        # day, both under load; alone it agreed in 5 runs of 5).
+        agreed = rollout.agree_seconds(AGREE_LIMIT_SECONDS)
         figures.agree_seconds = time.monotonic() - ended if agreed < float("inf") else agreed
     return rollout.finish(figures)
 
