@@ -86,6 +86,14 @@ _NO_CLUSTER_LATENCY = _zeros(CLUSTERS * COARSE)
 _NO_ROUTES = _zeros(ROUTE_SLOTS * CLUSTERS)
 
 
+def _count_name(names: dict[str, int], route: str, count: int) -> None:
+    """Add ``count`` failures to ``route``'s, keeping at most ``ROUTE_NAMES`` names."""
+    if route in names:
+        names[route] += count
+    elif len(names) < ROUTE_NAMES:
+        names[route] = count
+
+
 class Evidence:
     """One side's outcomes since the step began. Not locked: its store serialises access."""
 
@@ -165,11 +173,8 @@ class Evidence:
         if failures:
             count = int(failures)  # a bool on the request path; stores write ints
             self.route_failures[cell] += count
-            names = self.route_names
-            if route in names:
-                names[route] += count
-            elif len(names) < ROUTE_NAMES and nameable(route):
-                names[route] = count
+            if route in self.route_names or nameable(route):
+                _count_name(self.route_names, route, count)
 
     def route(self, slot: int) -> Evidence:
         """The outcomes counted in route slot ``slot``, as evidence of their
@@ -253,12 +258,8 @@ class Evidence:
         ):
             mine = getattr(self, name)
             setattr(self, name, array(mine.typecode, map(add, mine, getattr(other, name))))
-        names = self.route_names
         for route, count in other.route_names.items():
-            if route in names:
-                names[route] += count
-            elif len(names) < ROUTE_NAMES:
-                names[route] = count
+            _count_name(self.route_names, route, count)
 
     def copy(self) -> Evidence:
         evidence = Evidence.__new__(Evidence)
