@@ -26,6 +26,13 @@ and ``gate.bucket``. Without a request and without a targeting key the SDK
 answers the default with ``TARGETING_KEY_MISSING``; a non-boolean type is
 ``TYPE_MISMATCH`` (the gate's flags are on or off).
 
+``client.track("checkout_completed")`` (with ``TrackingEventDetails(value=42.5)``
+for an amount) reports a business metric for the same session: the
+request's, or the targeting key's outside a request
+(``PromotionGate.track``). Tracking never raises, as OpenFeature asks: an
+event with no session to count it for, or with a value that is not a
+finite number, is logged and dropped.
+
 Each evaluation is a ``feature_flag.evaluation`` event on the active span
 (``gate_middleware.web.tracing``). With OpenFeature's own ``TracingHook``
 (``openfeature-hooks-opentelemetry``) registered, pass
@@ -34,6 +41,7 @@ Each evaluation is a ``feature_flag.evaluation`` event on the active span
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 try:
@@ -41,6 +49,7 @@ try:
     from openfeature.exception import TargetingKeyMissingError, TypeMismatchError
     from openfeature.flag_evaluation import FlagResolutionDetails, FlagValueType, Reason
     from openfeature.provider import AbstractProvider, Metadata
+    from openfeature.track import TrackingEventDetails
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         'gate_middleware.integrations.openfeature needs the OpenFeature SDK: pip install "gate-middleware[openfeature]"'
@@ -53,6 +62,8 @@ from gate_middleware.web.context import current_decision
 from gate_middleware.web.tracing import PROVIDER_NAME, add_evaluation_event
 
 __all__ = ["GateProvider"]
+
+logger = logging.getLogger("gate_middleware")
 
 _OVERRIDE_PREFIX = "override:"
 
@@ -86,6 +97,31 @@ class GateProvider(AbstractProvider):
                 )
             decision = self.gate.route_request(key)
         return self._details(flag_key, decision)
+
+    def track(
+        self,
+        tracking_event_name: str,
+        evaluation_context: EvaluationContext | None = None,
+        tracking_event_details: TrackingEventDetails | None = None,
+    ) -> None:
+        """Report the business metric ``tracking_event_name`` for the request's
+        session (or the targeting key's), ``value`` from the details (1 without)."""
+        value = tracking_event_details.value if tracking_event_details is not None else None
+        decision = current_decision()
+        if decision is None:
+            key = evaluation_context.targeting_key if evaluation_context is not None else None
+            if not key:
+                logger.warning(
+                    "track(%r) outside a request without a targeting key: no session to "
+                    "count it for, dropped",
+                    tracking_event_name,
+                )
+                return
+            decision = self.gate.route_request(key)
+        try:
+            decision.track(tracking_event_name, 1.0 if value is None else value)
+        except ConfigError as exc:
+            logger.warning("track(%r) dropped: %s", tracking_event_name, exc)
 
     def _details(self, flag_key: str, decision: RoutingDecision) -> FlagResolutionDetails[bool]:
         state = self.gate.state

@@ -5,6 +5,8 @@ module level.
 
 Endpoints: ``/`` (the decision as JSON), ``/flag`` ("new" or "old"),
 ``/boom`` (raises), ``/canary-fails`` (500 on the canary path),
+``/checkout`` (tracks ``checkout_completed``, only on the stable path: a
+checkout broken on the canary without an error or a slow response),
 ``/stream`` (three chunks, 0.1 s apart), ``/healthz`` (excluded),
 ``/items/{item_id}`` (a route template).
 """
@@ -67,6 +69,11 @@ def starlette_app(gate: PromotionGate, **options: Any) -> Any:
     async def canary_fails(request: Request) -> PlainTextResponse:
         return PlainTextResponse("x", status_code=500 if request.state.gate.is_canary else 200)
 
+    async def checkout(request: Request) -> PlainTextResponse:
+        if not request.state.gate.is_canary:
+            request.state.gate.track("checkout_completed")
+        return PlainTextResponse("ok")
+
     async def stream(request: Request) -> StreamingResponse:
         async def chunks() -> AsyncIterator[bytes]:
             for i in range(3):
@@ -90,6 +97,7 @@ def starlette_app(gate: PromotionGate, **options: Any) -> Any:
             Route("/flag", flag),
             Route("/boom", boom),
             Route("/canary-fails", canary_fails),
+            Route("/checkout", checkout),
             Route("/stream", stream),
             Route("/healthz", healthz),
             Route("/items/{item_id}", item),
@@ -122,6 +130,12 @@ def fastapi_app(gate: PromotionGate, **options: Any) -> Any:
     @app.get("/canary-fails")
     async def canary_fails(request: Request) -> PlainTextResponse:
         return PlainTextResponse("x", status_code=500 if request.state.gate.is_canary else 200)
+
+    @app.get("/checkout")
+    async def checkout(request: Request) -> PlainTextResponse:
+        if not request.state.gate.is_canary:
+            request.state.gate.track("checkout_completed")
+        return PlainTextResponse("ok")
 
     @app.get("/stream")
     async def stream() -> StreamingResponse:
@@ -173,6 +187,12 @@ def flask_app(gate: PromotionGate, **options: Any) -> Any:
     @app.get("/canary-fails")
     def canary_fails() -> Any:
         return ("x", 500 if g.gate.is_canary else 200)
+
+    @app.get("/checkout")
+    def checkout() -> str:
+        if not g.gate.is_canary:
+            g.gate.track("checkout_completed")
+        return "ok"
 
     @app.get("/stream")
     def stream() -> Response:

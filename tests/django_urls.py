@@ -36,6 +36,12 @@ async def canary_fails(request: HttpRequest) -> HttpResponse:
     return HttpResponse("x", status=500 if request.gate.is_canary else 200)  # type: ignore[attr-defined]
 
 
+async def checkout(request: HttpRequest) -> HttpResponse:
+    if not request.gate.is_canary:  # type: ignore[attr-defined]
+        request.gate.track("checkout_completed")  # type: ignore[attr-defined]
+    return HttpResponse("ok")
+
+
 def stream(request: HttpRequest) -> StreamingHttpResponse:
     if getattr(request, "scope", None) is not None:
 
@@ -72,6 +78,7 @@ urlpatterns = [
     path("flag", flag),
     path("boom", boom),
     path("canary-fails", canary_fails),
+    path("checkout", checkout),
     path("stream", stream),
     path("healthz", healthz),
     path("items/<str:item_id>", item),

@@ -1,7 +1,10 @@
 """The multi-process test app: one rollout shared through a store (Redis or SQLite).
 
 Configured by the environment: GATE_STORE_URL (none: in memory), GATE_ROLLOUT, GATE_WINDOW;
-GATE_FAULTY makes ``/checkout`` fail on the canary path. ``/stats`` tells which
+GATE_FAULTY makes ``/checkout`` fail on the canary path; GATE_METRIC judges
+the business metric ``checkout_completed``, which ``/checkout`` tracks for
+every session but, with GATE_BROKEN_CHECKOUT, the canary's (a release that
+answers quickly and without an error while no checkout completes). ``/stats`` tells which
 process answered and what its gate holds; ``/gate`` is the admin API. For
 counting what a rollback sets off across the processes: GATE_CALLBACK_LOG
 names a file every rollback callback appends one line to, after
@@ -27,6 +30,7 @@ from gate_middleware import (
     PromotionGate,
     RollbackEvent,
 )
+from gate_middleware.domain.metrics import MetricDefinition
 from gate_middleware.gate.webhooks import Webhook
 from gate_middleware.integrations.starlette import GateMiddleware
 from gate_middleware.operate.admin import AdminASGIApp, AdminWSGIApp
@@ -39,6 +43,7 @@ CONFIG = PromotionConfig(
     rollback_window_seconds=float(os.environ.get("GATE_WINDOW", "10")),
     min_requests=20,
     evaluation_interval_seconds=0.2,
+    metrics=[MetricDefinition("checkout_completed")] if os.environ.get("GATE_METRIC") else [],
 )
 # No GATE_STORE_URL: the in-memory gate, each process its own.
 URL = os.environ.get("GATE_STORE_URL")
@@ -60,8 +65,16 @@ if os.environ.get("GATE_WEBHOOK_URL"):
     gate.add_webhook(Webhook(os.environ["GATE_WEBHOOK_URL"], secret="shared-app-webhook-secret"))
 
 
+def complete_checkout(decision: Any) -> None:
+    if os.environ.get("GATE_METRIC") and not (
+        decision.is_canary and os.environ.get("GATE_BROKEN_CHECKOUT")
+    ):
+        decision.track("checkout_completed")
+
+
 async def checkout(request: Request) -> JSONResponse:
     decision = request.state.gate
+    complete_checkout(decision)
     body = {
         "pid": os.getpid(),
         "variant": decision.variant,
@@ -98,6 +111,7 @@ app.add_middleware(GateMiddleware, gate=gate, exclude_paths=["/gate", "/stats"])
 
 def _checkout_wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     decision = environ["gate_middleware.decision"]
+    complete_checkout(decision)
     body = {
         "pid": os.getpid(),
         "variant": decision.variant,

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gate_middleware.domain.environment import Environment, validate_traffic_percent
+from gate_middleware.domain.metrics import MetricDefinition, validate_metrics
 from gate_middleware.domain.naming import valid_name
 from gate_middleware.domain.plan import RolloutPlan
 from gate_middleware.errors import ConfigError
@@ -160,7 +161,9 @@ class PromotionConfig:
     of the app shares (``sqlite:///path/gate.db`` on one host,
     ``redis://...`` across hosts; see ``PromotionGate.from_url``): a
     ``PromotionGate(config)`` opens it; ``None`` keeps the state in the
-    process's memory.
+    process's memory. ``metrics``: the business metrics the app reports
+    with ``track()`` and how each is judged (``MetricDefinition``, or a
+    table of its fields; ``gate_middleware.domain.metrics``).
     """
 
     environment: Environment = field(default_factory=lambda: Environment.PRODUCTION)
@@ -177,8 +180,10 @@ class PromotionConfig:
     cohort: str = "rollout"
     plan: RolloutPlan | None = None
     store: str | None = field(default=None, repr=False)  # may hold a password
+    metrics: Sequence[MetricDefinition] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", validate_metrics(self.metrics))
         if self.store is not None:
             validate_store_url(self.store)
         if not isinstance(self.environment, Environment):
@@ -242,8 +247,10 @@ class PromotionConfig:
         ``evaluation_interval_seconds``, ``name`` and a ``plan`` table
         (``[scenarios.NAME.plan]``: ``steps``, ``bake_seconds``,
         ``staging_bake_seconds``, ``staging_manual``,
-        ``inconclusive_limit_seconds``), and ``store``, the URL of a shared
-        store (``"sqlite:///var/lib/shop/gate.db"``). With ``scenario=None``
+        ``inconclusive_limit_seconds``), ``store``, the URL of a shared
+        store (``"sqlite:///var/lib/shop/gate.db"``), and ``metrics``
+        (``[[scenarios.NAME.metrics]]`` tables: ``name``, ``kind``, ``bad``,
+        ``tolerance``, ``guardrail``). With ``scenario=None``
         the file must hold exactly one scenario. Keyword ``overrides``
         replace fields after reading.
         """
@@ -287,6 +294,7 @@ class PromotionConfig:
             "cohort",
             "plan",
             "store",
+            "metrics",
         }
         unknown = sorted(set(table) - known)
         if unknown:
@@ -326,6 +334,7 @@ class PromotionConfig:
             "salt",
             "cohort",
             "store",
+            "metrics",
         ):
             if key in table:
                 fields[key] = table[key]

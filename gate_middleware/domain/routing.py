@@ -74,7 +74,9 @@ class RoutingDecision:
     flag names on for this session. ``step`` is the gate's step when the
     session was routed (``PromotionGate.record_request_outcome(...,
     decision=...)`` drops an outcome routed under an earlier step or
-    release). Treat it as read-only.
+    release). ``sample`` is the session's sample key when the rollout judges
+    business metrics (-1 otherwise), and ``track`` reports one for the
+    session. Treat it as read-only.
     """
 
     __slots__ = (
@@ -85,7 +87,9 @@ class RoutingDecision:
         "bucket",
         "reason",
         "step",
+        "sample",
         "_feature_set",
+        "_tracker",
     )
 
     def __init__(
@@ -97,6 +101,8 @@ class RoutingDecision:
         reason: str,
         feature_set: frozenset[str] | None = None,
         step: int = -1,
+        sample: int = -1,
+        tracker: Tracker | None = None,
     ) -> None:
         self.is_canary = is_canary
         self.variant = CANARY if is_canary else STABLE
@@ -105,11 +111,21 @@ class RoutingDecision:
         self.bucket = bucket
         self.reason = reason
         self.step = step
+        self.sample = sample
         self._feature_set = frozenset(enabled_features) if feature_set is None else feature_set
+        self._tracker = tracker
 
     def is_enabled(self, name: str) -> bool:
         """Whether the flag ``name`` is on for this session."""
         return name in self._feature_set
+
+    def track(self, metric: str, value: float = 1.0) -> None:
+        """Report the business metric ``metric`` for this session (``value``:
+        its amount, 1 by default: one conversion, one event). Counted for
+        the session's variant in the step it was routed in; a decision not
+        routed by a gate (a fail-open one) reports nothing."""
+        if self._tracker is not None:
+            self._tracker(self, metric, value)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -141,17 +157,34 @@ class RoutingDecision:
     __hash__ = None  # type: ignore[assignment]
 
 
+#: What ``RoutingDecision.track`` hands a report to (the gate's).
+Tracker = Callable[[RoutingDecision, str, float], None]
+
+
 class RoutingTable:
     """What routing needs from one gate state, made once per state change
-    (the gate builds it) and read by every request without a lock."""
+    (the gate builds it) and read by every request without a lock.
+    ``tracker`` receives the decisions' ``track`` reports; ``sampling``
+    gives each decision its session's sample key (business metrics)."""
 
-    __slots__ = ("threshold", "canary", "stable", "step", "hasher")
+    __slots__ = ("threshold", "canary", "stable", "step", "hasher", "tracker", "sampling")
 
-    def __init__(self, name: str, threshold: int, canary: Path, stable: Path, step: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        threshold: int,
+        canary: Path,
+        stable: Path,
+        step: int,
+        tracker: Tracker | None = None,
+        sampling: bool = False,
+    ) -> None:
         self.threshold = threshold
         self.canary = canary
         self.stable = stable
         self.step = step
+        self.tracker = tracker
+        self.sampling = sampling
         # SHA-256 with ``f"{name}:"`` already fed: route() copies it rather
         # than hashing the prefix again for every session.
         self.hasher = _sha256(f"{name}:".encode())
@@ -163,7 +196,8 @@ class RoutingTable:
             hasher.update(session_id.encode())
         except UnicodeEncodeError:
             hasher.update(session_id.encode("utf-8", "surrogatepass"))
-        bucket = int.from_bytes(hasher.digest()[:8], "big") % BUCKETS
+        digest = hasher.digest()
+        bucket = int.from_bytes(digest[:8], "big") % BUCKETS
         is_canary, environment, flags, flag_set, reason = (
             self.canary if bucket < self.threshold else self.stable
         )
@@ -171,11 +205,17 @@ class RoutingTable:
             logger.debug(
                 "Session routed to %s (bucket %d)", CANARY if is_canary else STABLE, bucket
             )
-        return RoutingDecision(is_canary, environment, flags, bucket, reason, flag_set, self.step)
+        # The sample key: bytes 8-15 of the same digest, independent of the bucket.
+        sample = int.from_bytes(digest[8:16], "big") if self.sampling else -1
+        return RoutingDecision(
+            is_canary, environment, flags, bucket, reason, flag_set, self.step, sample, self.tracker
+        )
 
     def decision(self, variant: str, reason: str, bucket: int) -> RoutingDecision:
         """The decision for ``variant`` ("canary" or "stable"), without hashing."""
         is_canary, environment, flags, flag_set, _ = (
             self.canary if variant == CANARY else self.stable
         )
-        return RoutingDecision(is_canary, environment, flags, bucket, reason, flag_set, self.step)
+        return RoutingDecision(
+            is_canary, environment, flags, bucket, reason, flag_set, self.step, -1, self.tracker
+        )

@@ -191,6 +191,29 @@ class HealthSample:
 _NEXT_STAGE = {"canary": "staging", "staging": "production"}
 
 
+class SideFigures(TypedDict):
+    """One side's sampled sessions and its mean of a business metric."""
+
+    sessions: int
+    mean: float
+
+
+class MetricView(TypedDict):
+    """A business metric in the current step (``PromotionGate.status``):
+    its definition, each side's figures, the canary's change relative to
+    production and a 95 % interval (one look) of the means' difference."""
+
+    name: str
+    kind: str
+    bad: str
+    tolerance: float
+    guardrail: bool
+    canary: SideFigures
+    production: SideFigures
+    relative_change: float
+    difference_interval: list[float]
+
+
 class StoreView(TypedDict):
     """The stores' condition in a status: ``memory`` (this process's) or
     ``shared``; the worst condition of the two stores, and what is wrong."""
@@ -246,6 +269,9 @@ class GateStatus:
     store: StoreView = field(default_factory=lambda: StoreView(kind="memory", status="ok"))
     plan: PlanProgress | None = None
     webhooks: tuple[WebhookView, ...] = ()
+    metrics: tuple[MetricView, ...] = ()
+    # track() reports of metrics the config does not define, by name (counted, ignored)
+    undefined_metrics: dict[str, int] = field(default_factory=dict)
 
     @property
     def next_stage(self) -> str | None:
@@ -280,4 +306,6 @@ class GateStatus:
             "store": dict(self.store),
             "plan": None if self.plan is None else dict(self.plan),
             "webhooks": [dict(webhook) for webhook in self.webhooks],
+            "metrics": [dict(metric) for metric in self.metrics],
+            "undefined_metrics": dict(self.undefined_metrics),
         }

@@ -92,22 +92,36 @@ class Evaluation:
             self._burn: deque[tuple[float, int, int]] = deque([(now, 0, 0)])
 
     def record(
-        self, variant: str, success: bool, seconds: float, cluster: int, route: str | None = None
+        self,
+        variant: str,
+        success: bool,
+        seconds: float,
+        cluster: int,
+        route: str | None = None,
+        session: int = -1,
     ) -> None:
-        """Count one outcome of the current step; evaluate if one is due."""
+        """Count one outcome of the current step; evaluate if one is due.
+        ``session``: the session's sample key (-1: the rollout judges no
+        business metric)."""
         now = self._clock()
-        self._windows.record(
-            variant,
-            success,
-            success and seconds <= self._objective,
-            seconds,
-            now,
-            cluster,
-            now >= self._evidence_from,
-            route=route,
-        )
+        good = success and seconds <= self._objective
+        counted = now >= self._evidence_from
+        if session >= 0:
+            self._windows.record(
+                variant, success, good, seconds, now, cluster, counted, route=route, session=session
+            )
+        else:  # a store written before business metrics takes no session
+            self._windows.record(
+                variant, success, good, seconds, now, cluster, counted, route=route
+            )
         if now >= self._next or now < self._last:
             self._on_schedule(now)
+
+    def track(self, variant: str, session: int, metric: str, amount: int) -> None:
+        """Count a business metric's ``amount`` (millionths) for a session of
+        the current step (not during its warm-up, like its outcomes)."""
+        if self._clock() >= self._evidence_from:
+            self._windows.track(variant, session, metric, amount)
 
     def _on_schedule(self, now: float) -> None:
         if not self._lock.acquire(blocking=False):
@@ -270,6 +284,10 @@ class Evaluation:
                 canary_evidence, long_window, short_window, settings
             )
         return assess(environment.traffic_percent, canary, stable, judgement), canary, stable
+
+    def evidence(self) -> tuple[Evidence, Evidence]:
+        """The step's evidence of the canary and of the stable side."""
+        return self._windows.evidence(CANARY), self._windows.evidence(STABLE)
 
     def slo_figures(
         self, state: GateState, health: CanaryHealth, canary: WindowStats, stable: WindowStats

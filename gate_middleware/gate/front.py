@@ -68,6 +68,7 @@ from gate_middleware.domain.state import (
     GateState,
     GateStatus,
     HealthSample,
+    MetricView,
     PromotionEvent,
     RollbackEvent,
     StoreView,
@@ -83,9 +84,11 @@ from gate_middleware.gate.autopilot import (
 )
 from gate_middleware.gate.evaluation import Evaluation
 from gate_middleware.gate.telemetry import GateTelemetry
+from gate_middleware.gate.tracking import MetricTracker, metric_checks, metric_views
 from gate_middleware.gate.transitions import AfterChange, Transitions, event_time
 from gate_middleware.gate.webhooks import Webhook
 from gate_middleware.gate.workers import several_workers
+from gate_middleware.judge.guardrails import with_metric_checks
 from gate_middleware.judge.statistics import DEFAULT_CHECKS, ROLLBACK, Check
 from gate_middleware.judge.verdict import CanaryHealth
 from gate_middleware.stores import (
@@ -165,7 +168,9 @@ def routing_salt(config: PromotionConfig, release: int) -> str:
     return f"{salt}#{release}" if config.cohort == "release" else salt
 
 
-def routing_table(state: GateState, config: PromotionConfig) -> RoutingTable:
+def routing_table(
+    state: GateState, config: PromotionConfig, tracker: MetricTracker | None = None
+) -> RoutingTable:
     """What routing needs from ``state``, computed once per state change."""
     environment = state.environment
     holdback = config.holdback_percent
@@ -196,6 +201,8 @@ def routing_table(state: GateState, config: PromotionConfig) -> RoutingTable:
         (True, environment, canary, frozenset(canary), reasons[0]),
         (False, Environment.PRODUCTION, stable, frozenset(stable), reasons[1]),
         state.step,
+        tracker,
+        tracker is not None and tracker.sampling,
     )
 
 
@@ -246,17 +253,38 @@ class PromotionGate:
             window_store = InMemoryWindowStore(config.rollback_window_seconds)
         self._store: StateStore = _checked(state_store, StateStore, "state_store")
         self._windows: WindowStore = _checked(window_store, WindowStore, "window_store")
+        if config.metrics and not self._windows.tracks_metrics:
+            raise ConfigError(
+                "window_store",
+                type(self._windows).__name__,
+                "a window store that keeps business metrics (tracks_metrics) for "
+                f"metrics={[metric.name for metric in config.metrics]}",
+            )
+        checks = with_metric_checks(checks, metric_checks(config.metrics))
+        self._tracker = MetricTracker(
+            self.name,
+            config.metrics,
+            lambda variant, session, metric, amount: self._evaluation.track(
+                variant, session, metric, amount
+            ),
+            lambda: self._routing.step,
+        )
         # Bakes, deadlines and event times on the store's clock (Redis's TIME
         # for a shared store): a process whose clock is off cannot move a step.
         self._wall_clock = self._store.clock(wall_clock)
-        self._effects = AfterChange(self.name, self._windows, GateTelemetry(self, meter_provider))
+        self._effects = AfterChange(
+            self.name,
+            self._windows,
+            GateTelemetry(self, meter_provider, metrics=bool(config.metrics)),
+            self._step_metric_figures,
+        )
         self._transitions = Transitions(
             self._store,
             self._adopted,
             self._effects,
             lambda state: self._evaluation.step_evidence(state),
         )
-        self._routing = routing_table(self._transitions.state, config)
+        self._routing = routing_table(self._transitions.state, config, self._tracker)
         self._evaluation = Evaluation(
             config,
             slo,
@@ -363,7 +391,7 @@ class PromotionGate:
 
     def _adopted(self, state: GateState, new_step: bool) -> None:
         """This process took up ``state``: route by it; a new step's evidence starts now."""
-        self._routing = routing_table(state, self.config)
+        self._routing = routing_table(state, self.config, self._tracker)
         if new_step:
             self._evaluation.step_began(self._clock())
 
@@ -439,13 +467,25 @@ class PromotionGate:
             if not isinstance(decision, RoutingDecision):
                 raise ConfigError("decision", decision, "a RoutingDecision from route_request")
             self.record_outcome(
-                decision.variant, bool(success), seconds, decision.step, decision.bucket, route
+                decision.variant,
+                bool(success),
+                seconds,
+                decision.step,
+                decision.bucket,
+                route,
+                decision.sample,
             )
             return
         if variant is None:
             routed = self.route_request(session_id)
             self.record_outcome(
-                routed.variant, bool(success), seconds, routed.step, routed.bucket, route
+                routed.variant,
+                bool(success),
+                seconds,
+                routed.step,
+                routed.bucket,
+                route,
+                routed.sample,
             )
             return
         if variant not in VARIANTS:
@@ -461,16 +501,28 @@ class PromotionGate:
         step: int = -1,
         cluster: int = 0,
         route: str | None = None,
+        session: int = -1,
     ) -> None:
         """``record_request_outcome`` without the argument checks, for callers
         that already hold a valid variant, a bool and a non-negative float
         (the middleware). ``step`` is the decision's step (-1: unknown, the
         outcome counts), ``cluster`` its bucket (it groups the evidence
-        by session) and ``route`` the route template, when known."""
+        by session), ``route`` the route template, when known, and
+        ``session`` the decision's ``sample`` key (-1: none)."""
         if step >= 0 and step != self._routing.step:
             self.stale_outcomes += 1  # routed under another step or release
             return
-        self._evaluation.record(variant, success, seconds, cluster, route)
+        self._evaluation.record(variant, success, seconds, cluster, route, session)
+
+    def track(self, session_id: str, metric: str, value: float = 1.0) -> None:
+        """Report the business metric ``metric`` for the session ``session_id``
+        outside a request (a background job, a payment callback): counted for
+        the variant the session is routed to now (``RoutingDecision.track``
+        inside a request). ``value``: its amount, 1 by default. A metric the
+        config does not define is counted and ignored, with one warning."""
+        if not isinstance(session_id, str):
+            raise ConfigError("session_id", session_id, "a session id (str)")
+        self._tracker(self.route_request(session_id), metric, value)
 
     def _act(self, state: GateState, health: CanaryHealth) -> None:
         """What a verdict leads to, while a release is in progress: a rollback
@@ -523,7 +575,25 @@ class PromotionGate:
             store=self._store_status(),
             plan=self.plan_status(),
             webhooks=tuple(self.webhook_status()),
+            metrics=self._metric_figures(state),
+            undefined_metrics=self._tracker.undefined_counts(),
         )
+
+    def metric_figures(self) -> tuple[MetricView, ...]:
+        """Each business metric's figures in the current step (none in production)."""
+        return self._metric_figures(self._current())
+
+    def _metric_figures(self, state: GateState) -> tuple[MetricView, ...]:
+        if state.environment.name == PRODUCTION:
+            return ()
+        return self._step_metric_figures()
+
+    def _step_metric_figures(self) -> tuple[MetricView, ...]:
+        """The figures of the step's evidence, whatever the state (a rollback's
+        webhooks read them as the rollback is made)."""
+        if not self.config.metrics:
+            return ()
+        return metric_views(self.config.metrics, *self._evaluation.evidence())
 
     def monitor_canary_health(self) -> CanaryHealth:
         """Evaluate now: compute the health and roll back if a check fails."""

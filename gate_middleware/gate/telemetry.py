@@ -16,6 +16,14 @@ Observable gauges (read when the app's SDK collects):
 - ``gate_middleware.gate.stage`` (unit ``1``): one point per
   ``gate.environment`` (canary, staging, production), 1 for the current one
 
+Business metrics (only for a rollout that defines them), per ``gate.metric``
+(a name from the config: bounded) and ``gate.variant``:
+
+- ``gate_middleware.metric.value`` (unit ``1``): the metric per sampled
+  session in the current step (the share converting, or the mean total)
+- ``gate_middleware.metric.sessions`` (unit ``{session}``): the sessions
+  sampled
+
 Counters, exported at 0 for every attribute set from the start (so
 ``increase(...[5m]) > 0`` fires on the first event, not the second):
 
@@ -42,6 +50,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, g
 from gate_middleware.domain.environment import CANARY_STAGE, PRODUCTION, STAGING, Environment
 from gate_middleware.domain.naming import SCHEMA_URL
 from gate_middleware.domain.routing import CANARY, STABLE
+from gate_middleware.domain.state import MetricView
 from gate_middleware.judge.statistics import HEALTHY, INSUFFICIENT_DATA, MONITOR, ROLLBACK
 from gate_middleware.judge.verdict import CanaryHealth
 
@@ -62,11 +71,15 @@ class ObservedGate(Protocol):
 
     def health_snapshot(self) -> CanaryHealth: ...
 
+    def metric_figures(self) -> tuple[MetricView, ...]: ...
+
 
 class GateTelemetry:
     """Creates the gate's instruments once; ``count_*`` are called on events."""
 
-    def __init__(self, gate: ObservedGate, meter_provider: MeterProvider | None) -> None:
+    def __init__(
+        self, gate: ObservedGate, meter_provider: MeterProvider | None, *, metrics: bool = False
+    ) -> None:
         from gate_middleware.version import __version__
 
         meter = get_meter(
@@ -132,6 +145,40 @@ class GateTelemetry:
                 callbacks=[observe(read)],
                 unit=unit,
                 description=description,
+            )
+        if metrics:
+
+            def business(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+                def callback(options: CallbackOptions) -> Iterable[Observation]:
+                    current = gate_ref()
+                    if current is None:
+                        return []
+                    points = []
+                    for view in current.metric_figures():
+                        for variant, side in ((CANARY, "canary"), (STABLE, "production")):
+                            figures = view["canary"] if side == "canary" else view["production"]
+                            attributes = {
+                                **rollout,
+                                "gate.metric": view["name"],
+                                "gate.variant": variant,
+                            }
+                            value = figures["mean"] if field == "mean" else figures["sessions"]
+                            points.append(Observation(value, attributes))
+                    return points
+
+                return callback
+
+            meter.create_observable_gauge(
+                "gate_middleware.metric.value",
+                callbacks=[business("mean")],
+                unit="1",
+                description="A business metric per sampled session in the current step, per variant",
+            )
+            meter.create_observable_gauge(
+                "gate_middleware.metric.sessions",
+                callbacks=[business("sessions")],
+                unit="{session}",
+                description="Sessions sampled for the business metrics in the current step, per variant",
             )
         self._rollbacks = meter.create_counter(
             "gate_middleware.gate.rollbacks",

@@ -24,6 +24,7 @@ from gate_middleware.domain.state import (
     CarriedEvidence,
     GateEvent,
     GateState,
+    MetricView,
     PromotionEvent,
     RollbackEvent,
 )
@@ -50,10 +51,17 @@ class AfterChange:
     production, is counted and its callbacks called; the webhooks are told
     of every event."""
 
-    def __init__(self, rollout: str, windows: WindowStore, telemetry: GateTelemetry) -> None:
+    def __init__(
+        self,
+        rollout: str,
+        windows: WindowStore,
+        telemetry: GateTelemetry,
+        metric_figures: Callable[[], tuple[MetricView, ...]] = tuple,
+    ) -> None:
         self._rollout = rollout
         self._windows = windows
         self._telemetry = telemetry
+        self._metric_figures = metric_figures  # the business metrics, for a rollback's webhooks
         self.rollback_callbacks: list[Callable[[RollbackEvent], Any]] = []
         self.promotion_callbacks: list[Callable[[PromotionEvent], Any]] = []
         self.webhooks: list[Webhook] = []
@@ -67,8 +75,11 @@ class AfterChange:
 
     def __call__(self, event: GateEvent, state: GateState) -> None:
         """Carry out what follows ``event``, which made ``state``."""
+        metrics: tuple[MetricView, ...] = ()
         if isinstance(event, RollbackEvent):
             if event.feature == "all":
+                if self.webhooks:  # the step's business metrics, before they are cleared
+                    metrics = self._figures()
                 self._windows.clear()
             self._telemetry.count_rollback(event.environment.name, event.automatic)
             self._notify(self.rollback_callbacks, event)
@@ -77,15 +88,26 @@ class AfterChange:
             if event.to_environment.name in (STAGING, PRODUCTION):
                 self._telemetry.count_promotion(event.to_environment.name)
                 self._notify(self.promotion_callbacks, event)
-        self._announce(event, state)
+        self._announce(event, state, metrics)
 
-    def _announce(self, event: GateEvent, state: GateState) -> None:
+    def _figures(self) -> tuple[MetricView, ...]:
+        try:
+            return self._metric_figures()
+        except Exception:  # a webhook's extra figures must not stop a rollback
+            logger.exception("The business metrics' figures could not be read for the webhooks")
+            return ()
+
+    def _announce(
+        self, event: GateEvent, state: GateState, metrics: tuple[MetricView, ...] = ()
+    ) -> None:
         if not self.webhooks:
             return
-        extra = {
+        extra: dict[str, Any] = {
             "environment": state.environment.to_dict(),
             "plan": None if state.plan is None else state.plan.to_dict(),
         }
+        if metrics:
+            extra["metrics"] = [dict(metric) for metric in metrics]
         payload = event.to_dict()
         for webhook in list(self.webhooks):
             try:

@@ -28,6 +28,9 @@ endpoint can be judged at that endpoint's rate, in fixed memory however
 many routes an app has (templates that share a slot are judged together).
 The failures of up to ``ROUTE_NAMES`` templates are kept by name, so a
 verdict can say which route it saw failing.
+
+When the rollout judges business metrics, ``sample`` holds a uniform sample
+of the side's sessions with their totals (``gate_middleware.judge.sample``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from array import array
 from collections.abc import Mapping, Sequence
 from operator import add
 
+from gate_middleware.judge.sample import SessionSample
 from gate_middleware.judge.sketch import BUCKET_COUNT, bucket_index
 
 CLUSTERS = 64
@@ -111,6 +115,7 @@ class Evidence:
         "route_requests",
         "route_failures",
         "route_names",
+        "sample",
     )
 
     def __init__(self) -> None:
@@ -129,6 +134,7 @@ class Evidence:
         self.route_requests = _NO_ROUTES[:]
         self.route_failures = _NO_ROUTES[:]
         self.route_names: dict[str, int] = {}  # a template's failures, by name
+        self.sample = SessionSample()  # the sessions business metrics are judged on
 
     def record(
         self, success: bool, good: bool, duration: float, cluster: int, route: str | None = None
@@ -237,6 +243,8 @@ class Evidence:
 
     def merge(self, other: Evidence) -> None:
         """Add ``other``'s counts to this evidence."""
+        if other.sample.sessions or other.sample.threshold < self.sample.threshold:
+            self.sample.merge(other.sample)
         if not other.requests:
             return
         self.requests += other.requests
@@ -276,6 +284,7 @@ class Evidence:
         evidence.route_requests = self.route_requests[:]
         evidence.route_failures = self.route_failures[:]
         evidence.route_names = dict(self.route_names)
+        evidence.sample = self.sample.copy()
         return evidence
 
     @property

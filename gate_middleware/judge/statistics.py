@@ -126,6 +126,7 @@ from typing import Protocol, TypedDict
 from gate_middleware.errors import ConfigError
 from gate_middleware.judge.evidence import CLUSTERS, COARSE, COARSE_SHIFT, ROUTE_SLOTS, Evidence
 from gate_middleware.judge.sketch import GAMMA, MIN_SECONDS, bucket_index, quantile
+from gate_middleware.types import mypyc_attr
 
 
 class Verdict(StrEnum):
@@ -336,6 +337,20 @@ class Check(Protocol):
     def figures(self, result: TestResult, canary: Evidence, production: Evidence) -> str:
         """Its figures for a MONITOR or HEALTHY reason ("" for none)."""
         ...
+
+    def waiting_for(self, canary: Evidence, production: Evidence, settings: JudgeSettings) -> str:
+        """What it still needs before the verdict may be HEALTHY ("" for nothing:
+        ``Ready``): a business metric waits for enough sampled sessions."""
+        ...
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Ready:
+    """A check that needs nothing beyond the requests every check needs (an
+    app's own check may subclass it, in the compiled build too)."""
+
+    def waiting_for(self, canary: Evidence, production: Evidence, settings: JudgeSettings) -> str:
+        return ""
 
 
 def normal_cdf(x: float) -> float:
@@ -798,7 +813,7 @@ def _p99(evidence: Evidence) -> float:
 
 
 @dataclass(frozen=True)
-class ErrorRateCheck:
+class ErrorRateCheck(Ready):
     """``errors``: is the canary's failure rate above production's (+ the tolerance)?"""
 
     name: str = "errors"
@@ -851,7 +866,7 @@ class ErrorRateCheck:
 
 
 @dataclass(frozen=True)
-class LatencyCheck:
+class LatencyCheck(Ready):
     """``latency``: is the canary slower than ``latency_tolerance`` × production?"""
 
     name: str = "latency"
@@ -941,7 +956,7 @@ def slow_within_the_line(
 
 
 @dataclass(frozen=True)
-class SloCheck:
+class SloCheck(Ready):
     """``slo``: while the canary misses the SLO, is its bad rate above production's?"""
 
     name: str = "slo"
@@ -996,7 +1011,7 @@ class SloCheck:
 
 
 @dataclass(frozen=True)
-class ObjectiveCheck:
+class ObjectiveCheck(Ready):
     """``objective``: with a thin baseline, is the canary's bad rate above the
     objective's line (``burn_rate_threshold`` × the error budget)?
 
@@ -1098,7 +1113,7 @@ _NAMING_SETTINGS = JudgeSettings()
 
 
 @dataclass(frozen=True)
-class RouteErrorCheck:
+class RouteErrorCheck(Ready):
     """``routes``: is the canary's failure rate on one route above production's there?
 
     Each of the ``ROUTE_SLOTS`` route slots (``Evidence.route``) gets the
@@ -1365,6 +1380,11 @@ def judge(
             f"({' and '.join(signs)}: {_figures(judged, canary, production)}), not yet enough "
             "to roll back; wait before increasing traffic"
         )
+    elif waiting := [
+        text for check, _ in judged if (text := check.waiting_for(canary, production, settings))
+    ]:
+        verdict = INSUFFICIENT_DATA
+        reason = "; ".join(waiting)
     else:
         verdict = HEALTHY
         reason = (
@@ -1481,6 +1501,7 @@ __all__ = [
     "ROLLBACK",
     "Check",
     "ErrorRateCheck",
+    "Ready",
     "JudgeSettings",
     "Judgement",
     "LatencyCheck",

@@ -277,7 +277,37 @@ def render_status(status: dict[str, Any]) -> Group:
         f"flags: stable {', '.join(flags['stable']) or '-'}; release {', '.join(flags['release']) or '-'}"
     )
     events = [printable(event_line(e), "dim") for e in status["recent_events"][-3:]]
-    return Group(head, table, flag_line, printable(health["recommendation"], "italic"), *events)
+    parts: list[Any] = [head, table]
+    metrics = status.get("metrics") or []
+    if metrics:
+        parts.append(metrics_table(metrics))
+    undefined = status.get("undefined_metrics") or {}
+    if undefined:
+        names = ", ".join(f"{name} ({count})" for name, count in undefined.items())
+        parts.append(printable(f"tracked but not defined (ignored): {names}", "dim"))
+    return Group(*parts, flag_line, printable(health["recommendation"], "italic"), *events)
+
+
+def metrics_table(metrics: list[dict[str, Any]]) -> Table:
+    """The business metrics: each side's per-session figure and the change."""
+    table = Table(box=None, pad_edge=False)
+    for column in ("metric", "canary", "production", "change", "sessions"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+
+    def figure(metric: dict[str, Any], side: str) -> str:
+        mean = float(metric[side]["mean"])
+        return f"{mean:.2%}" if metric["kind"] == "conversion" else f"{mean:.4g}"
+
+    for metric in metrics:
+        judged = "" if metric["guardrail"] else " (reported)"
+        table.add_row(
+            printable(f"{metric['name']}{judged}"),
+            Text(figure(metric, "canary"), "dark_orange"),
+            Text(figure(metric, "production"), "blue"),
+            Text(f"{float(metric['relative_change']):+.1%}"),
+            printable(f"{metric['canary']['sessions']} / {metric['production']['sessions']}"),
+        )
+    return table
 
 
 _OUT = Console(highlight=False, soft_wrap=True)

@@ -10,7 +10,9 @@ sum over every process. Used by the Redis and SQLite stores.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
+import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -20,6 +22,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, g
 from gate_middleware.background import BackgroundThread
 from gate_middleware.domain.routing import CANARY, STABLE
 from gate_middleware.judge.evidence import CLUSTERS, COARSE, ROUTE_NAMES, ROUTE_SLOTS, Evidence
+from gate_middleware.judge.sample import SAMPLE_SESSIONS, SessionSample
 from gate_middleware.judge.sketch import BUCKET_COUNT, bucket_index, quantile
 from gate_middleware.judge.verdict import WindowStats
 from gate_middleware.stores.port import WindowStoreBase
@@ -131,6 +134,52 @@ def evidence_from_fields(fields: Iterable[tuple[str, int]]) -> Evidence:
     )
 
 
+SAMPLE_READ_SECONDS = 5.0  # how often a process reads the sessions' sample back (it is large)
+SAMPLE_PREFIXES = ("s", "v")  # the sample's fields, kept beside (not in) the evidence's
+
+
+def sample_fields(sample: SessionSample) -> list[tuple[str, int]]:
+    """The counter fields of a sample: ``s<key>`` a session's requests and
+    ``v<key>/<metric>`` its total of a metric (keys as 16 hex digits)."""
+    fields = [(f"s{key:016x}", requests) for key, requests in sample.sessions.items()]
+    for metric, totals in sample.totals.items():
+        fields.extend((f"v{key:016x}/{metric}", total) for key, total in totals.items() if total)
+    return fields
+
+
+def sample_from_fields(fields: Iterable[tuple[str, int]]) -> tuple[SessionSample, list[str]]:
+    """A sample from its fields (trimmed to ``SAMPLE_SESSIONS``), and the
+    fields of the sessions the trim left out (for the store to delete: none
+    of them is ever taken again). A field that does not parse is skipped."""
+    sessions: dict[int, int] = {}
+    totals: dict[str, dict[int, int]] = {}
+    read: list[tuple[str, int]] = []
+    for name, count in fields:
+        if not isinstance(count, int):
+            continue
+        kind, key_text, metric = name[:1], name[1:17], name[18:]
+        if len(key_text) != 16 or not key_text.isascii():
+            continue
+        try:
+            key = int(key_text, 16)
+        except ValueError:
+            continue
+        if kind == "s" and len(name) == 17 and count >= 0:
+            sessions[key] = sessions.get(key, 0) + count
+        elif kind == "v" and name[17:18] == "/" and metric:
+            totals.setdefault(metric, {})[key] = count
+            sessions.setdefault(key, 0)
+        else:
+            continue
+        read.append((name, key))
+    sample = SessionSample(SAMPLE_SESSIONS)
+    sample.sessions = sessions
+    sample.totals = totals
+    sample.trim()
+    evicted = [name for name, key in read if key > sample.threshold]
+    return sample, evicted
+
+
 class OutcomeBuffer:
     """A shared window store's side in one process: the outcomes not yet
     written (per variant and time slice, and the step's evidence), and the
@@ -145,6 +194,8 @@ class OutcomeBuffer:
         self.merged = _both(Merged)
         self.merged_evidence = _both(Evidence)
         self.dropped = 0  # outcomes whose slice left the window before they were written
+        self.evicted: dict[str, list[str]] = {}  # sample fields the store may delete
+        self.sample_read = -math.inf  # monotonic time of the last read
 
     def record(
         self,
@@ -156,11 +207,15 @@ class OutcomeBuffer:
         number: int,
         evidence: bool,
         route: str | None = None,
+        session: int | None = None,
     ) -> None:
         """Count one outcome (latency bucket ``index``) in slice ``number``."""
         with self.lock:
             if evidence:
-                self.evidence[variant].add(1, not success, not good, index, cluster, route)
+                side = self.evidence[variant]
+                side.add(1, not success, not good, index, cluster, route)
+                if session is not None:
+                    side.sample.expose(session)
             entry = self.slices.get((variant, number))
             if entry is None:
                 entry = self.slices[(variant, number)] = Slice()
@@ -170,6 +225,19 @@ class OutcomeBuffer:
             if good:
                 entry.good += 1
             entry.buckets[index] = entry.buckets.get(index, 0) + 1
+
+    def track(self, variant: str, session: int, metric: str, amount: int) -> None:
+        with self.lock:
+            self.evidence[variant].sample.track(session, metric, amount)
+
+    def sample_due(self) -> bool:
+        """Whether the store should read the sample back in this write."""
+        return time.monotonic() - self.sample_read >= SAMPLE_READ_SECONDS
+
+    def take_evicted(self) -> dict[str, list[str]]:
+        with self.lock:
+            evicted, self.evicted = self.evicted, {}
+        return evicted
 
     def stats(self, variant: str, oldest: int) -> WindowStats:
         """The variant's window: every process's as last read, and this one's unwritten
@@ -205,12 +273,17 @@ class OutcomeBuffer:
             self.evidence = _both(Evidence)
             self.merged = _both(Merged)
             self.merged_evidence = _both(Evidence)
+            self.evicted = {}
+            self.sample_read = -math.inf
 
     def take(self) -> tuple[dict[tuple[str, int], Slice], dict[str, Evidence]]:
         """What is to be written, taken out (``put_back`` if the write fails)."""
         with self.lock:
             pending, self.slices = self.slices, {}
             evidence, self.evidence = self.evidence, _both(Evidence)
+            for variant, fresh in self.evidence.items():
+                # no session above the store's full sample is taken again
+                fresh.sample.lower_threshold(self.merged_evidence[variant].sample.threshold)
             for variant, unsent in evidence.items():
                 # The store keeps about ROUTE_NAMES failing templates by name,
                 # not one more each flush: once it holds that many, only
@@ -247,9 +320,25 @@ class OutcomeBuffer:
             for variant, unsent in evidence.items():
                 self.evidence[variant].merge(unsent)
 
-    def publish(self, merged: dict[str, Merged], merged_evidence: dict[str, Evidence]) -> None:
-        """The windows and evidence of every process, as just read back."""
+    def publish(
+        self,
+        merged: dict[str, Merged],
+        merged_evidence: dict[str, Evidence],
+        samples: dict[str, tuple[SessionSample, list[str]]] | None = None,
+    ) -> None:
+        """The windows and evidence of every process, as just read back, and
+        the sessions' samples when they were read too (``sample_due``; else
+        the last ones read are kept)."""
         with self.lock:
+            for variant, evidence in merged_evidence.items():
+                if samples is None:
+                    evidence.sample = self.merged_evidence[variant].sample
+                else:
+                    evidence.sample, evicted = samples[variant]
+                    if evicted:
+                        self.evicted[variant] = evicted
+            if samples is not None:
+                self.sample_read = time.monotonic()
             self.merged = merged
             self.merged_evidence = merged_evidence
 
@@ -282,6 +371,7 @@ class BufferedWindowStore(WindowStoreBase):
     """
 
     remote = True  # outcomes reach the backend off the request path
+    tracks_metrics = True
     unreachable_errors: tuple[type[BaseException], ...] = ()
 
     def __init__(
@@ -296,7 +386,9 @@ class BufferedWindowStore(WindowStoreBase):
         self._slice_seconds = window_seconds / SLICES
         self._buffer = OutcomeBuffer()
         self._flush_lock = threading.Lock()
-        self._follower = BackgroundThread(f"gate-windows-{rollout}", self.flush, flush_seconds)
+        self._follower = BackgroundThread(
+            f"gate-windows-{rollout}", self._flush_batch, flush_seconds
+        )
         meter = get_meter("gate_middleware", meter_provider=meter_provider)
         meter.create_observable_counter(
             "gate_middleware.store.dropped",
@@ -346,11 +438,24 @@ class BufferedWindowStore(WindowStoreBase):
         cluster: int = 0,
         evidence: bool = True,
         route: str | None = None,
+        session: int | None = None,
     ) -> None:
         number = self._slice_now()
         self._buffer.record(
-            variant, success, good, bucket_index(duration), cluster, number, evidence, route
+            variant,
+            success,
+            good,
+            bucket_index(duration),
+            cluster,
+            number,
+            evidence,
+            route,
+            session,
         )
+        self._follower.ensure()
+
+    def track(self, variant: str, session: int, metric: str, amount: int) -> None:
+        self._buffer.track(variant, session, metric, amount)
         self._follower.ensure()
 
     def stats(self, variant: str, now: float) -> WindowStats:
@@ -367,10 +472,17 @@ class BufferedWindowStore(WindowStoreBase):
         self._clear_shared()
 
     def flush(self) -> None:
-        """Write what was counted and read the merged windows back."""
+        """Write what was counted and read the merged windows back, the
+        sessions' sample too (the background's flushes read it every
+        ``SAMPLE_READ_SECONDS``)."""
+        self._flush_batch(read_sample=True)
+
+    def _flush_batch(self, read_sample: bool = False) -> None:
         # One flush at a time: when an explicit flush returns, its read-back
         # includes what a background flush had in flight.
         with self._flush_lock:
+            if read_sample:  # under the lock: a flush in flight cannot take it over
+                self._buffer.sample_read = -math.inf
             pending, evidence = self._buffer.take()
             try:
                 self._write(pending, evidence)

@@ -121,13 +121,16 @@ class WindowStore(Protocol):
         cluster: int = 0,
         evidence: bool = True,
         route: str | None = None,
+        session: int | None = None,
     ) -> None:
         """Count one outcome at time ``now`` (seconds of the gate's clock).
 
         ``cluster`` is the session's routing bucket (it groups the evidence
         by session); ``evidence=False`` counts it in the window only (the
         step's warm-up); ``route`` is the request's route template, when
-        known (the evidence counts it in its route slot: ``Evidence.add``).
+        known (the evidence counts it in its route slot: ``Evidence.add``);
+        ``session`` is the session's sample key, when the rollout judges
+        business metrics (``Evidence.sample``: the session is exposed).
         """
         ...
 
@@ -137,6 +140,17 @@ class WindowStore(Protocol):
 
     def evidence(self, variant: str) -> Evidence:
         """A copy of the variant's evidence since the step began."""
+        ...
+
+    @property
+    def tracks_metrics(self) -> bool:
+        """Whether ``track`` keeps what it is given (a store that does not
+        cannot serve a rollout with business metrics: the gate refuses it)."""
+        ...
+
+    def track(self, variant: str, session: int, metric: str, amount: int) -> None:
+        """Add ``amount`` (millionths) to the session's (its sample key's) total
+        of ``metric`` in ``variant``'s evidence (``SessionSample.track``)."""
         ...
 
     def clear(self) -> None:
@@ -205,6 +219,7 @@ class WindowStoreBase(ABC):
     """A window store's required methods, and no-op defaults for the rest."""
 
     remote: bool = False
+    tracks_metrics: bool = False
 
     @abstractmethod
     def record(
@@ -217,6 +232,7 @@ class WindowStoreBase(ABC):
         cluster: int = 0,
         evidence: bool = True,
         route: str | None = None,
+        session: int | None = None,
     ) -> None:
         """Count one outcome at time ``now``."""
 
@@ -231,6 +247,9 @@ class WindowStoreBase(ABC):
     @abstractmethod
     def clear(self) -> None:
         """Forget every outcome."""
+
+    def track(self, variant: str, session: int, metric: str, amount: int) -> None:  # noqa: B027
+        """Business metrics are not kept (``tracks_metrics`` is false)."""
 
     def flush(self) -> None:  # noqa: B027
         """Nothing is held back."""

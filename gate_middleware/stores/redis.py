@@ -106,6 +106,8 @@ from gate_middleware.stores.buffer import (
     digest,
     evidence_fields,
     evidence_from_fields,
+    sample_fields,
+    sample_from_fields,
 )
 from gate_middleware.stores.port import (
     TRANSITION_TIMEOUT_SECONDS,
@@ -704,7 +706,12 @@ class RedisWindowStore(BufferedWindowStore):
 
     def _clear_shared(self) -> None:
         try:
+            previous = self._epoch
             self._epoch = int(self._next_epoch(keys=[self._epoch_key]))
+            # The last step's sessions' sample is the largest thing it left:
+            # gone now, not when it expires.
+            for variant in (CANARY, STABLE):
+                self._client.delete(f"{self._prefix}:{previous}:{variant}:sample")
         except Unavailable as exc:
             self._outage.failed(exc)
 
@@ -741,19 +748,41 @@ class RedisWindowStore(BufferedWindowStore):
             for variant in (CANARY, STABLE)
             for number in range(oldest, now_slice + 1)
         ]
+        evicted = self._buffer.take_evicted()
+        read_sample = self._buffer.sample_due()
         for variant in (CANARY, STABLE):
             evidence_key = f"{self._prefix}:{self._epoch}:{variant}:evidence"
             for name, amount in evidence_fields(evidence[variant]):
                 pipe.hincrby(evidence_key, name, amount)
             pipe.expire(evidence_key, EVIDENCE_SECONDS)
+            # The sessions' sample: a hash of its own, read back only every
+            # SAMPLE_READ_SECONDS (it holds thousands of fields).
+            sample_key = f"{self._prefix}:{self._epoch}:{variant}:sample"
+            counters = sample_fields(evidence[variant].sample)
+            for name, amount in counters:
+                pipe.hincrby(sample_key, name, amount)
+            if evicted.get(variant):
+                pipe.hdel(sample_key, *evicted[variant])
+            if counters:
+                pipe.expire(sample_key, EVIDENCE_SECONDS)
         for variant in (CANARY, STABLE):
             pipe.hgetall(f"{self._prefix}:{self._epoch}:{variant}:evidence")
         for variant, number in order:
             pipe.hgetall(f"{self._prefix}:{self._epoch}:{variant}:{number}")
+        if read_sample:
+            for variant in (CANARY, STABLE):
+                pipe.hgetall(f"{self._prefix}:{self._epoch}:{variant}:sample")
         replies = pipe.execute()
         pending.clear()  # in Redis now: nothing below may lose or repeat them
         evidence.clear()
         self._outage.recovered()
+        samples = None
+        if read_sample:
+            samples = {
+                variant: sample_from_fields(_decode_fields(reply))
+                for variant, reply in zip((CANARY, STABLE), replies[-2:], strict=True)
+            }
+            replies = replies[:-2]
         evidence_replies = replies[-len(order) - 2 : -len(order)]
         merged_evidence = {
             variant: _decode_evidence(reply)
@@ -773,18 +802,23 @@ class RedisWindowStore(BufferedWindowStore):
         for old_key in [k for k in self._corruption.problems if k.startswith(self._prefix)]:
             if not any(old_key.endswith(f":{v}:{n}") for v, n in order):
                 self._corruption.repaired(old_key)  # it left the window
-        self._buffer.publish(merged, merged_evidence)
+        self._buffer.publish(merged, merged_evidence, samples)
 
 
-def _decode_evidence(reply: dict[bytes, bytes]) -> Evidence:
-    """Evidence from its hash (``evidence_from_fields``); a field that does not parse is skipped."""
+def _decode_fields(reply: dict[bytes, bytes]) -> list[tuple[str, int]]:
+    """A hash's counter fields; a field that does not parse is skipped."""
     fields: list[tuple[str, int]] = []
     for key, value in reply.items():
         try:
             fields.append((key.decode("utf-8"), int(value)))
         except (UnicodeDecodeError, ValueError):
             continue
-    return evidence_from_fields(fields)
+    return fields
+
+
+def _decode_evidence(reply: dict[bytes, bytes]) -> Evidence:
+    """Evidence from its hash (``evidence_from_fields``); a field that does not parse is skipped."""
+    return evidence_from_fields(_decode_fields(reply))
 
 
 # -- connecting ------------------------------------------------------------------------

@@ -82,6 +82,8 @@ from gate_middleware.stores.buffer import (
     digest,
     evidence_fields,
     evidence_from_fields,
+    sample_fields,
+    sample_from_fields,
 )
 from gate_middleware.stores.outbox import Delivery
 from gate_middleware.stores.port import (
@@ -657,8 +659,13 @@ class SqliteWindowStore(BufferedWindowStore):
         evidence_rows = [
             (variant, name, n)
             for variant in (CANARY, STABLE)
-            for name, n in evidence_fields(evidence[variant])
+            for name, n in (
+                *evidence_fields(evidence[variant]),
+                *sample_fields(evidence[variant].sample),
+            )
         ]
+        evicted = self._buffer.take_evicted()
+        read_sample = self._buffer.sample_due()
         with self._database.locked() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -687,6 +694,17 @@ class SqliteWindowStore(BufferedWindowStore):
                     "DELETE FROM gate_evidence WHERE rollout = ? AND epoch <> ?",
                     (self._rollout, epoch),
                 )
+                # Sessions the sample left out: never taken again (the file
+                # keeps the sample's size).
+                db.executemany(
+                    "DELETE FROM gate_evidence "
+                    "WHERE rollout = ? AND epoch = ? AND variant = ? AND field = ?",
+                    [
+                        (self._rollout, epoch, variant, name)
+                        for variant, names in evicted.items()
+                        for name in names
+                    ],
+                )
                 db.execute("COMMIT")
                 self.transactions += 1
             except BaseException:
@@ -701,9 +719,22 @@ class SqliteWindowStore(BufferedWindowStore):
                 (self._rollout, epoch, oldest),
             ).fetchall()
             steps = db.execute(
-                "SELECT variant, field, count FROM gate_evidence WHERE rollout = ? AND epoch = ?",
+                "SELECT variant, field, count FROM gate_evidence WHERE rollout = ? AND epoch = ? "
+                "AND NOT (field >= 's' AND field < 't') AND NOT (field >= 'v' AND field < 'w')",
                 (self._rollout, epoch),
             ).fetchall()
+            samples = None
+            if read_sample:
+                rows = db.execute(
+                    "SELECT variant, field, count FROM gate_evidence WHERE rollout = ? "
+                    "AND epoch = ? AND ((field >= 's' AND field < 't') "
+                    "OR (field >= 'v' AND field < 'w'))",
+                    (self._rollout, epoch),
+                ).fetchall()
+                samples = {
+                    variant: sample_from_fields((f, n) for v, f, n in rows if v == variant)
+                    for variant in (CANARY, STABLE)
+                }
         self._trouble.recovered()
         merged = {CANARY: Merged(), STABLE: Merged()}
         for variant, _, field, count in slices:
@@ -722,7 +753,7 @@ class SqliteWindowStore(BufferedWindowStore):
             variant: evidence_from_fields((f, n) for v, f, n in steps if v == variant)
             for variant in (CANARY, STABLE)
         }
-        self._buffer.publish(merged, merged_evidence)
+        self._buffer.publish(merged, merged_evidence, samples)
 
     def close(self) -> None:
         super().close()

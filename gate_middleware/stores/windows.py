@@ -160,13 +160,25 @@ class InMemoryWindowStore:
         cluster: int = 0,
         evidence: bool = True,
         route: str | None = None,
+        session: int | None = None,
     ) -> None:
         window = self._windows[variant]
         index = bucket_index(duration)
         with self._lock:
             window.record_bucket(success, good, index, now)
             if evidence:
-                self._evidence[variant].add(1, not success, not good, index, cluster, route)
+                side = self._evidence[variant]
+                side.add(1, not success, not good, index, cluster, route)
+                if session is not None:
+                    side.sample.expose(session)
+
+    @property
+    def tracks_metrics(self) -> bool:
+        return True
+
+    def track(self, variant: str, session: int, metric: str, amount: int) -> None:
+        with self._lock:
+            self._evidence[variant].sample.track(session, metric, amount)
 
     def stats(self, variant: str, now: float) -> WindowStats:
         with self._lock:

@@ -373,6 +373,7 @@ class RequestLifecycle:
                 decision.step,
                 decision.bucket,
                 route if isinstance(route, str) else None,
+                decision.sample,
             )
         except Exception as exc:
             self.report_fault("record", exc)

@@ -10,6 +10,7 @@ instrumentation, with and without OpenFeature's ``TracingHook``.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -221,3 +222,45 @@ def test_no_tracer_no_trace_and_no_error() -> None:
     with TestClient(starlette_app(gate, feature_client(gate))) as http:
         body = http.get("/").json()
     assert body["reason"] == "SPLIT"
+
+
+def test_track_reports_a_business_metric_for_the_session() -> None:
+    """``client.track`` counts for the request's session, or the targeting
+    key's outside a request; it never raises (OpenFeature's rule)."""
+    from openfeature.track import TrackingEventDetails
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from gate_middleware.domain.metrics import MetricDefinition
+    from gate_middleware.integrations.starlette import GateMiddleware
+
+    gate = PromotionGate(
+        PromotionConfig(
+            environment=Environment.canary(50),
+            metrics=[MetricDefinition("order_value", kind="mean")],
+        )
+    )
+    client = feature_client(gate)
+
+    async def buy(request: Request) -> PlainTextResponse:
+        client.track("order_value", tracking_event_details=TrackingEventDetails(value=20.0))
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/buy", buy)])
+    app.add_middleware(GateMiddleware, gate=gate, override_token=TOKEN)
+    with TestClient(app) as http:
+        for _ in range(10):
+            http.cookies.clear()
+            assert http.get("/buy").status_code == 200
+    client.track("order_value", EvaluationContext("user-7"))  # 1 without a value
+    client.track("order_value")  # no session: logged and dropped
+    client.track("order_value", EvaluationContext("user-7"), TrackingEventDetails(value=math.nan))
+    [view] = gate.status().to_dict()["metrics"]
+    sides = (view["canary"], view["production"])
+    assert sum(side["sessions"] for side in sides) == 11  # user-7 reported, so it counts
+    total = sum(side["sessions"] * side["mean"] for side in sides)
+    assert total == pytest.approx(10 * 20.0 + 1.0)
+    gate.close()

@@ -23,6 +23,7 @@ from gate_middleware.judge.statistics import (
     JudgeSettings,
     LatencyCheck,
     ObjectiveCheck,
+    Ready,
     RouteErrorCheck,
     SloCheck,
     Verdict,
@@ -40,10 +41,11 @@ def evidence_of(requests: int, failures: int = 0, duration: float = 0.05) -> Evi
 
 
 @dataclass(frozen=True)
-class CheckoutCheck:
-    """A judged business metric, as the next feature would add one: here its
-    evidence is given, where a real one would test the canary's and
-    production's counts of the metric anytime-validly."""
+class CheckoutCheck(Ready):
+    """A check written by an app (the business metrics' own is
+    ``gate_middleware.judge.guardrails.MetricCheck``): here its evidence is
+    given, where a real one would test the canary against production
+    anytime-validly. ``Ready`` gives it ``waiting_for`` (it waits for nothing)."""
 
     log_evidence: float
     sign: bool = False

@@ -26,6 +26,7 @@ from gate_middleware import ConfigError, Environment, PromotionConfig, Promotion
 from gate_middleware.domain.codec import CorruptData, decode_state, encode_state
 from gate_middleware.domain.state import CarriedEvidence, GateState
 from gate_middleware.judge.evidence import ROUTE_NAMES, Evidence, route_slot
+from gate_middleware.judge.sample import SAMPLE_SESSIONS, SCALE
 from gate_middleware.judge.verdict import WindowStats
 from gate_middleware.stores import (
     Delivery,
@@ -39,7 +40,12 @@ from gate_middleware.stores import (
     schemes,
 )
 from gate_middleware.stores import registry as store_registry
-from gate_middleware.stores.buffer import evidence_fields, evidence_from_fields
+from gate_middleware.stores.buffer import (
+    evidence_fields,
+    evidence_from_fields,
+    sample_fields,
+    sample_from_fields,
+)
 from gate_middleware.stores.memory import InMemoryStateStore
 from gate_middleware.stores.windows import InMemoryWindowStore
 from tests.servers import RedisServer, eventually
@@ -330,6 +336,78 @@ def test_odd_route_templates_are_counted_and_never_block_a_write(backend: Backen
     assert not {"/bad\udcff", "/line\nbreak", ""} & set(evidence.route_names)
     assert len(evidence.route_names) <= ROUTE_NAMES
     assert {"/many/0/0", "/many/1/0"} <= set(evidence.route_names)
+
+
+def test_business_metrics_are_kept_per_session_and_merged(backend: Backend) -> None:
+    """Every store keeps each sampled session's requests and metric totals
+    (negative amounts too), added up across the openings of a shared rollout."""
+    name = rollout()
+    one, two = backend(name), backend(name)
+    assert one.windows.tracks_metrics
+    keys = [(number + 1) << 40 for number in range(40)]
+    for windows in (one.windows, two.windows):
+        for index, key in enumerate(keys):
+            windows.record("canary", True, True, 0.01, 1_000.0, cluster=index, session=key)
+            if index % 4 == 0:
+                windows.track("canary", key, "checkout", SCALE)
+                windows.track("canary", key, "refund.value", -2 * SCALE - 500_000)
+        windows.track("stable", 7, "checkout", SCALE)  # tracked with no request counted
+        windows.flush()
+    factor = 2 if backend.shared else 1
+
+    def merged() -> bool:
+        one.windows.flush()
+        return one.windows.evidence("canary").sample.sessions == {key: factor for key in keys}
+
+    assert eventually(merged, 5.0)
+    sample = one.windows.evidence("canary").sample
+    assert sample.totals["checkout"] == {key: factor * SCALE for key in keys[::4]}
+    assert sample.totals["refund.value"] == {key: factor * -2_500_000 for key in keys[::4]}
+    assert sample.summary("checkout", conversion=True).mean == pytest.approx(0.25)
+    assert one.windows.evidence("stable").sample.totals["checkout"] == {7: factor * SCALE}
+    one.windows.clear()
+    assert eventually(lambda: not one.windows.evidence("canary").sample.sessions, 5.0)
+
+
+def test_the_sessions_sample_stays_its_size_in_the_store(backend: Backend) -> None:
+    """More sessions than the sample holds: it keeps the smallest keys, and a
+    shared store deletes the rest (the file or the hash stays the sample's size)."""
+    stores = backend(rollout())
+    windows = stores.windows
+    extra = SAMPLE_SESSIONS // 4
+    keys = [(key * 2_654_435_761) % (1 << 64) for key in range(1, SAMPLE_SESSIONS + extra + 1)]
+    for key in keys:
+        windows.record("stable", True, True, 0.01, 1_000.0, cluster=key, session=key)
+    windows.flush()
+    windows.flush()  # the second write deletes what the first read left out
+    sample = windows.evidence("stable").sample
+    assert set(sample.sessions) == set(sorted(keys)[:SAMPLE_SESSIONS])
+    assert len(sample) == SAMPLE_SESSIONS
+    if backend.name == "sqlite":
+        import sqlite3
+
+        path = str(windows._database.path)  # type: ignore[attr-defined]
+        with sqlite3.connect(path) as db:
+            [(rows,)] = db.execute(
+                "SELECT count(*) FROM gate_evidence WHERE field >= 's' AND field < 't'"
+            ).fetchall()
+        assert rows == SAMPLE_SESSIONS
+    if backend.name == "redis":
+        client = windows._client  # type: ignore[attr-defined]
+        prefix, epoch = windows._prefix, windows._epoch  # type: ignore[attr-defined]
+        assert client.hlen(f"{prefix}:{epoch}:stable:sample") == SAMPLE_SESSIONS
+
+
+def test_sample_fields_round_trip_and_skip_what_does_not_parse() -> None:
+    evidence = Evidence()
+    evidence.sample.expose(5, 3)
+    evidence.sample.track(5, "buy", SCALE)
+    evidence.sample.track(9, "value", -7)
+    fields = sample_fields(evidence.sample)
+    junk = [("s12", 1), ("sZZZZZZZZZZZZZZZZ", 1), ("v0000000000000005", 1), ("x", 1)]
+    sample, evicted = sample_from_fields(fields + junk)
+    assert sample.sessions == {5: 3, 9: 0} and evicted == []
+    assert sample.totals == {"buy": {5: SCALE}, "value": {9: -7}}
 
 
 def test_evidence_fields_round_trip_and_skip_what_does_not_parse() -> None:

@@ -354,6 +354,29 @@ def test_a_faulty_canary_is_rolled_back_once_by_four_workers(
             raise UnreportedRollback(figures)
 
 
+@pytest.mark.serial
+def test_a_broken_checkout_is_rolled_back_by_its_metric_across_four_workers(url: str) -> None:
+    """Each of four gunicorn workers sees a share of the sessions; the store
+    merges their samples, and the guardrail rolls the release back once,
+    naming the metric, though every response was quick and successful."""
+    env = store_env(
+        url, f"sqlite-metric-{uuid.uuid4().hex[:8]}", GATE_METRIC="1", GATE_BROKEN_CHECKOUT="1"
+    )
+    with started("gunicorn sync", env) as base, Visitors(base) as crowd:
+        for _ in range(150):  # bounded: a few hundred sessions, and a sample read every 5 s
+            answers = crowd.answers(20)
+            assert all(answer["status"] == 200 for answer in answers)
+            if "rollback" in kinds(history(base)):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the broken checkout was never rolled back")
+        until_every_worker_agrees(crowd)
+        rollbacks = [e for e in history(base) if e["kind"] == "rollback"]
+    assert len(rollbacks) == 1
+    assert "metric checkout_completed (sessions converting)" in rollbacks[0]["reason"]
+
+
 # -- one gate object per process, two processes' worth in one test -------------------------
 
 

@@ -11,7 +11,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
-from gate_middleware.judge.statistics import RouteErrorCheck
+from gate_middleware.domain.metrics import MetricDefinition
+from gate_middleware.judge.statistics import ErrorRateCheck, RouteErrorCheck
 from tests.apps import FLAG, FRAMEWORKS, ROUTES, client_for
 from tests.support import FakeClock, metric_points
 
@@ -248,6 +249,41 @@ def test_the_route_template_reaches_the_judge_and_names_the_rollback(
     [event] = gate.get_rollback_history()
     failing = "canary-fails" if framework.startswith("django") else "/canary-fails"
     assert f"canary error rate on route {failing} " in event.reason, event.reason
+
+
+def test_a_business_metric_tracked_in_the_view_rolls_back_a_release_that_breaks_it(
+    framework: str, gate_clock: FakeClock, meter_provider: MeterProvider
+) -> None:
+    """``track()`` on each framework's request object (``request.state.gate``,
+    ``g.gate``, ``request.gate``) reaches the judge for the session's
+    variant: a release whose checkout never completes, without an error or
+    a slow response, is rolled back by the guardrail, which the reason names."""
+    gate = PromotionGate(
+        PromotionConfig(
+            environment=Environment.canary(50),
+            min_requests=20,
+            metrics=[MetricDefinition("checkout_completed", tolerance=0.05)],
+        ),
+        clock=gate_clock,
+        checks=(ErrorRateCheck(share=1.0),),
+    )
+    client, cleanup = client_for(framework, gate, meter_provider=meter_provider)
+    try:
+        for _ in range(240):
+            client.cookies.clear()
+            assert client.get("/checkout").status_code == 200
+        gate_clock.advance(6.0)
+        client.cookies.clear()
+        client.get("/checkout")
+    finally:
+        client.close()
+        if cleanup:
+            cleanup()
+    assert gate.environment == Environment.PRODUCTION
+    [event] = gate.get_rollback_history()
+    assert "metric checkout_completed (sessions converting) on the canary 0 " in event.reason, (
+        event.reason
+    )
 
 
 def test_the_qa_override_needs_the_token(make_client: MakeClient) -> None:
