@@ -51,6 +51,19 @@ The traffic model, for every case unless it says otherwise:
   ``route_errors``: the canary fails that fraction of its ``/checkout``
   requests (the endpoint-local regression), and the rest as production.
 
+- Business metrics (``metric`` set; the ``sessions`` model): each session
+  reports ``checkout_completed`` with probability 3 % (the canary's
+  ``metric_effect`` × that), once, at one of its requests chosen uniformly;
+  ``metric="mean"``: such a session reports an order value, lognormal with
+  σ = 1.5 (the canary's × ``metric_effect``), judged as value per session.
+  A session enters its side's sample at its first request (the gate's
+  bottom-k sample of ``SAMPLE_SESSIONS`` smallest keys, keys uniform). The
+  judge runs every check the gate would (the built-in ones with 80 % of the
+  rate, the metric's guardrail with 20 %, tolerance 0). "Fixed horizon"
+  beside them: one one-sided z-test of the same per-session figures at
+  the end (the guardrail's own z), at the guardrail's own α (0.2 %), which
+may look once only.
+
 The decisions are the judge's own code (``gate_middleware.judge.statistics``) fed the
 evidence the gate would hold, with the lines the gate draws for a release's
 steps (its first from ``release_start_log_evidence``, a later one moved by
@@ -84,13 +97,23 @@ from gate_middleware.judge.evidence import (
     Evidence,
     route_slot,
 )
+from gate_middleware.judge.guardrails import (
+    METRICS_SHARE,
+    MetricCheck,
+    MetricComparison,
+    with_metric_checks,
+)
+from gate_middleware.judge.sample import SAMPLE_SESSIONS, SessionSummary
 from gate_middleware.judge.sketch import _INV_LOG_GAMMA, _LOG_MIN, _TOP, BUCKET_COUNT, MIN_SECONDS
 from gate_middleware.judge.statistics import (
+    DEFAULT_CHECKS,
     HEALTHY,
     ROLLBACK,
+    Check,
     JudgeSettings,
     carry,
     judge,
+    normal_cdf,
     release_start_log_evidence,
 )
 
@@ -106,6 +129,9 @@ ROUTES = [ENDPOINT] + [f"/api/v1/resource{k}/{{item_id}}" for k in range(1, 40)]
 _ZIPF = 1.0 / np.arange(1, len(ROUTES), dtype=float)
 ROUTE_WEIGHTS = np.concatenate(([ENDPOINT_SHARE], (1.0 - ENDPOINT_SHARE) * _ZIPF / _ZIPF.sum()))
 ROUTE_SLOT_OF = np.array([route_slot(route) for route in ROUTES], dtype=np.int64)
+METRIC = "checkout_completed"
+CONVERSION_RATE = 0.03  # the share of sessions that report the metric (production)
+VALUE_SIGMA = 1.5  # an order value's lognormal σ (metric="mean")
 
 
 @dataclass(frozen=True)
@@ -122,6 +148,8 @@ class Case:
     target: str = ""  # what the README promises for it
     rate: float = 50.0  # requests per second
     route_errors: float | None = None  # the canary's failure rate on ENDPOINT, when it differs
+    metric: str | None = None  # "conversion" or "mean": a business metric is judged too
+    metric_effect: float = 1.0  # the canary's conversion rate (or value) × this
 
     @property
     def null(self) -> bool:
@@ -131,6 +159,7 @@ class Case:
             self.canary_errors == self.production_errors
             and self.latency_factor <= 1.5
             and self.route_errors is None
+            and self.metric_effect >= 1.0
         )
 
 
@@ -312,6 +341,57 @@ CASES = [
         rate=1.0,
         target="≥ 95 % within 10 min",
     ),
+    Case(
+        "conversion_null_10",
+        "conversion 3 % of sessions, canary = production, 10 % share",
+        10.0,
+        model="sessions",
+        metric="conversion",
+        target="≤ 1 %",
+    ),
+    Case(
+        "conversion_null_1",
+        "conversion 3 % of sessions, canary = production, 1 % share",
+        1.0,
+        model="sessions",
+        metric="conversion",
+        target="≤ 1 %",
+    ),
+    Case(
+        "conversion_drop10_10",
+        "conversion 3 % → 2.7 % (−10 %), 10 % share",
+        10.0,
+        model="sessions",
+        metric="conversion",
+        metric_effect=0.9,
+        target="detection and time stated",
+    ),
+    Case(
+        "conversion_drop50_10",
+        "conversion 3 % → 1.5 % (−50 %), 10 % share",
+        10.0,
+        model="sessions",
+        metric="conversion",
+        metric_effect=0.5,
+        target="detection and time stated",
+    ),
+    Case(
+        "value_null_10",
+        "order value per session (lognormal σ 1.5), canary = production, 10 % share",
+        10.0,
+        model="sessions",
+        metric="mean",
+        target="≤ 1 %",
+    ),
+    Case(
+        "value_drop5_10",
+        "order value per session −5 %, 10 % share",
+        10.0,
+        model="sessions",
+        metric="mean",
+        metric_effect=0.95,
+        target="detection and time stated",
+    ),
 ]
 
 
@@ -369,6 +449,8 @@ class Traffic:
     failed: np.ndarray  # bool
     durations: np.ndarray  # seconds
     route: np.ndarray  # the index of its template in ROUTES
+    session: np.ndarray | None = None  # the session of each request (the sessions models)
+    on_canary: np.ndarray | None = None  # each session's side (the sessions models)
 
     def requests(self) -> Iterator[tuple[float, bool, int, bool, float, str]]:
         """(time, on the canary, group, failed, duration, route template) of
@@ -391,6 +473,7 @@ def generate(case: Case, seed: int) -> Traffic:
     times = np.sort(rng.random(total) * case.seconds)
     share = case.share / 100.0
     session_factor = 1.0
+    session = on_canary = None
     if case.model in ("sessions", "slow_sessions"):
         weights, on_canary, groups, failing = _sessions(rng, seed, 20_000, case.share)
         session = rng.choice(weights.size, size=total, p=weights)
@@ -414,7 +497,7 @@ def generate(case: Case, seed: int) -> Traffic:
     durations = np.exp(math.log(MEDIAN_SECONDS) + SIGMA * rng.standard_normal(total))
     durations = durations * session_factor
     durations = np.where(canary, durations * case.latency_factor, durations)
-    return Traffic(times, canary, cluster, failed, durations, route)
+    return Traffic(times, canary, cluster, failed, durations, route, session, on_canary)
 
 
 def final_evidence(case: Case, seed: int, objective: float = 0.5) -> tuple[Evidence, Evidence]:
@@ -486,6 +569,13 @@ def simulate(
         np.add.at(route_fail, (idx, slots), failed[side].astype(np.int64))
         side_data.append((hist, req, fail, badc, cells, route_req, route_fail))
     window_intervals = int(window // INTERVAL)
+    checks: tuple[Check, ...] = DEFAULT_CHECKS
+    samples: list[list[SessionSummary]] | None = None
+    if case.metric is not None:
+        samples = metric_summaries(case, seed, traffic, intervals)
+        checks = with_metric_checks(
+            DEFAULT_CHECKS, [MetricCheck(METRIC, 1.0, conversion=case.metric == "conversion")]
+        )
     verdict = None
     # As the gate judges a release: its first step from log(1 - RESTART_SHARE),
     # each later one from what the step before carries (``carry``).
@@ -502,17 +592,107 @@ def simulate(
         for k in range(end - start):
             evidence = [_evidence(*(part[k] for part in c)) for c in cumulative]
             now = start + k
+            if samples is not None:
+                for side, figures in zip(evidence, samples, strict=True):
+                    side.sample = FixedSample(figures[now])  # type: ignore[assignment]
             lo = max(0, now + 1 - window_intervals)
             window_requests = canary_req_per_interval[lo : now + 1].sum()
             window_bad = canary_bad_per_interval[lo : now + 1].sum()
             compliance = 1.0 - window_bad / window_requests if window_requests else 1.0
             result = judge(
-                evidence[0], evidence[1], step_settings, canary_window_compliance=compliance
+                evidence[0],
+                evidence[1],
+                step_settings,
+                canary_window_compliance=compliance,
+                checks=checks,
             )
             verdict = result.verdict
             if verdict == ROLLBACK:
                 return (now + 1) * INTERVAL, False
     return None, verdict == HEALTHY
+
+
+class FixedSample:
+    """A side's sample of sessions as the judge reads it (``summary``), its
+    figures computed from the traffic at once (``metric_summaries``): the
+    merging of samples is tested on its own (tests/judge/test_guardrails.py)."""
+
+    def __init__(self, figures: SessionSummary) -> None:
+        self._figures = figures
+
+    def summary(self, metric: str, conversion: bool) -> SessionSummary:
+        return self._figures
+
+
+def metric_summaries(
+    case: Case, seed: int, traffic: Traffic, intervals: int
+) -> list[list[SessionSummary]]:
+    """Per side (canary, production), the sample's per-session figures of the
+    metric at the end of each evaluation interval (the model in the module
+    docstring): sessions enter at their first request, report at one of them."""
+    assert traffic.session is not None and traffic.on_canary is not None
+    rng = np.random.default_rng([seed, zlib.crc32(case.name.encode()), 7])
+    count = traffic.on_canary.size
+    order = np.lexsort((rng.random(traffic.session.size), traffic.session))
+    sessions_sorted = traffic.session[order]
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = sessions_sorted[1:] != sessions_sorted[:-1]
+    seen = np.full(count, np.inf)
+    seen_request = np.full(count, np.inf)
+    np.minimum.at(seen, traffic.session, traffic.times)  # its first request
+    seen_request[sessions_sorted[first]] = traffic.times[order[first]]  # a random request
+    canary = traffic.on_canary
+    rate = np.where(canary, CONVERSION_RATE * case.metric_effect, CONVERSION_RATE)
+    if case.metric == "mean":
+        rate = np.full(count, CONVERSION_RATE)
+    converts = rng.random(count) < rate
+    value = np.ones(count)
+    if case.metric == "mean":
+        value = np.exp(VALUE_SIGMA * rng.standard_normal(count))
+        value = np.where(canary, value * case.metric_effect, value)
+    keys = rng.random(count)
+    looks = (np.arange(intervals) + 1) * INTERVAL
+    figures: list[list[SessionSummary]] = []
+    for side in (canary, ~canary):
+        members = np.flatnonzero(side & np.isfinite(seen))
+        entered = seen[members]
+        reported = np.where(converts[members], seen_request[members], np.inf)
+        amounts = value[members]
+        per_look = []
+        for now in looks.tolist():
+            inside = entered <= now
+            if inside.sum() > SAMPLE_SESSIONS:  # the bottom-k of the keys seen so far
+                chosen = np.flatnonzero(inside)
+                kept = chosen[np.argpartition(keys[members][chosen], SAMPLE_SESSIONS)]
+                inside = np.zeros_like(inside)
+                inside[kept[:SAMPLE_SESSIONS]] = True
+            totals = np.where(reported[inside] <= now, amounts[inside], 0.0)
+            n = int(inside.sum())
+            reporting = int(np.count_nonzero(totals))
+            if case.metric == "conversion":
+                per_look.append(SessionSummary.of_counts(n, reporting))
+            elif n > 1:  # SessionSummary.of_values, vectorised
+                mean = float(totals.mean())
+                per_look.append(SessionSummary(n, mean, float(totals.var(ddof=1)), reporting))
+            else:
+                per_look.append(SessionSummary.of_values(totals.tolist()))
+        figures.append(per_look)
+    return figures
+
+
+def fixed_horizon_rejects(case: Case, seed: int) -> bool:
+    """The same per-session figures at the end, tested once: a one-sided z-test
+    at the guardrail's own α (the release's rate × ``METRICS_SHARE``)."""
+    traffic = generate(case, seed)
+    intervals = int(math.ceil(case.seconds / INTERVAL))
+    canary, production = (side[-1] for side in metric_summaries(case, seed, traffic, intervals))
+    # the guardrail's own z (the same variances), looked at once
+    comparison = MetricComparison(canary, production, 1.0, True, case.metric == "conversion")
+    se = comparison.standard_error
+    if se <= 0.0:
+        return False
+    z = comparison.regression / se
+    return 1.0 - normal_cdf(z) <= SloConfig().false_rollback_rate * METRICS_SHARE
 
 
 class _Clock:
@@ -587,8 +767,13 @@ def simulate_plan(case: Case, seed: int) -> tuple[float | None, bool]:
     return None, False
 
 
-def _run(job: tuple[Case, int]) -> tuple[str, float | None, bool]:
+def _run(job: tuple[Case, int]) -> tuple[str, float | None, bool, bool | None]:
     case, seed = job
+    fixed = fixed_horizon_rejects(case, seed) if case.metric is not None else None
+    return (*_decide(case, seed), fixed)
+
+
+def _decide(case: Case, seed: int) -> tuple[str, float | None, bool]:
     if case.model == "gate":
         return (case.name, *simulate_gate(case, seed))
     if case.model == "plan":
@@ -627,6 +812,7 @@ def main(argv: list[str] | None = None) -> int:
         "| case | runs | rolled back | median time to rollback | promotable at the end | target |"
     )
     print("|---|---|---|---|---|---|")
+    fixed_lines = []
     for case in wanted:
         mine = [r for r in results if r[0] == case.name]
         times = [r[1] for r in mine if r[1] is not None]
@@ -638,6 +824,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * len(times) / len(mine):.1f} % | {median} | "
             f"{100 * promotable / len(mine):.1f} % | {case.target} |"
         )
+        if case.metric is not None:
+            fixed = sum(1 for r in mine if r[3])
+            fixed_lines.append(
+                f"| {case.description} | {len(mine)} | {100 * len(times) / len(mine):.1f} % | "
+                f"{100 * fixed / len(mine):.1f} % |"
+            )
+    if fixed_lines:
+        print(
+            "\n| metric case | runs | rolled back (looking every 5 s) | fixed horizon, one look at 30 min |"
+        )
+        print("|---|---|---|---|")
+        print("\n".join(fixed_lines))
     print(f"\n{len(jobs)} runs in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
 

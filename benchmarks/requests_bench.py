@@ -17,6 +17,7 @@ from opentelemetry.trace import NoOpTracerProvider
 from benchmarks.gate_bench import bars
 from benchmarks.timing import interleaved, table
 from gate_middleware import Environment, PromotionConfig, PromotionGate
+from gate_middleware.domain.metrics import MetricDefinition
 
 COOKIES = [f"gate_session=bench-session-{i:06d}-abcdef".encode() for i in range(1000)]
 
@@ -25,23 +26,29 @@ def sdk() -> MeterProvider:
     return MeterProvider(metric_readers=[InMemoryMetricReader()])
 
 
-def gate(provider: Any) -> PromotionGate:
+def gate(provider: Any, **config: Any) -> PromotionGate:
     return PromotionGate(
-        PromotionConfig(environment=Environment.canary(10), feature_flags=["new_api"]),
+        PromotionConfig(environment=Environment.canary(10), feature_flags=["new_api"], **config),
         meter_provider=provider,
     )
+
+
+METRICS = [MetricDefinition("checkout_completed")]
 
 
 # -- ASGI ------------------------------------------------------------------------
 
 
-def starlette_app() -> Any:
+def starlette_app(track: bool = False) -> Any:
+    """The bare app; ``track``: its view reports a business metric on each request."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
     async def index(request: Request) -> PlainTextResponse:
+        if track:
+            request.state.gate.track("checkout_completed")
         return PlainTextResponse("ok")
 
     return Starlette(routes=[Route("/", index)])
@@ -93,9 +100,16 @@ def starlette_cases(shared: bool = True) -> dict[str, Callable[[int], None]]:
     otel = OpenTelemetryMiddleware(
         starlette_app(), meter_provider=sdk(), tracer_provider=NoOpTracerProvider()
     )
+    tracking = starlette_app(track=True)
+    tracking.add_middleware(
+        GateMiddleware,
+        gate=gate(NoOpMeterProvider(), metrics=METRICS),
+        meter_provider=NoOpMeterProvider(),
+    )
     cases = {
         "Starlette, bare": asgi_case(starlette_app()),
         "+ gate middleware, metrics API only": asgi_case(api_only),
+        "+ gate middleware and a business metric, track() on each request": asgi_case(tracking),
         "+ gate middleware, OpenTelemetry SDK": asgi_case(with_sdk),
         "+ OpenTelemetry ASGI instrumentation, SDK": asgi_case(otel),
     }
@@ -125,6 +139,23 @@ def starlette_cases(shared: bool = True) -> dict[str, Callable[[int], None]]:
         )
         on_file.add_middleware(GateMiddleware, gate=file_gate, meter_provider=NoOpMeterProvider())
         cases["+ gate middleware on SQLite (a file), metrics API only"] = asgi_case(on_file)
+        tracked_file = starlette_app(track=True)
+        tracked_gate = PromotionGate.from_url(
+            f"sqlite://{sqlite_directory()}/gate-metrics.db",
+            PromotionConfig(
+                environment=Environment.canary(10),
+                feature_flags=["new_api"],
+                name="bench-metrics",
+                metrics=METRICS,
+            ),
+            meter_provider=NoOpMeterProvider(),
+        )
+        tracked_file.add_middleware(
+            GateMiddleware, gate=tracked_gate, meter_provider=NoOpMeterProvider()
+        )
+        cases["+ gate middleware on SQLite and a business metric, track() on each request"] = (
+            asgi_case(tracked_file)
+        )
     return cases
 
 

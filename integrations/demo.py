@@ -16,7 +16,10 @@ release (``POST /gate/canary``) and watches. Nobody steers it:
   the judge rolls it back at its first step;
 - ``--scenario manual``: the plan stops at a manual gate (25 %); the demo
   prints the command that lets it through, then runs that command's request
-  itself (as the operator would) and the plan goes on to production.
+  itself (as the operator would) and the plan goes on to production;
+- ``--scenario metric``: every response is quick and successful, but on the
+  canary's path no checkout completes: the app reports ``checkout_completed``
+  with ``track()``, and the guardrail on it rolls the release back.
 
 The app itself is ``create_app()`` (run by uvicorn in its own process).
 """
@@ -55,6 +58,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(f'the demo needs: pip install "gate-middleware[demo]" ({exc})') from exc
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate, SloConfig
+from gate_middleware.domain.metrics import MetricDefinition
 from gate_middleware.domain.plan import RolloutPlan
 from gate_middleware.integrations.starlette import GateMiddleware
 from gate_middleware.operate.admin import AdminASGIApp
@@ -81,12 +85,15 @@ BASE_LATENCY = 0.008
 BASE_ERRORS = 0.003
 FAULTY_ERRORS = 0.15
 FAULTY_EXTRA_LATENCY = 0.030
+PURCHASE_RATE = 0.15  # a visit to /checkout that completes an order
+METRIC = "checkout_completed"
 
 
 def create_app() -> Starlette:
     """The demo shop: ``/checkout`` reads the flag; ``/gate`` is the admin API."""
     scenario = os.environ.get(SCENARIO_ENV)
     faulty = scenario == "faulty"
+    broken_checkout = scenario == "metric"
     bake = float(os.environ.get(BAKE_ENV, "3"))
     steps: list[Any] = list(PLAN_STEPS)
     if scenario == "manual":
@@ -106,6 +113,14 @@ def create_app() -> Starlette:
             min_requests=40,
             evaluation_interval_seconds=0.5,
             plan=plan,
+            # The metric scenario judges the shop's orders too (the others
+            # keep the plan's timing as it was: a guardrail waits for sessions).
+            metrics=[
+                MetricDefinition(METRIC, tolerance=0.05),
+                MetricDefinition("order_value", kind="mean", guardrail=False),
+            ]
+            if broken_checkout
+            else [],
         ),
         SloConfig(latency_objective_seconds=0.1),
     )
@@ -119,6 +134,14 @@ def create_app() -> Starlette:
             latency += FAULTY_EXTRA_LATENCY
             error_rate = FAULTY_ERRORS
         await asyncio.sleep(latency)
+        # An order: a metric the business counts, not an error or a slow answer.
+        if (
+            broken_checkout
+            and rng.random() < PURCHASE_RATE
+            and not decision.is_canary  # the release breaks the order silently
+        ):
+            decision.track(METRIC)
+            decision.track("order_value", round(rng.lognormvariate(3.5, 0.8), 2))
         body = {
             "variant": decision.variant,
             "checkout": "new" if decision.is_enabled(FLAG) else "old",
@@ -511,5 +534,7 @@ def summarise(
                 )
             )
         ok = ok and len(rollbacks) == 1 and FLAG not in status["flags"]["stable"]
+        if scenario == "metric":  # rolled back by the guardrail, not by errors or latency
+            ok = ok and f"metric {METRIC}" in rollbacks[-1]["reason"]
     console.print("RESULT: OK" if ok else "RESULT: FAILED (the scenario did not end as it should)")
     return ok

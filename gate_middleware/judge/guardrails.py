@@ -14,17 +14,29 @@ With the sample means and variances,
 
 and the evidence is the one-sided normal-mixture martingale at ``z``
 (``mixture_log_evidence``) with ``u = (ρ·m)²/se²``, ρ = ``MIXING_SCALE``
-(10 % of the larger mean ``m``, the size of change a guardrail is for).
+(half the larger mean ``m``). The mixture is most powerful for changes of
+about ρ·m relative to what the data can resolve; ρ = 0.5 needs the least
+``z`` to reject (3.9–4.1 at the metrics' share of a 1 % rate) across the
+information a step gathers, ``(m/se)²`` from 10 to 300, where ρ = 0.1 would
+need 6.7 at 33 (``benchmarks/judge_sim.py`` measures the power).
 By the central limit theorem applied uniformly in time (the asymptotic
 confidence sequences of Waudby-Smith, Arbour, Sinha, Kennedy and Ramdas,
 *Time-uniform central limit theory and asymptotic confidence sequences*,
 2024), this is an asymptotic test supermartingale under H0 however often it
 is looked at, so it shares the release's false-rollback budget like the
-built-in checks (``with_metric_checks``). ``bad="increase"`` mirrors it:
+built-in checks (``with_metric_checks``). A conversion's variances are
+each side's own, from its rate with one conversion and one non-conversion
+added (Agresti and Caffo), so a side with none is not taken as certain. A
+count's or a value's are both the larger of the two, s_c² = s_p² =
+max(s_c², s_p²): such a metric is skewed (most sessions buy nothing, a few
+buy much), so a side's sample mean and sample variance move together, and a
+canary that happened to draw few large values would look both worse and
+surer than it is; with the larger variance (production's, under H0, from
+its larger sample) it does not. ``bad="increase"`` mirrors it:
 D = x̄_c − (1 + τ)·x̄_p. A check acts only once each side's sample holds
-``min_requests`` sessions (and, for a conversion, ``SMALL_COUNT``
-converted sessions between them), and until then a HEALTHY verdict waits
-for it (``waiting_for``).
+``min_requests`` sessions and ``SMALL_COUNT`` sessions between them have
+reported the metric, and until then a HEALTHY verdict waits for it
+(``waiting_for``).
 """
 
 from __future__ import annotations
@@ -46,7 +58,7 @@ from gate_middleware.judge.statistics import (
     mixture_log_evidence,
 )
 
-MIXING_SCALE = 0.1  # ρ, relative to the metric's mean: the mixture centres on 10 % changes
+MIXING_SCALE = 0.5  # ρ, relative to the metric's mean (the module docstring)
 METRICS_SHARE = 0.2  # of the false-rollback rate, split equally between the guardrails
 Z_95 = 1.959963984540054  # a 95 % interval's half-width in standard errors
 
@@ -59,6 +71,7 @@ class MetricComparison:
     production: SessionSummary
     factor: float  # production's mean is compared at factor × its value (1 ∓ τ)
     decrease: bool
+    conversion: bool = True
 
     @property
     def regression(self) -> float:
@@ -71,7 +84,10 @@ class MetricComparison:
         c, p = self.canary, self.production
         if c.sessions < 2 or p.sessions < 2:
             return 0.0
-        return math.sqrt(c.variance / c.sessions + self.factor**2 * p.variance / p.sessions)
+        canary, production = c.variance, p.variance
+        if not self.conversion:  # skewed: the larger of the two (the module docstring)
+            canary = production = max(canary, production)
+        return math.sqrt(canary / c.sessions + self.factor**2 * production / p.sessions)
 
     @property
     def relative_change(self) -> float:
@@ -115,16 +131,14 @@ class MetricCheck:
             production.sample.summary(self.metric, self.conversion),
             factor,
             self.decrease,
+            self.conversion,
         )
 
     def _ready(self, comparison: MetricComparison, settings: JudgeSettings) -> bool:
         c, p = comparison.canary, comparison.production
         if min(c.sessions, p.sessions) < settings.min_requests:
             return False
-        if self.conversion:
-            converted = c.mean * c.sessions + p.mean * p.sessions
-            return converted >= SMALL_COUNT
-        return True
+        return c.reporting + p.reporting >= SMALL_COUNT
 
     def test(
         self,
@@ -154,10 +168,11 @@ class MetricCheck:
             f"metric {self.metric}: {c.sessions} canary and {p.sessions} production "
             f"sessions sampled, {settings.min_requests} of each needed"
         )
-        if self.conversion:
-            converted = round(c.mean * c.sessions + p.mean * p.sessions)
-            text += f" and {SMALL_COUNT:g} conversions between them ({converted} so far)"
-        return text
+        reported = "converting" if self.conversion else "reporting it"
+        return text + (
+            f" and {SMALL_COUNT:g} sessions {reported} between them "
+            f"({c.reporting + p.reporting} so far)"
+        )
 
     def rollback_reason(
         self,

@@ -156,11 +156,13 @@ class SessionSample:
 
 @dataclass(frozen=True)
 class SessionSummary:
-    """``sessions`` units, their mean and their (unbiased) variance."""
+    """``sessions`` units, their mean and their (unbiased) variance, and how
+    many of them reported the metric at all (a total other than 0)."""
 
     sessions: int = 0
     mean: float = 0.0
     variance: float = 0.0
+    reporting: int = 0
 
     @classmethod
     def of_counts(cls, sessions: int, converted: int) -> SessionSummary:
@@ -172,22 +174,25 @@ class SessionSummary:
             return cls()
         rate = converted / sessions
         smoothed = (converted + 1) / (sessions + 2)
-        return cls(sessions, rate, smoothed * (1.0 - smoothed))
+        return cls(sessions, rate, smoothed * (1.0 - smoothed), converted)
 
     @classmethod
     def of_values(cls, values: Iterable[float]) -> SessionSummary:
         """Welford's mean and variance (stable for heavy-tailed values)."""
         n = 0
+        reporting = 0
         mean = 0.0
         square = 0.0
         for value in values:
             n += 1
+            if value:
+                reporting += 1
             delta = value - mean
             mean += delta / n
             square += delta * (value - mean)
         if n == 0:
             return cls()
-        return cls(n, mean, square / (n - 1) if n > 1 else 0.0)
+        return cls(n, mean, square / (n - 1) if n > 1 else 0.0, reporting)
 
 
 def sample_key(digest: bytes) -> int:

@@ -12,7 +12,7 @@ bearer token (``--token``, or ``GATE_MIDDLEWARE_TOKEN``)::
     gate-middleware canary PERCENT --flag NAME ...
     gate-middleware rollback --reason TEXT
     gate-middleware flags enable|disable NAME
-    gate-middleware demo [--scenario healthy|faulty|manual]
+    gate-middleware demo [--scenario healthy|faulty|manual|metric]
 
 Exit codes: 0 done, 1 refused by the gate (the reason is printed), 2 usage
 or connection error. ``status --wait`` watches the rollout for a pipeline
@@ -651,11 +651,12 @@ def plan_skip(ctx: click.Context, step: int | None, force: bool) -> None:
 @main.command()
 @click.option(
     "--scenario",
-    type=click.Choice(["healthy", "faulty", "manual"]),
+    type=click.Choice(["healthy", "faulty", "manual", "metric"]),
     default="healthy",
     show_default=True,
     help="healthy: the plan reaches production; faulty: the judge rolls it back; "
-    "manual: the plan stops at a manual gate.",
+    "manual: the plan stops at a manual gate; metric: no checkout completes on the "
+    "canary, and the business metric's guardrail rolls it back.",
 )
 @click.option("--duration", default=60.0, show_default=True, help="Longest run, in seconds.")
 @click.option("--users", default=50, show_default=True, help="Simulated users at a time.")

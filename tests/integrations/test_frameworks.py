@@ -465,7 +465,13 @@ def test_mypy_strict_passes_on_a_users_app_and_the_examples(
     result = mypy(installed_package, tmp_path, "user_app.py")
     assert result.returncode == 0, result.stdout + result.stderr
     examples = ROOT / "examples"
-    files = ["fastapi_app.py", "flask_app.py", "starlette_app.py", "promotion_gates_example.py"]
+    files = [
+        "fastapi_app.py",
+        "flask_app.py",
+        "starlette_app.py",
+        "promotion_gates_example.py",
+        "shop_guardrail.py",
+    ]
     result = mypy(installed_package, examples, *files)
     assert result.returncode == 0, result.stdout + result.stderr
     result = mypy(installed_package, examples / "django_app", "shop", "manage.py")

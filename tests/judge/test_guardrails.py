@@ -156,7 +156,9 @@ def test_healthy_waits_for_each_guardrails_sessions_and_conversions() -> None:
     rare = judge(
         with_sessions(rng, 300, 0.0), with_sessions(rng, 300, 0.01), SETTINGS, checks=(check,)
     )
-    assert rare.verdict == INSUFFICIENT_DATA and "10 conversions between them" in rare.reason
+    assert (
+        rare.verdict == INSUFFICIENT_DATA and "10 sessions converting between them" in rare.reason
+    )
     enough = judge(
         with_sessions(rng, 3000, 0.2), with_sessions(rng, 3000, 0.2), SETTINGS, checks=(check,)
     )
@@ -218,3 +220,24 @@ def test_a_canary_as_good_as_production_is_rarely_rolled_back_however_often_look
     200 runs, 20 looks each, at the whole 1 % on this check. Rolled back in
     at most 4 (the 1 % rate's 95 % upper bound for 200 runs is about 4)."""
     assert sequential_false_rollbacks(200, 11, conversion=conversion) <= 4
+
+
+def test_a_bounded_sample_of_the_metric_cases() -> None:
+    """A few seeds of the simulation's business-metric cells (the full run:
+    ``python -m benchmarks.judge_sim``): the null is never rolled back and a
+    checkout that halves is caught in most of them."""
+    from benchmarks import judge_sim
+    from gate_middleware.domain.config import PromotionConfig, SloConfig, judge_settings
+
+    settings = judge_settings(PromotionConfig(), SloConfig())
+    cases = {case.name: case for case in judge_sim.CASES}
+    nulls = [
+        judge_sim.simulate(cases["conversion_null_10"], seed, settings, 0.5, 300.0)[0]
+        for seed in range(4)
+    ]
+    assert nulls == [None] * 4
+    drops = [
+        judge_sim.simulate(cases["conversion_drop50_10"], seed, settings, 0.5, 300.0)[0]
+        for seed in range(4)
+    ]
+    assert sum(rolled is not None for rolled in drops) >= 2, drops

@@ -1,4 +1,4 @@
-"""Both demo scenarios, as a newcomer runs them (shorter), with their outcomes asserted."""
+"""The demo scenarios, as a newcomer runs them (shorter), with their outcomes asserted."""
 
 from __future__ import annotations
 
@@ -80,3 +80,14 @@ def test_the_manual_gate_waits_and_shows_how_to_resume() -> None:
     assert steps[:5] == ["start_canary", "plan_step", "plan_step", "await_approval", "resume"]
     assert steps[5:] == ["plan_step"] * 3
     assert "Final environment: production" in out and "RESULT: OK" in out
+
+
+def test_a_release_that_breaks_checkout_silently_is_rolled_back_by_its_metric() -> None:
+    result = demo("metric", 60)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "automatic rollback: canary (5%) -> production" in out
+    once = re.search(r"Rolled back automatically, 1 time\(s\) by 2 workers, worker \d+: (.*)", out)
+    assert once is not None, out
+    assert "metric checkout_completed (sessions converting) on the canary 0 " in once.group(1)
+    assert "RESULT: OK" in out
