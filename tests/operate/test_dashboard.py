@@ -230,3 +230,44 @@ def test_the_plan_panel_shows_the_plan_and_steers_it(page: Page, clock: FakeCloc
         ("rollback", "admin (dashboard)"),
         ("retry", "admin (dashboard)"),
     ]
+
+
+def test_the_metrics_table_shows_each_business_metric(page: Page, clock: FakeClock) -> None:
+    from gate_middleware.domain.metrics import MetricDefinition
+
+    gate = PromotionGate(
+        PromotionConfig(
+            name="shop",
+            environment=Environment.canary(50),
+            min_requests=20,
+            metrics=[
+                MetricDefinition("checkout_completed", tolerance=0.05),
+                MetricDefinition("order_value", kind="mean", guardrail=False),
+            ],
+        ),
+        clock=clock,
+    )
+    for number in range(200):
+        decision = gate.route_request(f"visitor-{number}")
+        gate.record_request_outcome(f"visitor-{number}", True, 0.02, decision=decision)
+        if number % 3 == 0:
+            decision.track("checkout_completed")
+            decision.track("order_value", 30.0)
+    gate.route_request("visitor-1").track("chekout")  # misspelt: counted, ignored
+    app = Starlette(routes=[Mount("/gate", AdminASGIApp(gate, token=TOKEN))])
+    with serving(app) as url:
+        page.goto(f"{url}/gate/#token={TOKEN}")
+        page.wait_for_selector('#metrics tr[data-metric="checkout_completed"]')
+        rows = page.eval_on_selector_all(
+            "#metrics tr",
+            "rows => rows.map(r => Array.from(r.cells).map(c => c.textContent))",
+        )
+        undefined = page.text_content("#metrics-undefined") or ""
+    status = gate.status().to_dict()["metrics"]
+    assert [row[0] for row in rows] == ["checkout_completed", "order_value"]
+    checkout = rows[0]
+    assert checkout[2].startswith("guardrail: a decrease beyond 5.00 %")
+    canary = status[0]["canary"]
+    assert checkout[3] == f"{canary['mean'] * 100:.2f} % · {canary['sessions']} sessions"
+    assert rows[1][2] == "reported only"
+    assert "chekout (1)" in undefined
