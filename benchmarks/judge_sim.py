@@ -687,7 +687,7 @@ def fixed_horizon_rejects(case: Case, seed: int) -> bool:
     intervals = int(math.ceil(case.seconds / INTERVAL))
     canary, production = (side[-1] for side in metric_summaries(case, seed, traffic, intervals))
     # the guardrail's own z (the same variances), looked at once
-    comparison = MetricComparison(canary, production, 1.0, True, case.metric == "conversion")
+    comparison = MetricComparison(canary, production, 0.0, True)
     se = comparison.standard_error
     if se <= 0.0:
         return False

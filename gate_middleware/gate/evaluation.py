@@ -117,11 +117,10 @@ class Evaluation:
         if now >= self._next or now < self._last:
             self._on_schedule(now)
 
-    def track(self, variant: str, session: int, metric: str, amount: int) -> None:
-        """Count a business metric's ``amount`` (millionths) for a session of
-        the current step (not during its warm-up, like its outcomes)."""
-        if self._clock() >= self._evidence_from:
-            self._windows.track(variant, session, metric, amount)
+    def counting(self) -> bool:
+        """Whether the step's evidence counts now (not during its warm-up):
+        business metrics are counted when outcomes are."""
+        return self._clock() >= self._evidence_from
 
     def _on_schedule(self, now: float) -> None:
         if not self._lock.acquire(blocking=False):

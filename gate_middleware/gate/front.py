@@ -94,6 +94,7 @@ from gate_middleware.judge.verdict import CanaryHealth
 from gate_middleware.stores import (
     StateStore,
     StoreCondition,
+    TrackingWindowStore,
     WindowStore,
     missing_members,
     open_stores,
@@ -253,20 +254,24 @@ class PromotionGate:
             window_store = InMemoryWindowStore(config.rollback_window_seconds)
         self._store: StateStore = _checked(state_store, StateStore, "state_store")
         self._windows: WindowStore = _checked(window_store, WindowStore, "window_store")
-        if config.metrics and not self._windows.tracks_metrics:
+        # A store that keeps business metrics (and hears of other processes' steps).
+        self._tracking: TrackingWindowStore | None = (
+            self._windows
+            if isinstance(self._windows, TrackingWindowStore) and self._windows.tracks_metrics
+            else None
+        )
+        if config.metrics and self._tracking is None:
             raise ConfigError(
                 "window_store",
                 type(self._windows).__name__,
-                "a window store that keeps business metrics (tracks_metrics) for "
-                f"metrics={[metric.name for metric in config.metrics]}",
+                "a TrackingWindowStore whose tracks_metrics is true (gate_middleware.stores) "
+                f"for metrics={[metric.name for metric in config.metrics]}",
             )
         checks = with_metric_checks(checks, metric_checks(config.metrics))
         self._tracker = MetricTracker(
             self.name,
             config.metrics,
-            lambda variant, session, metric, amount: self._evaluation.track(
-                variant, session, metric, amount
-            ),
+            self._count_metric,
             lambda: self._routing.step,
         )
         # Bakes, deadlines and event times on the store's clock (Redis's TIME
@@ -394,6 +399,14 @@ class PromotionGate:
         self._routing = routing_table(state, self.config, self._tracker)
         if new_step:
             self._evaluation.step_began(self._clock())
+            if self._tracking is not None:
+                # What this process holds of the last step (another process
+                # may have made the change) is not the new step's.
+                self._tracking.step_began()
+
+    def _count_metric(self, variant: str, session: int, metric: str, amount: int) -> None:
+        if self._tracking is not None and self._evaluation.counting():
+            self._tracking.track(variant, session, metric, amount)
 
     def _current(self) -> GateState:
         return self._transitions.current()

@@ -7,36 +7,41 @@ sessions (``gate_middleware.judge.sample``): session *i* has the value
 else its total. The sessions are a uniform sample of the step's sessions on
 that side, so they are independent units, and a heavy user is one of them.
 
-The test (for ``bad="decrease"``, tolerance τ): H0 is μ_c ≥ (1 − τ)·μ_p.
-With the sample means and variances,
+The test (for ``bad="decrease"``, tolerance τ): H0 is μ_c ≥ μ_p − τ·|μ_p|
+(the line moves away from production's mean by τ of its size, whatever its
+sign). With the sample means and the *pooled* variance s² of all the
+sessions of both sides together (what H0 says when the canary changes
+nothing: one population),
 
-    D = (1 − τ)·x̄_p − x̄_c,    se² = s_c²/n_c + (1 − τ)²·s_p²/n_p,    z = D / se,
+    D = (μ̂_p − τ·|μ̂_p|) − μ̂_c,    se² = s²·(1/n_c + (1 − τ·sign μ̂_p)²/n_p),    z = D / se,
 
 and the evidence is the one-sided normal-mixture martingale at ``z``
 (``mixture_log_evidence``) with ``u = (ρ·m)²/se²``, ρ = ``MIXING_SCALE``
-(half the larger mean ``m``). The mixture is most powerful for changes of
-about ρ·m relative to what the data can resolve; ρ = 0.5 needs the least
-``z`` to reject (3.9–4.1 at the metrics' share of a 1 % rate) across the
-information a step gathers, ``(m/se)²`` from 10 to 300, where ρ = 0.1 would
-need 6.7 at 33 (``benchmarks/judge_sim.py`` measures the power).
-By the central limit theorem applied uniformly in time (the asymptotic
-confidence sequences of Waudby-Smith, Arbour, Sinha, Kennedy and Ramdas,
-*Time-uniform central limit theory and asymptotic confidence sequences*,
-2024), this is an asymptotic test supermartingale under H0 however often it
-is looked at, so it shares the release's false-rollback budget like the
-built-in checks (``with_metric_checks``). A conversion's variances are
-each side's own, from its rate with one conversion and one non-conversion
-added (Agresti and Caffo), so a side with none is not taken as certain. A
-count's or a value's are both the larger of the two, s_c² = s_p² =
-max(s_c², s_p²): such a metric is skewed (most sessions buy nothing, a few
-buy much), so a side's sample mean and sample variance move together, and a
-canary that happened to draw few large values would look both worse and
-surer than it is; with the larger variance (production's, under H0, from
-its larger sample) it does not. ``bad="increase"`` mirrors it:
-D = x̄_c − (1 + τ)·x̄_p. A check acts only once each side's sample holds
-``min_requests`` sessions and ``SMALL_COUNT`` sessions between them have
-reported the metric, and until then a HEALTHY verdict waits for it
-(``waiting_for``).
+(half the larger |mean| ``m``). By the central limit theorem applied
+uniformly in time (the asymptotic confidence sequences of Waudby-Smith,
+Arbour, Sinha, Kennedy and Ramdas, *Time-uniform central limit theory and
+asymptotic confidence sequences*, 2024), this is an asymptotic test
+supermartingale under H0 however often it is looked at, so it shares the
+release's false-rollback budget like the built-in checks
+(``with_metric_checks``). ``bad="increase"`` mirrors it:
+D = μ̂_c − (μ̂_p + τ·|μ̂_p|).
+
+Why pooled: each side's own variance moves with its own mean. A canary that
+by chance converted 0 of 400 sessions would carry almost no variance and
+look certain (a 1 % check rejected 2.3 % of such nulls), and for a skewed
+value (most sessions buy nothing, a few much) a canary that drew few large
+values would look both worse and surer than it is. Pooled, the variance
+comes mostly from production's larger sample; when the canary does differ,
+the pooled variance grows with the difference, which costs some power but
+never validity, and two sides that are each constant but differ (every
+production session reports once, no canary session does) still give a
+variance. The mixture's scale ρ = 0.5 needs the least ``z`` to reject
+(3.9–4.1 at the metrics' share of a 1 % rate) across the information a step
+gathers, ``(m/se)²`` from 10 to 300, where ρ = 0.1 would need 6.7 at 33
+(``benchmarks/judge_sim.py`` measures the power). A check acts only once each
+side's sample holds ``min_requests`` sessions and ``SMALL_COUNT`` sessions
+between them have reported the metric, and until then a HEALTHY verdict
+waits for it (``waiting_for``).
 """
 
 from __future__ import annotations
@@ -63,31 +68,49 @@ METRICS_SHARE = 0.2  # of the false-rollback rate, split equally between the gua
 Z_95 = 1.959963984540054  # a 95 % interval's half-width in standard errors
 
 
+def pooled_variance(canary: SessionSummary, production: SessionSummary) -> float:
+    """The variance of all the sessions of both sides taken together, from
+    each side's mean and (unbiased) variance."""
+    n_c, n_p = canary.sessions, production.sessions
+    total = n_c + n_p
+    if total < 2:
+        return 0.0
+    within = (n_c - 1) * canary.variance if n_c else 0.0
+    within += (n_p - 1) * production.variance if n_p else 0.0
+    between = n_c * n_p / total * (canary.mean - production.mean) ** 2
+    return (within + between) / (total - 1)
+
+
 @dataclass(frozen=True)
 class MetricComparison:
     """The two sides' summaries of one metric, and the difference that matters."""
 
     canary: SessionSummary
     production: SessionSummary
-    factor: float  # production's mean is compared at factor × its value (1 ∓ τ)
+    tolerance: float  # relative to production's |mean|
     decrease: bool
-    conversion: bool = True
+
+    @property
+    def line(self) -> float:
+        """The canary's mean at the tolerated limit: production's moved by τ·|μ_p| the bad way."""
+        mean = self.production.mean
+        step = self.tolerance * abs(mean)
+        return mean - step if self.decrease else mean + step
 
     @property
     def regression(self) -> float:
         """D: how far the canary is past the tolerated line (positive: worse)."""
-        line = self.factor * self.production.mean
-        return line - self.canary.mean if self.decrease else self.canary.mean - line
+        return self.line - self.canary.mean if self.decrease else self.canary.mean - self.line
 
     @property
     def standard_error(self) -> float:
+        """se of D under H0: the pooled variance (the module docstring)."""
         c, p = self.canary, self.production
         if c.sessions < 2 or p.sessions < 2:
             return 0.0
-        canary, production = c.variance, p.variance
-        if not self.conversion:  # skewed: the larger of the two (the module docstring)
-            canary = production = max(canary, production)
-        return math.sqrt(canary / c.sessions + self.factor**2 * production / p.sessions)
+        sign = math.copysign(1.0, p.mean) if p.mean else 0.0
+        slope = 1.0 - self.tolerance * sign if self.decrease else 1.0 + self.tolerance * sign
+        return math.sqrt(pooled_variance(c, p) * (1.0 / c.sessions + slope**2 / p.sessions))
 
     @property
     def relative_change(self) -> float:
@@ -125,13 +148,11 @@ class MetricCheck:
         return self.metric
 
     def compare(self, canary: Evidence, production: Evidence) -> MetricComparison:
-        factor = 1.0 - self.tolerance if self.decrease else 1.0 + self.tolerance
         return MetricComparison(
             canary.sample.summary(self.metric, self.conversion),
             production.sample.summary(self.metric, self.conversion),
-            factor,
+            self.tolerance,
             self.decrease,
-            self.conversion,
         )
 
     def _ready(self, comparison: MetricComparison, settings: JudgeSettings) -> bool:
@@ -237,4 +258,11 @@ def with_metric_checks(
     return (*scaled, *(replace(metric, share=each) for metric in metrics))
 
 
-__all__ = ["METRICS_SHARE", "MIXING_SCALE", "MetricCheck", "MetricComparison", "with_metric_checks"]
+__all__ = [
+    "METRICS_SHARE",
+    "MIXING_SCALE",
+    "MetricCheck",
+    "MetricComparison",
+    "pooled_variance",
+    "with_metric_checks",
+]

@@ -31,7 +31,13 @@ from dataclasses import dataclass
 
 SAMPLE_SESSIONS = 20_000  # sessions kept per side and step (k)
 SCALE = 1_000_000  # a metric's amounts are counted in millionths
-MAX_AMOUNT = 1e12  # the largest |amount| one track() may report
+MAX_AMOUNT = 1e7  # the largest |amount| one track() may report
+# A session's total is held within ±STORE_LIMIT millionths (about 9·10^9
+# units) in a process and in every store: exact in a double (Redis's Lua
+# adds in doubles) and far from int64's end (SQLite adds integers), however
+# many processes add to it.
+STORE_LIMIT = 2**53
+TOTAL_LIMIT = STORE_LIMIT
 NO_LIMIT = 1 << 64  # above every key: the sample is not full
 
 
@@ -76,7 +82,7 @@ class SessionSample:
         totals = self.totals.get(metric)
         if totals is None:
             totals = self.totals[metric] = {}
-        totals[key] = totals.get(key, 0) + amount
+        totals[key] = _held(totals.get(key, 0) + amount)
 
     def trim(self) -> None:
         """Keep the ``limit`` smallest keys, and remember the largest kept."""
@@ -112,17 +118,16 @@ class SessionSample:
                 mine = self.totals[metric] = {}
             for key, total in totals.items():
                 if key <= self.threshold:
-                    mine[key] = mine.get(key, 0) + total
+                    mine[key] = _held(mine.get(key, 0) + total)
         if len(self.sessions) >= 2 * self.limit:
             self.trim()
 
     def copy(self) -> SessionSample:
-        """A copy holding at most ``limit`` sessions (trimmed, where this one may not be)."""
+        """A copy (as untrimmed as this one: ``trim`` it outside a lock)."""
         sample = SessionSample(self.limit)
         sample.threshold = self.threshold
         sample.sessions = dict(self.sessions)
         sample.totals = {metric: dict(totals) for metric, totals in self.totals.items()}
-        sample.trim()
         return sample
 
     def clear(self) -> None:
@@ -154,6 +159,11 @@ class SessionSample:
         return f"<SessionSample {len(self)} sessions, metrics {sorted(self.totals)}>"
 
 
+def _held(total: int) -> int:
+    """``total`` within ±``TOTAL_LIMIT``."""
+    return max(-TOTAL_LIMIT, min(TOTAL_LIMIT, total))
+
+
 @dataclass(frozen=True)
 class SessionSummary:
     """``sessions`` units, their mean and their (unbiased) variance, and how
@@ -166,15 +176,13 @@ class SessionSummary:
 
     @classmethod
     def of_counts(cls, sessions: int, converted: int) -> SessionSummary:
-        """The share of ``sessions`` that ``converted``; its variance from
-        the rate with one conversion and one non-conversion added (Agresti
-        and Caffo), so that a side where every session (or none) converted
-        is not taken as certain."""
+        """The share of ``sessions`` that ``converted``, and the variance of
+        the 0/1 values."""
         if sessions == 0:
             return cls()
         rate = converted / sessions
-        smoothed = (converted + 1) / (sessions + 2)
-        return cls(sessions, rate, smoothed * (1.0 - smoothed), converted)
+        variance = rate * (1.0 - rate) * sessions / (sessions - 1) if sessions > 1 else 0.0
+        return cls(sessions, rate, variance, converted)
 
     @classmethod
     def of_values(cls, values: Iterable[float]) -> SessionSummary:
@@ -214,6 +222,8 @@ def sample_from_fields(
 
 __all__ = [
     "MAX_AMOUNT",
+    "STORE_LIMIT",
+    "TOTAL_LIMIT",
     "NO_LIMIT",
     "SAMPLE_SESSIONS",
     "SCALE",

@@ -1213,8 +1213,18 @@ ALPHA_SHARES = {check.name: check.share for check in DEFAULT_CHECKS}
 
 
 def validate_checks(checks: Sequence[Check]) -> None:
-    """Raise ``ConfigError`` unless ``checks`` have distinct names and shares
-    in (0, 1] that sum to 1 (so together they stay within the false-rollback rate)."""
+    """Raise ``ConfigError`` unless ``checks`` have every member of ``Check``
+    (``waiting_for`` is the one a check written before it lacks), distinct
+    names and shares in (0, 1] that sum to 1 (so together they stay within
+    the false-rollback rate)."""
+    for check in checks:
+        if not callable(getattr(check, "waiting_for", None)):
+            raise ConfigError(
+                "checks",
+                type(check).__name__,
+                "checks with every member of Check: this one lacks waiting_for "
+                "(subclass gate_middleware.judge.statistics.Ready: it waits for nothing)",
+            )
     shares = {check.name: check.share for check in checks}
     if len(shares) != len(checks):
         names = [check.name for check in checks]

@@ -22,7 +22,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, g
 from gate_middleware.background import BackgroundThread
 from gate_middleware.domain.routing import CANARY, STABLE
 from gate_middleware.judge.evidence import CLUSTERS, COARSE, ROUTE_NAMES, ROUTE_SLOTS, Evidence
-from gate_middleware.judge.sample import SAMPLE_SESSIONS, SessionSample
+from gate_middleware.judge.sample import NO_LIMIT, SAMPLE_SESSIONS, SessionSample
 from gate_middleware.judge.sketch import BUCKET_COUNT, bucket_index, quantile
 from gate_middleware.judge.verdict import WindowStats
 from gate_middleware.stores.port import WindowStoreBase
@@ -196,6 +196,11 @@ class OutcomeBuffer:
         self.dropped = 0  # outcomes whose slice left the window before they were written
         self.evicted: dict[str, list[str]] = {}  # sample fields the store may delete
         self.sample_read = -math.inf  # monotonic time of the last read
+        self.epoch: int | None = None  # the store's step the read-back data belongs to
+        # Samples this process wrote since the sample was last read back: the
+        # judged view holds them until the next read does.
+        self.written = _both(SessionSample)
+        self.read_in_write = False  # the last write read the sample back
 
     def record(
         self,
@@ -234,10 +239,34 @@ class OutcomeBuffer:
         """Whether the store should read the sample back in this write."""
         return time.monotonic() - self.sample_read >= SAMPLE_READ_SECONDS
 
-    def take_evicted(self) -> dict[str, list[str]]:
+    def evictions(self, epoch: int) -> dict[str, list[str]]:
+        """The sample fields the store may delete, for a write into the
+        store's step ``epoch``. When that is not the step they were read in
+        (another process began a new step), none: what was read back of the
+        last step (its sample, its threshold, its evictions) is dropped, and
+        the sample is read again in this write."""
         with self.lock:
+            if self.epoch is not None and epoch != self.epoch:
+                self.evicted = {}
+                self.written = _both(SessionSample)
+                for variant, merged in self.merged_evidence.items():
+                    merged.sample = SessionSample()
+                    self.evidence[variant].sample.threshold = NO_LIMIT
+                self.sample_read = -math.inf
+                self.epoch = epoch
             evicted, self.evicted = self.evicted, {}
         return evicted
+
+    def wrote(self, samples: dict[str, SessionSample]) -> None:
+        """``samples`` reached the store: the judged view keeps them until the
+        sample is read back (unless the write that took them read it)."""
+        with self.lock:
+            if self.read_in_write:
+                self.read_in_write = False
+                return
+            for variant, sample in samples.items():
+                if sample.sessions:
+                    self.written[variant].merge(sample)
 
     def stats(self, variant: str, oldest: int) -> WindowStats:
         """The variant's window: every process's as last read, and this one's unwritten
@@ -261,10 +290,13 @@ class OutcomeBuffer:
         )
 
     def step_evidence(self, variant: str) -> Evidence:
-        """The step's evidence of every process (as last read) and this one's unwritten."""
+        """The step's evidence of every process (as last read), the sessions
+        this one wrote since the sample was read, and this one's unwritten."""
         with self.lock:
             evidence = self.merged_evidence[variant].copy()
+            evidence.sample.merge(self.written[variant])
             evidence.merge(self.evidence[variant])
+        evidence.sample.trim()
         return evidence
 
     def clear(self) -> None:
@@ -275,6 +307,9 @@ class OutcomeBuffer:
             self.merged_evidence = _both(Evidence)
             self.evicted = {}
             self.sample_read = -math.inf
+            self.epoch = None
+            self.written = _both(SessionSample)
+            self.read_in_write = False
 
     def take(self) -> tuple[dict[tuple[str, int], Slice], dict[str, Evidence]]:
         """What is to be written, taken out (``put_back`` if the write fails)."""
@@ -325,10 +360,11 @@ class OutcomeBuffer:
         merged: dict[str, Merged],
         merged_evidence: dict[str, Evidence],
         samples: dict[str, tuple[SessionSample, list[str]]] | None = None,
+        epoch: int | None = None,
     ) -> None:
-        """The windows and evidence of every process, as just read back, and
-        the sessions' samples when they were read too (``sample_due``; else
-        the last ones read are kept)."""
+        """The windows and evidence of every process, as just read back from
+        the store's step ``epoch``, and the sessions' samples when they were
+        read too (``sample_due``; else the last ones read are kept)."""
         with self.lock:
             for variant, evidence in merged_evidence.items():
                 if samples is None:
@@ -339,6 +375,9 @@ class OutcomeBuffer:
                         self.evicted[variant] = evicted
             if samples is not None:
                 self.sample_read = time.monotonic()
+                self.written = _both(SessionSample)
+            self.read_in_write = samples is not None
+            self.epoch = epoch
             self.merged = merged
             self.merged_evidence = merged_evidence
 
@@ -471,6 +510,11 @@ class BufferedWindowStore(WindowStoreBase):
         self._buffer.clear()
         self._clear_shared()
 
+    def step_began(self) -> None:
+        """Another process began a new step: this one's unwritten outcomes and
+        what it read back belong to the last one."""
+        self._buffer.clear()
+
     def flush(self) -> None:
         """Write what was counted and read the merged windows back, the
         sessions' sample too (the background's flushes read it every
@@ -484,8 +528,10 @@ class BufferedWindowStore(WindowStoreBase):
             if read_sample:  # under the lock: a flush in flight cannot take it over
                 self._buffer.sample_read = -math.inf
             pending, evidence = self._buffer.take()
+            samples = {variant: side.sample for variant, side in evidence.items()}
             try:
                 self._write(pending, evidence)
+                self._buffer.wrote(samples)
             except self.unreachable_errors as exc:
                 self._unreachable(exc)
                 self._buffer.put_back(pending, evidence, self._oldest())

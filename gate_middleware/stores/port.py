@@ -15,6 +15,11 @@ Two ways to write a store, as OpenFeature declares its providers:
   ``WindowStore`` protocol (``mypy --strict`` checks it; the gate checks it
   at run time and names what is missing).
 
+A store that also keeps business metrics is a ``TrackingWindowStore``
+(``tracks_metrics``, ``track``, ``step_began``): only a rollout with
+``PromotionConfig.metrics`` needs one, so a window store written before
+them still serves every other rollout.
+
 ``tests/stores/test_store_contract.py`` is the conformance suite every store runs:
 the in-memory stores, the Redis stores, and each new backend.
 """
@@ -142,17 +147,6 @@ class WindowStore(Protocol):
         """A copy of the variant's evidence since the step began."""
         ...
 
-    @property
-    def tracks_metrics(self) -> bool:
-        """Whether ``track`` keeps what it is given (a store that does not
-        cannot serve a rollout with business metrics: the gate refuses it)."""
-        ...
-
-    def track(self, variant: str, session: int, metric: str, amount: int) -> None:
-        """Add ``amount`` (millionths) to the session's (its sample key's) total
-        of ``metric`` in ``variant``'s evidence (``SessionSample.track``)."""
-        ...
-
     def clear(self) -> None:
         """Forget every outcome: a new step began (a release started, its
         share changed, it was promoted or rolled back)."""
@@ -172,6 +166,29 @@ class WindowStore(Protocol):
 
     def close(self) -> None:
         """Stop background work and release connections."""
+        ...
+
+
+@runtime_checkable
+class TrackingWindowStore(WindowStore, Protocol):
+    """A window store that also keeps business metrics: what a rollout with
+    ``PromotionConfig.metrics`` needs (the gate refuses any other for it).
+    A ``WindowStoreBase`` has both members (``tracks_metrics`` false unless
+    the store sets it)."""
+
+    @property
+    def tracks_metrics(self) -> bool:
+        """Whether ``track`` keeps what it is given."""
+        ...
+
+    def track(self, variant: str, session: int, metric: str, amount: int) -> None:
+        """Add ``amount`` (millionths) to the session's (its sample key's) total
+        of ``metric`` in ``variant``'s evidence (``SessionSample.track``)."""
+        ...
+
+    def step_began(self) -> None:
+        """Another process began a new step: forget what this process holds
+        of the last one (its unwritten outcomes, the sample it read back)."""
         ...
 
 
@@ -250,6 +267,9 @@ class WindowStoreBase(ABC):
 
     def track(self, variant: str, session: int, metric: str, amount: int) -> None:  # noqa: B027
         """Business metrics are not kept (``tracks_metrics`` is false)."""
+
+    def step_began(self) -> None:  # noqa: B027
+        """Nothing of another process's steps is held here."""
 
     def flush(self) -> None:  # noqa: B027
         """Nothing is held back."""

@@ -97,6 +97,7 @@ from gate_middleware.domain.routing import CANARY, STABLE
 from gate_middleware.domain.state import MAX_HISTORY, GateState, PromotionEvent
 from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
 from gate_middleware.judge.evidence import Evidence
+from gate_middleware.judge.sample import STORE_LIMIT
 from gate_middleware.judge.sketch import BUCKET_COUNT
 from gate_middleware.stores.buffer import (
     EVIDENCE_SECONDS,
@@ -153,6 +154,18 @@ return 1
 """
 
 # INCR that first repairs an epoch that is not an integer (a foreign write).
+# Add to a sessions' sample's metric totals, each held within ±ARGV[1]
+# (``STORE_LIMIT``): HINCRBY would fail past int64 and lose the whole flush.
+_ADD_HELD = """
+local limit = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  local total = (tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') or 0) + tonumber(ARGV[i + 1])
+  if total > limit then total = limit elseif total < -limit then total = -limit end
+  redis.call('HSET', KEYS[1], ARGV[i], string.format('%.0f', total))
+end
+return 1
+"""
+
 _NEXT_EPOCH = """
 local value = redis.call('GET', KEYS[1])
 if value and not string.match(value, '^%-?%d+$') then redis.call('DEL', KEYS[1]) end
@@ -656,6 +669,7 @@ class RedisWindowStore(BufferedWindowStore):
         self._prefix = f"{base}:window"
         self._epoch_key = f"{base}:epoch"
         self._next_epoch = client.register_script(_NEXT_EPOCH)
+        self._add_held = client.register_script(_ADD_HELD)
         self._expire = int(window_seconds + 2 * self._slice_seconds) + 1
         self._clock = RedisClock(clock, rollout, "outcomes are numbered by")
         self._epoch = 0
@@ -748,7 +762,7 @@ class RedisWindowStore(BufferedWindowStore):
             for variant in (CANARY, STABLE)
             for number in range(oldest, now_slice + 1)
         ]
-        evicted = self._buffer.take_evicted()
+        evicted = self._buffer.evictions(self._epoch)
         read_sample = self._buffer.sample_due()
         for variant in (CANARY, STABLE):
             evidence_key = f"{self._prefix}:{self._epoch}:{variant}:evidence"
@@ -759,8 +773,14 @@ class RedisWindowStore(BufferedWindowStore):
             # SAMPLE_READ_SECONDS (it holds thousands of fields).
             sample_key = f"{self._prefix}:{self._epoch}:{variant}:sample"
             counters = sample_fields(evidence[variant].sample)
+            held: list[Any] = [STORE_LIMIT]
             for name, amount in counters:
-                pipe.hincrby(sample_key, name, amount)
+                if name.startswith("s"):  # a session's requests
+                    pipe.hincrby(sample_key, name, amount)
+                else:  # a metric's total
+                    held += (name, amount)
+            if len(held) > 1:
+                self._add_held(keys=[sample_key], args=held, client=pipe)
             if evicted.get(variant):
                 pipe.hdel(sample_key, *evicted[variant])
             if counters:
@@ -802,7 +822,7 @@ class RedisWindowStore(BufferedWindowStore):
         for old_key in [k for k in self._corruption.problems if k.startswith(self._prefix)]:
             if not any(old_key.endswith(f":{v}:{n}") for v, n in order):
                 self._corruption.repaired(old_key)  # it left the window
-        self._buffer.publish(merged, merged_evidence, samples)
+        self._buffer.publish(merged, merged_evidence, samples, self._epoch)
 
 
 def _decode_fields(reply: dict[bytes, bytes]) -> list[tuple[str, int]]:

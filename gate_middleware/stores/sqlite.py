@@ -74,6 +74,7 @@ from gate_middleware.domain.routing import CANARY, STABLE
 from gate_middleware.domain.state import GateState
 from gate_middleware.errors import ConfigError, PromotionError
 from gate_middleware.judge.evidence import Evidence
+from gate_middleware.judge.sample import STORE_LIMIT
 from gate_middleware.judge.sketch import BUCKET_COUNT
 from gate_middleware.stores.buffer import (
     BufferedWindowStore,
@@ -664,7 +665,6 @@ class SqliteWindowStore(BufferedWindowStore):
                 *sample_fields(evidence[variant].sample),
             )
         ]
-        evicted = self._buffer.take_evicted()
         read_sample = self._buffer.sample_due()
         with self._database.locked() as db:
             db.execute("BEGIN IMMEDIATE")
@@ -673,17 +673,20 @@ class SqliteWindowStore(BufferedWindowStore):
                     "SELECT epoch FROM gate_epoch WHERE rollout = ?", (self._rollout,)
                 ).fetchone()
                 epoch = 0 if row is None else int(row[0])
+                evicted = self._buffer.evictions(epoch)
+                read_sample = read_sample or self._buffer.sample_due()
                 db.executemany(
                     "INSERT INTO gate_window (rollout, epoch, variant, slice, field, count) "
                     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rollout, epoch, variant, slice, field) "
                     "DO UPDATE SET count = count + excluded.count",
                     [(self._rollout, epoch, *r) for r in window_rows],
                 )
+                # Held within ±STORE_LIMIT: a metric's total never leaves int64.
                 db.executemany(
                     "INSERT INTO gate_evidence (rollout, epoch, variant, field, count) "
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (rollout, epoch, variant, field) "
-                    "DO UPDATE SET count = count + excluded.count",
-                    [(self._rollout, epoch, *r) for r in evidence_rows],
+                    "DO UPDATE SET count = MAX(?, MIN(?, count + excluded.count))",
+                    [(self._rollout, epoch, *r, -STORE_LIMIT, STORE_LIMIT) for r in evidence_rows],
                 )
                 # Expired slices and earlier steps: the file stays the window's size.
                 db.execute(
@@ -723,18 +726,20 @@ class SqliteWindowStore(BufferedWindowStore):
                 "AND NOT (field >= 's' AND field < 't') AND NOT (field >= 'v' AND field < 'w')",
                 (self._rollout, epoch),
             ).fetchall()
-            samples = None
+            sample_rows = None
             if read_sample:
-                rows = db.execute(
+                sample_rows = db.execute(
                     "SELECT variant, field, count FROM gate_evidence WHERE rollout = ? "
                     "AND epoch = ? AND ((field >= 's' AND field < 't') "
                     "OR (field >= 'v' AND field < 'w'))",
                     (self._rollout, epoch),
                 ).fetchall()
-                samples = {
-                    variant: sample_from_fields((f, n) for v, f, n in rows if v == variant)
-                    for variant in (CANARY, STABLE)
-                }
+        samples = None
+        if sample_rows is not None:  # parsed outside the file's lock
+            samples = {
+                variant: sample_from_fields((f, n) for v, f, n in sample_rows if v == variant)
+                for variant in (CANARY, STABLE)
+            }
         self._trouble.recovered()
         merged = {CANARY: Merged(), STABLE: Merged()}
         for variant, _, field, count in slices:
@@ -753,7 +758,7 @@ class SqliteWindowStore(BufferedWindowStore):
             variant: evidence_from_fields((f, n) for v, f, n in steps if v == variant)
             for variant in (CANARY, STABLE)
         }
-        self._buffer.publish(merged, merged_evidence, samples)
+        self._buffer.publish(merged, merged_evidence, samples, epoch)
 
     def close(self) -> None:
         super().close()

@@ -180,13 +180,18 @@ class InMemoryWindowStore:
         with self._lock:
             self._evidence[variant].sample.track(session, metric, amount)
 
+    def step_began(self) -> None:
+        """No other process shares these windows: nothing of theirs to forget."""
+
     def stats(self, variant: str, now: float) -> WindowStats:
         with self._lock:
             return self._windows[variant].stats(now)
 
     def evidence(self, variant: str) -> Evidence:
-        with self._lock:
-            return self._evidence[variant].copy()
+        with self._lock:  # the copy is of the dicts only: the request path waits for no sort
+            evidence = self._evidence[variant].copy()
+        evidence.sample.trim()
+        return evidence
 
     def clear(self) -> None:
         with self._lock:

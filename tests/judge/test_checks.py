@@ -253,3 +253,18 @@ def test_the_gate_rolls_back_on_a_check_it_was_given() -> None:
 def test_the_gate_refuses_checks_whose_shares_do_not_sum_to_one() -> None:
     with pytest.raises(ConfigError, match="share"):
         PromotionGate(checks=(*DEFAULT_CHECKS, CheckoutCheck(0.0)), plan_timer=False)
+
+
+def test_a_check_written_before_waiting_for_is_refused_by_name() -> None:
+    """A check from before ``Check.waiting_for`` is refused when the gate is
+    built, naming the member and the base class that supplies it, not when a
+    verdict would first be HEALTHY."""
+
+    @dataclass(frozen=True)
+    class OldCheck:
+        name: str = "old"
+        share: float = 1.0
+        label: str = "old"
+
+    with pytest.raises(ConfigError, match="lacks waiting_for.*Ready"):
+        PromotionGate(checks=(OldCheck(),), plan_timer=False)  # type: ignore[arg-type]

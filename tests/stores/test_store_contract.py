@@ -26,7 +26,7 @@ from gate_middleware import ConfigError, Environment, PromotionConfig, Promotion
 from gate_middleware.domain.codec import CorruptData, decode_state, encode_state
 from gate_middleware.domain.state import CarriedEvidence, GateState
 from gate_middleware.judge.evidence import ROUTE_NAMES, Evidence, route_slot
-from gate_middleware.judge.sample import SAMPLE_SESSIONS, SCALE
+from gate_middleware.judge.sample import MAX_AMOUNT, SAMPLE_SESSIONS, SCALE, STORE_LIMIT
 from gate_middleware.judge.verdict import WindowStats
 from gate_middleware.stores import (
     Delivery,
@@ -39,6 +39,7 @@ from gate_middleware.stores import (
     register_store,
     schemes,
 )
+from gate_middleware.stores import buffer as buffer_module
 from gate_middleware.stores import registry as store_registry
 from gate_middleware.stores.buffer import (
     evidence_fields,
@@ -398,6 +399,70 @@ def test_the_sessions_sample_stays_its_size_in_the_store(backend: Backend) -> No
         assert client.hlen(f"{prefix}:{epoch}:stable:sample") == SAMPLE_SESSIONS
 
 
+def test_a_new_step_made_by_another_process_keeps_its_sample_whole(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One process read a full sample in step 1 (and would delete the sessions
+    it left out, and take none above its threshold); another begins step 2,
+    to which the same users come back. The first process's next writes must
+    neither delete step 2's sessions nor drop them, nor show step 1's."""
+    if not backend.shared:
+        pytest.skip("one process's memory: no other process begins a step")
+    monkeypatch.setattr(buffer_module, "SAMPLE_SESSIONS", 100)
+    name = rollout()
+    one, two = backend(name), backend(name)
+    keys = [(i * 2_654_435_761 * 7919) % (1 << 64) for i in range(1, 301)]
+    for key in keys:  # step 1, through the second process: 300 users, 200 left out
+        two.windows.record("stable", True, True, 0.01, 1_000.0, cluster=key, session=key)
+        two.windows.track("stable", key, "checkout", SCALE)
+    two.windows.flush()
+    one.windows.clear()  # the first process begins step 2
+    back = sorted(keys)[220:]  # 80 users come back, through both processes
+    for windows in (one.windows, two.windows):
+        for key in back[:40] if windows is two.windows else back:
+            windows.record("stable", True, True, 0.01, 1_000.0, cluster=key, session=key)
+        windows.flush()
+    for windows in (one.windows, two.windows):
+        windows.flush()
+        sample = windows.evidence("stable").sample
+        assert set(sample.sessions) == set(back)
+        assert sample.sessions == {key: 1 + (key in back[:40]) for key in back}
+        assert sample.totals.get("checkout", {}) == {}  # step 1's conversions are not step 2's
+
+
+def test_written_sessions_stay_in_view_between_sample_reads(backend: Backend) -> None:
+    """The sample is read back every few seconds; what this process wrote in
+    between is judged as soon as it is written, not at the next read."""
+    windows = backend(rollout()).windows
+    windows.flush()  # a read now: the next is seconds away
+    for number in range(1, 501):
+        windows.record("canary", True, True, 0.01, 1_000.0, cluster=number, session=number << 40)
+    for number in range(1, 51):
+        windows.track("canary", number << 40, "checkout", SCALE)
+
+    def seen() -> bool:
+        sample = windows.evidence("canary").sample
+        return len(sample) == 500 and sample.summary("checkout", True).mean == 0.1
+
+    assert eventually(seen, 2.0)  # the background writes every 0.25 s; reads every 5 s
+
+
+def test_huge_totals_are_held_and_never_stop_a_write(backend: Backend) -> None:
+    """One session reporting the largest amount over and over: its total is
+    held at the store's limit, every write goes through, nothing is counted twice."""
+    windows = backend(rollout()).windows
+    for _ in range(5):
+        for _ in range(600):
+            windows.track("stable", 99, "order_value", round(MAX_AMOUNT * SCALE))
+        windows.record("stable", True, True, 0.01, 1_000.0, cluster=1, session=99)
+        windows.flush()
+    sample = windows.evidence("stable").sample
+    assert sample.totals["order_value"] == {99: STORE_LIMIT}
+    assert sample.sessions == {99: 5}
+    assert windows.evidence("stable").requests == 5
+    assert windows.status() == ("ok", "")
+
+
 def test_sample_fields_round_trip_and_skip_what_does_not_parse() -> None:
     evidence = Evidence()
     evidence.sample.expose(5, 3)
@@ -568,6 +633,56 @@ class PlainWindowStore(WindowStoreBase):
 
     def clear(self) -> None:
         self.inner.clear()
+
+
+def test_a_window_store_written_before_business_metrics_serves_other_rollouts() -> None:
+    """Every member of ``WindowStore`` and none of ``TrackingWindowStore``'s:
+    it serves a rollout without business metrics, and is refused by name for
+    one with them."""
+
+    class OldWindowStore:
+        remote = False
+
+        def __init__(self) -> None:
+            self.inner = InMemoryWindowStore(WINDOW_SECONDS)
+
+        def record(self, variant: str, success: bool, good: bool, duration: float, now: float,
+                   cluster: int = 0, evidence: bool = True, route: str | None = None) -> None:  # fmt: skip
+            self.inner.record(variant, success, good, duration, now, cluster, evidence, route)
+
+        def stats(self, variant: str, now: float) -> WindowStats:
+            return self.inner.stats(variant, now)
+
+        def evidence(self, variant: str) -> Evidence:
+            return self.inner.evidence(variant)
+
+        def clear(self) -> None:
+            self.inner.clear()
+
+        def flush(self) -> None:
+            pass
+
+        def status(self) -> tuple[str, str]:
+            return ("ok", "")
+
+        def after_fork(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    gate = PromotionGate(
+        PromotionConfig(environment=Environment.canary(50)), window_store=OldWindowStore()
+    )
+    decision = gate.route_request("a-session")
+    gate.record_request_outcome("a-session", True, 0.01, decision=decision)
+    assert gate.health_snapshot().canary_requests + gate.health_snapshot().production_requests == 1
+    gate.close()
+    with pytest.raises(ConfigError, match="TrackingWindowStore"):
+        PromotionGate(
+            PromotionConfig(environment=Environment.canary(50), metrics=[{"name": "x"}]),
+            window_store=OldWindowStore(),
+        )
 
 
 def test_a_store_from_the_base_classes_runs_a_gate() -> None:
