@@ -103,7 +103,7 @@ from gate_middleware.judge.guardrails import (
     MetricComparison,
     with_metric_checks,
 )
-from gate_middleware.judge.sample import SAMPLE_SESSIONS, SessionSummary
+from gate_middleware.judge.sample import SAMPLE_SESSIONS, SessionSample, SessionSummary
 from gate_middleware.judge.sketch import _INV_LOG_GAMMA, _LOG_MIN, _TOP, BUCKET_COUNT, MIN_SECONDS
 from gate_middleware.judge.statistics import (
     DEFAULT_CHECKS,
@@ -594,7 +594,7 @@ def simulate(
             now = start + k
             if samples is not None:
                 for side, figures in zip(evidence, samples, strict=True):
-                    side.sample = FixedSample(figures[now])  # type: ignore[assignment]
+                    side.sample = FixedSample(figures[now])
             lo = max(0, now + 1 - window_intervals)
             window_requests = canary_req_per_interval[lo : now + 1].sum()
             window_bad = canary_bad_per_interval[lo : now + 1].sum()
@@ -612,12 +612,13 @@ def simulate(
     return None, verdict == HEALTHY
 
 
-class FixedSample:
+class FixedSample(SessionSample):
     """A side's sample of sessions as the judge reads it (``summary``), its
     figures computed from the traffic at once (``metric_summaries``): the
     merging of samples is tested on its own (tests/judge/test_guardrails.py)."""
 
     def __init__(self, figures: SessionSummary) -> None:
+        super().__init__()
         self._figures = figures
 
     def summary(self, metric: str, conversion: bool) -> SessionSummary:

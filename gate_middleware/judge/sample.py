@@ -29,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from gate_middleware.types import mypyc_attr
+
 SAMPLE_SESSIONS = 20_000  # sessions kept per side and step (k)
 SCALE = 1_000_000  # a metric's amounts are counted in millionths
 MAX_AMOUNT = 1e7  # the largest |amount| one track() may report
@@ -41,6 +43,7 @@ TOTAL_LIMIT = STORE_LIMIT
 NO_LIMIT = 1 << 64  # above every key: the sample is not full
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class SessionSample:
     """One side's sample of sessions: each session's requests and its
     total per metric, for the ``limit`` smallest keys seen.
