@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -33,6 +34,7 @@ from gate_middleware.stores import (
     Outbox,
     StateStore,
     StateStoreBase,
+    TrackingWindowStore,
     WindowStore,
     WindowStoreBase,
     missing_members,
@@ -640,39 +642,18 @@ def test_a_window_store_written_before_business_metrics_serves_other_rollouts() 
     it serves a rollout without business metrics, and is refused by name for
     one with them."""
 
-    class OldWindowStore:
-        remote = False
+    def old_window_store() -> Any:
+        inner = InMemoryWindowStore(WINDOW_SECONDS)
+        members = [name for name in vars(WindowStore) if not name.startswith("_")]
+        return SimpleNamespace(**{name: getattr(inner, name) for name in members})
 
-        def __init__(self) -> None:
-            self.inner = InMemoryWindowStore(WINDOW_SECONDS)
-
-        def record(self, variant: str, success: bool, good: bool, duration: float, now: float,
-                   cluster: int = 0, evidence: bool = True, route: str | None = None) -> None:  # fmt: skip
-            self.inner.record(variant, success, good, duration, now, cluster, evidence, route)
-
-        def stats(self, variant: str, now: float) -> WindowStats:
-            return self.inner.stats(variant, now)
-
-        def evidence(self, variant: str) -> Evidence:
-            return self.inner.evidence(variant)
-
-        def clear(self) -> None:
-            self.inner.clear()
-
-        def flush(self) -> None:
-            pass
-
-        def status(self) -> tuple[str, str]:
-            return ("ok", "")
-
-        def after_fork(self) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
+    assert missing_members(old_window_store(), TrackingWindowStore) == [
+        "tracks_metrics",
+        "track",
+        "step_began",
+    ]
     gate = PromotionGate(
-        PromotionConfig(environment=Environment.canary(50)), window_store=OldWindowStore()
+        PromotionConfig(environment=Environment.canary(50)), window_store=old_window_store()
     )
     decision = gate.route_request("a-session")
     gate.record_request_outcome("a-session", True, 0.01, decision=decision)
@@ -681,7 +662,7 @@ def test_a_window_store_written_before_business_metrics_serves_other_rollouts() 
     with pytest.raises(ConfigError, match="TrackingWindowStore"):
         PromotionGate(
             PromotionConfig(environment=Environment.canary(50), metrics=[{"name": "x"}]),
-            window_store=OldWindowStore(),
+            window_store=old_window_store(),
         )
 
 
