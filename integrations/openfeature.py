@@ -108,19 +108,19 @@ class GateProvider(AbstractProvider):
         session (or the targeting key's), ``value`` from the details (1 without)."""
         value = tracking_event_details.value if tracking_event_details is not None else None
         decision = current_decision()
-        if decision is None:
-            key = evaluation_context.targeting_key if evaluation_context is not None else None
-            if not key:
-                logger.warning(
-                    "track(%r) outside a request without a targeting key: no session to "
-                    "count it for, dropped",
-                    tracking_event_name,
-                )
-                return
-            decision = self.gate.route_request(key)
+        key = evaluation_context.targeting_key if evaluation_context is not None else None
         try:
+            if decision is None:
+                if not key:
+                    logger.warning(
+                        "track(%r) outside a request without a targeting key: no session to "
+                        "count it for, dropped",
+                        tracking_event_name,
+                    )
+                    return
+                decision = self.gate.route_request(key)
             decision.track(tracking_event_name, 1.0 if value is None else value)
-        except ConfigError as exc:
+        except Exception as exc:  # OpenFeature's track never raises
             logger.warning("track(%r) dropped: %s", tracking_event_name, exc)
 
     def _details(self, flag_key: str, decision: RoutingDecision) -> FlagResolutionDetails[bool]:
