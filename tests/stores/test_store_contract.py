@@ -388,9 +388,10 @@ def test_the_sessions_sample_stays_its_size_in_the_store(backend: Backend) -> No
     assert len(sample) == SAMPLE_SESSIONS
     if backend.name == "sqlite":
         import sqlite3
+        from contextlib import closing
 
         path = str(windows._database.path)  # type: ignore[attr-defined]
-        with sqlite3.connect(path) as db:
+        with closing(sqlite3.connect(path)) as db:  # ``with`` alone would not close it
             [(rows,)] = db.execute(
                 "SELECT count(*) FROM gate_evidence WHERE field >= 's' AND field < 't'"
             ).fetchall()
