@@ -47,8 +47,6 @@ class MetricTracker:
         self._lock = threading.Lock()
         self.undefined: dict[str, int] = {}  # reports of metrics with no definition, by name
         self.undefined_other = 0  # past UNDEFINED_NAMES names
-        self.stale = 0  # reports for a session routed under an earlier step
-        self.tracked = 0
 
     def undefined_counts(self) -> dict[str, int]:
         """The reports of undefined metrics, by name (``"(other)"``: past
@@ -72,11 +70,8 @@ class MetricTracker:
         if decision.sample < 0:
             return  # not routed by hashing (fail-open, a QA override): no session to count
         if decision.step != self._step():
-            with self._lock:
-                self.stale += 1
-            return
+            return  # routed under an earlier step: not this step's evidence
         self._count(decision.variant, decision.sample, metric, amount)
-        self.tracked += 1  # a figure for status, not a ledger: not locked
 
     def _undefined(self, metric: str) -> None:
         with self._lock:

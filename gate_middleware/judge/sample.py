@@ -26,7 +26,7 @@ integers. A session in the sample with no amount for a metric has total 0
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gate_middleware.types import mypyc_attr
@@ -138,12 +138,6 @@ class SessionSample:
         self.sessions = {}
         self.totals = {}
 
-    def session_totals(self, metric: str) -> list[float]:
-        """Each sampled session's total of ``metric`` (0 for none), in its units."""
-        self.trim()
-        totals = self.totals.get(metric, {})
-        return [totals.get(key, 0) / SCALE for key in self.sessions]
-
     def summary(self, metric: str, conversion: bool) -> SessionSummary:
         """The sessions' mean and variance of ``metric``: of the indicator
         "reported it at least once" (``conversion``), else of the totals."""
@@ -206,23 +200,6 @@ class SessionSummary:
         return cls(n, mean, square / (n - 1) if n > 1 else 0.0, reporting)
 
 
-def sample_key(digest: bytes) -> int:
-    """A session's sample key: bytes 8–15 of its routing digest (the bucket
-    uses 0–7, so the key is independent of the session's side)."""
-    return int.from_bytes(digest[8:16], "big")
-
-
-def sample_from_fields(
-    sessions: Mapping[int, int], totals: Mapping[str, Mapping[int, int]], limit: int
-) -> SessionSample:
-    """A sample from a store's merged counts (trimmed to ``limit``)."""
-    sample = SessionSample(limit)
-    sample.sessions = dict(sessions)
-    sample.totals = {metric: dict(values) for metric, values in totals.items()}
-    sample.trim()
-    return sample
-
-
 __all__ = [
     "MAX_AMOUNT",
     "STORE_LIMIT",
@@ -232,6 +209,4 @@ __all__ = [
     "SCALE",
     "SessionSample",
     "SessionSummary",
-    "sample_from_fields",
-    "sample_key",
 ]

@@ -135,7 +135,6 @@ def evidence_from_fields(fields: Iterable[tuple[str, int]]) -> Evidence:
 
 
 SAMPLE_READ_SECONDS = 5.0  # how often a process reads the sessions' sample back (it is large)
-SAMPLE_PREFIXES = ("s", "v")  # the sample's fields, kept beside (not in) the evidence's
 
 
 def sample_fields(sample: SessionSample) -> list[tuple[str, int]]:
