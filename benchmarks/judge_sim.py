@@ -42,6 +42,11 @@ The traffic model, for every case unless it says otherwise:
   session on the canary with the current step's share. "Rolled back" counts
   a rollback at any point of the release's life; "promotable at the end"
   here means it reached production.
+- ``plan_sessions``: as ``plan``, with the ``sessions`` model's 20,000 Zipf
+  sessions (0.2 % failing every request): each session routed by the real
+  formula at every step's share, so a session on the canary at 5 % stays
+  on it at 10 % and every step judges many of the same sessions; its
+  group is its bucket % 64 as the gate keeps it.
 - ``ramp_incident``: 5 % share, ramped to 50 % at t = 600 s (a new step),
   then a 30 s incident at t = 700 s in which both sides fail 20 % of requests.
 - Routes (every model but ``gate`` and ``plan``): each request names one of
@@ -144,7 +149,7 @@ class Case:
     production_errors: float = 0.005
     seconds: float = 1800.0
     model: str = "requests"  # "requests", "sessions", "slow_sessions", "ramp_incident",
-    # "gate", "plan"
+    # "gate", "plan", "plan_sessions"
     target: str = ""  # what the README promises for it
     rate: float = 50.0  # requests per second
     route_errors: float | None = None  # the canary's failure rate on ENDPOINT, when it differs
@@ -319,6 +324,16 @@ CASES = [
         1.0,
         seconds=4800.0,
         model="plan",
+        rate=20.0,
+        target="≤ 1 % rolled back over its life",
+    ),
+    Case(
+        "plan_sessions_null",
+        "a good release through the plan, the same sessions (Zipf, 0.2 % always failing)"
+        " in every step, 600 s a step, 20 req/s",
+        1.0,
+        seconds=4800.0,
+        model="plan_sessions",
         rate=20.0,
         target="≤ 1 % rolled back over its life",
     ),
@@ -739,10 +754,23 @@ def simulate_plan(case: Case, seed: int) -> tuple[float | None, bool]:
     rng = np.random.default_rng([seed, zlib.crc32(case.name.encode())])
     total = rng.poisson(case.rate * case.seconds)
     times = np.sort(rng.random(total) * case.seconds).tolist()
-    draws = rng.random(total).tolist()
-    failed = (rng.random(total) < case.production_errors).tolist()
+    if case.model == "plan_sessions":
+        # The same sessions in every step: a session's bucket decides its side
+        # at each step's share, so the steps judge overlapping sessions.
+        weights, _, _, failing = _sessions(rng, seed, 20_000, 100.0)
+        buckets = np.array([compute_bucket("sim", f"{seed}-{k}") for k in range(weights.size)])
+        session = rng.choice(weights.size, size=total, p=weights)
+        bucket_of = buckets[session]
+        # draw * 100 < percent  ⇔  bucket < canary_threshold(percent), below
+        draws = bucket_of.tolist()
+        groups = (bucket_of % CLUSTERS).tolist()
+        always_fails = failing[session]
+    else:
+        draws = rng.random(total).tolist()
+        groups = rng.integers(0, CLUSTERS, total).tolist()
+        always_fails = np.zeros(total, dtype=bool)
+    failed = (always_fails | (rng.random(total) < case.production_errors)).tolist()
     durations = np.exp(math.log(MEDIAN_SECONDS) + SIGMA * rng.standard_normal(total)).tolist()
-    groups = rng.integers(0, CLUSTERS, total).tolist()
     bake = case.seconds / 8
     clock = _Clock()
     gate = PromotionGate(
@@ -763,7 +791,10 @@ def simulate_plan(case: Case, seed: int) -> tuple[float | None, bool]:
         if environment.name == "production":
             rolled = any(event.kind == "rollback" for event in gate.get_history())
             return (t if rolled else None), not rolled
-        canary = draw * 100.0 < environment.traffic_percent
+        if case.model == "plan_sessions":
+            canary = draw < canary_threshold(environment.traffic_percent)
+        else:
+            canary = draw * 100.0 < environment.traffic_percent
         gate.record_outcome("canary" if canary else "stable", not fails, duration, -1, group)
     return None, False
 
@@ -777,7 +808,7 @@ def _run(job: tuple[Case, int]) -> tuple[str, float | None, bool, bool | None]:
 def _decide(case: Case, seed: int) -> tuple[str, float | None, bool]:
     if case.model == "gate":
         return (case.name, *simulate_gate(case, seed))
-    if case.model == "plan":
+    if case.model in ("plan", "plan_sessions"):
         return (case.name, *simulate_plan(case, seed))
     config = PromotionConfig()
     slo = SloConfig()
