@@ -57,6 +57,7 @@ class Receiver:
                         "path": self.path,
                         "delivery": self.headers["X-Gate-Delivery"],
                         "event": self.headers["X-Gate-Event"],
+                        "authorization": self.headers["Authorization"],
                         "body": json.loads(body),
                     }
                 )

@@ -10,7 +10,15 @@ holds ``sha256=`` and the hex HMAC-SHA256 of the body under the secret
 (check it with ``hmac.compare_digest``). ``X-Gate-Delivery`` is a unique id
 per event (the same on every retry, so a receiver can drop a duplicate),
 ``X-Gate-Event`` the event's action. With ``slack=True`` the body is a
-Slack-compatible ``{"text": ...}`` instead (still signed).
+Slack-compatible ``{"text": ...}`` instead (still signed), in which every
+text that comes from a person (rollout, actor, reason) is escaped as Slack
+asks (``&``, ``<``, ``>``), so that it can form no mention and no link.
+
+An address's user info (``https://user:password@host/...``) is sent as
+HTTP Basic authentication (percent-decoded) to the host, never in the
+address. Wherever the address is shown (``status()``, the logs, errors) it
+is ``redacted_url``: the user info, the query and the path of the services
+whose path is the credential (Slack, Discord, Microsoft Teams) are ``***``.
 
 Deliveries never leave on a request's thread. The process that makes an
 event puts it into its gate's outbox (``gate_middleware.stores.outbox``);
@@ -31,10 +39,13 @@ dropped and counted beyond it). ``status()`` gives the counts and the last
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import http.client
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -57,32 +68,129 @@ EVENT_HEADER = "X-Gate-Event"
 POLL_SECONDS = 0.25  # the sender looks for due deliveries (its own and other processes')
 LEASE_MARGIN_SECONDS = 5.0  # beyond the post's timeout, before another process may retake it
 
+# Receivers whose address's path is the credential (Slack's incoming
+# webhooks, Discord's /api/webhooks/<id>/<token>, Microsoft Teams' Office
+# connectors), each with its subdomains: redacted_url hides the whole path.
+SECRET_PATH_HOSTS = (
+    "hooks.slack.com",
+    "hooks.slack-gov.com",
+    "discord.com",
+    "discordapp.com",
+    "webhook.office.com",
+    "outlook.office.com",
+    "outlook.office365.com",
+)
+HIDDEN = "***"
+_VALID_URL = "an http:// or https:// address with a host, such as https://hooks.example.com/gate"
+_VALID_PORT = "an http:// or https:// address whose port, if given, is a number from 1 to 65535"
+# What http.client refuses to send (spaces, control and non-ASCII characters).
+_UNSENDABLE = re.compile(r"[^\x21-\x7e]")
+
 
 def signature(secret: str, body: bytes) -> str:
     """The ``X-Gate-Signature-256`` value of ``body``: ``sha256=<hex HMAC-SHA256>``."""
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
+def redacted_url(url: str) -> str:
+    """``url`` as it may be shown (status, logs, errors): ``scheme://host[:port]``
+    and the path, with the user info as ``***@``, the query as ``?***``, the
+    fragment as ``#***`` and, for the ``SECRET_PATH_HOSTS``, the path as
+    ``/***``. What cannot be read as an address with a host is ``***`` after
+    its scheme. Never raises."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # such as an unclosed "[" of an IPv6 address
+        return HIDDEN
+    if not parts.netloc:  # no "//host": the host cannot be told from the path
+        return f"{parts.scheme}:{HIDDEN}" if parts.scheme else HIDDEN
+    _, at, host_port = parts.netloc.rpartition("@")
+    path = "/" + HIDDEN if _path_is_secret(parts) else parts.path
+    return (
+        f"{parts.scheme}://{HIDDEN + '@' if at else ''}{host_port}{path}"
+        f"{'?' + HIDDEN if parts.query else ''}{'#' + HIDDEN if parts.fragment else ''}"
+    )
+
+
+def _path_is_secret(parts: urllib.parse.SplitResult) -> bool:
+    """Whether the path of ``parts`` is a credential: it is on one of the
+    ``SECRET_PATH_HOSTS`` (or a subdomain of one) and not just ``/``."""
+    host = (parts.hostname or "").rstrip(".")
+    return parts.path not in ("", "/") and any(
+        host == known or host.endswith("." + known) for known in SECRET_PATH_HOSTS
+    )
+
+
+def slack_escaped(text: str) -> str:
+    """``text`` as Slack shows it literally: ``&``, ``<`` and ``>`` as
+    ``&amp;``, ``&lt;`` and ``&gt;`` (Slack's "Formatting text for app
+    surfaces", Escaping text), so that no mention or link can be formed."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_text(payload: dict[str, Any]) -> str:
-    """One line for a chat channel."""
+    """One line for a chat channel; every text in it that the gate did not
+    write is ``slack_escaped``."""
     event = payload["event"]
-    actor = event.get("actor", "")
-    reason = f": {event['reason']}" if event.get("reason") else ""
+    rollout = slack_escaped(str(payload["rollout"]))
+    actor = slack_escaped(str(event.get("actor", "")))
+    reason = f": {slack_escaped(str(event['reason']))}" if event.get("reason") else ""
     if event["kind"] == "rollback":
         what = "automatic rollback" if event.get("automatic") else "rollback"
-        return f"[{payload['rollout']}] {what} by {actor}{reason}"
+        return f"[{rollout}] {what} by {actor}{reason}"
     source = event["from_environment"]
     target = event["to_environment"]
 
     def label(environment: dict[str, Any]) -> str:
         if environment["name"] == "canary":
             return f"canary ({environment['traffic_percent']:g}%)"
-        return str(environment["name"])
+        return slack_escaped(str(environment["name"]))
 
     return (
-        f"[{payload['rollout']}] {event['action']} by {actor}: "
+        f"[{rollout}] {slack_escaped(str(event['action']))} by {actor}: "
         f"{label(source)} -> {label(target)}{reason}"
     )
+
+
+def _checked_url(url: Any) -> urllib.parse.SplitResult:
+    """``url`` split, if a webhook can post to it, or ``ConfigError`` naming
+    the field, the ``redacted_url`` and what would be valid."""
+    if not isinstance(url, str):
+        raise ConfigError("webhook url", type(url), _VALID_URL)
+    shown = redacted_url(url)
+    if _UNSENDABLE.search(url):
+        raise ConfigError(
+            "webhook url",
+            shown,
+            "an http:// or https:// address without spaces, control or non-ASCII characters (percent-encode them)",
+        )
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:  # its message may quote the address: not chained
+        raise ConfigError("webhook url", shown, _VALID_PORT) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("webhook url", shown, _VALID_URL)
+    if port == 0:
+        raise ConfigError("webhook url", shown, _VALID_PORT)
+    if ":" in urllib.parse.unquote(parts.username or ""):
+        raise ConfigError(
+            "webhook url",
+            shown,
+            "an address whose user name (sent as HTTP Basic authentication) has no ':'",
+        )
+    return parts
+
+
+def _basic_authorization(parts: urllib.parse.SplitResult) -> str | None:
+    """The ``Authorization`` header for the user info of ``parts`` (RFC 7617:
+    ``Basic`` and base64 of ``user:password``, percent-decoded, in UTF-8), or
+    ``None`` without user info."""
+    if "@" not in parts.netloc:
+        return None
+    user = urllib.parse.unquote(parts.username or "")
+    password = urllib.parse.unquote(parts.password or "")
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 class Webhook:
@@ -101,9 +209,7 @@ class Webhook:
         max_pending: int = 1000,
         log_size: int = 50,
     ) -> None:
-        parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError("webhook url", url, "an http:// or https:// address")
+        parts = _checked_url(url)
         if not isinstance(secret, str) or len(secret) < 16:
             raise ConfigError("secret", "<hidden>", "a text of at least 16 characters")
         for name, count in (("max_attempts", max_attempts), ("max_pending", max_pending)):
@@ -116,7 +222,23 @@ class Webhook:
         ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(name, value, "a positive number of seconds")
+        #: The address as given (with its credentials, if any); ``shown_url``
+        #: is what the status, the logs and the errors show.
         self.url = url
+        self.shown_url = redacted_url(url)
+        # Where the posts go: the address without its user info, which goes
+        # as Basic authentication (urllib would take it for part of the host).
+        user_info, _, host_port = parts.netloc.rpartition("@")
+        self._target = f"{parts.scheme}://{host_port}{parts.path}" + (
+            f"?{parts.query}" if parts.query else ""
+        )
+        self._authorization = _basic_authorization(parts)
+        # What an error's text must never carry (see _scrubbed); a piece of
+        # fewer than 4 characters would mask ordinary words and guard little.
+        secret_path = parts.path if _path_is_secret(parts) else ""
+        self._secrets = tuple(
+            piece for piece in (user_info, parts.query, secret_path) if len(piece) >= 4
+        )
         self.slack = bool(slack)
         self._secret = secret
         self.max_attempts = max_attempts
@@ -143,13 +265,16 @@ class Webhook:
         )
         self._opener = urllib.request.build_opener(_NoRedirects())
 
+    def __repr__(self) -> str:
+        return f"Webhook({self.shown_url!r}, slack={self.slack})"
+
     def attach(self, outbox: Outbox) -> None:
         """Keep deliveries in ``outbox`` (the gate's store's, when the webhook
         is added to a gate); a durable one's sender starts now, to send what
         an earlier process left."""
         if self._outbox.durable and outbox is not self._outbox:
             raise ConfigError(
-                "webhook", self.url, "a webhook of one gate (add another for this one)"
+                "webhook", self.shown_url, "a webhook of one gate (add another for this one)"
             )
         self._outbox = outbox
         if outbox.durable:
@@ -237,7 +362,7 @@ class Webhook:
                 self.counts["failed"] += 1
                 logger.error(
                     "webhook %s: delivery %s given up after %d attempts",
-                    self.url,
+                    self.shown_url,
                     item.delivery,
                     attempt,
                 )
@@ -250,17 +375,19 @@ class Webhook:
     def _failed_store(self, exc: BaseException) -> None:
         if not self._trouble:
             logger.error(
-                "webhook %s: its outbox failed (%s); deliveries wait in memory", self.url, exc
+                "webhook %s: its outbox failed (%s); deliveries wait in memory", self.shown_url, exc
             )
         self._trouble = f"{type(exc).__name__}: {exc}"[:200]
 
     def _store_works(self) -> None:
         if self._trouble:
             self._trouble = ""
-            logger.warning("webhook %s: its outbox works again", self.url)
+            logger.warning("webhook %s: its outbox works again", self.shown_url)
 
     def _post(self, delivery: str, action: str, body: bytes) -> tuple[int | None, str | None]:
-        request = urllib.request.Request(self.url, data=body, method="POST")
+        request = urllib.request.Request(self._target, data=body, method="POST")
+        if self._authorization is not None:
+            request.add_header("Authorization", self._authorization)
         request.add_header("Content-Type", "application/json")
         request.add_header("User-Agent", "gate-middleware-webhook")
         request.add_header(SIGNATURE_HEADER, signature(self._secret, body))
@@ -273,11 +400,18 @@ class Webhook:
         except urllib.error.HTTPError as exc:
             exc.close()
             return exc.code, f"HTTP {exc.code}"
-        except (OSError, ValueError) as exc:
-            return None, f"{type(exc).__name__}: {exc}"[:200]
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # a garbled answer too
+            return None, self._scrubbed(f"{type(exc).__name__}: {exc}")[:200]
         if 200 <= status < 300:
             return status, None
         return status, f"HTTP {status}"
+
+    def _scrubbed(self, text: str) -> str:
+        """An error's ``text`` without the address's credentials (should a
+        library's message quote the address)."""
+        for piece in self._secrets:
+            text = text.replace(piece, HIDDEN)
+        return text
 
     def pending(self) -> int:
         """Deliveries waiting for this receiver (in every process, with a
@@ -307,7 +441,7 @@ class Webhook:
         with self._lock:
             log = list(self._log)
         shown: WebhookView = {
-            "url": self.url,
+            "url": self.shown_url,
             "format": "slack" if self.slack else "json",
             "outbox": "durable" if self._outbox.durable else "memory",
             "pending": self.pending(),
