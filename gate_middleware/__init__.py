@@ -14,7 +14,12 @@ from gate_middleware.domain.config import PromotionConfig, SloConfig
 from gate_middleware.domain.environment import Environment
 from gate_middleware.domain.routing import RoutingDecision, compute_bucket
 from gate_middleware.domain.state import GateState, PromotionEvent, RollbackEvent
-from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
+from gate_middleware.errors import (
+    ConfigError,
+    OutcomeUnknownError,
+    PromotionError,
+    StorePermissionError,
+)
 from gate_middleware.gate import PromotionGate, PromotionGateManager
 from gate_middleware.judge.verdict import CanaryHealth, WindowStats
 from gate_middleware.version import __version__
@@ -48,6 +53,7 @@ __all__ = [
     "RollbackEvent",
     "RoutingDecision",
     "SloConfig",
+    "StorePermissionError",
     "WindowStats",
     "__version__",
     "compute_bucket",

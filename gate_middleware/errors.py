@@ -1,9 +1,10 @@
-"""The two errors that gate-middleware raises on misuse.
+"""The errors that gate-middleware raises.
 
 ``ConfigError`` is a ``ValueError``: a configuration value or an argument is
 outside what is valid. ``PromotionError`` means the gate refused a state
 change (an invalid promotion path, or a promotion that its checks do not
-allow). Both leave the gate exactly as it was.
+allow); ``OutcomeUnknownError`` and ``StorePermissionError`` are the two
+kinds a shared store adds. All leave the gate exactly as it was.
 """
 
 from __future__ import annotations
@@ -33,3 +34,9 @@ class OutcomeUnknownError(PromotionError):
     """A shared store stopped answering after a change was sent: it may or may
     not have been applied. If it was, the gate reports it (callbacks and
     metrics) once it sees the change in the store."""
+
+
+class StorePermissionError(PromotionError):
+    """A shared store refused the change to this client's user (a Redis ACL
+    without a command the store needs): nothing changed. The message names
+    the command and the rule that grants it (``ACL SETUSER <user> +evalsha``)."""

@@ -9,12 +9,12 @@ what would be valid.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any
-from urllib.parse import urlsplit
 
 from gate_middleware.domain.environment import Environment, validate_traffic_percent
 from gate_middleware.domain.metrics import MetricDefinition, validate_metrics
@@ -23,14 +23,17 @@ from gate_middleware.domain.plan import RolloutPlan
 from gate_middleware.errors import ConfigError
 from gate_middleware.judge.statistics import JudgeSettings
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # a URL's scheme, as urlsplit reads it
+
 
 def validate_store_url(url: object) -> str:
     """``url`` if it is a URL with a scheme (``sqlite:///…``, ``redis://…``);
     else a ``ConfigError`` that shows its scheme only (the rest may hold a
     password). Whether a backend serves the scheme is the store registry's
     to say, when the gate opens it."""
-    scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else ""
-    if not scheme:
+    # The scheme alone: the rest of a URL that does not parse
+    # (``redis://[::1/0``) is the backend's to refuse, password hidden.
+    if not (isinstance(url, str) and _SCHEME.match(url)):
         raise ConfigError(
             "store", type(url).__name__, "None or a store URL such as sqlite:///path/gate.db"
         )

@@ -219,7 +219,7 @@ class StoreView(TypedDict):
     ``shared``; the worst condition of the two stores, and what is wrong."""
 
     kind: Literal["memory", "shared"]
-    status: Literal["ok", "unreachable", "corrupt"]
+    status: Literal["ok", "unreachable", "forbidden", "corrupt"]
     problems: NotRequired[list[str]]
 
 

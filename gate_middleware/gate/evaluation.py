@@ -28,6 +28,8 @@ from gate_middleware.judge.evidence import Evidence
 from gate_middleware.judge.statistics import (
     DEFAULT_CHECKS,
     HEALTHY,
+    HEALTHY_SCORE,
+    INSUFFICIENT_DATA,
     MONITOR,
     BurnWindow,
     Check,
@@ -261,7 +263,7 @@ class Evaluation:
         stable = self._windows.stats(STABLE, now)
         environment = state.environment
         if environment.name == PRODUCTION:
-            return no_release(canary, stable), canary, stable
+            return self._delivered(no_release(canary, stable)), canary, stable
         canary_evidence = self._windows.evidence(CANARY)
         settings = self.settings(state)
         if self._concurrent(environment):
@@ -282,7 +284,29 @@ class Evaluation:
             judgement = judge_against_objective(
                 canary_evidence, long_window, short_window, settings
             )
-        return assess(environment.traffic_percent, canary, stable, judgement), canary, stable
+        health = assess(environment.traffic_percent, canary, stable, judgement)
+        return self._delivered(health), canary, stable
+
+    def _delivered(self, health: CanaryHealth) -> CanaryHealth:
+        """``health``, unless it reads HEALTHY while the window store may not
+        be delivering outcomes (``unreachable`` or ``forbidden``: the windows
+        then hold this process's outcomes, or none, not the rollout's):
+        INSUFFICIENT_DATA then, saying why."""
+        if health.verdict != HEALTHY:
+            return health
+        condition, detail = self._windows.status()
+        if condition not in ("unreachable", "forbidden"):
+            return health
+        return replace(
+            health,
+            verdict=INSUFFICIENT_DATA,
+            recommendation=(
+                f"INSUFFICIENT_DATA: the window store is {condition}, so outcomes may not be "
+                f"shared ({detail}); {health.recommendation.partition(': ')[2]}"
+            ),
+            health_score=min(health.health_score, HEALTHY_SCORE - 0.01),  # INSUFFICIENT_DATA's band
+            sufficient_data=False,
+        )
 
     def evidence(self) -> tuple[Evidence, Evidence]:
         """The step's evidence of the canary and of the stable side."""

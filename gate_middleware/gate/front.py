@@ -910,14 +910,15 @@ class PromotionGate:
         return callback
 
     def _store_status(self) -> StoreView:
-        """The stores' health: "ok", "unreachable" or "corrupt" (the worst), and why."""
+        """The stores' health: "ok", "unreachable", "forbidden" or "corrupt"
+        (the worst), and why."""
         if not (self._store.remote or self._windows.remote):
             return {"kind": "memory", "status": "ok"}
         found = [self._store.status(), self._windows.status()]
         problems = [detail for _, detail in found if detail]
         names = {name for name, _ in found}
         worst: StoreCondition = "ok"
-        for condition in ("unreachable", "corrupt"):  # the worse last
+        for condition in ("unreachable", "forbidden", "corrupt"):  # the worse last
             if condition in names:
                 worst = condition
         return {"kind": "shared", "status": worst, "problems": problems}

@@ -38,9 +38,14 @@ if TYPE_CHECKING:
     from gate_middleware.judge.verdict import WindowStats
 
 #: How a store is doing: ``ok``; ``unreachable`` (its server stopped
-#: answering; the gate serves from what it last knew); ``corrupt`` (it held
-#: data that did not decode; repaired or ignored, and logged).
-StoreCondition = Literal["ok", "unreachable", "corrupt"]
+#: answering; the gate serves from what it last knew); ``forbidden`` (its
+#: server refuses a command the store needs to this client's user, such as
+#: a Redis ACL without ``EVALSHA`` or ``TIME``: the detail names the command
+#: and the rule that grants it); ``corrupt`` (it held data that did not
+#: decode; repaired or ignored, and logged). A window store that is
+#: ``unreachable`` or ``forbidden`` may not be delivering outcomes: the
+#: verdict then never reads HEALTHY.
+StoreCondition = Literal["ok", "unreachable", "forbidden", "corrupt"]
 
 #: The seconds a state change keeps retrying lost compare-and-set races
 #: before it gives up with ``PromotionError``.

@@ -67,19 +67,34 @@ When a key holds garbage
     changes are refused with a ``PromotionError`` that names the key until
     it is repaired (deleting it lets the processes write back the newest
     state they hold).
+
+When Redis refuses a command (an ACL)
+    A ``NOPERM`` reply (the client's user lacks a command, a key or a
+    channel) is neither an outage nor garbage: the store's status turns
+    ``forbidden``, naming the command and the rule that grants it
+    (``ACL SETUSER gate +evalsha``), logged once until it is allowed again.
+    What still works, works: without ``EVALSHA`` state changes are refused
+    with ``StorePermissionError`` (nothing changed); without ``PUBLISH`` or
+    ``SUBSCRIBE`` changes are made and followed by polling; without
+    ``TIME`` outcomes stay in the local buffer, and a window store that
+    cannot deliver outcomes never lets the verdict read HEALTHY. Any other
+    error reply (out of memory, a read-only replica, a failover under way)
+    counts as Redis unavailable. Every command the stores send is listed in
+    ``ACL_COMMANDS``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
@@ -95,7 +110,12 @@ from gate_middleware.domain.codec import (
 from gate_middleware.domain.config import PromotionConfig
 from gate_middleware.domain.routing import CANARY, STABLE
 from gate_middleware.domain.state import MAX_HISTORY, GateState, PromotionEvent
-from gate_middleware.errors import ConfigError, OutcomeUnknownError, PromotionError
+from gate_middleware.errors import (
+    ConfigError,
+    OutcomeUnknownError,
+    PromotionError,
+    StorePermissionError,
+)
 from gate_middleware.judge.evidence import Evidence
 from gate_middleware.judge.sample import STORE_LIMIT
 from gate_middleware.judge.sketch import BUCKET_COUNT
@@ -119,7 +139,7 @@ from gate_middleware.stores.windows import SLICES
 
 try:
     import redis
-    from redis.exceptions import RedisClusterException, RedisError
+    from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         'the shared gate needs redis-py: pip install "gate-middleware[redis]"'
@@ -136,11 +156,16 @@ MAX_CLOCK_SKEW_SECONDS = 1.0  # a process further off Redis's clock is logged
 FULL_READ_EVERY = 4  # follower steps (1 s): the whole state is read and checked
 CLOCK_EVERY = 16  # follower steps (4 s): the offset to Redis's clock is measured again
 
+# Both state scripts announce a change they wrote with PUBLISH, through
+# pcall: a user that may not PUBLISH still writes (the other processes then
+# see it by polling), and the script returns Redis's refusal instead of 1.
+
 # Write ``state`` only into an empty hash (a fresh or emptied Redis).
 _SEED = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'id', ARGV[2], 'state', ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[1])
+local announced = redis.pcall('PUBLISH', ARGV[4], ARGV[1])
+if type(announced) == 'table' and announced.err then return announced.err end
 return 1
 """
 
@@ -149,7 +174,8 @@ _CAS = """
 local current = redis.call('HMGET', KEYS[1], 'version', 'id')
 if current[1] ~= ARGV[1] or (current[2] or '') ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'version', ARGV[3], 'id', ARGV[4], 'state', ARGV[5])
-redis.call('PUBLISH', ARGV[6], ARGV[3])
+local announced = redis.pcall('PUBLISH', ARGV[6], ARGV[3])
+if type(announced) == 'table' and announced.err then return announced.err end
 return 1
 """
 
@@ -257,6 +283,152 @@ class _Corruption:
             logger.warning("Redis key %s decodes again", key)
 
 
+# -- what Redis refuses ------------------------------------------------------------------
+
+#: Every command the stores send, as ACL rules (``tests/stores/test_redis_acl.py``
+#: runs a user with exactly these, and ``+wait`` is needed with ``wait_replicas``).
+ACL_COMMANDS = (
+    "+hmget +hgetall +hget +hset +hincrby +hdel +exists +get +incr +del +expire "
+    "+evalsha +script|load +script|exists +subscribe +publish +time +ping"
+)
+
+# Inside a script, Redis 7.0 refuses a command with these words (7.2 and
+# later: a NOPERM reply that names the command).
+_IN_SCRIPT_REFUSAL = "The user executing the script can't"
+_NAMED_COMMAND = re.compile(r"run the '([^']+)' command")
+
+# The commands of each script that Redis 7.0 does not name when it refuses one.
+_STATE_SCRIPT_COMMANDS = ("+exists", "+hmget", "+hset")
+_WINDOW_SCRIPT_COMMANDS = ("+get", "+del", "+incr", "+hget", "+hset")
+
+# What a store cannot do while Redis refuses each of its operations.
+_CONSEQUENCES = {
+    "read": "this process cannot read the shared state and serves the last state it knew",
+    "change": "state changes are refused (nothing changed)",
+    "publish": "the other processes see changes by polling (within a second), not at once",
+    "subscribe": "this process follows changes by polling (within a second), not at once",
+    "time": "bakes, plan deadlines and event times follow this process's clock, not Redis's",
+    "wait": "changes are reported without waiting for replicas to hold them",
+    "flush": "this process's outcomes do not reach the shared windows (the verdict is not "
+    "HEALTHY until they do)",
+    "clear": "a new step does not reach the other processes: their windows keep the last "
+    "step's outcomes (the verdict is not HEALTHY until it does)",
+}
+
+# The state store's operation that a command Redis names belongs to.
+_STATE_OPERATIONS = {
+    "hmget": "read",
+    "evalsha": "change",
+    "script|load": "change",
+    "exists": "change",
+    "hset": "change",
+    "publish": "publish",
+    "subscribe": "subscribe",
+    "time": "time",
+    "wait": "wait",
+}
+
+
+def _state_operation(exc: BaseException, default: str) -> str:
+    """The state store's operation that Redis refused: a change when a script
+    was refused a command (every state script writes), else the one the
+    command Redis names belongs to, else ``default``."""
+    text = str(exc)
+    if " script: " in text or _IN_SCRIPT_REFUSAL in text:
+        return "change"
+    named = _NAMED_COMMAND.search(text)
+    return _STATE_OPERATIONS.get(named.group(1).lower(), default) if named else default
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing a command, a key or a channel to
+    this client's user (its ACL)."""
+    if isinstance(exc, NoPermissionError):
+        return True
+    return isinstance(exc, redis.ResponseError) and _IN_SCRIPT_REFUSAL in str(exc)
+
+
+def _corrupt_reply(exc: BaseException) -> bool:
+    """Whether Redis's error reply says that a key holds what the store never
+    writes there (another type, a field that is no integer)."""
+    text = str(exc)
+    return isinstance(exc, redis.ResponseError) and (
+        "WRONGTYPE" in text or "not an integer" in text or "not a valid float" in text
+    )
+
+
+def _reply(text: str) -> str:
+    """Redis's words, without the script's location it appends."""
+    return text.split(" script: ", 1)[0]
+
+
+def _acl_user(client: Any) -> str:
+    """The ACL user ``client`` authenticates as (``default`` without one)."""
+    with contextlib.suppress(AttributeError, TypeError):
+        return str(client.get_connection_kwargs().get("username") or "default")
+    return "default"
+
+
+class _Refusals:
+    """What Redis refuses to this client's user, by operation of the store:
+    the command, Redis's words and the ACL rule that grants it; each logged
+    once, until the operation succeeds again."""
+
+    def __init__(self, what: str, client: Any, key_prefix: str) -> None:
+        self.what = what
+        self.user = _acl_user(client)
+        self.key_prefix = key_prefix
+        self.problems: dict[str, str] = {}  # operation -> what is refused and the fix
+        self._logged: dict[str, str] = {}  # operation -> the rules it was logged with
+
+    def rule(self, text: str, commands: tuple[str, ...]) -> tuple[str, str]:
+        """(the command Redis refused, the rule that grants it), from its words."""
+        named = _NAMED_COMMAND.search(text)
+        if named:
+            return named.group(1).upper(), "+" + named.group(1).lower()
+        lowered = text.lower()
+        if "channel" in lowered:
+            return f"the channels {self.key_prefix}*", f"&{self.key_prefix}*"
+        if "key" in lowered:
+            return f"the keys {self.key_prefix}*", f"~{self.key_prefix}*"
+        names = [command.lstrip("+").upper() for command in commands]
+        return (names[0] if len(names) == 1 else "one of " + ", ".join(names)), " ".join(commands)
+
+    def found(
+        self,
+        operation: str,
+        refusals: list[tuple[str, str]],
+        reply: str,
+    ) -> str:
+        """Redis refused ``refusals`` ((command, rule) pairs, with ``reply``,
+        its words for the first) during ``operation``: what is wrong, and the fix."""
+        commands = ", ".join(dict.fromkeys(command for command, _ in refusals))
+        rules = " ".join(dict.fromkeys(rule for _, rule in refusals))
+        problem = (
+            f"Redis refuses {commands} to user {self.user!r} ({_reply(reply)}): "
+            f"{_CONSEQUENCES[operation]}; grant it with ACL SETUSER {self.user} {rules}"
+        )
+        if self._logged.get(operation) != rules:  # once, until allowed or refused otherwise
+            self._logged[operation] = rules
+            self.problems[operation] = problem
+            logger.error("%s: %s", self.what, problem)
+        return self.problems[operation]
+
+    def refused(self, operation: str, exc: BaseException | str, commands: tuple[str, ...]) -> str:
+        """Redis refused ``exc`` during ``operation`` (``commands``: the rules
+        to name when Redis does not say which command): what is wrong, and the fix."""
+        text = str(exc)
+        return self.found(operation, [self.rule(text, commands)], text)
+
+    def allowed(self, operation: str) -> None:
+        self._logged.pop(operation, None)
+        if self.problems.pop(operation, None) is not None:
+            logger.warning("%s: Redis allows what it refused again (%s)", self.what, operation)
+
+    def detail(self) -> str:
+        return "; ".join(self.problems.values())
+
+
 class RedisStateStore(StateStoreBase):
     """The gate's state, shared through Redis (see the module's documentation).
 
@@ -300,6 +472,7 @@ class RedisStateStore(StateStoreBase):
         self._listeners: list[Callable[[GateState], None]] = []
         self._outage = _Outage(f"rollout {rollout!r} state")
         self._corruption = _Corruption()
+        self._refusals = _Refusals(f"rollout {rollout!r} state", client, key_prefix)
         self._pubsub: Any = None
         self._steps = 0
         self._clocks: list[RedisClock] = []
@@ -314,7 +487,7 @@ class RedisStateStore(StateStoreBase):
         try:
             self._sync()
         except redis.ResponseError as exc:
-            self._corruption.found(self._key, str(exc))
+            self._answered(exc, "read")
         except Unavailable as exc:
             self._outage.failed(exc)
             logger.warning(
@@ -338,13 +511,43 @@ class RedisStateStore(StateStoreBase):
         return self._state
 
     def status(self) -> tuple[StoreCondition, str]:
-        """("ok" | "unreachable" | "corrupt", what is wrong)."""
+        """("ok" | "unreachable" | "forbidden" | "corrupt", what is wrong)."""
         if self._corruption.problems:
             key, problem = next(iter(self._corruption.problems.items()))
             return "corrupt", f"{key}: {problem}"
+        if self._refusals.problems:
+            return "forbidden", self._refusals.detail()
         if self._outage.down:
             return "unreachable", "Redis does not answer; serving the last known state"
         return "ok", ""
+
+    def _answered(self, exc: redis.ResponseError, operation: str) -> PromotionError:
+        """Redis answered ``operation`` with an error reply: record it (a
+        refusal, corrupt data, or anything else: Redis unavailable for now)
+        and return the error a state change raises for it (nothing changed)."""
+        if _refused(exc):
+            self._outage.recovered()
+            return StorePermissionError(
+                self._refusals.refused(
+                    _state_operation(exc, operation), exc, _STATE_SCRIPT_COMMANDS
+                )
+            )
+        if _corrupt_reply(exc):
+            self._outage.recovered()
+            self._corruption.found(self._key, str(exc))
+            return self._corrupt_error()
+        return self._unreachable(exc)
+
+    def _written(self, result: Any) -> bool:
+        """Whether a seed or compare-and-set script wrote (its reply is 1, or
+        Redis's refusal of the PUBLISH that would have announced it)."""
+        if isinstance(result, bytes):
+            self._refusals.refused("publish", result.decode("utf-8", "replace"), ("+publish",))
+        elif result:
+            self._refusals.allowed("publish")
+        if result:
+            self._refusals.allowed("change")
+        return bool(result)
 
     def compare_and_set(
         self, expected_version: int, new_state: GateState, *, expected_transition: str | None = None
@@ -365,10 +568,9 @@ class RedisStateStore(StateStoreBase):
             if self._corruption.problems:
                 raise self._corrupt_error()
         try:
-            done = bool(self._write(str(expected_version), expected_transition, new_state))
-        except redis.ResponseError as exc:  # Redis answered: the key is not a state's hash
-            self._corruption.found(self._key, str(exc))
-            raise self._corrupt_error() from exc
+            done = self._written(self._write(str(expected_version), expected_transition, new_state))
+        except redis.ResponseError as exc:  # Redis answered: the script did not write
+            raise self._answered(exc, "change") from exc
         except Unavailable as exc:
             if _never_sent(exc):
                 raise self._unreachable(exc) from exc
@@ -427,8 +629,13 @@ class RedisStateStore(StateStoreBase):
                 self._client.execute_command("WAIT", self._wait_replicas, self._wait_ms)
             )
         except Unavailable as exc:
+            if _refused(exc):
+                self._refusals.refused("wait", exc, ("+wait",))
+                return
             acknowledged = 0
             logger.warning("rollout %r: WAIT failed (%s)", self._rollout, exc)
+        else:
+            self._refusals.allowed("wait")
         if acknowledged < self._wait_replicas:
             logger.warning(
                 "rollout %r: a state change is on the primary but only %d of %d replicas confirmed "
@@ -443,7 +650,7 @@ class RedisStateStore(StateStoreBase):
         try:
             self._sync()
         except redis.ResponseError as exc:
-            self._corruption.found(self._key, str(exc))
+            raise self._answered(exc, "read") from exc
         except Unavailable as exc:
             raise self._unreachable(exc) from exc
 
@@ -472,6 +679,7 @@ class RedisStateStore(StateStoreBase):
         """Read the shared state and reconcile it with ours (see the module's documentation)."""
         version, transition, raw = self._client.hmget(self._key, "version", "id", "state")
         self._outage.recovered()
+        self._refusals.allowed("read")
         if version is None and transition is None and raw is None:
             self._seed()
             return
@@ -529,9 +737,11 @@ class RedisStateStore(StateStoreBase):
         state = self._state
         if self._seen_shared:  # Redis lost it: put back the newest we know, and say so
             state = self._restored(state, None)
-        written = self._seed_script(
-            keys=[self._key],
-            args=[str(state.version), state.transition, encode_state(state), self._channel],
+        written = self._written(
+            self._seed_script(
+                keys=[self._key],
+                args=[str(state.version), state.transition, encode_state(state), self._channel],
+            )
         )
         if written:
             if self._seen_shared:
@@ -549,7 +759,7 @@ class RedisStateStore(StateStoreBase):
     def _restore(self, shared: GateState) -> None:
         """The shared state is older than ours: write ours back over it."""
         state = self._restored(self._state, shared)
-        if self._write(str(shared.version), shared.transition, state):
+        if self._written(self._write(str(shared.version), shared.transition, state)):
             logger.warning(
                 "rollout %r: the shared state (version %d) was older than this process's; "
                 "wrote back version %d (%s)",
@@ -562,15 +772,14 @@ class RedisStateStore(StateStoreBase):
 
     def _follow(self) -> None:
         self._steps += 1
+        again = self._steps % CLOCK_EVERY == 1  # every 4 s: the clocks, and what was refused
         try:
-            if self._pubsub is None:
-                self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-                self._pubsub.subscribe(self._channel)
-            message = self._pubsub.get_message(timeout=0.2)
+            announced = self._announced(again)
             version, transition = self._client.hmget(self._key, "version", "id")
+            self._refusals.allowed("read")
             local = self._state
             if (
-                message is not None
+                announced
                 or self._corruption.problems
                 or self._steps % FULL_READ_EVERY == 0  # a foreign write may leave the id alone
                 or version != str(local.version).encode()
@@ -579,29 +788,84 @@ class RedisStateStore(StateStoreBase):
                 self._sync()
             else:
                 self._outage.recovered()
-            if self._steps % CLOCK_EVERY == 1:
+            if again:
                 for clock in self._clocks:
-                    clock.measure(self._client)
-        except redis.ResponseError as exc:  # Redis answered: the key is not what we wrote
-            self._outage.recovered()
-            self._corruption.found(self._key, str(exc))
+                    self._measure(clock)
+                self._ask_to_publish()
+        except redis.ResponseError as exc:  # Redis answered: refused, not what we wrote, or busy
+            self._answered(exc, "read")
         except Unavailable as exc:
             self._outage.failed(exc)
-            self._pubsub = None
+            self._drop_pubsub()
+
+    def _announced(self, again: bool) -> bool:
+        """Whether another process announced a change (``SUBSCRIBE``). While
+        Redis refuses SUBSCRIBE, never: the follower polls, and subscribes
+        again only when ``again``."""
+        try:
+            if self._pubsub is None:
+                if "subscribe" in self._refusals.problems and not again:
+                    return False
+                self._pubsub = self._client.pubsub()
+                self._pubsub.subscribe(self._channel)
+            message = self._pubsub.get_message(timeout=0.2)
+        except Unavailable as exc:
+            if not _refused(exc):
+                raise
+            self._drop_pubsub()
+            self._refusals.refused("subscribe", exc, ("+subscribe",))
+            return False
+        if message is None:
+            return False
+        if message["type"] == "subscribe":  # Redis confirmed it
+            self._refusals.allowed("subscribe")
+            return False
+        return bool(message["type"] == "message")
+
+    def _drop_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(*Unavailable):
+                pubsub.close()
+
+    def _ask_to_publish(self) -> None:
+        """At the follower's first step, and while Redis refuses PUBLISH, ask
+        whether it may (a notification the other processes answer with a
+        read): every process, not only those that write, says so."""
+        if self._steps == 1 or "publish" in self._refusals.problems:
+            try:
+                self._client.publish(self._channel, str(self._state.version))
+            except redis.ResponseError as exc:
+                if not _refused(exc):
+                    raise
+                self._refusals.refused("publish", exc, ("+publish",))
+            else:
+                self._refusals.allowed("publish")
+
+    def _measure(self, clock: RedisClock) -> None:
+        """Measure ``clock``'s offset to Redis's (``TIME``); a refusal is recorded."""
+        try:
+            clock.measure(self._client)
+        except redis.ResponseError as exc:
+            if not _refused(exc):
+                raise
+            self._refusals.refused("time", exc, ("+time",))
+        else:
+            self._refusals.allowed("time")
 
     def clock(self, local: Callable[[], float]) -> Callable[[], float]:
         """``local`` corrected to Redis's clock, measured now (if Redis answers)
         and again by the follower every ``CLOCK_EVERY`` steps."""
         clock = RedisClock(local, self._rollout, "bakes, deadlines and event times follow")
         with contextlib.suppress(*Unavailable):
-            clock.measure(self._client)
+            self._measure(clock)
         self._clocks.append(clock)
         self._follower.ensure()
         return clock
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
-        self._pubsub = None  # the follower starts again in this process
+        self._pubsub = None  # the follower starts again in this process (the parent's is its own)
 
     def close(self) -> None:
         self._follower.close()
@@ -640,6 +904,11 @@ def _decode_slice(reply: dict[bytes, bytes]) -> tuple[int, int, int, dict[int, i
     return totals[b"r"], totals[b"f"], totals[b"g"], buckets, problems
 
 
+# What a write of a flush carries: a slice's outcomes (variant, number), a
+# variant's evidence and sessions' sample (its name), or neither.
+_Outcomes = tuple[str, int] | str | None
+
+
 class RedisWindowStore(BufferedWindowStore):
     """Both windows, merged across every process of the rollout.
 
@@ -675,6 +944,7 @@ class RedisWindowStore(BufferedWindowStore):
         self._epoch = 0
         self._outage = _Outage(f"rollout {rollout!r} windows")
         self._corruption = _Corruption()
+        self._refusals = _Refusals(f"rollout {rollout!r} windows", client, key_prefix)
         meter = get_meter("gate_middleware", meter_provider=meter_provider)
         meter.create_observable_counter(
             "gate_middleware.store.corrupt",
@@ -686,7 +956,13 @@ class RedisWindowStore(BufferedWindowStore):
             self._measure_offset()
 
     def _unreachable(self, exc: BaseException) -> None:
-        self._outage.failed(exc)
+        """A flush failed before Redis took its outcomes (they wait in the
+        buffer): Redis refused a command (``TIME``...), or is unavailable."""
+        if _refused(exc):
+            self._outage.recovered()
+            self._refusals.refused("flush", exc, _WINDOW_SCRIPT_COMMANDS)
+        else:
+            self._outage.failed(exc)
 
     def _observe_corrupt(self, options: CallbackOptions) -> list[Observation]:
         counts: dict[str, int] = {}
@@ -699,13 +975,20 @@ class RedisWindowStore(BufferedWindowStore):
         ]
 
     def status(self) -> tuple[StoreCondition, str]:
-        """("ok" | "unreachable" | "corrupt", what is wrong)."""
-        if self._corruption.problems:
-            key, problem = next(iter(self._corruption.problems.items()))
-            return "corrupt", f"{key}: {problem}"
+        """("ok" | "unreachable" | "forbidden" | "corrupt", what is wrong).
+        ``forbidden`` and ``unreachable`` come first: they say that outcomes
+        may not be delivered, which the gate's verdict heeds."""
+        condition: StoreCondition = "ok"
+        problems = [f"{key}: {problem}" for key, problem in self._corruption.problems.items()]
+        if problems:
+            condition = "corrupt"
         if self._outage.down:
-            return "unreachable", "Redis does not answer; outcomes wait in the local buffer"
-        return "ok", ""
+            condition = "unreachable"
+            problems.insert(0, "Redis does not answer; outcomes wait in the local buffer")
+        if self._refusals.problems:
+            condition = "forbidden"
+            problems.insert(0, self._refusals.detail())
+        return condition, "; ".join(problems)
 
     def _now(self) -> float:
         return self._clock()
@@ -727,10 +1010,24 @@ class RedisWindowStore(BufferedWindowStore):
             for variant in (CANARY, STABLE):
                 self._client.delete(f"{self._prefix}:{previous}:{variant}:sample")
         except Unavailable as exc:
-            self._outage.failed(exc)
+            if _refused(exc):
+                self._outage.recovered()
+                self._refusals.refused("clear", exc, _WINDOW_SCRIPT_COMMANDS)
+            elif _corrupt_reply(exc):
+                self._corruption.found(self._epoch_key, _reply(str(exc)))
+            else:
+                self._outage.failed(exc)
+        else:
+            self._refusals.allowed("clear")
 
     def _read_epoch(self) -> int:
-        raw = self._client.get(self._epoch_key)
+        try:
+            raw = self._client.get(self._epoch_key)
+        except redis.ResponseError as exc:
+            if not _corrupt_reply(exc):
+                raise
+            self._corruption.found(self._epoch_key, _reply(str(exc)))  # not a string at all
+            return -1
         if raw is None:
             self._corruption.repaired(self._epoch_key)
             return 0
@@ -749,14 +1046,22 @@ class RedisWindowStore(BufferedWindowStore):
         self._measure_offset()  # TIME cannot be pipelined on a cluster
         self._epoch = self._read_epoch()
         pipe = self._client.pipeline(transaction=False)
+        # Each command queued: its name, its key and, for a write of outcomes,
+        # their slice (or the variant, for the evidence and its sample).
+        queued: list[tuple[str, str, _Outcomes]] = []
+
+        def send(command: str, key: str, *args: Any, outcomes: _Outcomes = None) -> None:
+            pipe.execute_command(command, key, *args)
+            queued.append((command, key, outcomes))
+
         for (variant, number), entry in pending.items():
             redis_key = f"{self._prefix}:{self._epoch}:{variant}:{number}"
             fields = {"r": entry.requests, "f": entry.failures, "g": entry.good}
             fields.update({f"b{index}": count for index, count in entry.buckets.items()})
             for name, amount in fields.items():
                 if amount:
-                    pipe.hincrby(redis_key, name, amount)
-            pipe.expire(redis_key, self._expire)
+                    send("HINCRBY", redis_key, name, amount, outcomes=(variant, number))
+            send("EXPIRE", redis_key, self._expire)
         order = [
             (variant, number)
             for variant in (CANARY, STABLE)
@@ -767,8 +1072,8 @@ class RedisWindowStore(BufferedWindowStore):
         for variant in (CANARY, STABLE):
             evidence_key = f"{self._prefix}:{self._epoch}:{variant}:evidence"
             for name, amount in evidence_fields(evidence[variant]):
-                pipe.hincrby(evidence_key, name, amount)
-            pipe.expire(evidence_key, EVIDENCE_SECONDS)
+                send("HINCRBY", evidence_key, name, amount, outcomes=variant)
+            send("EXPIRE", evidence_key, EVIDENCE_SECONDS)
             # The sessions' sample: a hash of its own, read back only every
             # SAMPLE_READ_SECONDS (it holds thousands of fields).
             sample_key = f"{self._prefix}:{self._epoch}:{variant}:sample"
@@ -776,26 +1081,33 @@ class RedisWindowStore(BufferedWindowStore):
             held: list[Any] = [STORE_LIMIT]
             for name, amount in counters:
                 if name.startswith("s"):  # a session's requests
-                    pipe.hincrby(sample_key, name, amount)
+                    send("HINCRBY", sample_key, name, amount, outcomes=variant)
                 else:  # a metric's total
                     held += (name, amount)
             if len(held) > 1:
                 self._add_held(keys=[sample_key], args=held, client=pipe)
+                queued.append(("EVALSHA", sample_key, variant))
             if evicted.get(variant):
-                pipe.hdel(sample_key, *evicted[variant])
+                send("HDEL", sample_key, *evicted[variant])
             if counters:
-                pipe.expire(sample_key, EVIDENCE_SECONDS)
+                send("EXPIRE", sample_key, EVIDENCE_SECONDS)
         for variant in (CANARY, STABLE):
-            pipe.hgetall(f"{self._prefix}:{self._epoch}:{variant}:evidence")
+            send("HGETALL", f"{self._prefix}:{self._epoch}:{variant}:evidence")
         for variant, number in order:
-            pipe.hgetall(f"{self._prefix}:{self._epoch}:{variant}:{number}")
+            send("HGETALL", f"{self._prefix}:{self._epoch}:{variant}:{number}")
         if read_sample:
             for variant in (CANARY, STABLE):
-                pipe.hgetall(f"{self._prefix}:{self._epoch}:{variant}:sample")
-        replies = pipe.execute()
-        pending.clear()  # in Redis now: nothing below may lose or repeat them
+                send("HGETALL", f"{self._prefix}:{self._epoch}:{variant}:sample")
+        # Redis answers each command: one it refuses does not fail the others.
+        replies = pipe.execute(raise_on_error=False)
+        corrupt_keys, unsent = self._note_errors(queued, replies, pending)
+        retry = {key: entry for key, entry in pending.items() if key in unsent}
+        retry_evidence = {variant: evidence[variant] for variant in evidence if variant in unsent}
+        pending.clear()  # in Redis now (or put back below): nothing may lose or repeat them
         evidence.clear()
-        self._outage.recovered()
+        if retry or retry_evidence:
+            self._buffer.put_back(retry, retry_evidence, oldest)
+        replies = [{} if isinstance(reply, Exception) else reply for reply in replies]
         samples = None
         if read_sample:
             samples = {
@@ -820,9 +1132,65 @@ class RedisWindowStore(BufferedWindowStore):
                 self._corruption.repaired(slice_key)
             merged[variant].add(requests, failures, good, buckets)
         for old_key in [k for k in self._corruption.problems if k.startswith(self._prefix)]:
-            if not any(old_key.endswith(f":{v}:{n}") for v, n in order):
-                self._corruption.repaired(old_key)  # it left the window
+            if old_key not in corrupt_keys and not any(
+                old_key.endswith(f":{v}:{n}") for v, n in order
+            ):
+                self._corruption.repaired(old_key)  # it left the window, or holds a hash again
         self._buffer.publish(merged, merged_evidence, samples, self._epoch)
+
+    def _note_errors(
+        self,
+        queued: list[tuple[str, str, _Outcomes]],
+        replies: list[Any],
+        pending: dict[tuple[str, int], Slice],
+    ) -> tuple[set[str], set[_Outcomes]]:
+        """Record the commands of a flush that Redis answered with an error:
+        refused (``forbidden``), on a key that holds something else
+        (``corrupt``), or anything else (unavailable for now). Returns the
+        keys found corrupt, and the slices and evidence none of whose writes
+        Redis took (to send again). Of a slice only some of whose writes it
+        took, the outcomes are lost and counted dropped (sent again, the
+        fields it took would count twice), unless what failed was a field
+        that holds garbage (reported corrupt)."""
+        refusals: list[tuple[str, str]] = []
+        first_refusal = ""
+        corrupt_keys: set[str] = set()
+        trouble: Exception | None = None
+        taken: dict[_Outcomes, list[bool]] = {}  # per slice or evidence: each write, taken
+        lost: set[_Outcomes] = set()  # a write failed, and not on garbage
+        for (command, key, outcomes), reply in zip(queued, replies, strict=True):
+            failed = isinstance(reply, Exception)
+            if outcomes is not None:
+                taken.setdefault(outcomes, []).append(not failed)
+            if not failed:
+                continue
+            if _corrupt_reply(reply):
+                corrupt_keys.add(key)
+                self._corruption.found(key, _reply(str(reply)))
+                continue
+            if outcomes is not None:
+                lost.add(outcomes)
+            if _refused(reply):
+                fallback = (
+                    _WINDOW_SCRIPT_COMMANDS if command == "EVALSHA" else ("+" + command.lower(),)
+                )
+                refusals.append(self._refusals.rule(str(reply), fallback))
+                first_refusal = first_refusal or str(reply)
+            elif trouble is None:
+                trouble = reply
+        unsent = {outcomes for outcomes, writes in taken.items() if not any(writes)}
+        self._buffer.dropped += sum(
+            pending[outcomes].requests for outcomes in lost - unsent if isinstance(outcomes, tuple)
+        )
+        if refusals:
+            self._refusals.found("flush", refusals, first_refusal)
+        else:
+            self._refusals.allowed("flush")
+        if trouble is not None:
+            self._outage.failed(trouble)
+        else:
+            self._outage.recovered()
+        return corrupt_keys, unsent
 
 
 def _decode_fields(reply: dict[bytes, bytes]) -> list[tuple[str, int]]:
@@ -846,12 +1214,86 @@ def _decode_evidence(reply: dict[bytes, bytes]) -> Evidence:
 _TIMEOUTS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 
 
-def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
+# What each scheme's URL looks like: said by every ConfigError about one.
+_FORMS = {
+    "redis": "redis://[[user]:password@]host[:port][/db][?option=value...]",
+    "rediss": "rediss://[[user]:password@]host[:port][/db][?option=value...]",
+    "unix": "unix://[[user]:password@]/path/to/socket[?db=N&option=value...]",
+    "redis+cluster": "redis+cluster://[[user]:password@]host:port[,host:port...] (no db, no options)",
+    "redis+sentinel": (
+        "redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db] (no options)"
+    ),
+}
+_PASSWORD_OPTION = re.compile(r"([?&][^=&#]*password=)[^&#]*", re.IGNORECASE)
+_DB_PATH = re.compile(r"/?(\d+)?/?")
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with the password of its user info (and of a ``password=``
+    option) replaced by ``***``: what an error or a log line may show.
+    Everything before the last ``@`` is user info, so a password holding
+    ``/``, ``?`` or ``@`` does not leak either."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return f"{scheme.partition(':')[0]}:***" if "@" in url else url
+    userinfo, at, after = rest.rpartition("@")
+    if at and ":" in userinfo:
+        user = userinfo.partition(":")[0]
+        user = user if not set(user) & set("/?#") else ""
+        rest = f"{user}:***@{after}"
+    return _PASSWORD_OPTION.sub(r"\1***", f"{scheme}://{rest}")
+
+
+def _malformed(url: str, problem: str) -> ConfigError:
+    """The ConfigError for a malformed ``url``: its form, the problem, the URL redacted."""
+    scheme = url.partition("://")[0].lower()
+    form = _FORMS.get(
+        scheme, "a redis://, rediss://, unix://, redis+cluster:// or redis+sentinel:// URL"
+    )
+    return ConfigError("url", redacted_url(url), f"{form}: {problem}")
+
+
+def _split(url: str) -> SplitResult:
+    """``url``'s parts; a ConfigError when they do not parse (Python's words,
+    which may quote the URL, are never shown)."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme.lower() in ("redis", "rediss"):
+            parts.port  # noqa: B018 - read here, so that a bad one fails here
+    except ValueError:
+        raise _malformed(url, "its host and port do not parse (a port from 1 to 65535)") from None
+    return parts
+
+
+def _port(text: str, url: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise _malformed(url, "each port must be an integer from 1 to 65535")
+    return int(text)
+
+
+def _hosts(url: str, netloc: str, default_port: int) -> list[tuple[str, int]]:
+    """The ``host:port`` pairs of a cluster's or Sentinels' URL (``[v6]:port`` too)."""
     hosts = []
-    for part in netloc.rsplit("@", 1)[-1].split(","):
-        host, _, port = part.rpartition(":") if ":" in part else (part, "", "")
-        hosts.append((host or "127.0.0.1", int(port) if port else default_port))
+    for part in netloc.rpartition("@")[2].split(","):
+        if part.startswith("["):
+            host, bracket, port_part = part[1:].partition("]")
+            if not bracket or (port_part and not port_part.startswith(":")):
+                raise _malformed(url, "an IPv6 host is written [address]:port")
+            port = port_part[1:] if port_part else None
+        elif ":" in part:
+            host, _, port = part.rpartition(":")
+        else:
+            host, port = part, None
+        hosts.append((host or "127.0.0.1", default_port if port is None else _port(port, url)))
     return hosts
+
+
+def _credentials(parts: SplitResult, options: dict[str, Any]) -> None:
+    """The URL's user and password, unless ``options`` name their own."""
+    if parts.username:
+        options.setdefault("username", unquote(parts.username))
+    if parts.password:
+        options.setdefault("password", unquote(parts.password))
 
 
 def connect(url: str, **options: Any) -> Any:
@@ -860,7 +1302,8 @@ def connect(url: str, **options: Any) -> Any:
     ``redis+cluster://host:port[,host:port...]`` gives a ``RedisCluster``;
     ``redis+sentinel://host:port[,host:port...]/service[/db]`` the primary
     that the Sentinels name for ``service`` (followed through failovers);
-    any other URL goes to ``redis.Redis.from_url``.
+    any other URL goes to ``redis.Redis.from_url``. A URL that does not
+    parse is a ``ConfigError`` that shows it with its password as ``***``.
     """
     from redis.backoff import ConstantBackoff, NoBackoff
     from redis.retry import Retry
@@ -870,39 +1313,66 @@ def connect(url: str, **options: Any) -> Any:
     # No sleeping retries inside redis-py (its default backs off by seconds,
     # with jitter): the store's own loops retry, within their deadlines.
     no_retry = Retry(NoBackoff(), 0)
-    parts = urlsplit(url)
-    if parts.scheme == "redis+cluster":
+    parts = _split(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("redis+cluster", "redis+sentinel") and (parts.query or parts.fragment):
+        raise _malformed(url, "options are not read from this URL (pass them to the client)")
+    if scheme == "redis+cluster":
         from redis.cluster import ClusterNode, RedisCluster
 
+        if parts.path.strip("/") not in ("", "0"):
+            raise _malformed(url, "a Redis Cluster has db 0 only")
         nodes = [
             ClusterNode(host, port)  # type: ignore[no-untyped-call]
-            for host, port in _hosts(parts.netloc, 6379)
+            for host, port in _hosts(url, parts.netloc, 6379)
         ]
-        if parts.password:
-            options.setdefault("password", unquote(parts.password))
+        _credentials(parts, options)
         options.setdefault("retry", Retry(ConstantBackoff(0.05), 2))
         return RedisCluster(startup_nodes=nodes, **options)
-    if parts.scheme == "redis+sentinel":
+    if scheme == "redis+sentinel":
         from redis.sentinel import Sentinel
 
         path = [p for p in parts.path.split("/") if p]
-        if not path:
-            raise ConfigError("url", url, "redis+sentinel://host:port[,host:port]/service[/db]")
+        if not path or len(path) > 2:
+            raise _malformed(url, "it names the service, and at most a db after it")
         if len(path) > 1:
+            if not (path[1].isascii() and path[1].isdigit()):
+                raise _malformed(url, "the db must be an integer")
             options.setdefault("db", int(path[1]))
-        if parts.password:
-            options.setdefault("password", unquote(parts.password))
+        hosts = _hosts(url, parts.netloc, 26379)
+        _credentials(parts, options)
         options.setdefault("retry", no_retry)
         # redis-py before 8.2 ships Sentinel without annotations (mypy --strict:
         # no-untyped-call) and 8.2 annotates it (an ignore would then be unused):
         # called through a Callable[..., Any], both pass with no ignore at all.
         make_sentinel: Callable[..., Any] = Sentinel
-        sentinel = make_sentinel(
-            _hosts(parts.netloc, 26379), sentinel_kwargs={**_TIMEOUTS, "retry": no_retry}, **options
-        )
-        return sentinel.master_for(path[0], **options)
+        sentinel = make_sentinel(hosts, sentinel_kwargs={**_TIMEOUTS, "retry": no_retry}, **options)
+        return sentinel.master_for(unquote(path[0]), **options)
+    if scheme in ("redis", "rediss") and not _DB_PATH.fullmatch(unquote(parts.path)):
+        raise _malformed(url, "the db must be an integer")  # redis-py would take db 0
     options.setdefault("health_check_interval", 5)
-    return redis.Redis.from_url(url, **options)
+    try:
+        client = redis.Redis.from_url(url, **options)
+        # A connection is made at the first command: an option it does not
+        # take (``?no_such_option=1``) fails here instead (no socket is opened).
+        pool: Any = client.connection_pool
+        pool.connection_class(**pool.connection_kwargs)
+    except (ValueError, TypeError) as exc:
+        # redis-py's words name an option (never its value); the password is taken out anyway.
+        raise _malformed(url, _without_secrets(str(exc), parts)) from None
+    return client
+
+
+def _without_secrets(text: str, parts: SplitResult) -> str:
+    """``text`` with the URL's passwords (its user info's and its ``password``
+    options', as written and decoded) taken out."""
+    secrets = [parts.password or ""]
+    secrets += [value for name, value in parse_qsl(parts.query) if "password" in name.lower()]
+    for secret in secrets:
+        for form in (secret, unquote(secret)):
+            if form:
+                text = text.replace(form, "***")
+    return text
 
 
 def shared_stores(
@@ -945,10 +1415,12 @@ def shared_stores(
 
 
 __all__ = [
+    "ACL_COMMANDS",
     "CorruptData",
     "RedisStateStore",
     "RedisWindowStore",
     "connect",
+    "redacted_url",
     "rollout_keys",
     "shared_stores",
 ]

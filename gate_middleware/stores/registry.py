@@ -18,9 +18,9 @@ backend.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from gate_middleware.errors import ConfigError
 
@@ -44,6 +44,7 @@ BUILT_IN: dict[str, str] = {
 }
 
 _REGISTERED: dict[str, StoreOpener] = {}
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")  # RFC 3986, as urlsplit reads it
 
 
 def register_store(*schemes: str) -> Callable[[StoreOpener], StoreOpener]:
@@ -66,8 +67,16 @@ def schemes() -> list[str]:
     return sorted({*BUILT_IN, *_REGISTERED})
 
 
+def _scheme(url: object) -> str:
+    """``url``'s scheme, lower-case ("" for none), read alone: the rest of a
+    malformed URL (``redis://[::1/0``) is the backend's to refuse, with a
+    ``ConfigError`` that never shows its password."""
+    match = _SCHEME.match(url) if isinstance(url, str) else None
+    return match.group(1).lower() if match else ""
+
+
 def _opener(url: str) -> StoreOpener:
-    scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else ""
+    scheme = _scheme(url)
     opener = _REGISTERED.get(scheme)
     if opener is not None:
         return opener
