@@ -38,6 +38,7 @@ stays async. A streamed response is timed to its last chunk.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import Token
@@ -62,7 +63,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from gate_middleware.domain.routing import RoutingDecision
 from gate_middleware.errors import ConfigError
 from gate_middleware.gate import PromotionGate
-from gate_middleware.operate.admin import AdminAPI, AdminResponse, read_wsgi_body
+from gate_middleware.operate.admin import AdminAPI, AdminResponse, read_wsgi_body, wsgi_text
+from gate_middleware.operate.operators import OperatorsLike
 from gate_middleware.web import context
 from gate_middleware.web.lifecycle import (
     OPTION_NAMES,
@@ -374,10 +376,23 @@ def _route(request: HttpRequest) -> str | None:
 
 
 def admin_urls(
-    gate: PromotionGate, *, token: str | None, prefix: str = "gate/"
+    gate: PromotionGate,
+    *,
+    token: str | None = None,
+    prefix: str = "gate/",
+    token_name: str = "admin",
+    operators: OperatorsLike = (),
+    operators_file: str | os.PathLike[str] | None = None,
 ) -> list[URLPattern]:
-    """URL patterns serving the admin API and dashboard under ``prefix``."""
-    api = AdminAPI(gate, token=token)
+    """URL patterns serving the admin API and dashboard under ``prefix``
+    (the operators as ``AdminAPI`` takes them)."""
+    api = AdminAPI(
+        gate,
+        token=token,
+        token_name=token_name,
+        operators=operators,
+        operators_file=operators_file,
+    )
 
     @csrf_exempt
     def admin(request: HttpRequest, path: str = "") -> HttpResponse:
@@ -409,4 +424,6 @@ def _admin_answer(api: AdminAPI, request: HttpRequest, path: str) -> AdminRespon
         request.headers.get("Authorization"),
         body,
         request.headers.get("Content-Type"),
+        wsgi_text(request.headers.get("X-Gate-Actor")),  # Django reads headers as Latin-1
+        request.META.get("QUERY_STRING"),
     )

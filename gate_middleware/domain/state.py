@@ -57,6 +57,8 @@ class RollbackEvent:
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
+            # what it did: the release rolled back, or one flag turned off
+            "action": "rollback" if self.feature == "all" else "disable_flag",
             "reason": self.reason,
             "timestamp": self.timestamp.isoformat(),
             "environment": self.environment.to_dict(),

@@ -839,20 +839,33 @@ class PromotionGate:
             logger.warning("Manual rollback: %s", reason)
         return result[1]
 
-    def enable_feature(self, name: str) -> None:
+    def enable_feature(self, name: str, *, actor: str = API_ACTOR) -> PromotionEvent | None:
         """Turn a flag on: for canary sessions while a release is in
-        progress, for everyone in production."""
+        progress, for everyone in production. Records a PromotionEvent
+        (action "enable_flag"); ``None`` when the flag was on already."""
         validate_flag_name(name, "feature")
+        actor = validate_actor(actor)
 
-        def change(current: GateState) -> tuple[GateState, None] | None:
+        def change(current: GateState) -> tuple[GateState, PromotionEvent] | None:
             if name in current.stable_flags or name in current.release_flags:
                 return None
+            event = PromotionEvent(
+                current.environment,
+                current.environment,
+                event_time(self._wall_clock),
+                "enable_flag",
+                reason=f"Feature flag enabled: {name}",
+                actor=actor,
+            )
             if current.environment.name == PRODUCTION:
-                return current.evolve(stable_flags=current.stable_flags | {name}), None
-            return current.evolve(release_flags=current.release_flags | {name}), None
+                return current.evolve(event, stable_flags=current.stable_flags | {name}), event
+            return current.evolve(event, release_flags=current.release_flags | {name}), event
 
-        if self._transitions.apply(change) is not None:
-            logger.info("Feature flag enabled: %s", name)
+        result = self._transitions.apply(change)
+        if result is None:
+            return None
+        logger.info("Feature flag enabled: %s (by %s)", name, actor)
+        return result[1]
 
     def disable_feature(self, name: str, *, actor: str = API_ACTOR) -> RollbackEvent:
         """Take a flag away from every session at once; records a RollbackEvent."""
@@ -882,7 +895,7 @@ class PromotionGate:
         result = self._transitions.apply(change)
         if result is None:  # change() never declines; it raises instead
             raise PromotionError(f"cannot disable {name!r}")
-        logger.info("Feature flag disabled: %s", name)
+        logger.info("Feature flag disabled: %s (by %s)", name, actor)
         return result[1]
 
     def is_feature_enabled(self, name: str) -> bool:

@@ -16,10 +16,15 @@ dashboard page comes with a Content-Security-Policy that pins its inline
 script and style by hash, ``X-Frame-Options: DENY`` and
 ``Referrer-Policy: no-referrer``.
 
-Each change is recorded with its actor: the token's name (``token_name``,
-"admin" by default), followed by the user a client names in the
-``X-Gate-Actor`` header (the CLI sends ``cli:<login>``), e.g.
-``admin (cli:alice)``.
+Each token belongs to a named operator with a role (``viewer``,
+``operator`` or ``admin``; see ``gate_middleware.operate.operators``): a
+token the API does not know gets 401, a known one without the route's role
+403 naming the role needed. ``token=`` alone is one operator, ``token_name``
+("admin" by default), with the admin role. Each change is recorded with its
+actor: the operator's name, never a value the client sends. What a client
+says of itself in the ``X-Gate-Actor`` header (UTF-8; the CLI sends
+``cli:<login>``) is kept beside it as its own word, e.g.
+``alice (client note: cli:alice)``.
 
 Each route is declared once, in ``ROUTES``: the dispatch, the OpenAPI
 document (``GET /openapi.json``), the command line's client and the list
@@ -34,14 +39,15 @@ import asyncio
 import base64
 import copy
 import hashlib
-import hmac
 import json
+import os
 import re
 import types
 import typing
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import resources
 from typing import Any, Literal, NamedTuple
 
@@ -55,20 +61,32 @@ from gate_middleware.domain.naming import (
     NAME_PATTERN,
     REASON_PATTERN,
     TOKEN_EXPECTED,
-    valid_token,
 )
 from gate_middleware.domain.plan import PlanProgress
+from gate_middleware.domain.state import MAX_HISTORY, GateEvent
 from gate_middleware.errors import ConfigError, PromotionError
 from gate_middleware.gate import PromotionGate
+from gate_middleware.operate.operators import (
+    NAME,
+    NAME_EXPECTED,
+    Operator,
+    OperatorFile,
+    OperatorsLike,
+    Role,
+    allows,
+    find_operator,
+    operator_set,
+)
 from gate_middleware.types import Environ, Receive, Scope, Send, StartResponse
 
 MAX_BODY_BYTES = 64 * 1024
 FLAG_NAME_PATTERN = NAME_PATTERN  # the one rule (gate_middleware.domain.naming)
-_ACTOR = re.compile(r"[ -~]{1,64}")
+MAX_NOTE = 64  # characters of a client's own note kept beside its operator's name
 _REASONS = {
     200: "OK",
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
@@ -157,7 +175,8 @@ class Route:
     required when it requires a field. A POST changes state (refused while
     the gate decides alone); a GET only reads. ``public``: served without
     the token (the dashboard page alone). ``not_found``: the route answers
-    404 for a path that names nothing (a flag that is not on).
+    404 for a path that names nothing (a flag that is not on). ``role``: the
+    least role an operator needs to call it.
     """
 
     method: Literal["GET", "POST"]
@@ -170,6 +189,8 @@ class Route:
     links: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     not_found: bool = False
     public: bool = False
+    role: Role = "viewer"
+    query: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -204,22 +225,52 @@ class AdminAPI:
     """Routes admin requests to the gate; knows no protocol."""
 
     def __init__(
-        self, gate: PromotionGate, *, token: str | None, token_name: str = "admin"
+        self,
+        gate: PromotionGate,
+        *,
+        token: str | None = None,
+        token_name: str = "admin",
+        operators: OperatorsLike = (),
+        operators_file: str | os.PathLike[str] | None = None,
     ) -> None:
+        """``token``: one admin operator named ``token_name``; ``operators``:
+        more, as ``Operator`` values or tables of their fields;
+        ``operators_file``: a TOML file of them, read again when it changes.
+        At least one is required: the admin API refuses to start without."""
         if not isinstance(gate, PromotionGate):
             raise ConfigError("gate", gate, "a PromotionGate")
-        if not valid_token(token):
+        if not isinstance(token_name, str) or not NAME.fullmatch(token_name):
+            raise ConfigError("token_name", token_name, NAME_EXPECTED)
+        given = list(operator_set(operators))
+        if token is not None:
+            if not isinstance(token, str):
+                raise ConfigError("token", token, f"a bearer token of {TOKEN_EXPECTED}")
+            try:
+                given.insert(0, Operator(token_name, "admin", token=token))
+            except ConfigError as exc:
+                raise ConfigError(
+                    "token", "<hidden>", f"a bearer token of {TOKEN_EXPECTED}"
+                ) from exc
+        fixed = operator_set(given)
+        self._file = None if operators_file is None else OperatorFile(operators_file)
+        if self._file is not None:
+            operator_set([*fixed, *self._file.operators()])  # no name or token twice
+        elif not fixed:
             raise ConfigError(
                 "token",
-                "<hidden>" if isinstance(token, str) else token,
-                f"a bearer token of {TOKEN_EXPECTED}: the admin API refuses to start without one",
+                None,
+                f"a bearer token of {TOKEN_EXPECTED}, or operators: the admin API refuses "
+                "to start without one",
             )
-        if not isinstance(token_name, str) or not _ACTOR.fullmatch(token_name):
-            raise ConfigError("token_name", token_name, "1 to 64 printable ASCII characters")
         self.gate = gate
         self.token_name = token_name
-        self._actor = token_name
-        self._token = token.encode("ascii")
+        self._fixed = fixed
+
+    def operators(self) -> tuple[Operator, ...]:
+        """Every operator now in force."""
+        if self._file is None:
+            return self._fixed
+        return (*self._fixed, *self._file.operators())
 
     def handle(
         self,
@@ -229,27 +280,43 @@ class AdminAPI:
         body: bytes | None,
         content_type: str | None = None,
         actor: str | None = None,
+        query: str | None = None,
     ) -> AdminResponse:
         """Answer one request; never raises for anything the client sent.
 
         A POST with a body must declare ``Content-Type: application/json``.
-        ``actor``: the ``X-Gate-Actor`` header (kept after the token's name).
+        ``actor``: the ``X-Gate-Actor`` header (kept beside the operator's
+        name); ``query``: the query string (only the route's parameters).
         """
         path = "/" + path.strip("/") if path.strip("/") else "/"
         found = find_route(method, path)
-        if (found is None or not found[0].public) and not self._authorized(authorization):
+        operator = self._operator(authorization)
+        if (found is None or not found[0].public) and operator is None:
             return _error(401, "a valid 'Authorization: Bearer <token>' header is required")
         try:
             if found is None:
                 raise _not_routed(method, path)
             route, args = found
+            if operator is not None and not allows(operator.role, route.role):
+                return _json(
+                    403,
+                    {
+                        "error": f"{route.name} needs the {route.role} role; "
+                        f"{operator.name} is a {operator.role}",
+                        "role_needed": route.role,
+                    },
+                )
             alone = self.gate.decides_alone
             if route.changes_state and alone is not None:
                 # A 200 would speak for one worker of several: refuse instead.
                 return _error(409, f"nothing changed: {alone}")
             payload = self._payload(method, body, content_type)
             self._only(payload, *route.fields)
-            args["actor"] = self._actor_of(actor)
+            args.update(self._query(route, query))
+            if operator is not None:
+                args["actor"] = self._actor_of(operator, actor)
+                args["operator"] = operator.name
+                args["role"] = operator.role
             return route.handler(self, payload, args)
         except _BadRequest as exc:
             return _error(exc.status, str(exc), exc.field)
@@ -258,20 +325,19 @@ class AdminAPI:
         except PromotionError as exc:
             return _error(409, str(exc))
 
-    def _authorized(self, authorization: str | None) -> bool:
+    def _operator(self, authorization: str | None) -> Operator | None:
         # RFC 7235: the scheme is case-insensitive, and one or more spaces follow it.
         scheme, _, credentials = (authorization or "").partition(" ")
         if scheme.lower() != "bearer":
-            return False
-        presented = credentials.strip(" \t").encode("utf-8", "replace")
-        return hmac.compare_digest(presented, self._token)
+            return None
+        return find_operator(self.operators(), credentials.strip(" \t"))
 
-    def _actor_of(self, header: str | None) -> str:
-        """The token's name, and the user the client names (printable, cut to 64)."""
-        if not header:
-            return self.token_name
-        user = "".join(c for c in header if c.isprintable())[:64].strip()
-        return f"{self.token_name} ({user})" if user else self.token_name
+    @staticmethod
+    def _actor_of(operator: Operator, header: str | None) -> str:
+        """The operator's name, and beside it what the client says of itself
+        (printable characters, cut to 64), marked as the client's note."""
+        note = "".join(c for c in header or "" if c.isprintable())[:MAX_NOTE].strip()
+        return f"{operator.name} (client note: {note})" if note else operator.name
 
     @staticmethod
     def _payload(method: str, body: bytes | None, content_type: str | None) -> dict[str, Any]:
@@ -300,6 +366,30 @@ class AdminAPI:
         return payload
 
     @staticmethod
+    def _query(route: Route, query: str | None) -> dict[str, str]:
+        """The query's parameters, each one the route takes and given once."""
+        if not query:
+            return {}
+        try:
+            pairs = urllib.parse.parse_qsl(
+                query, keep_blank_values=True, strict_parsing=True, max_num_fields=20
+            )
+        except ValueError as exc:
+            raise _BadRequest(400, f"the query string is malformed: {exc}") from None
+        found: dict[str, str] = {}
+        for name, value in pairs:
+            if name not in route.query:
+                raise _BadRequest(
+                    400,
+                    f"unknown query parameter {name!r}; {route.path} takes {list(route.query)}",
+                    name,
+                )
+            if name in found:
+                raise _BadRequest(400, f"the query parameter {name!r} is given twice", name)
+            found[name] = value
+        return found
+
+    @staticmethod
     def _only(payload: dict[str, Any], *allowed: str) -> None:
         unknown = sorted(set(payload) - set(allowed))
         if unknown:
@@ -325,10 +415,30 @@ class AdminAPI:
     def _status(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
         status = self.gate.status().to_dict()
         status["series"] = [sample.to_dict() for sample in self.gate.get_health_series()]
+        role = args["role"]
+        status["operator"] = {
+            "name": args["operator"],
+            "role": role,
+            "may": [r.name for r in ROUTES if not r.public and allows(role, r.role)],
+        }
         return _json(200, status)
 
     def _history(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        return _json(200, {"events": [event.to_dict() for event in self.gate.get_history()]})
+        events = self.gate.get_history()
+        start: tuple[datetime, int] | None = None
+        if "since" in args:
+            start = _since(args["since"])
+            events = _after(events, *start)
+        more = False
+        if "limit" in args:
+            limit = args["limit"]
+            if not limit.isdigit() or not 1 <= int(limit) <= MAX_HISTORY:
+                raise ConfigError("limit", limit, f"an integer from 1 to {MAX_HISTORY}")
+            more = len(events) > int(limit)
+            events = events[: int(limit)]
+        answer: dict[str, Any] = {"events": [event.to_dict() for event in events]}
+        answer["next"] = _cursor(events, start) if more else None  # the next page's since
+        return _json(200, answer)
 
     def _openapi(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
         return _json(200, openapi_document())
@@ -415,8 +525,10 @@ class AdminAPI:
         return self._plan_answer()
 
     def _enable(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        self.gate.enable_feature(args["name"])  # the flag is named in the path
-        return _json(200, {"flag": args["name"], "enabled": True})
+        event = self.gate.enable_feature(args["name"], actor=args["actor"])  # named in the path
+        answer: dict[str, Any] = {"flag": args["name"], "enabled": True}
+        answer["event"] = None if event is None else event.to_dict()  # None: it was on already
+        return _json(200, answer)
 
     def _disable(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
         name = validate_flag_name(args["name"], "feature")
@@ -425,6 +537,46 @@ class AdminAPI:
         except ConfigError as exc:  # a valid name, but no such flag is on
             raise _BadRequest(404, str(exc), exc.field) from exc
         return _json(200, {"flag": args["name"], "enabled": False, "event": event.to_dict()})
+
+
+def _since(since: str) -> tuple[datetime, int]:
+    """``since``: an ISO 8601 time with its offset (the events after it), or
+    a page's cursor ``TIME~K`` (the events after TIME, and those at TIME
+    itself but the first K: events of one clock tick are not lost between
+    pages). ``K`` is -1 for a plain time."""
+    text, tilde, skip = since.partition("~")
+    try:
+        after = datetime.fromisoformat(text)
+        if after.tzinfo is None or (tilde and not skip.isdigit()):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            "since", since, "an ISO 8601 time with its offset (+00:00), or a page's next"
+        ) from None
+    return after, int(skip) if tilde else -1
+
+
+def _after(events: list[GateEvent], after: datetime, skip: int) -> list[GateEvent]:
+    found = []
+    for event in events:
+        if event.timestamp > after:
+            found.append(event)
+        elif event.timestamp == after and skip >= 0:
+            if skip == 0:
+                found.append(event)
+            else:
+                skip -= 1
+    return found
+
+
+def _cursor(events: list[GateEvent], start: tuple[datetime, int] | None) -> str:
+    """Where the next page starts: the last event's time, and how many events
+    at that very time this page and the ones before it returned."""
+    last = events[-1].timestamp
+    count = sum(1 for event in events if event.timestamp == last)
+    if start is not None and start[0] == last and start[1] > 0:
+        count += start[1]
+    return f"{last.isoformat()}~{count}"
 
 
 # -- the routes -------------------------------------------------------------------
@@ -504,8 +656,18 @@ ROUTES: tuple[Route, ...] = (
         "/history",
         name="getHistory",
         handler=AdminAPI._history,
-        summary="Every event, oldest first",
-        answer=_answer("Every event", {"events": {"type": "array", "items": _EVENT}}),
+        summary="The events, oldest first: all, or a page (since, limit; next: the next page's since)",
+        answer=_answer(
+            "The events",
+            {
+                "events": {"type": "array", "items": _EVENT},
+                "next": {"type": ["string", "null"]},
+            },
+        ),
+        query={
+            "since": {"type": "string", "format": "date-time"},
+            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_HISTORY},
+        },
     ),
     Route(
         "GET",
@@ -519,6 +681,7 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/promote",
         name="promote",
+        role="admin",
         handler=AdminAPI._promote,
         summary="Promote the release (to the next stage when target is left out)",
         body=_fields(
@@ -531,6 +694,7 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/traffic",
         name="setTraffic",
+        role="admin",
         handler=AdminAPI._traffic,
         summary="Ramp the canary (-0.0 is refused too)",
         body=_fields({"percent": _PERCENT}, "percent"),
@@ -541,6 +705,7 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/canary",
         name="startCanary",
+        role="admin",
         handler=AdminAPI._canary,
         summary="Start the next release from production",
         body=_fields(
@@ -558,6 +723,7 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/rollback",
         name="rollback",
+        role="operator",
         handler=AdminAPI._rollback,
         summary="Roll the release back",
         body=_fields({"reason": _REASON}, "reason"),
@@ -568,6 +734,7 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/flags/{name}/enable",
         name="enableFlag",
+        role="admin",
         handler=AdminAPI._enable,
         summary="Turn a flag on",
         body=_NO_FIELDS,
@@ -578,6 +745,7 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/flags/{name}/disable",
         name="disableFlag",
+        role="operator",
         handler=AdminAPI._disable,
         summary="Take a flag from every session (404: no such flag is on)",
         body=_NO_FIELDS,
@@ -597,6 +765,7 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/plan/pause",
         name="pausePlan",
+        role="operator",
         handler=AdminAPI._pause,
         summary="Pause the plan (the judge still rolls back on a failing verdict)",
         body=_fields({"reason": _REASON}),
@@ -607,6 +776,7 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/plan/resume",
         name="resumePlan",
+        role="operator",
         handler=AdminAPI._resume,
         summary="Resume the plan, or let it through a manual gate",
         body=_NO_FIELDS,
@@ -616,6 +786,7 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/plan/abort",
         name="abortPlan",
+        role="operator",
         handler=AdminAPI._abort,
         summary="Roll the release back and end its plan",
         body=_fields({"reason": _REASON}, "reason"),
@@ -626,6 +797,7 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/plan/retry",
         name="retryPlan",
+        role="admin",
         handler=AdminAPI._retry,
         summary="Start the plan again for the release last rolled back",
         body=_NO_FIELDS,
@@ -635,6 +807,7 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/plan/skip",
         name="skipPlan",
+        role="admin",
         handler=AdminAPI._skip,
         summary="Move the plan to a later step now (no step: production); force skips the checks",
         body=_fields({"step": {"type": "integer", "minimum": 0}, "force": _FORCE}),
@@ -674,6 +847,8 @@ def route_list() -> str:
         if route.fields:
             fields = [f if f in route.required else f"{f}?" for f in route.fields]
             lines.append(f"{'':<33}body {{{', '.join(fields)}}}")
+        if route.query:
+            lines.append(f"{'':<33}query ?{'&'.join(f'{q}=' for q in route.query)}")
     return "\n".join(lines) + "\n"
 
 
@@ -685,9 +860,21 @@ class AdminASGIApp:
     """The admin API as an ASGI app: ``Mount("/gate", AdminASGIApp(gate, token=...))``."""
 
     def __init__(
-        self, gate: PromotionGate, *, token: str | None, token_name: str = "admin"
+        self,
+        gate: PromotionGate,
+        *,
+        token: str | None = None,
+        token_name: str = "admin",
+        operators: OperatorsLike = (),
+        operators_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.api = AdminAPI(gate, token=token, token_name=token_name)
+        self.api = AdminAPI(
+            gate,
+            token=token,
+            token_name=token_name,
+            operators=operators,
+            operators_file=operators_file,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -729,6 +916,7 @@ class AdminASGIApp:
             body,
             content_type,
             actor,
+            scope.get("query_string", b"").decode("latin-1"),
         )
         await send(
             {
@@ -741,6 +929,17 @@ class AdminASGIApp:
             }
         )
         await send({"type": "http.response.body", "body": response.body})
+
+
+def wsgi_text(header: str | None) -> str | None:
+    """A header's UTF-8 text: WSGI hands headers over decoded as Latin-1
+    (PEP 3333), so the bytes are taken back and read as UTF-8, as ASGI's are."""
+    if header is None:
+        return None
+    try:
+        return header.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a server that already decoded it otherwise
+        return header
 
 
 def read_wsgi_body(environ: Environ) -> bytes | AdminResponse:
@@ -771,9 +970,21 @@ class AdminWSGIApp:
     """The admin API as a WSGI app (mount it with werkzeug's ``DispatcherMiddleware``)."""
 
     def __init__(
-        self, gate: PromotionGate, *, token: str | None, token_name: str = "admin"
+        self,
+        gate: PromotionGate,
+        *,
+        token: str | None = None,
+        token_name: str = "admin",
+        operators: OperatorsLike = (),
+        operators_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.api = AdminAPI(gate, token=token, token_name=token_name)
+        self.api = AdminAPI(
+            gate,
+            token=token,
+            token_name=token_name,
+            operators=operators,
+            operators_file=operators_file,
+        )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         body = read_wsgi_body(environ)
@@ -786,7 +997,8 @@ class AdminWSGIApp:
                 environ.get("HTTP_AUTHORIZATION"),
                 body,
                 environ.get("CONTENT_TYPE"),
-                environ.get("HTTP_X_GATE_ACTOR"),
+                wsgi_text(environ.get("HTTP_X_GATE_ACTOR")),
+                environ.get("QUERY_STRING"),
             )
         reason = _REASONS.get(response.status, "Error")
         start_response(f"{response.status} {reason}", response.all_headers())
@@ -862,9 +1074,9 @@ def _operation(route: Route) -> dict[str, Any]:
     if route.public:
         errors: list[int] = []
     elif route.changes_state:
-        errors = [400, 401, *([404] if route.not_found else []), 409, 413, 415]
+        errors = [400, 401, 403, *([404] if route.not_found else []), 409, 413, 415]
     else:
-        errors = [401]
+        errors = [*([400] if route.query else []), 401]
     error = {"$ref": "#/components/responses/Error"}
     operation: dict[str, Any] = {
         "operationId": route.name,
@@ -873,6 +1085,14 @@ def _operation(route: Route) -> dict[str, Any]:
     }
     if route.public:
         operation["security"] = []
+    else:
+        operation["x-gate-role"] = route.role  # the least role that may call it
+        operation["description"] = f"Needs the {route.role} role (403 for a token without it)."
+    if route.query:
+        operation["parameters"] = [
+            {"name": name, "in": "query", "required": False, "schema": schema}
+            for name, schema in route.query.items()
+        ]
     if route.body is not None:
         operation["requestBody"] = {
             "required": bool(route.required),

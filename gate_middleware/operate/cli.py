@@ -6,21 +6,23 @@ bearer token (``--token``, or ``GATE_MIDDLEWARE_TOKEN``)::
     gate-middleware status [--watch] [--json]
     gate-middleware status --wait [--timeout DURATION]
     gate-middleware plan [show|pause|resume|abort|retry|skip] ...
-    gate-middleware history [--json]
+    gate-middleware history [--json | --jsonl] [--since TIME] [--limit N]
     gate-middleware promote [staging|production] [--force]
     gate-middleware traffic PERCENT
     gate-middleware canary PERCENT --flag NAME ...
     gate-middleware rollback --reason TEXT
     gate-middleware flags enable|disable NAME
     gate-middleware demo [--scenario healthy|faulty|manual|metric]
+    gate-middleware hash-token < token-file
 
-Exit codes: 0 done, 1 refused by the gate (the reason is printed), 2 usage
-or connection error. ``status --wait`` watches the rollout for a pipeline
+Exit codes: 0 done, 1 refused by the gate (the reason is printed) or for
+the token's role (the role needed is printed), 2 usage or connection error. ``status --wait`` watches the rollout for a pipeline
 (as ``kubectl argo rollouts status`` does): 0 once it reaches production,
 1 on a rollback or abort, 3 when ``--timeout`` (``90s``, ``15m``, ``2h``)
 runs out first, printing a line whenever the step or the verdict changes.
-Each change is recorded with the actor ``cli:<login>`` after the token's
-name (the ``X-Gate-Actor`` header). Needs ``pip install "gate-middleware[cli]"`` (click and
+Each change is recorded with the token's operator as its actor, and
+``cli:<login>`` (any login name, in UTF-8) beside it as the client's note
+(the ``X-Gate-Actor`` header). Needs ``pip install "gate-middleware[cli]"`` (click and
 rich); the demo needs ``[demo]``.
 
 The token goes to the ``--url`` origin only: a redirect to another scheme,
@@ -37,6 +39,7 @@ import getpass
 import importlib
 import ipaddress
 import json
+import sys
 import time
 import unicodedata
 import urllib.error
@@ -45,7 +48,9 @@ import urllib.request
 from http.client import HTTPMessage
 from typing import IO, Any, NoReturn
 
+from gate_middleware.domain.naming import TOKEN_EXPECTED, valid_token
 from gate_middleware.operate.admin import route_named
+from gate_middleware.operate.operators import token_sha256
 
 try:
     import click
@@ -84,6 +89,13 @@ def cli_actor() -> str:
         return f"cli:{getpass.getuser()}"
     except Exception:  # no login name (a container without one)
         return "cli"
+
+
+def header_text(text: str) -> str:
+    """``text`` as a header value that goes out as UTF-8 (http.client sends
+    Latin-1: each UTF-8 byte is handed over as the Latin-1 character of that
+    byte). A login name the locale could not decode keeps its bytes."""
+    return text.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
 class AdminError(Exception):
@@ -175,7 +187,7 @@ class AdminClient:
         data = None if body is None else json.dumps(body).encode("utf-8")
         request = urllib.request.Request(f"{self.url}/{path}", data=data, method=method)
         request.add_header("Content-Type", "application/json")
-        request.add_header("X-Gate-Actor", cli_actor())
+        request.add_header("X-Gate-Actor", header_text(cli_actor()))
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
@@ -195,12 +207,21 @@ class AdminClient:
                 status, "the answer is not JSON: is --url where the admin API is mounted?"
             ) from exc
 
-    def call(self, route: str, body: dict[str, Any] | None = None, **parameters: str) -> Any:
+    def call(
+        self,
+        route: str,
+        body: dict[str, Any] | None = None,
+        query: dict[str, str] | None = None,
+        **parameters: str,
+    ) -> Any:
         """Call the admin route named ``route`` (its operationId in
         ``gate_middleware.operate.admin.ROUTES``), filling in its path's
-        ``parameters``."""
+        ``parameters`` and adding the ``query``."""
         found = route_named(route)
-        return self.request(found.method, found.url(**parameters).lstrip("/"), body)
+        path = found.url(**parameters).lstrip("/")
+        if query:
+            path += "?" + urllib.parse.urlencode(query)
+        return self.request(found.method, path, body)
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self.call("getStatus")
@@ -234,10 +255,15 @@ def event_line(event: dict[str, Any]) -> str:
     when = event["timestamp"].replace("T", " ")[:19]
     actor = f"  [by {event['actor']}]" if event.get("actor") else ""
     if event["kind"] == "rollback":
-        what = "automatic rollback" if event["automatic"] else "rollback"
-        target = "production" if event["feature"] == "all" else f"flag {event['feature']}"
         origin = environment_label(event["environment"])
-        return f"{when}  {what}: {origin} -> {target}: {event['reason']}{actor}"
+        if event["feature"] != "all":
+            return f"{when}  flag off: {event['feature']} (in {origin}){actor}"
+        what = "automatic rollback" if event["automatic"] else "rollback"
+        return f"{when}  {what}: {origin} -> production: {event['reason']}{actor}"
+    if event["action"] == "enable_flag":
+        flag = event["reason"].rpartition(": ")[2]
+        origin = environment_label(event["to_environment"])
+        return f"{when}  flag on: {flag} (in {origin}){actor}"
     forced = " (forced)" if event["forced"] else ""
     origin = environment_label(event["from_environment"])
     target = environment_label(event["to_environment"])
@@ -341,15 +367,27 @@ class _AdminGroup(click.Group):
 
 
 def call(
-    ctx: click.Context, route: str, body: dict[str, Any] | None = None, **parameters: str
+    ctx: click.Context,
+    route: str,
+    body: dict[str, Any] | None = None,
+    query: dict[str, str] | None = None,
+    **parameters: str,
 ) -> Any:
-    """Call the admin route named ``route``; exit 1 if the gate refuses, 2 on other errors."""
+    """Call the admin route named ``route``; exit 1 if the gate refuses (or
+    the token's role does not reach), 2 on other errors."""
     client: AdminClient = ctx.obj
     try:
-        return client.call(route, body, **parameters)
+        return client.call(route, body, query, **parameters)
     except AdminError as exc:
         if exc.status == 409:
             _fail(f"refused by the gate: {exc}", EXIT_REFUSED)
+        if exc.status == 403:
+            _fail(f"refused for the token's role: {exc}", EXIT_REFUSED)
+        if exc.status == 401:
+            _fail(
+                f"error 401: {exc}: give the admin token with --token or GATE_MIDDLEWARE_TOKEN",
+                EXIT_USAGE,
+            )
         _fail(f"error {exc.status}: {exc}", EXIT_USAGE)
     except (urllib.error.URLError, OSError) as exc:
         _fail(f"cannot reach the admin API at {client.url}: {exc}", EXIT_USAGE)
@@ -487,19 +525,53 @@ def status(
             pass
 
 
+HISTORY_PAGE = 200  # events a request, when the CLI pages through the history
+
+
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the events as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the events as one JSON array.")
+@click.option(
+    "--jsonl", "as_jsonl", is_flag=True, help="Print one JSON event a line (an audit export)."
+)
+@click.option("--since", default=None, help="Only the events after this ISO 8601 time.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
 @click.pass_context
-def history(ctx: click.Context, as_json: bool) -> None:
-    """Every start, ramp, promotion and rollback, oldest first."""
-    events = call(ctx, "getHistory")["events"]
+def history(
+    ctx: click.Context, as_json: bool, as_jsonl: bool, since: str | None, limit: int | None
+) -> None:
+    """Every change to the rollout, oldest first, with who made it."""
+    if as_json and as_jsonl:
+        raise click.UsageError("--json and --jsonl: choose one")
+    events: list[dict[str, Any]] = []
+    while limit is None or len(events) < limit:
+        query = {"limit": str(min(HISTORY_PAGE, (limit or HISTORY_PAGE) - len(events)))}
+        if since is not None:
+            query["since"] = since
+        page = call(ctx, "getHistory", query=query)
+        events.extend(page["events"])
+        since = page.get("next")
+        if since is None:
+            break
     if as_json:
         click.echo(json.dumps(events, indent=2))
+        return
+    if as_jsonl:
+        for event in events:
+            click.echo(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
         return
     for event in events:
         say(event_line(event))
     if not events:
         say("no events yet")
+
+
+@main.command("hash-token")
+def hash_token() -> None:
+    """Print the SHA-256 of the token on stdin, for an operator's token_sha256."""
+    token = sys.stdin.read().strip()
+    if not valid_token(token):
+        _fail(f"the token on stdin is not a bearer token of {TOKEN_EXPECTED}", EXIT_USAGE)
+    click.echo(token_sha256(token))
 
 
 @main.command()

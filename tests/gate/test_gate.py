@@ -262,7 +262,12 @@ def test_canary_to_staging_to_production(clock: FakeClock) -> None:
     assert not decision.is_canary and decision.is_enabled("new_api")
     assert [e.to_environment for e in promoted] == [Environment.STAGING, Environment.PRODUCTION]
     kinds = [(e.kind, getattr(e, "action", None)) for e in gate.get_history()]
-    assert kinds == [("rollback", None), ("promotion", "promote"), ("promotion", "promote")]
+    assert kinds == [
+        ("promotion", "enable_flag"),
+        ("rollback", None),
+        ("promotion", "promote"),
+        ("promotion", "promote"),
+    ]
 
 
 def test_staging_without_holdback_rolls_back_against_the_objective(clock: FakeClock) -> None:

@@ -146,7 +146,15 @@ def test_steering_through_the_api(client: httpx.Client, gate: PromotionGate) -> 
     assert event["reason"] == "search is slow" and event["environment"]["name"] == "canary"
     events = client.get("/history", headers=AUTH).json()["events"]
     kinds = [e.get("action", e["kind"]) for e in events]
-    assert kinds == ["set_traffic", "promote", "promote", "rollback", "start_canary", "rollback"]
+    assert kinds == [
+            "set_traffic",
+            "promote",
+            "promote",
+            "enable_flag",
+            "disable_flag",
+            "start_canary",
+            "rollback",
+        ]
 
 
 @pytest.mark.parametrize(

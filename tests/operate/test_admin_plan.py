@@ -70,7 +70,7 @@ def test_plan_controls_over_http(
     answer = client.post("/plan/skip", json={}, headers=AUTH)  # promote now
     assert answer.json()["environment"]["name"] == "production"
     events = client.get("/history", headers=AUTH).json()["events"]
-    assert [e["actor"] for e in events] == ["deploy-bot (cli:alice)"] * len(events)
+    assert [e["actor"] for e in events] == ["deploy-bot (client note: cli:alice)"] * len(events)
     assert [e.get("action", e["kind"]) for e in events] == [
         "start_canary",
         "pause",
@@ -93,7 +93,7 @@ def test_without_a_plan_the_controls_are_refused(clock: FakeClock) -> None:
             assert answer.status_code == 409, path
             assert "plan" in answer.json()["error"]
         event = client.post("/rollback", json={"reason": "r"}, headers=AUTH).json()["event"]
-        assert event["actor"] == "admin (cli:alice)"
+        assert event["actor"] == "admin (client note: cli:alice)"
 
 
 def test_the_plan_endpoints_are_documented() -> None:

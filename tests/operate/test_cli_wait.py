@@ -74,7 +74,7 @@ def test_wait_exits_0_in_production_through_a_manual_gate(url: str, gate: Promot
     finally:
         traffic.close()
     history = run(url, "history", "--json")
-    assert '"actor": "admin (cli:' in history.stdout
+    assert '"actor": "admin (client note: cli:' in history.stdout
     # Through staging on the way (whether or not the waiting CLI, a process that
     # starts in a second or two on a loaded machine, printed it while it baked).
     reached = [e.get("to_environment", {}).get("name") for e in json.loads(history.stdout)]

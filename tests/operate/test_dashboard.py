@@ -145,7 +145,7 @@ def test_the_dashboard_shows_the_api_and_rolls_back(
     gate.monitor_canary_health()
     page.wait_for_selector("#chart-error line.marker", state="attached", timeout=10_000)
     rows = page.eval_on_selector_all("#history tr", "rows => rows.map(r => r.dataset.kind)")
-    assert rows == ["rollback"]
+    assert rows == ["rollback", "promotion"]  # newest first: the rollback, then dark_mode's "on"
 
 
 def test_a_wrong_token_gets_the_login_form(page: Page, base: str) -> None:
@@ -225,10 +225,10 @@ def test_the_plan_panel_shows_the_plan_and_steers_it(page: Page, clock: FakeCloc
         assert "Refused by the gate" in (page.text_content("#message") or "")
     actions = [(getattr(e, "action", "rollback"), e.actor) for e in gate.get_history()]
     assert actions[1:] == [
-        ("pause", "admin (dashboard)"),
-        ("resume", "admin (dashboard)"),
-        ("rollback", "admin (dashboard)"),
-        ("retry", "admin (dashboard)"),
+        ("pause", "admin (client note: dashboard)"),
+        ("resume", "admin (client note: dashboard)"),
+        ("rollback", "admin (client note: dashboard)"),
+        ("retry", "admin (client note: dashboard)"),
     ]
 
 
@@ -271,3 +271,46 @@ def test_the_metrics_table_shows_each_business_metric(page: Page, clock: FakeClo
     assert checkout[3] == f"{canary['mean'] * 100:.2f} % · {canary['sessions']} sessions"
     assert rows[1][2] == "reported only"
     assert "chekout (1)" in undefined
+
+
+def test_a_viewer_sees_no_controls_and_an_operator_only_its_own(
+    page: Page, gate: PromotionGate
+) -> None:
+    """The page works read-only with a viewer's token and shows each role
+    only the controls it may use."""
+    viewer, operator = "viewer-token-0123456789abcdef", "operator-token-0123456789abcdef"
+    operators = [
+        {"name": "ada", "role": "admin", "token": TOKEN},
+        {"name": "vera", "role": "viewer", "token": viewer},
+        {"name": "otto", "role": "operator", "token": operator},
+    ]
+    app = Starlette(routes=[Mount("/gate", AdminASGIApp(gate, operators=operators))])
+    controls = [
+        "btn-promote",
+        "btn-ramp",
+        "btn-rollback",
+        "btn-plan-pause",
+        "btn-plan-resume",
+        "btn-plan-now",
+        "btn-plan-abort",
+        "btn-plan-retry",
+    ]
+    with serving(app) as base:
+        seen = {}
+        for token in (viewer, operator, TOKEN):
+            page.goto(f"{base}/gate/#token={token}")
+            page.wait_for_selector('#environment[data-value="canary"]')
+            page.wait_for_function("document.getElementById('operator').textContent !== ''")
+            visible = {c for c in controls if page.is_visible(f"#{c}")}
+            flag_off = page.is_visible('.flag[data-flag="dark_mode"] button')
+            seen[page.text_content("#operator")] = (visible, flag_off)
+            page.evaluate("sessionStorage.clear()")
+            page.goto("about:blank")  # the next token's page is a new load, not a hash change
+    assert seen == {
+        "vera · viewer": (set(), False),
+        "otto · operator": (
+            {"btn-rollback", "btn-plan-pause", "btn-plan-resume", "btn-plan-abort"},
+            True,
+        ),
+        "ada · admin": (set(controls), True),
+    }
