@@ -147,14 +147,14 @@ def test_steering_through_the_api(client: httpx.Client, gate: PromotionGate) -> 
     events = client.get("/history", headers=AUTH).json()["events"]
     kinds = [e.get("action", e["kind"]) for e in events]
     assert kinds == [
-            "set_traffic",
-            "promote",
-            "promote",
-            "enable_flag",
-            "disable_flag",
-            "start_canary",
-            "rollback",
-        ]
+        "set_traffic",
+        "promote",
+        "promote",
+        "enable_flag",
+        "disable_flag",
+        "start_canary",
+        "rollback",
+    ]
 
 
 @pytest.mark.parametrize(
