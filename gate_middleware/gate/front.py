@@ -585,7 +585,7 @@ class PromotionGate:
             recent_events=state.history[-recent_events:] if recent_events > 0 else (),
             config=self.config,
             slo=self.slo,
-            store=self._store_status(),
+            store=self.store_status(),
             plan=self.plan_status(),
             webhooks=tuple(self.webhook_status()),
             metrics=self._metric_figures(state),
@@ -922,7 +922,7 @@ class PromotionGate:
         self._effects.promotion_callbacks.append(callback)
         return callback
 
-    def _store_status(self) -> StoreView:
+    def store_status(self) -> StoreView:
         """The stores' health: "ok", "unreachable", "forbidden" or "corrupt"
         (the worst), and why."""
         if not (self._store.remote or self._windows.remote):

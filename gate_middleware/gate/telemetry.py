@@ -15,6 +15,10 @@ Observable gauges (read when the app's SDK collects):
   INSUFFICIENT_DATA from HEALTHY
 - ``gate_middleware.gate.stage`` (unit ``1``): one point per
   ``gate.environment`` (canary, staging, production), 1 for the current one
+- ``gate_middleware.store.status`` (unit ``1``): one point per
+  ``gate.store.status`` (ok, unreachable, forbidden, corrupt), 1 for the
+  stores' worst condition now: a judge that cannot see the rollout's
+  outcomes (an unreachable or forbidden window store) shows here
 
 Business metrics (only for a rollout that defines them), per ``gate.metric``
 (a name from the config: bounded) and ``gate.variant``:
@@ -50,13 +54,14 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, g
 from gate_middleware.domain.environment import CANARY_STAGE, PRODUCTION, STAGING, Environment
 from gate_middleware.domain.naming import SCHEMA_URL
 from gate_middleware.domain.routing import CANARY, STABLE
-from gate_middleware.domain.state import MetricView
+from gate_middleware.domain.state import MetricView, StoreView
 from gate_middleware.judge.statistics import HEALTHY, INSUFFICIENT_DATA, MONITOR, ROLLBACK
 from gate_middleware.judge.verdict import CanaryHealth
 
 METER_NAME = "gate_middleware"
 VERDICTS = (HEALTHY, MONITOR, ROLLBACK, INSUFFICIENT_DATA)
 STAGES = (CANARY_STAGE, STAGING, PRODUCTION)
+STORE_CONDITIONS = ("ok", "unreachable", "forbidden", "corrupt")  # stores.port.StoreCondition
 logger = logging.getLogger("gate_middleware")
 
 
@@ -72,6 +77,8 @@ class ObservedGate(Protocol):
     def health_snapshot(self) -> CanaryHealth: ...
 
     def metric_figures(self) -> tuple[MetricView, ...]: ...
+
+    def store_status(self) -> StoreView: ...
 
 
 class GateTelemetry:
@@ -126,6 +133,16 @@ class GateTelemetry:
             for name in STAGES:
                 yield Observation(int(name == current), {**rollout, "gate.environment": name})
 
+        def observe_store(options: CallbackOptions) -> Iterable[Observation]:
+            gate = gate_ref()
+            if gate is None:
+                return []
+            current = gate.store_status()["status"]
+            return [
+                Observation(int(name == current), {**rollout, "gate.store.status": name})
+                for name in STORE_CONDITIONS
+            ]
+
         gauges = (
             (
                 "health_score",
@@ -146,6 +163,12 @@ class GateTelemetry:
                 unit=unit,
                 description=description,
             )
+        meter.create_observable_gauge(
+            "gate_middleware.store.status",
+            callbacks=[observe_store],
+            unit="1",
+            description="The stores' worst condition: 1 for it, 0 for the others",
+        )
         if metrics:
 
             def business(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:

@@ -530,6 +530,12 @@ def test_verdict_stage_and_traffic_are_exported(  # type: ignore[no-untyped-def]
         "staging": 0,
         "production": 0,
     }
+    assert current("gate_middleware.store.status", "gate.store.status") == {
+        "ok": 1,
+        "unreachable": 0,
+        "forbidden": 0,
+        "corrupt": 0,
+    }
     feed(gate, "stable", 1000, duration=0.1)
     feed(gate, "canary", 200, duration=0.1)
     verdicts = current("gate_middleware.gate.verdict", "gate.verdict")

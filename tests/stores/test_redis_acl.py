@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from gate_middleware import (
     Environment,
@@ -27,7 +29,7 @@ from gate_middleware.judge.statistics import HEALTHY
 from gate_middleware.operate.admin import AdminAPI
 from gate_middleware.stores.redis import ACL_COMMANDS
 from tests.servers import RedisServer, eventually
-from tests.support import OPEN_GATES
+from tests.support import OPEN_GATES, metric_points
 
 TOKEN = "redis-admin-token-0123456789"
 AUTH = f"Bearer {TOKEN}"
@@ -45,7 +47,9 @@ def user_url(server: RedisServer, name: str, *rules: str) -> str:
     return f"redis://{name}:{PASSWORD}@127.0.0.1:{server.port}/0"
 
 
-def shared(url: str, rollout: str, **settings: object) -> PromotionGate:
+def shared(
+    url: str, rollout: str, meter_provider: MeterProvider | None = None, **settings: object
+) -> PromotionGate:
     config = {
         "environment": Environment.canary(50),
         "feature_flags": ["new_api"],
@@ -53,7 +57,11 @@ def shared(url: str, rollout: str, **settings: object) -> PromotionGate:
         "min_requests": 20,
         **settings,
     }
-    gate = PromotionGate.from_url(url, PromotionConfig(**config))  # type: ignore[arg-type]
+    gate = PromotionGate.from_url(
+        url,
+        PromotionConfig(**config),  # type: ignore[arg-type]
+        meter_provider=meter_provider,
+    )
     OPEN_GATES.append(gate)
     return gate
 
@@ -155,14 +163,17 @@ def test_a_user_without_subscribe_follows_by_polling_and_no_key_is_called_corrup
 
 
 def test_a_user_without_time_is_reported_and_the_verdict_never_reads_healthy(
-    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    meter_provider: MeterProvider,
+    metric_reader: InMemoryMetricReader,
 ) -> None:
     """Without TIME no outcome reaches Redis: every process judges an empty
     (or its own) window. The store says so, and no verdict reads HEALTHY."""
     rollout = rollout_name("notime")
     url = user_url(redis_server, "notime", "-time")
     with caplog.at_level(logging.WARNING, logger="gate_middleware"):
-        a, b = shared(url, rollout), shared(url, rollout)
+        a, b = shared(url, rollout), shared(url, rollout, meter_provider=meter_provider)
         idle = shared(url, rollout + "-production", environment=Environment.PRODUCTION)
         for i in range(400):
             a.record_outcome("canary", True, 0.01, -1, i)
@@ -182,6 +193,12 @@ def test_a_user_without_time_is_reported_and_the_verdict_never_reads_healthy(
         api = AdminAPI(b, token=TOKEN)
         status = api.handle("GET", "/status", AUTH, None)
         assert b'"forbidden"' in status.body and b"+time" in status.body
+        # ... and in the metrics, for an alert.
+        shown = {
+            p.attributes["gate.store.status"]: p.value
+            for p in metric_points(metric_reader)["gate_middleware.store.status"]
+        }
+        assert shown == {"ok": 0, "unreachable": 0, "forbidden": 1, "corrupt": 0}
         # Granted: the outcomes held in a's buffer are flushed and every process sees them.
         redis_server.cli("ACL", "SETUSER", "notime", "+time")
         assert eventually(lambda: b.health_snapshot().canary_requests == 400, 3.0)
