@@ -24,8 +24,10 @@ out:
 - ``PAUSE`` when it stayed inconclusive for ``inconclusive_limit_seconds``
   (Argo's ``inconclusiveLimit``);
 - ``AWAIT_APPROVAL`` at a manual gate that is ready but not approved (once);
-- ``WAIT`` otherwise. A ROLLBACK verdict is the gate's own business: it
-  rolls back whatever the plan says.
+- ``PAUSE`` too on a ROLLBACK verdict the gate may not act on
+  (``auto_rollback_enabled=False``): held for a person, announced;
+- ``WAIT`` otherwise. A ROLLBACK verdict is otherwise the gate's own
+  business: it rolls back whatever the plan says.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ HEALTHY = (
     "HEALTHY"  # the judge's verdicts (gate_middleware.judge.statistics), repeated to stay pure
 )
 ROLLBACK = "ROLLBACK"
+#: In a pause's reason when the verdict is ROLLBACK and the gate may not act
+#: on it (``status --wait`` reads it as a failed release).
+ROLLBACK_HELD = "the verdict is ROLLBACK"
 
 MAX_STEP_RATIO = 5.0  # the guide: never jump by more than 5x traffic
 
@@ -401,16 +406,26 @@ def next_action(
     canary_requests: int,
     min_requests: int,
     now: float,
+    rolls_back: bool = True,
 ) -> Action:
     """What the gate should do now (see the module's documentation).
 
     ``canary_requests``: the canary outcomes the judge counted in this
-    step; ``min_requests``: the config's, for steps that set none.
+    step; ``min_requests``: the config's, for steps that set none;
+    ``rolls_back``: whether the gate rolls back on a ROLLBACK verdict
+    (``auto_rollback_enabled``). When it may not, the plan pauses for a
+    person instead of waiting on a verdict nobody acts on.
     """
     if position.status != RUNNING or position.index >= plan.last:
         return Action(WAIT, f"the plan is {position.status}")
     step = plan.step(position.index)
     if verdict == ROLLBACK:
+        if not rolls_back:
+            return Action(
+                PAUSE,
+                f"{step.label}: {ROLLBACK_HELD} (automatic rollback is off): paused for a "
+                "person to roll back, or to resume",
+            )
         return Action(WAIT, "the verdict is ROLLBACK: the gate rolls back")
     ready_at = baked_at(plan, position)
     if now < ready_at:

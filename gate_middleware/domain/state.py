@@ -274,6 +274,7 @@ class GateStatus:
     metrics: tuple[MetricView, ...] = ()
     # track() reports of metrics the config does not define, by name (counted, ignored)
     undefined_metrics: dict[str, int] = field(default_factory=dict)
+    release: int = 0  # which release this is (GateState.release): one number per start
 
     @property
     def next_stage(self) -> str | None:
@@ -282,6 +283,7 @@ class GateStatus:
     def to_dict(self) -> dict[str, Any]:
         return {
             "rollout": self.rollout,
+            "release": self.release,
             "environment": self.environment.to_dict(),
             "traffic_percent": self.environment.traffic_percent,
             "next_stage": self.next_stage,

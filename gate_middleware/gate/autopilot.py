@@ -110,6 +110,7 @@ class Autopilot:
             canary_requests=self._windows.evidence(CANARY).requests,
             min_requests=self._config.min_requests,
             now=self._wall_clock(),
+            rolls_back=self._config.auto_rollback_enabled,
         )
         if action.kind == plans.ADVANCE:
             self._move_plan(
@@ -271,18 +272,27 @@ class Autopilot:
         state, position = self._running_plan("resume the plan")
         plan = self._the_plan()
         step = plan.step(position.index)
-        if position.status == plans.RUNNING and not (step.manual and not position.approved):
+        # An approval counts only at a manual step that is ready and waits for
+        # it: one given while the step still bakes would wave through evidence
+        # nobody has seen yet.
+        approving = step.manual and position.awaiting and not position.approved
+        if position.status == plans.RUNNING and not approving:
+            if step.manual and not position.approved:
+                raise PromotionError(
+                    f"cannot approve {step.label} yet: it is not ready (it bakes and needs "
+                    "a HEALTHY verdict first); resume once the plan waits for a person"
+                )
             return
         self._mark_plan(
             state,
             position,
             "resume",
-            f"{step.label}: resumed" + (" (manual gate approved)" if step.manual else ""),
+            f"{step.label}: resumed" + (" (manual gate approved)" if approving else ""),
             actor,
             status=plans.RUNNING,
             resumed_at=self._wall_clock(),
             held=False,
-            approved=step.manual or position.approved,
+            approved=position.approved or approving,
             reason="",
         )
         self._evaluation.evaluate(act=True)  # go on now if the step is ready

@@ -590,6 +590,7 @@ class PromotionGate:
             webhooks=tuple(self.webhook_status()),
             metrics=self._metric_figures(state),
             undefined_metrics=self._tracker.undefined_counts(),
+            release=state.release,
         )
 
     def metric_figures(self) -> tuple[MetricView, ...]:

@@ -61,6 +61,7 @@ from gate_middleware.domain.naming import (
     NAME_PATTERN,
     REASON_PATTERN,
     TOKEN_EXPECTED,
+    valid_token,
 )
 from gate_middleware.domain.plan import PlanProgress
 from gate_middleware.domain.state import MAX_HISTORY, GateEvent
@@ -81,6 +82,7 @@ from gate_middleware.types import Environ, Receive, Scope, Send, StartResponse
 
 MAX_BODY_BYTES = 64 * 1024
 FLAG_NAME_PATTERN = NAME_PATTERN  # the one rule (gate_middleware.domain.naming)
+_DIGITS = re.compile(r"[0-9]{1,6}")  # ASCII digits only: str.isdigit() takes '²'
 MAX_NOTE = 64  # characters of a client's own note kept beside its operator's name
 _REASONS = {
     200: "OK",
@@ -131,6 +133,13 @@ def _error(status: int, message: str, field: str | None = None) -> AdminResponse
         payload["field"] = field
     headers = [("WWW-Authenticate", 'Bearer realm="gate-middleware"')] if status == 401 else []
     return _json(status, payload, headers)
+
+
+def _forbidden(what: str, role: str, name: str, held: str) -> AdminResponse:
+    """403: the operator ``name`` (a ``held``) lacks the role ``what`` needs."""
+    return _json(
+        403, {"error": f"{what} needs the {role} role; {name} is a {held}", "role_needed": role}
+    )
 
 
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -252,10 +261,14 @@ class AdminAPI:
                     "token", "<hidden>", f"a bearer token of {TOKEN_EXPECTED}"
                 ) from exc
         fixed = operator_set(given)
-        self._file = None if operators_file is None else OperatorFile(operators_file)
-        if self._file is not None:
-            operator_set([*fixed, *self._file.operators()])  # no name or token twice
-        elif not fixed:
+
+        def beside_the_fixed(read: tuple[Operator, ...]) -> object:
+            return operator_set([*fixed, *read])  # no name or token twice, at start or later
+
+        self._file = (
+            None if operators_file is None else OperatorFile(operators_file, beside_the_fixed)
+        )
+        if self._file is None and not fixed:
             raise ConfigError(
                 "token",
                 None,
@@ -298,14 +311,7 @@ class AdminAPI:
                 raise _not_routed(method, path)
             route, args = found
             if operator is not None and not allows(operator.role, route.role):
-                return _json(
-                    403,
-                    {
-                        "error": f"{route.name} needs the {route.role} role; "
-                        f"{operator.name} is a {operator.role}",
-                        "role_needed": route.role,
-                    },
-                )
+                return _forbidden(route.name, route.role, operator.name, operator.role)
             alone = self.gate.decides_alone
             if route.changes_state and alone is not None:
                 # A 200 would speak for one worker of several: refuse instead.
@@ -330,7 +336,10 @@ class AdminAPI:
         scheme, _, credentials = (authorization or "").partition(" ")
         if scheme.lower() != "bearer":
             return None
-        return find_operator(self.operators(), credentials.strip(" \t"))
+        presented = credentials.strip(" \t")
+        if not valid_token(presented):  # an empty or short one matches no operator, whatever hash
+            return None
+        return find_operator(self.operators(), presented)
 
     @staticmethod
     def _actor_of(operator: Operator, header: str | None) -> str:
@@ -367,8 +376,9 @@ class AdminAPI:
 
     @staticmethod
     def _query(route: Route, query: str | None) -> dict[str, str]:
-        """The query's parameters, each one the route takes and given once."""
-        if not query:
+        """The query's parameters, each one the route takes and given once (a
+        public page ignores its query: a link may carry one)."""
+        if not query or route.public:
             return {}
         try:
             pairs = urllib.parse.parse_qsl(
@@ -432,7 +442,7 @@ class AdminAPI:
         more = False
         if "limit" in args:
             limit = args["limit"]
-            if not limit.isdigit() or not 1 <= int(limit) <= MAX_HISTORY:
+            if not _DIGITS.fullmatch(limit) or not 1 <= int(limit) <= MAX_HISTORY:
                 raise ConfigError("limit", limit, f"an integer from 1 to {MAX_HISTORY}")
             more = len(events) > int(limit)
             events = events[: int(limit)]
@@ -496,6 +506,19 @@ class AdminAPI:
         return self._plan_answer()
 
     def _resume(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
+        position, plan = self.gate.state.plan, self.gate.plan
+        if (
+            position is not None
+            and plan is not None
+            and position.index < plan.last
+            and plan.step(position.index).manual
+            and not position.approved
+            and not allows(args["role"], "admin")
+        ):
+            # Resuming here approves a manual step: that moves the release on.
+            return _forbidden(
+                "resumePlan at a manual step (an approval)", "admin", args["operator"], args["role"]
+            )
         self.gate.resume(actor=args["actor"])
         return self._plan_answer()
 
@@ -547,7 +570,7 @@ def _since(since: str) -> tuple[datetime, int]:
     text, tilde, skip = since.partition("~")
     try:
         after = datetime.fromisoformat(text)
-        if after.tzinfo is None or (tilde and not skip.isdigit()):
+        if after.tzinfo is None or (tilde and not _DIGITS.fullmatch(skip)):
             raise ValueError
     except ValueError:
         raise ConfigError(
@@ -665,7 +688,10 @@ ROUTES: tuple[Route, ...] = (
             },
         ),
         query={
-            "since": {"type": "string", "format": "date-time"},
+            "since": {
+                "type": "string",
+                "description": "An ISO 8601 time with its offset, or a page's next (TIME~K)",
+            },
             "limit": {"type": "integer", "minimum": 1, "maximum": MAX_HISTORY},
         },
     ),
@@ -896,8 +922,10 @@ class AdminASGIApp:
             body += message.get("body", b"")
             more = message.get("more_body", False)
         authorization = content_type = actor = None
+        authorizations = 0
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
+                authorizations += 1
                 authorization = value.decode("latin-1")
             elif name == b"content-type":
                 content_type = value.decode("latin-1")
@@ -907,6 +935,8 @@ class AdminASGIApp:
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
+        if authorizations > 1:  # which one would count depends on the server: none does
+            authorization = None
         # A handler may wait on the shared store (Redis): never on the event loop.
         response = await asyncio.to_thread(
             self.api.handle,
@@ -1076,7 +1106,7 @@ def _operation(route: Route) -> dict[str, Any]:
     elif route.changes_state:
         errors = [400, 401, 403, *([404] if route.not_found else []), 409, 413, 415]
     else:
-        errors = [*([400] if route.query else []), 401]
+        errors = [400, 401]  # 400: a query parameter the route does not take
     error = {"$ref": "#/components/responses/Error"}
     operation: dict[str, Any] = {
         "operationId": route.name,

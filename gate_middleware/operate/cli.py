@@ -49,6 +49,7 @@ from http.client import HTTPMessage
 from typing import IO, Any, NoReturn
 
 from gate_middleware.domain.naming import TOKEN_EXPECTED, valid_token
+from gate_middleware.domain.plan import ROLLBACK_HELD
 from gate_middleware.operate.admin import route_named
 from gate_middleware.operate.operators import token_sha256
 
@@ -67,6 +68,7 @@ DEFAULT_URL = "http://127.0.0.1:8000/gate"
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
+HISTORY_PAGE = 200  # events a request, when the CLI pages through the history
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -94,8 +96,10 @@ def cli_actor() -> str:
 def header_text(text: str) -> str:
     """``text`` as a header value that goes out as UTF-8 (http.client sends
     Latin-1: each UTF-8 byte is handed over as the Latin-1 character of that
-    byte). A login name the locale could not decode keeps its bytes."""
-    return text.encode("utf-8", "surrogateescape").decode("latin-1")
+    byte). A login name the locale could not decode keeps its bytes; control
+    characters are dropped (a server refuses a header that holds one)."""
+    printable = "".join(c for c in text if c.isprintable() or "\udc80" <= c <= "\udcff")
+    return printable.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
 class AdminError(Exception):
@@ -421,12 +425,15 @@ def main(ctx: click.Context, url: str, token: str | None, allow_http: bool) -> N
 
 def outcome(status: dict[str, Any]) -> int | None:
     """0 when the rollout has reached production, 1 when it was rolled back or
-    aborted, ``None`` while it is on its way."""
+    aborted (or its plan is held on a ROLLBACK verdict the gate may not act
+    on), ``None`` while it is on its way."""
     plan = status.get("plan") or {}
     position = plan.get("position") or {}
     if position.get("status") == "done":
         return 0
     if position.get("status") in ("rolled_back", "aborted"):
+        return 1
+    if position.get("status") == "paused" and ROLLBACK_HELD in (position.get("reason") or ""):
         return 1
     if status["environment"]["name"] != "production":
         return None
@@ -458,22 +465,74 @@ def progress_line(status: dict[str, Any]) -> str:
     return line
 
 
+def all_events(ctx: click.Context, since: str | None = None, limit: int | None = None) -> list[Any]:
+    """The history (after ``since``, at most ``limit`` events), page by page."""
+    events: list[dict[str, Any]] = []
+    while limit is None or len(events) < limit:
+        size = HISTORY_PAGE if limit is None else min(HISTORY_PAGE, limit - len(events))
+        query = {"limit": str(size)}
+        if since is not None:
+            query["since"] = since
+        page = call(ctx, "getHistory", query=query)
+        events.extend(page["events"])
+        since = page.get("next")
+        if since is None:
+            break
+    return events
+
+
+def end_of_release(events: list[dict[str, Any]]) -> tuple[int, str] | None:
+    """How the release in progress before ``events`` ended: (0, how) when it
+    reached production, (1, why) when it was rolled back; ``None``: not yet."""
+    for event in events:
+        if event["kind"] == "rollback" and event["feature"] == "all":
+            return 1, f"rolled back: {event['reason']}"
+        if event["kind"] == "promotion" and event["to_environment"]["name"] == "production":
+            return 0, "reached production"
+    return None
+
+
 def wait_for_outcome(ctx: click.Context, timeout: float, interval: float) -> NoReturn:
+    """Follow the release in progress when the wait began: its outcome, even
+    if another release has started since."""
     deadline = time.monotonic() + timeout
     last = ""
+    start = all_events(ctx)
+    # Where the history stood: the events after it are this release's and later ones'.
+    cursor = None
+    if start:
+        stamp = start[-1]["timestamp"]
+        cursor = f"{stamp}~{sum(1 for event in start if event['timestamp'] == stamp)}"
+    release = None
     while True:
         current = call(ctx, "getStatus")
+        if release is None:
+            release = current.get("release")
         line = progress_line(current)
         if line.split("  bake")[0] != last.split("  bake")[0]:
             say(line)
         last = line
         result = outcome(current)
+        if current.get("release") != release:  # another release began: how did ours end?
+            ended = end_of_release(all_events(ctx, cursor))
+            if ended is None:
+                _fail(
+                    f"release {release} ended before release {current.get('release')} began, "
+                    "but the history no longer says how",
+                    EXIT_USAGE,
+                )
+            say(f"release {release} {ended[1]}")
+            raise SystemExit(0 if ended[0] == 0 else EXIT_REFUSED)
         if result == 0:
             say("reached production")
             raise SystemExit(0)
         if result == 1:
             events = [e for e in current["recent_events"] if e["kind"] == "rollback"]
-            say("rolled back" + (f": {events[-1]['reason']}" if events else ""))
+            position = (current.get("plan") or {}).get("position") or {}
+            if position.get("status") == "paused":
+                say(f"held: {position.get('reason')}")
+            else:
+                say("rolled back" + (f": {events[-1]['reason']}" if events else ""))
             raise SystemExit(EXIT_REFUSED)
         if time.monotonic() >= deadline:
             say(f"timed out after {timeout:g} s: {line}")
@@ -525,9 +584,6 @@ def status(
             pass
 
 
-HISTORY_PAGE = 200  # events a request, when the CLI pages through the history
-
-
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the events as one JSON array.")
 @click.option(
@@ -542,16 +598,7 @@ def history(
     """Every change to the rollout, oldest first, with who made it."""
     if as_json and as_jsonl:
         raise click.UsageError("--json and --jsonl: choose one")
-    events: list[dict[str, Any]] = []
-    while limit is None or len(events) < limit:
-        query = {"limit": str(min(HISTORY_PAGE, (limit or HISTORY_PAGE) - len(events)))}
-        if since is not None:
-            query["since"] = since
-        page = call(ctx, "getHistory", query=query)
-        events.extend(page["events"])
-        since = page.get("next")
-        if since is None:
-            break
+    events = all_events(ctx, since, limit)
     if as_json:
         click.echo(json.dumps(events, indent=2))
         return

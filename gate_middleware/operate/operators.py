@@ -24,7 +24,7 @@ changes, so tokens are added, rotated and revoked without a restart::
     [[operator]]
     name = "alice"
     role = "operator"
-    token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    token_sha256 = "..."  # the 64 hex digits gate-middleware hash-token prints
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import logging
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -52,6 +52,7 @@ ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
 NAME = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
 NAME_EXPECTED = "1 to 64 of the characters A-Z a-z 0-9 . _ @ + -"
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
+_EMPTY_SHA256 = hashlib.sha256(b"").digest()
 
 
 def allows(role: str, needed: str) -> bool:
@@ -88,19 +89,26 @@ class Operator:
             )
         if self.token is not None:
             if not valid_token(self.token):
-                shown = "<hidden>" if isinstance(self.token, str) else self.token
+                shown = "<hidden>" if isinstance(self.token, (str, bytes)) else type(self.token)
                 raise ConfigError(f"{where}.token", shown, f"a bearer token of {TOKEN_EXPECTED}")
             digest = hashlib.sha256(self.token.encode("ascii")).digest()
         else:
             if not isinstance(self.token_sha256, str) or not _HEX_SHA256.fullmatch(
                 self.token_sha256.lower()
             ):
-                raise ConfigError(
+                raise ConfigError(  # never the value: it may be a token put in the wrong field
                     f"{where}.token_sha256",
-                    self.token_sha256,
+                    "<hidden>",
                     "64 hex digits: the SHA-256 of the token (gate-middleware hash-token)",
                 )
             digest = bytes.fromhex(self.token_sha256)
+            if digest == _EMPTY_SHA256:
+                raise ConfigError(
+                    f"{where}.token_sha256",
+                    "<hidden>",
+                    "the SHA-256 of a token: this is the hash of nothing (an empty or unset "
+                    "variable was hashed)",
+                )
         object.__setattr__(self, "digest", digest)
 
     @classmethod
@@ -150,11 +158,12 @@ def find_operator(operators: Iterable[Operator], presented: str) -> Operator | N
     """The operator whose token was presented, comparing with every one in
     constant time (the time says nothing of which one matched, or how nearly)."""
     digest = hashlib.sha256(presented.encode("utf-8", "replace")).digest()
-    found = None
+    found = []
     for operator in operators:
         if hmac.compare_digest(digest, operator.digest):
-            found = operator
-    return found
+            found.append(operator)
+    # Two holders of one token are refused at configuration; never guess between them.
+    return found[0] if len(found) == 1 else None
 
 
 class OperatorFile:
@@ -166,14 +175,21 @@ class OperatorFile:
     before stay in force (locking every operator out would be worse).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        check: Callable[[tuple[Operator, ...]], object] | None = None,
+    ) -> None:
+        """``check``: called with the operators read (at start and on every
+        change); a ``ConfigError`` it raises refuses them."""
         self.path = os.fspath(path)
-        self._seen: tuple[int, int, int] | None = None
+        self._check = check
+        self._seen: tuple[int, int, int, int] | None = None
         self._operators = self._read()
 
-    def _stamp(self) -> tuple[int, int, int]:
-        stat = os.stat(self.path)
-        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    def _stamp(self) -> tuple[int, int, int, int]:
+        stat = os.stat(self.path)  # ctime too: an edit that keeps the size and mtime still shows
+        return (stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino)
 
     def _read(self) -> tuple[Operator, ...]:
         try:
@@ -195,6 +211,8 @@ class OperatorFile:
         if unknown:
             raise ConfigError(f"operators_file.{unknown[0]}", self.path, "[[operator]] tables only")
         operators = operator_set(tables)
+        if self._check is not None:
+            self._check(operators)
         self._seen = stamp
         return operators
 

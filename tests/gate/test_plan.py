@@ -356,3 +356,61 @@ def test_a_closed_gate_starts_no_timer_in_a_forked_child() -> None:
     while timers() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert timers() == before
+
+
+def test_a_rollback_verdict_the_gate_may_not_act_on_pauses_the_plan(clock: FakeClock) -> None:
+    """auto_rollback_enabled=False: a failing step is held for a person and
+    announced, not left running for ever on a verdict nobody acts on."""
+    assert (
+        next_action(
+            PLAN,
+            PlanPosition(0, 0.0),
+            verdict="ROLLBACK",
+            canary_requests=500,
+            min_requests=100,
+            now=0.0,
+            rolls_back=False,
+        ).kind
+        == PAUSE
+    )
+    config = PromotionConfig(
+        name="checkout", min_requests=100, plan=PLAN, auto_rollback_enabled=False
+    )
+    gate = PromotionGate(config, clock=clock, wall_clock=clock, plan_timer=False)
+    gate.start_canary(feature_flags=["new_checkout"])
+    feed(gate, "stable", 600, error_every=100)
+    feed(gate, "canary", 300, error_every=3)
+    gate.tick()
+    assert gate.health_snapshot().verdict == "ROLLBACK"
+    assert gate.environment == Environment.canary(1)  # not rolled back: it may not
+    position = gate.state.plan
+    assert position is not None and position.status == "paused"
+    assert "the verdict is ROLLBACK" in position.reason
+    event = gate.get_history()[-1]
+    assert (event.action, event.actor) == ("pause", "gate")  # type: ignore[union-attr]
+    clock.advance(24 * HOUR)
+    gate.tick()
+    assert gate.environment == Environment.canary(1) and gate.state.plan.status == "paused"
+    gate.close()
+
+
+def test_an_approval_counts_only_at_the_ready_manual_step(clock: FakeClock) -> None:
+    """resume() while the manual step still bakes is refused, not an approval
+    given in advance for evidence nobody has seen."""
+    gate = plan_gate(clock)
+    gate.start_canary(feature_flags=["new_checkout"])
+    for _ in range(2):  # 1 % and 5 %
+        healthy_traffic(gate)
+        clock.advance(HOUR)
+        gate.tick()
+    assert gate.environment == Environment.canary(25)
+    with pytest.raises(PromotionError, match="cannot approve canary 25% yet"):
+        gate.resume()
+    assert gate.state.plan is not None and not gate.state.plan.approved
+    healthy_traffic(gate)
+    clock.advance(HOUR)
+    gate.tick()
+    assert gate.environment == Environment.canary(25) and gate.state.plan.awaiting
+    gate.resume(actor="carol")
+    assert gate.environment == Environment.STAGING
+    gate.close()

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 from collections.abc import Iterator
 
@@ -13,7 +15,7 @@ from gate_middleware import PromotionConfig, PromotionGate
 from gate_middleware.domain.plan import RolloutPlan
 from gate_middleware.operate.admin import AdminASGIApp
 from tests.servers import serving
-from tests.support import TOKEN, run
+from tests.support import CLI, TOKEN, run
 
 
 class Traffic:
@@ -123,3 +125,56 @@ def test_wait_without_a_plan_follows_promotions_and_rollbacks() -> None:
         assert run(url, "promote", "production", "--force").returncode == 0
         assert run(url, "status", "--wait", "--timeout", "5s").returncode == 0
     gate.close()
+
+
+def test_wait_exits_1_when_the_plan_is_held_on_a_rollback_verdict() -> None:
+    """With automatic rollback off, a failing step pauses the plan: the
+    pipeline waiting on it fails instead of running to its timeout."""
+    plan = RolloutPlan(steps=(1, 5), bake_seconds=0.3, staging_bake_seconds=1.5)
+    config = PromotionConfig(
+        name="held",
+        min_requests=100,
+        evaluation_interval_seconds=0.05,
+        plan=plan,
+        auto_rollback_enabled=False,
+    )
+    gate = PromotionGate(config)
+    with serving(AdminASGIApp(gate, token=TOKEN)) as url:
+        traffic = Traffic(gate, faulty=True)
+        try:
+            assert run(url, "canary", "1", "--flag", "new_checkout").returncode == 0
+            waited = run(url, "status", "--wait", "--timeout", "30s", "--interval", "0.1")
+        finally:
+            traffic.close()
+    gate.close()
+    assert waited.returncode == 1, waited.stdout + waited.stderr
+    assert "held:" in waited.stdout and "the verdict is ROLLBACK" in waited.stdout
+
+
+def test_wait_follows_its_release_even_if_another_starts_within_one_poll() -> None:
+    """A rollback followed by a new release between two polls: the wait
+    reports its own release's rollback (exit 1), not the new one's progress."""
+    gate = PromotionGate(PromotionConfig(name="follow", min_requests=20))
+    with serving(AdminASGIApp(gate, token=TOKEN)) as url:
+        assert run(url, "canary", "10", "--flag", "first").returncode == 0
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATE_MIDDLEWARE_")}
+        env.update(GATE_MIDDLEWARE_URL=url, GATE_MIDDLEWARE_TOKEN=TOKEN, PYTHONUNBUFFERED="1")
+        waiting = subprocess.Popen(
+            [CLI, "status", "--wait", "--timeout", "60s", "--interval", "5"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert waiting.stdout is not None
+            first = waiting.stdout.readline()  # the wait has read the status: it sleeps 5 s now
+            assert "canary (10%)" in first, first
+            gate.rollback("first is broken")
+            gate.start_canary(5, ["second"])
+            out, err = waiting.communicate(timeout=60)
+        finally:
+            waiting.kill()
+    gate.close()
+    assert waiting.returncode == 1, out + err
+    assert "release 1 rolled back: first is broken" in out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -415,3 +416,138 @@ def test_hash_token_prints_what_token_sha256_takes() -> None:
         [CLI, "hash-token"], input="short", capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2
+
+
+# -- the adversarial pass: each finding, held ----------------------------------
+
+
+def test_an_operator_cannot_approve_a_manual_step(open_client: Any) -> None:
+    """Resuming at a manual step approves it, which moves the release on: admin only."""
+    plan = RolloutPlan(steps=({"traffic_percent": 1, "manual": True}, 5), bake_seconds=60)
+    clock = FakeClock()
+    gate = PromotionGate(
+        PromotionConfig(min_requests=20, plan=plan), clock=clock, wall_clock=clock, plan_timer=False
+    )
+    gate.start_canary(feature_flags=["new_api"])
+    client = open_client(gate)
+    refused = client.post("/plan/resume", headers=auth("otto"))
+    assert refused.status_code == 403 and refused.json()["role_needed"] == "admin"
+    assert gate.state.plan is not None and not gate.state.plan.approved
+    # A pause at a step that is not manual is the operator's to end.
+    gate.pause("freeze")
+    assert client.post("/plan/resume", headers=auth("ada")).status_code in (200, 409)
+
+
+def test_no_weak_or_empty_token_matches_a_hash(open_client: Any) -> None:
+    empty = hashlib.sha256(b"").hexdigest()
+    with pytest.raises(ConfigError, match="hash of nothing"):
+        AdminASGIApp(
+            planned_gate(FakeClock()),
+            operators=[{"name": "bot", "role": "admin", "token_sha256": empty}],
+        )
+    weak = hashlib.sha256(b"admin").hexdigest()  # a hash of a token too short to be one
+    client = open_client(
+        planned_gate(FakeClock()),
+        operators=[{"name": "bot", "role": "admin", "token_sha256": weak}],
+    )
+    for header in ("Bearer admin", "Bearer", "Bearer ", "bearer  "):
+        assert client.get("/status", headers={"Authorization": header}).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "query", ["limit=%C2%B2", "limit=" + "9" * 5000, "since=2026-01-01T00:00:00%2B00:00~%C2%B2"]
+)
+def test_odd_digits_in_the_query_are_a_400_not_a_500(open_client: Any, query: str) -> None:
+    client = open_client(planned_gate(FakeClock()))
+    assert client.get(f"/history?{query}", headers=auth("vera")).status_code == 400
+
+
+def test_a_reloaded_file_cannot_take_a_fixed_operators_name_or_token(
+    open_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "operators.toml"
+    write_operators(path, ("bob", "viewer", "bob-token-0123456789abcdef"))
+    client = open_client(
+        planned_gate(FakeClock()), operators=(), token=TOKENS["ada"], operators_file=path
+    )
+    write_operators(path, ("admin", "viewer", TOKENS["ada"]))  # the fixed admin, demoted?
+    with caplog.at_level(logging.ERROR, "gate_middleware.admin"):
+        me = client.get("/status", headers=auth("ada")).json()["operator"]
+    assert (me["name"], me["role"]) == ("admin", "admin")
+    assert "refused" in caplog.text
+    assert (
+        client.get(
+            "/status", headers={"Authorization": "Bearer bob-token-0123456789abcdef"}
+        ).status_code
+        == 200
+    )
+
+
+def test_no_token_is_ever_shown_in_an_error() -> None:
+    secret = "carol-secret-token-0123456789"
+    for fields in (
+        {"name": "carol", "role": "admin", "token_sha256": secret},  # the token in the wrong field
+        {"name": "carol", "role": "admin", "token": secret.encode()},  # bytes, not text
+    ):
+        with pytest.raises(ConfigError) as caught:
+            AdminASGIApp(planned_gate(FakeClock()), operators=[fields])
+        assert "secret" not in str(caught.value) and "secret" not in repr(caught.value)
+
+
+def test_a_query_on_the_page_is_ignored_and_elsewhere_refused(open_client: Any) -> None:
+    client = open_client(planned_gate(FakeClock()))
+    assert client.get("/?utm_source=mail").status_code == 200
+    assert client.get("/status?pretty=1", headers=auth("vera")).status_code == 400
+    document = client.get("/openapi.json", headers=auth("vera")).json()
+    assert "400" in document["paths"]["/status"]["get"]["responses"]
+
+
+def test_two_authorization_headers_are_refused_on_a_real_server() -> None:
+    gate = planned_gate(FakeClock())
+    with serving(AdminASGIApp(gate, operators=OPERATORS)) as base:
+        host, port = base.removeprefix("http://").split(":")
+        for first, second in (("vera", "ada"), ("ada", "vera")):
+            connection = http.client.HTTPConnection(host, int(port), timeout=10)
+            connection.putrequest("GET", "/status")
+            connection.putheader("Authorization", f"Bearer {TOKENS[first]}")
+            connection.putheader("Authorization", f"Bearer {TOKENS[second]}")
+            connection.endheaders()
+            assert connection.getresponse().status == 401
+            connection.close()
+
+
+def test_a_rotation_that_keeps_size_and_mtime_is_still_read(
+    open_client: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "operators.toml"
+    old, new = "aaaa-token-0123456789abcdef", "bbbb-token-0123456789abcdef"  # one length
+    write_operators(path, ("alice", "operator", old))
+    client = open_client(planned_gate(FakeClock()), operators=(), operators_file=path)
+    assert client.get("/status", headers={"Authorization": f"Bearer {old}"}).status_code == 200
+    stat = path.stat()
+    path.write_text(path.read_text().replace(token_sha256(old), token_sha256(new)))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as cp -p would leave it
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert client.get("/status", headers={"Authorization": f"Bearer {new}"}).status_code == 200
+    assert client.get("/status", headers={"Authorization": f"Bearer {old}"}).status_code == 401
+
+
+def test_the_cli_pages_a_long_history_and_takes_any_login() -> None:
+    gate = planned_gate(FakeClock())
+    for i in range(230):  # 460 events: three pages of 200
+        gate.enable_feature(f"f{i}", actor="ada")
+        gate.disable_feature(f"f{i}", actor="ada")
+    with serving(AdminASGIApp(gate, operators=OPERATORS)) as base:
+        lines = cli(base, TOKENS["vera"], "history", "--jsonl").stdout.splitlines()
+        assert len(lines) == 461
+        assert (
+            len(
+                cli(
+                    base, TOKENS["vera"], "history", "--jsonl", "--limit", "250"
+                ).stdout.splitlines()
+            )
+            == 250
+        )
+        paused = cli(base, TOKENS["otto"], "plan", "pause", "--reason", "x", user="a\x1b[31mb")
+        assert paused.returncode == 0, paused.stderr
+    assert gate.get_history()[-1].actor == "otto (client note: cli:a[31mb)"
