@@ -56,6 +56,8 @@ ADVANCE = "advance"
 HOLD = "hold"
 PAUSE = "pause"
 AWAIT_APPROVAL = "await_approval"
+ROLL_BACK = "roll_back"  # a deadline passed and the plan says: roll back
+ON_DEADLINE = ("pause", "rollback")  # what a passed deadline does (RolloutPlan.on_deadline)
 
 # Where a plan stands (PlanPosition.status).
 PlanState = Literal["running", "paused", "done", "rolled_back", "aborted"]
@@ -118,6 +120,9 @@ class PlanProgress(PlanView):
     bake: BakeView | None
     eta: float | None
     eta_seconds: float | None
+    # what the plan waits for now, as the last evaluation found it ("canary 5%
+    # holds: 12 of 40 canary requests"); None when it waits for nothing
+    waiting_for: str | None
 
 
 HOUR = 3600.0
@@ -221,9 +226,15 @@ class RolloutPlan:
 
     ``steps`` take percentages or ``PlanStep``/dicts; they must rise, end at
     100 at most, and never jump by more than 5x (``ConfigError`` names the
-    step). ``inconclusive_limit_seconds``: how long a baked step may stay
-    inconclusive before the plan pauses itself. ``staging_manual``: a
-    person approves the promotion to production. The defaults are the
+    step). ``max_step_ratio``: the most a step may multiply the traffic of
+    the one before (5 by default, the guide's rule; ``math.inf``: no limit,
+    for Argo-style ``[1, 10, 50]`` plans). ``inconclusive_limit_seconds``:
+    how long a baked step may stay inconclusive before the plan gives up on
+    it; ``approval_deadline_seconds``: how long a baked manual step waits
+    for a person (``None``: for ever); ``on_deadline``: what giving up
+    does, ``"pause"`` (for a person) or ``"rollback"`` (the plan ends as an
+    abort ends it: status ``aborted``, actor "gate"; ``retry`` starts it again). ``staging_manual``:
+    a person approves the promotion to production. The defaults are the
     guide's: 1 → 5 → 10 → 25 → 50 %, 12 h each, then 24 h in staging.
     """
 
@@ -232,6 +243,9 @@ class RolloutPlan:
     staging_manual: bool = False
     inconclusive_limit_seconds: float = 6 * HOUR
     bake_seconds: float = 12 * HOUR  # for steps given as bare percentages
+    max_step_ratio: float = MAX_STEP_RATIO
+    approval_deadline_seconds: float | None = None
+    on_deadline: str = "pause"
     _stages: tuple[PlanStep, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -239,6 +253,18 @@ class RolloutPlan:
         if isinstance(raw, (str, bytes, dict)) or not isinstance(raw, Sequence) or not raw:
             raise ConfigError("plan.steps", raw, "a non-empty list of canary steps")
         default_bake = _seconds(self.bake_seconds, "plan.bake_seconds")
+        ratio = self.max_step_ratio
+        if (
+            isinstance(ratio, bool)
+            or not isinstance(ratio, (int, float))
+            or math.isnan(ratio)
+            or ratio < 1.0
+        ):
+            raise ConfigError("plan.max_step_ratio", ratio, "a number of at least 1 (inf: none)")
+        if self.approval_deadline_seconds is not None:
+            _seconds(self.approval_deadline_seconds, "plan.approval_deadline_seconds")
+        if self.on_deadline not in ON_DEADLINE:
+            raise ConfigError("plan.on_deadline", self.on_deadline, f"one of {list(ON_DEADLINE)}")
         steps: list[PlanStep] = []
         for number, value in enumerate(raw, start=1):
             where = f"plan.steps[{number}]"
@@ -251,12 +277,12 @@ class RolloutPlan:
                         step.traffic_percent,
                         f"more than the step before ({before:g}%): a plan never goes backwards",
                     )
-                if step.traffic_percent > before * MAX_STEP_RATIO:
+                if step.traffic_percent > before * ratio:
                     raise ConfigError(
                         f"{where}.traffic_percent",
                         step.traffic_percent,
-                        f"at most {MAX_STEP_RATIO:g}x the step before ({before:g}% -> at most "
-                        f"{before * MAX_STEP_RATIO:g}%)",
+                        f"at most {ratio:g}x the step before ({before:g}% -> at most "
+                        f"{before * ratio:g}%; plan.max_step_ratio allows more)",
                     )
             steps.append(step)
         staging = _checked(
@@ -284,6 +310,9 @@ class RolloutPlan:
             "staging_manual",
             "inconclusive_limit_seconds",
             "bake_seconds",
+            "max_step_ratio",
+            "approval_deadline_seconds",
+            "on_deadline",
         }
         unknown = sorted(set(table) - known)
         if unknown:
@@ -434,6 +463,10 @@ def next_action(
     enough = canary_requests >= need
     if enough and (verdict == HEALTHY or not step.require_healthy):
         if step.manual and not position.approved:
+            deadline = plan.approval_deadline_seconds
+            if deadline is not None and now - ready_at >= deadline:
+                why = f"{step.label} waited {now - ready_at:.0f} s for a person's approval"
+                return _give_up(plan, why)
             if position.awaiting:
                 return Action(WAIT, f"{step.label} waits for a person to resume the plan")
             return Action(AWAIT_APPROVAL, f"{step.label} is ready and waits for a person")
@@ -449,30 +482,39 @@ def next_action(
     )
     since = inconclusive_since(plan, position)
     if now - since >= plan.inconclusive_limit_seconds:
-        return Action(
-            PAUSE,
-            f"{step.label} inconclusive for {now - since:.0f} s ({why}): paused for a person",
-        )
+        return _give_up(plan, f"{step.label} inconclusive for {now - since:.0f} s ({why})")
     if not position.held:
         return Action(HOLD, f"{step.label} baked but inconclusive ({why}): holding")
     return Action(WAIT, f"{step.label} holds: {why}")
 
 
+def _give_up(plan: RolloutPlan, why: str) -> Action:
+    """A deadline passed: pause for a person, or roll back (``plan.on_deadline``)."""
+    if plan.on_deadline == "rollback":
+        return Action(ROLL_BACK, f"{why}: rolled back (plan.on_deadline)")
+    return Action(PAUSE, f"{why}: paused for a person")
+
+
 def eta(plan: RolloutPlan, position: PlanPosition, now: float) -> float | None:
     """When the plan reaches production at the earliest (Unix seconds), if it
     keeps running: the rest of this step's bake plus every later step's.
-    ``None`` when it is not running."""
-    if position.status != RUNNING:
-        return None
+    ``None`` when it is not running, holds or waits for a person."""
+    if position.status != RUNNING or position.held or position.awaiting:
+        return None  # a person or an inconclusive verdict decides when
     remaining = max(0.0, baked_at(plan, position) - now)
     for index in range(position.index + 1, plan.last):
         remaining += plan.step(index).bake_seconds
     return now + remaining
 
 
-def progress(plan: RolloutPlan, position: PlanPosition | None, now: float) -> PlanProgress:
+def progress(
+    plan: RolloutPlan,
+    position: PlanPosition | None,
+    now: float,
+    waiting_for: str | None = None,
+) -> PlanProgress:
     """The plan as an operator reads it: the steps, the current one, its bake,
-    the ETA; ``position`` ``None``: no release in progress."""
+    the ETA, what it waits for; ``position`` ``None``: no release in progress."""
     shown = plan.to_dict()
     if position is None:
         return {
@@ -483,6 +525,7 @@ def progress(plan: RolloutPlan, position: PlanPosition | None, now: float) -> Pl
             "bake": None,
             "eta": None,
             "eta_seconds": None,
+            "waiting_for": None,
         }
     step = plan.step(min(position.index, plan.last))
     bake = step.bake_seconds
@@ -500,4 +543,11 @@ def progress(plan: RolloutPlan, position: PlanPosition | None, now: float) -> Pl
         },
         "eta": finish,
         "eta_seconds": None if finish is None else finish - now,
+        "waiting_for": (
+            position.reason or "paused"
+            if position.status == PAUSED
+            else waiting_for
+            if position.status == RUNNING
+            else None
+        ),
     }

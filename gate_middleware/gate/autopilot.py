@@ -96,6 +96,8 @@ class Autopilot:
         self._evaluation = evaluation
         self._rollback = rollback
         self._wall_clock = wall_clock
+        # What the plan waited for at the last evaluation: (release, step, status), why.
+        self._waiting: tuple[tuple[int, int, str], str] | None = None
 
     # -- the rollout plan ---------------------------------------------------
 
@@ -112,7 +114,15 @@ class Autopilot:
             now=self._wall_clock(),
             rolls_back=self._config.auto_rollback_enabled,
         )
-        if action.kind == plans.ADVANCE:
+        where = (state.release, position.index, position.status)
+        waits = action.kind in (plans.WAIT, plans.HOLD, plans.AWAIT_APPROVAL)
+        self._waiting = (where, action.reason) if waits else None
+        if action.kind == plans.ROLL_BACK:
+            try:
+                self._rollback(action.reason, actor=GATE_ACTOR)
+            except PromotionError as exc:  # someone ended the release first
+                logger.info("Plan: no rollback at the deadline: %s", exc)
+        elif action.kind == plans.ADVANCE:
             self._move_plan(
                 state, position, action.to_index, "plan_step", action.reason, GATE_ACTOR, health
             )
@@ -390,4 +400,14 @@ class Autopilot:
         plan = self.plan
         if plan is None:
             return None
-        return plans.progress(plan, self._transitions.current().plan, self._wall_clock())
+        state = self._transitions.current()
+        position = state.plan
+        waiting = self._waiting
+        why = None
+        if (
+            position is not None
+            and waiting is not None
+            and waiting[0] == (state.release, position.index, position.status)
+        ):
+            why = waiting[1]
+        return plans.progress(plan, position, self._wall_clock(), why)

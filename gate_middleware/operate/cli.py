@@ -460,8 +460,9 @@ def progress_line(status: dict[str, Any]) -> str:
         )
         if plan.get("eta_seconds") is not None:
             line += f"  ETA {plan['eta_seconds']:.0f} s"
-        if position.get("reason"):
-            line += f"  {position['reason']}"
+        waiting = plan.get("waiting_for") or position.get("reason")
+        if waiting:
+            line += f"  {waiting}"
     return line
 
 
@@ -694,8 +695,9 @@ def progress_line_of_plan(plan: dict[str, Any]) -> str:
     line = f"{position['status']}: bake {plan['bake']['fraction']:.0%}"
     if plan.get("eta_seconds") is not None:
         line += f", production in {plan['eta_seconds']:.0f} s at the earliest"
-    if position.get("reason"):
-        line += f" ({position['reason']})"
+    waiting = plan.get("waiting_for") or position.get("reason")
+    if waiting:
+        line += f" ({waiting})"
     return line
 
 

@@ -3,6 +3,7 @@ carrying a whole plan out on a simulated clock."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from datetime import UTC
@@ -413,4 +414,87 @@ def test_an_approval_counts_only_at_the_ready_manual_step(clock: FakeClock) -> N
     assert gate.environment == Environment.canary(25) and gate.state.plan.awaiting
     gate.resume(actor="carol")
     assert gate.environment == Environment.STAGING
+    gate.close()
+
+
+def test_the_jump_ratio_is_the_plans_to_set() -> None:
+    """Argo-style [1, 10, 50] and Flagger-style [2, 10, 80] plans, with a ratio that allows them."""
+    with pytest.raises(ConfigError, match="plan.max_step_ratio allows more"):
+        RolloutPlan(steps=(1, 10, 50))
+    assert RolloutPlan(steps=(1, 10, 50), max_step_ratio=10).steps[1].traffic_percent == 10
+    assert RolloutPlan(steps=(2, 10, 80), max_step_ratio=math.inf).steps[2].traffic_percent == 80
+    for bad in (0.5, float("nan"), True, "5"):
+        with pytest.raises(ConfigError, match="plan.max_step_ratio"):
+            RolloutPlan(max_step_ratio=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="plan.on_deadline"):
+        RolloutPlan(on_deadline="shrug")
+    table = {"steps": [1, 10], "max_step_ratio": 10, "approval_deadline_seconds": 60}
+    assert RolloutPlan.from_dict(table).approval_deadline_seconds == 60
+
+
+@pytest.mark.parametrize("on_deadline", ["pause", "rollback"])
+def test_a_manual_step_has_a_deadline(clock: FakeClock, on_deadline: str) -> None:
+    plan = RolloutPlan(
+        steps=(1, {"traffic_percent": 5, "manual": True}),
+        bake_seconds=HOUR,
+        approval_deadline_seconds=2 * HOUR,
+        on_deadline=on_deadline,
+    )
+    gate = plan_gate(clock, plan)
+    gate.start_canary(feature_flags=["new_checkout"])
+    for _ in range(2):
+        healthy_traffic(gate)
+        clock.advance(HOUR)
+        gate.tick()
+    assert gate.environment == Environment.canary(5) and gate.state.plan.awaiting
+    clock.advance(HOUR)  # baked an hour ago: within the deadline
+    healthy_traffic(gate)
+    gate.tick()
+    assert gate.state.plan.status == "running"
+    clock.advance(HOUR)  # two hours without an approval
+    healthy_traffic(gate)
+    gate.tick()
+    if on_deadline == "pause":
+        assert gate.state.plan.status == "paused" and gate.environment == Environment.canary(5)
+        assert "waited 7200 s for a person's approval" in gate.state.plan.reason
+    else:
+        assert gate.environment == Environment.PRODUCTION
+        assert gate.state.plan.status == "aborted"  # the plan gave up, as an abort does
+        [event] = gate.get_rollback_history()
+        assert "plan.on_deadline" in event.reason and event.actor == "gate"
+    gate.close()
+
+
+def test_an_inconclusive_step_can_roll_back_at_its_limit(clock: FakeClock) -> None:
+    plan = RolloutPlan(
+        steps=(1, 5), bake_seconds=HOUR, inconclusive_limit_seconds=HOUR, on_deadline="rollback"
+    )
+    gate = plan_gate(clock, plan)
+    gate.start_canary(feature_flags=["new_checkout"])
+    clock.advance(HOUR)
+    gate.tick()  # baked, no traffic: held
+    assert gate.state.plan.held
+    clock.advance(HOUR)
+    gate.tick()
+    assert gate.environment == Environment.PRODUCTION and gate.state.plan.status == "aborted"
+    gate.close()
+
+
+def test_progress_says_what_the_plan_waits_for(clock: FakeClock) -> None:
+    gate = plan_gate(clock)
+    gate.start_canary(feature_flags=["new_checkout"])
+    feed(gate, "canary", 12)
+    feed(gate, "stable", 600)
+    gate.tick()
+    shown = gate.plan_status()
+    assert shown is not None and shown["waiting_for"] == "canary 1% bakes for 3600 s more"
+    clock.advance(HOUR)
+    gate.tick()  # baked with 12 of 100 canary requests: held
+    gate.tick()
+    shown = gate.plan_status()
+    assert shown is not None and "12 of 100 canary requests" in (shown["waiting_for"] or "")
+    assert shown["eta"] is None  # nobody can say when a held step goes on
+    gate.pause("freeze")
+    shown = gate.plan_status()
+    assert shown is not None and shown["waiting_for"] == "freeze"
     gate.close()
