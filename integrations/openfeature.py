@@ -18,13 +18,33 @@ context's targeting key is routed the same way the middleware routes a
 session id (or a ``session_key``'s result), so a user id gives that user's
 answer everywhere.
 
-The details: ``variant`` is ``"canary"`` or ``"stable"``; ``reason`` is
-``SPLIT`` (the sticky split decided), ``TARGETING_MATCH`` (the QA override
-header picked the variant) or ``DISABLED`` (a flag the release does not
-have, or one rolled back: off); the flag metadata holds ``gate.rollout``
-and ``gate.bucket``. Without a request and without a targeting key the SDK
-answers the default with ``TARGETING_KEY_MISSING``; a non-boolean type is
+The details: ``variant`` is ``"canary"`` or ``"stable"`` (the session's
+path); ``reason`` is ``SPLIT`` (the sticky split decided: on for canary
+sessions, off for stable ones, whatever the default) or
+``TARGETING_MATCH`` (the QA override header picked the variant); the flag
+metadata holds ``gate.rollout`` and ``gate.bucket``. A flag is *known*
+when the config declares it (``PromotionConfig.feature_flags``), when it
+is on now for anyone (a stable or release flag:
+``PromotionGate.is_feature_enabled``), when it is a flag of the release
+the plan last ran (``GateState.plan.release_flags``, kept for ``retry``)
+or when ``disable_feature`` turned it off (while the history holds that
+event). A known flag that is on for no one (rolled back, disabled) answers
+the caller's default with ``DISABLED``; an unknown one the caller's
+default with ``ERROR`` and ``FLAG_NOT_FOUND`` (a release's flags that the
+config does not declare are unknown again once it is rolled back, without
+a plan). Without a request and without a targeting key the SDK answers
+the default with ``TARGETING_KEY_MISSING``; a non-boolean type is
 ``TYPE_MISMATCH`` (the gate's flags are on or off).
+
+Each change of what a flag answers emits ``PROVIDER_CONFIGURATION_CHANGED``
+with ``flags_changed``, the flags it changed (sorted): a rollback (the
+release's flags), a promotion or traffic change (the release's flags),
+the start of a release, a flag turned on or off. A change of environment
+that changes no flag's answer emits it with an empty list. Changes made by
+other processes of a shared rollout (SQLite, Redis) emit it too, as this
+process adopts them (``PromotionGate.on_state_change``); the metadata
+holds ``gate.rollout``, ``gate.environment``, ``gate.traffic_percent`` and
+``gate.version``.
 
 ``client.track("checkout_completed")`` (with ``TrackingEventDetails(value=42.5)``
 for an amount) reports a business metric for the same session: the
@@ -33,9 +53,9 @@ request's, or the targeting key's outside a request
 event with no session to count it for, or with a value that is not a
 finite number, is logged and dropped.
 
-Each evaluation is a ``feature_flag.evaluation`` event on the active span
-(``gate_middleware.web.tracing``). With OpenFeature's own ``TracingHook``
-(``openfeature-hooks-opentelemetry``) registered, pass
+Each evaluation of a known flag is a ``feature_flag.evaluation`` event on
+the active span (``gate_middleware.web.tracing``). With OpenFeature's own
+``TracingHook`` (``openfeature-hooks-opentelemetry``) registered, pass
 ``emit_events=False`` so each evaluation is one event.
 """
 
@@ -46,7 +66,12 @@ from collections.abc import Mapping, Sequence
 
 try:
     from openfeature.evaluation_context import EvaluationContext
-    from openfeature.exception import TargetingKeyMissingError, TypeMismatchError
+    from openfeature.event import ProviderEventDetails
+    from openfeature.exception import (
+        FlagNotFoundError,
+        TargetingKeyMissingError,
+        TypeMismatchError,
+    )
     from openfeature.flag_evaluation import FlagResolutionDetails, FlagValueType, Reason
     from openfeature.provider import AbstractProvider, Metadata
     from openfeature.track import TrackingEventDetails
@@ -56,6 +81,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from gate_middleware.domain.routing import RoutingDecision
+from gate_middleware.domain.state import GateState, RollbackEvent
 from gate_middleware.errors import ConfigError
 from gate_middleware.gate import PromotionGate
 from gate_middleware.web.context import current_decision
@@ -68,6 +94,25 @@ logger = logging.getLogger("gate_middleware")
 _OVERRIDE_PREFIX = "override:"
 
 
+def _exposure(state: GateState, flag: str) -> tuple[object, ...]:
+    """Who ``flag`` is on for in ``state``: everyone, the canary path of a
+    release in an environment (its share), or no one (``()``)."""
+    if flag in state.stable_flags:
+        return ("everyone",)
+    if flag in state.release_flags:
+        return ("release", state.release, state.environment)
+    return ()
+
+
+def _flags_changed(previous: GateState, state: GateState) -> list[str]:
+    """The flags whose answer may differ between ``previous`` and ``state``
+    (turned on or off, or on for another share of sessions), sorted."""
+    flags = (
+        previous.stable_flags | previous.release_flags | state.stable_flags | state.release_flags
+    )
+    return sorted(flag for flag in flags if _exposure(previous, flag) != _exposure(state, flag))
+
+
 class GateProvider(AbstractProvider):
     """Boolean flags from the gate's routing decision."""
 
@@ -77,6 +122,9 @@ class GateProvider(AbstractProvider):
         super().__init__()
         self.gate = gate
         self.emit_events = emit_events
+        self._declared = frozenset(gate.config.feature_flags)
+        self._known: tuple[GateState | None, frozenset[str]] = (None, frozenset())
+        gate.on_state_change(self._state_changed)
 
     def get_metadata(self) -> Metadata:
         return Metadata(name=PROVIDER_NAME)
@@ -88,6 +136,14 @@ class GateProvider(AbstractProvider):
         evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[bool]:
         decision = current_decision()
+        state = self.gate.state
+        on = flag_key in state.stable_flags or flag_key in state.release_flags
+        on_here = decision is not None and decision.is_enabled(flag_key)
+        if not (on or on_here or flag_key in self._known_flags(state)):
+            raise FlagNotFoundError(
+                f"{flag_key!r} is not a flag of rollout {self.gate.name!r} (neither declared "
+                "in its config's feature_flags nor on, nor turned off by disable_feature)"
+            )
         if decision is None:
             key = evaluation_context.targeting_key if evaluation_context is not None else None
             if not key:
@@ -96,7 +152,7 @@ class GateProvider(AbstractProvider):
                     "(the session or user id the middleware routes)"
                 )
             decision = self.gate.route_request(key)
-        return self._details(flag_key, decision)
+        return self._details(flag_key, default_value, decision, on)
 
     def track(
         self,
@@ -123,11 +179,51 @@ class GateProvider(AbstractProvider):
         except Exception as exc:  # OpenFeature's track never raises
             logger.warning("track(%r) dropped: %s", tracking_event_name, exc)
 
-    def _details(self, flag_key: str, decision: RoutingDecision) -> FlagResolutionDetails[bool]:
-        state = self.gate.state
-        known = flag_key in state.stable_flags or flag_key in state.release_flags
+    def _known_flags(self, state: GateState) -> frozenset[str]:
+        """The flags of the rollout in ``state`` (see the module's
+        documentation), computed once per state."""
+        held, known = self._known
+        if held is state:
+            return known
+        plan = state.plan.release_flags if state.plan is not None else ()
+        disabled = [
+            event.feature
+            for event in state.history
+            if isinstance(event, RollbackEvent) and event.feature != "all"
+        ]
+        known = self._declared.union(state.stable_flags, state.release_flags, plan, disabled)
+        self._known = (state, known)
+        return known
+
+    def _state_changed(self, previous: GateState, state: GateState) -> None:
+        """The gate took up ``state`` (a change of this process's or, with a
+        shared store, another's): tell OpenFeature which flags it changed."""
+        changed = _flags_changed(previous, state)
+        if not changed and previous.environment == state.environment:
+            return  # a plan's hold, pause or resume: no flag answers otherwise
+        message = f"rollout {self.gate.name!r}: {state.environment}"
+        latest = state.history[-1:]
+        if latest and latest != previous.history[-1:] and latest[0].reason:
+            message += f" ({latest[0].reason})"
+        self.emit_provider_configuration_changed(
+            ProviderEventDetails(
+                flags_changed=changed,
+                message=message,
+                metadata={
+                    "gate.rollout": self.gate.name,
+                    "gate.environment": state.environment.name,
+                    "gate.traffic_percent": state.environment.traffic_percent,
+                    "gate.version": state.version,
+                },
+            )
+        )
+
+    def _details(
+        self, flag_key: str, default_value: bool, decision: RoutingDecision, on: bool
+    ) -> FlagResolutionDetails[bool]:
         value = decision.is_enabled(flag_key)
-        if not known and not value:
+        if not value and not on:  # a known flag on for no one: the caller's default
+            value = default_value
             reason = Reason.DISABLED
         elif decision.reason.startswith(_OVERRIDE_PREFIX):
             reason = Reason.TARGETING_MATCH

@@ -923,6 +923,18 @@ class PromotionGate:
         self._effects.promotion_callbacks.append(callback)
         return callback
 
+    def on_state_change(self, callback: Callback) -> Callback:
+        """Call ``callback(previous, state)`` whenever this process takes up a
+        newer ``GateState`` (usable as a decorator): every change it makes
+        (each rollback, promotion, traffic change, plan step and flag turned
+        on or off), once the store holds it, in the thread that made it; and,
+        with a shared store (SQLite, Redis), every change another process
+        made, as this process adopts it (from the store's follower thread, or
+        at its next read of the state). Keep it quick; a raising callback is
+        logged, never propagated."""
+        self._transitions.state_callbacks.append(callback)
+        return callback
+
     def store_status(self) -> StoreView:
         """The stores' health: "ok", "unreachable", "forbidden" or "corrupt"
         (the worst), and why."""

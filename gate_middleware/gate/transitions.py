@@ -136,7 +136,8 @@ class Transitions:
     """The gate's state: the snapshot this process last saw, and the one way
     to change it. ``adopted(state, new_step)`` is called with every newer
     state this process takes up (its own changes and, through the store's
-    subscription, other processes')."""
+    subscription, other processes'); then each of ``state_callbacks`` with
+    ``(previous, state)``, fail-safe (``PromotionGate.on_state_change``)."""
 
     def __init__(
         self,
@@ -150,6 +151,7 @@ class Transitions:
         self._after_change = after_change
         self._step_evidence = step_evidence
         self.state = store.load()
+        self.state_callbacks: list[Callable[[GateState, GateState], Any]] = []
         # Changes sent to a shared store that stopped answering, by
         # transition id: reported if they turn up applied. Replaced, never
         # mutated in place (the follower's thread reads it).
@@ -170,9 +172,14 @@ class Transitions:
             self._report_if_applied(state)
 
     def _adopt(self, state: GateState) -> None:
-        new_step = state.step != self.state.step
+        previous = self.state
         self.state = state
-        self._adopted(state, new_step)
+        self._adopted(state, state.step != previous.step)
+        for callback in list(self.state_callbacks):
+            try:
+                callback(previous, state)
+            except Exception:
+                logger.exception("A state-change callback raised; the gate carries on")
 
     def _report_if_applied(self, state: GateState) -> None:
         """A change whose outcome was unknown turned up in the shared state:

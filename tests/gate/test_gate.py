@@ -10,6 +10,7 @@ from gate_middleware import (
     CanaryHealth,
     ConfigError,
     Environment,
+    GateState,
     PromotionConfig,
     PromotionError,
     PromotionGate,
@@ -402,6 +403,40 @@ def test_a_failing_callback_does_not_break_the_gate(clock: FakeClock) -> None:
 
     gate.rollback("manual")
     assert gate.environment == Environment.PRODUCTION
+
+
+def test_on_state_change_sees_each_new_state_with_the_one_before(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every change this process makes (flags on and off, rollbacks,
+    promotions), once stored, in order; a change that changes nothing is
+    not one; a raising callback is logged and the others still run."""
+    gate = make_gate(clock)
+    seen: list[tuple[GateState, GateState]] = []
+
+    @gate.on_state_change
+    def explode(previous: GateState, state: GateState) -> None:
+        raise RuntimeError("a bug in a listener")
+
+    gate.on_state_change(lambda previous, state: seen.append((previous, state)))
+    first = gate.state
+    gate.enable_feature("dark_mode")
+    assert gate.enable_feature("dark_mode") is None  # already on: no new state
+    gate.disable_feature("dark_mode")
+    gate.rollback("manual")
+    gate.start_canary(10, ["search_v2"])
+    gate.promote(Environment.PRODUCTION, force=True)
+    states = [first, *(state for _, state in seen)]
+    assert [previous for previous, _ in seen] == states[:-1]
+    assert [state.history[-1].to_dict()["action"] for _, state in seen] == [
+        "enable_flag",
+        "disable_flag",
+        "rollback",
+        "start_canary",
+        "promote",
+    ]
+    assert seen[-1][1] is gate.state
+    assert caplog.text.count("A state-change callback raised") == 5
 
 
 # -- input ----------------------------------------------------------------------

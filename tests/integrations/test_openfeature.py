@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import queue
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from openfeature import api
 from openfeature.client import OpenFeatureClient
 from openfeature.contrib.hook.opentelemetry import TracingHook
 from openfeature.evaluation_context import EvaluationContext
+from openfeature.event import EventDetails, ProviderEvent
 from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import Reason
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -27,7 +30,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
+from gate_middleware.domain.plan import RolloutPlan
 from gate_middleware.integrations.openfeature import GateProvider
+from tests.support import OPEN_GATES, FakeClock, feed
 
 FLAG = "new_api"
 TOKEN = "qa-token-" + "x" * 24
@@ -42,7 +47,9 @@ def make_gate(percent: float = 50) -> PromotionGate:
 
 def feature_client(gate: PromotionGate, *, hook: bool = False) -> OpenFeatureClient:
     domain = f"gate-test-{next(_domains)}"
-    api.set_provider(GateProvider(gate, emit_events=not hook), domain=domain)
+    # ..._and_wait: READY before the first evaluation (set_provider initialises
+    # on a thread, and a provider not yet ready answers PROVIDER_NOT_READY).
+    api.set_provider_and_wait(GateProvider(gate, emit_events=not hook), domain=domain)
     client = api.get_client(domain=domain)
     if hook:
         client.add_hooks([TracingHook()])
@@ -63,7 +70,7 @@ def server_span(exporter: InMemorySpanExporter) -> ReadableSpan:
     return span
 
 
-def starlette_app(gate: PromotionGate, client: OpenFeatureClient) -> Any:
+def starlette_app(gate: PromotionGate, client: OpenFeatureClient, flag: str = FLAG) -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -72,17 +79,18 @@ def starlette_app(gate: PromotionGate, client: OpenFeatureClient) -> Any:
     from gate_middleware.integrations.starlette import GateMiddleware, gate_decision
 
     async def index(request: Request) -> JSONResponse:
-        details = client.get_boolean_details(FLAG, False)
+        details = client.get_boolean_details(flag, request.query_params.get("default") == "on")
         decision = gate_decision(request)
-        return JSONResponse(
-            {
-                "value": details.value,
-                "reason": str(details.reason),
-                "variant": details.variant,
-                "decision_variant": decision.variant,
-                "decision_value": decision.is_enabled(FLAG),
-            }
-        )
+        body = {
+            "value": details.value,
+            "reason": str(details.reason),
+            "variant": details.variant,
+            "decision_variant": decision.variant,
+            "decision_value": decision.is_enabled(flag),
+        }
+        if details.error_code is not None:
+            body["error_code"] = str(details.error_code)
+        return JSONResponse(body)
 
     app = Starlette(routes=[Route("/", index)])
     app.add_middleware(GateMiddleware, gate=gate, override_token=TOKEN)
@@ -155,8 +163,6 @@ def test_outside_a_request_the_targeting_key_is_routed_the_same_way() -> None:
     assert variants == {"canary", "stable"}
     missing = client.get_boolean_details(FLAG, True)
     assert missing.value is True and missing.error_code == ErrorCode.TARGETING_KEY_MISSING
-    unknown = client.get_boolean_details("no_such_flag", True, EvaluationContext("user-1"))
-    assert unknown.value is False and unknown.reason == Reason.DISABLED
     wrong_type = client.get_string_details(FLAG, "x", EvaluationContext("user-1"))
     assert wrong_type.value == "x" and wrong_type.error_code == ErrorCode.TYPE_MISMATCH
 
@@ -167,8 +173,140 @@ def test_a_rolled_back_flag_is_off() -> None:
     context = EvaluationContext(targeting_key="user-1")
     assert client.get_boolean_value(FLAG, False, context) is True
     gate.rollback("checkout errors")
-    details = client.get_boolean_details(FLAG, True, context)
+    details = client.get_boolean_details(FLAG, False, context)
     assert details.value is False and details.variant == "stable"
+    assert details.reason == Reason.DISABLED and details.error_code is None
+
+
+def test_an_unknown_flag_is_not_found_and_answers_the_callers_default() -> None:
+    """A flag the rollout does not have: OpenFeature's FLAG_NOT_FOUND, in a
+    request and outside one, with the caller's default (not a quiet False)."""
+    from starlette.testclient import TestClient
+
+    gate = make_gate(100)
+    client = feature_client(gate)
+    for default in (True, False):
+        details = client.get_boolean_details("no_such_flag", default, EvaluationContext("user-1"))
+        assert details.value is default
+        assert details.reason == Reason.ERROR
+        assert details.error_code == ErrorCode.FLAG_NOT_FOUND
+        assert "no_such_flag" in (details.error_message or "")
+    # Without a targeting key either, the flag is what is missing.
+    no_key = client.get_boolean_details("no_such_flag", True)
+    assert no_key.error_code == ErrorCode.FLAG_NOT_FOUND
+    with TestClient(starlette_app(gate, client, "no_such_flag")) as http:
+        body = http.get("/", params={"default": "on"}).json()
+    assert (body["value"], body["reason"], body["error_code"]) == (True, "ERROR", "FLAG_NOT_FOUND")
+    assert body["decision_variant"] == "canary"  # the request itself was served as usual
+
+
+def test_a_known_flag_on_for_no_one_answers_the_callers_default() -> None:
+    """Known: declared in the config, on now (stable or release), a flag of
+    the plan's last release, or turned off by disable_feature. Known and on
+    for no one: the caller's default, DISABLED. While the flag is on for
+    some, a stable session's answer is the split's, whatever the default."""
+    gate = make_gate(50)
+    client = feature_client(gate)
+    keys = (f"user-{n}" for n in range(1000))
+    stable = EvaluationContext(next(k for k in keys if not gate.route_request(k).is_canary))
+    split = client.get_boolean_details(FLAG, True, stable)
+    assert (split.value, split.reason, split.variant) == (False, Reason.SPLIT, "stable")
+    gate.rollback("checkout errors")  # FLAG is declared in the config, on for no one now
+    for default in (True, False):
+        details = client.get_boolean_details(FLAG, default, stable)
+        assert (details.value, details.reason, details.error_code) == (
+            default,
+            Reason.DISABLED,
+            None,
+        )
+    # Turned on at runtime (not declared), then off with disable_feature.
+    gate.enable_feature("dark_mode")
+    assert client.get_boolean_details("dark_mode", False, stable).value is True
+    gate.disable_feature("dark_mode")
+    details = client.get_boolean_details("dark_mode", True, stable)
+    assert (details.value, details.reason) == (True, Reason.DISABLED)
+    # A release's flags rolled back: known while the plan keeps them (for
+    # retry); without a plan, nothing holds them and they are unknown again.
+    planned = PromotionGate(PromotionConfig(plan=RolloutPlan()), plan_timer=False)
+    unplanned = PromotionGate(PromotionConfig())
+    for other in (planned, unplanned):
+        other.start_canary(10 if other is unplanned else None, ["search_v2"])
+        other.rollback("search is slow")
+    planned_details = feature_client(planned).get_boolean_details("search_v2", True, stable)
+    assert (planned_details.value, planned_details.reason) == (True, Reason.DISABLED)
+    unplanned_details = feature_client(unplanned).get_boolean_details("search_v2", True, stable)
+    assert (unplanned_details.value, unplanned_details.error_code) == (
+        True,
+        ErrorCode.FLAG_NOT_FOUND,
+    )
+
+
+def configuration_changes(client: OpenFeatureClient) -> queue.Queue[EventDetails]:
+    """The PROVIDER_CONFIGURATION_CHANGED events ``client`` hears (the SDK
+    runs handlers on its own threads)."""
+    changes: queue.Queue[EventDetails] = queue.Queue()
+    client.add_handler(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, changes.put)
+    return changes
+
+
+def test_each_change_of_a_flags_answer_emits_configuration_changed() -> None:
+    """An automatic rollback, a traffic change, a promotion, the start of a
+    release and a flag turned on or off each tell OpenFeature which flags
+    changed, so a client can re-read them."""
+    clock = FakeClock()
+    gate = PromotionGate(
+        PromotionConfig(environment=Environment.canary(10), feature_flags=[FLAG], min_requests=100),
+        clock=clock,
+    )
+    changes = configuration_changes(feature_client(gate))
+
+    def changed() -> list[str] | None:
+        return changes.get(timeout=5).flags_changed
+
+    gate.set_traffic_percent(25)
+    assert changed() == [FLAG]
+    gate.enable_feature("dark_mode")
+    assert changed() == ["dark_mode"]
+    gate.disable_feature("dark_mode")
+    assert changed() == ["dark_mode"]
+    feed(gate, "stable", 5000, error_every=50)  # 2 %
+    feed(gate, "canary", 500, error_every=10)  # 10 %: the judge rolls it back
+    gate.monitor_canary_health()
+    rollback = gate.get_rollback_history()[-1]
+    assert rollback.automatic and rollback.feature == "all"
+    event = changes.get(timeout=5)
+    assert event.flags_changed == [FLAG]
+    assert event.provider_name == "gate-middleware"
+    assert event.metadata["gate.rollout"] == "default"
+    assert event.metadata["gate.environment"] == "production"
+    assert "Canary health score" in (event.message or "")
+    gate.start_canary(10, ["search_v2"])
+    assert changed() == ["search_v2"]
+    gate.promote(Environment.STAGING, force=True)
+    assert changed() == ["search_v2"]
+    gate.promote(Environment.PRODUCTION, force=True)
+    assert changed() == ["search_v2"]
+    gate.start_canary(5)  # no flags: every answer stays, the environment changed
+    assert changed() == []
+
+
+def test_another_processs_change_emits_configuration_changed(tmp_path: Path) -> None:
+    """With a shared store, a rollback made by another process (here another
+    gate on the same SQLite file) is heard as this process adopts it."""
+    url = f"sqlite://{tmp_path}/gate.db"
+    config = PromotionConfig(
+        name="checkout", environment=Environment.canary(50), feature_flags=[FLAG]
+    )
+    here, elsewhere = PromotionGate.from_url(url, config), PromotionGate.from_url(url, config)
+    OPEN_GATES.extend([here, elsewhere])
+    client = feature_client(here)
+    changes = configuration_changes(client)
+    elsewhere.rollback("checkout errors", actor="alice")
+    event = changes.get(timeout=5)
+    assert event.flags_changed == [FLAG]
+    assert event.metadata["gate.environment"] == "production"
+    details = client.get_boolean_details(FLAG, False, EvaluationContext("user-1"))
+    assert (details.value, details.reason) == (False, Reason.DISABLED)
 
 
 def events(span: ReadableSpan) -> list[dict[str, Any]]:
