@@ -110,6 +110,52 @@ def test_starlette_typed_accessor_and_misspelt_option() -> None:
         pass
 
 
+def test_starlette_fails_the_lifespan_startup_when_the_middleware_cannot_be_built() -> None:
+    # An exception is what a server's default lifespan mode reads as "no
+    # lifespan support" (it would start and answer 500): the startup is
+    # answered failed, with the error's message, which uvicorn and hypercorn
+    # log before they exit. Then the error is raised, as Starlette's router
+    # raises its own startup errors.
+    import asyncio
+    import traceback
+
+    from starlette.applications import Starlette
+
+    from gate_middleware.errors import ConfigError
+    from gate_middleware.integrations.starlette import GateMiddleware
+
+    app = Starlette()
+    app.add_middleware(GateMiddleware, gate=make_gate(), secret="too-short")
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with pytest.raises(ConfigError, match="secret"):
+        asyncio.run(app({"type": "lifespan", "state": {}}, receive, send))
+    assert sent == [
+        {
+            "type": "lifespan.startup.failed",
+            "message": "GateMiddleware could not be built: ConfigError: secret must be "
+            "None or a str/bytes of at least 16 bytes, got '<hidden>'",
+        }
+    ]
+    # Without a lifespan (--lifespan off), each request raises it: a 500,
+    # with the build's traceback, not one that grows with every request.
+    http = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
+    depths = []
+    for _ in range(3):
+        sent.clear()
+        with pytest.raises(ConfigError, match="secret") as raised:
+            asyncio.run(app(dict(http), receive, send))
+        assert sent[0]["status"] == 500
+        depths.append(len(traceback.extract_tb(raised.value.__traceback__)))
+    assert depths[0] == depths[1] == depths[2]
+
+
 def test_fastapi_dependency() -> None:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
@@ -466,6 +512,7 @@ def test_mypy_strict_passes_on_a_users_app_and_the_examples(
     assert result.returncode == 0, result.stdout + result.stderr
     examples = ROOT / "examples"
     files = [
+        "admin_api.py",
         "fastapi_app.py",
         "flask_app.py",
         "starlette_app.py",

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,8 +49,6 @@ from gate_middleware.judge.statistics import (
     split_log_evidence,
 )
 from tests.support import FakeClock
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def evidence_of(durations: list[float], failures: int = 0, cluster: int | None = None) -> Evidence:
@@ -553,14 +549,6 @@ def test_no_data_is_not_a_verdict(clock: FakeClock) -> None:
     assert gate.check_slo_compliance() is False
     feed(gate, CANARY, 3, failures=3)
     assert gate.monitor_canary_health().health_score < 0.9
-
-
-def test_the_readme_quick_start_runs_verbatim() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Quick start", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S)
-    assert code is not None
-    exec(compile(code.group(1), "README quick start", "exec"), {})
 
 
 def test_a_release_may_take_a_fresh_cohort(clock: FakeClock) -> None:
