@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 from opentelemetry.metrics import MeterProvider
 
 from gate_middleware.domain import plan as plans
+from gate_middleware.domain.codec import config_differences
 from gate_middleware.domain.config import (
     PromotionConfig,
     SloConfig,
@@ -73,6 +74,7 @@ from gate_middleware.domain.state import (
     RollbackEvent,
     StoreView,
     WebhookView,
+    this_process,
 )
 from gate_middleware.errors import ConfigError, PromotionError
 from gate_middleware.gate.autopilot import (
@@ -322,6 +324,8 @@ class PromotionGate:
             several = several_workers()
             if several is not None:
                 self.note_several_processes(several)
+        else:
+            self._note_config_difference(config, wall_clock())
         self.stale_outcomes = 0
         # A shared store tells us of other processes' changes.
         self._store.subscribe(self._transitions.adopt_if_newer)
@@ -330,6 +334,37 @@ class PromotionGate:
             self._timer = PlanTimer(self, config.evaluation_interval_seconds)
             self._timer.ensure()
         _GATES.add(self)
+
+    def _note_config_difference(self, config: PromotionConfig, now: float) -> None:
+        """A shared rollout still as its first process seeded it, from another
+        config than this process's: one ``config_difference`` event in the
+        history (the first such process records it), so the audit trail shows
+        that the processes disagree; every process follows the shared state."""
+        differences = config_differences(self._initial_state(config, now), self._state)
+        if self._state.version != 0 or not differences:
+            return
+        reason = (
+            f"process {this_process()} is configured with another {', '.join(differences)}; "
+            "it follows the shared state"
+        )
+
+        def change(current: GateState) -> tuple[GateState, PromotionEvent] | None:
+            if current.version != 0:
+                return None  # another process recorded it, or the rollout moved on
+            event = PromotionEvent(
+                current.environment,
+                current.environment,
+                event_time(self._wall_clock),
+                "config_difference",
+                reason=reason,
+                actor=GATE_ACTOR,
+            )
+            return current.evolve(event), event
+
+        try:
+            self._transitions.apply(change)
+        except PromotionError as exc:  # the store refuses changes now: the log says it
+            logger.warning("rollout %r: %s (not recorded: %s)", self.name, reason, exc)
 
     @staticmethod
     def _initial_state(config: PromotionConfig, now: float) -> GateState:

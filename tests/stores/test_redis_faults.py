@@ -129,6 +129,12 @@ def test_two_configs_for_one_rollout_converge_on_the_first_and_log_once(
     differences = [r.getMessage() for r in caplog.records if "config differs" in r.getMessage()]
     assert len(differences) == 1
     assert "environment, release_flags" in differences[0]
+    # ... and the audit trail says so once, for whoever reads the history.
+    assert eventually(lambda: len(first.get_history()) == 1, 2.0)
+    [event] = first.get_history()
+    assert event.action == "config_difference" and event.actor == "gate"  # type: ignore[union-attr]
+    assert "another environment, release_flags" in event.reason
+    assert first.environment == Environment.canary(50)  # the shared state stays as it was
 
 
 # -- 2. the compare-and-set loop never ends ------------------------------------------

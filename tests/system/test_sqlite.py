@@ -546,3 +546,33 @@ def test_a_bad_store_in_a_config_is_refused_without_its_password(tmp_path: Path)
     assert "pw-SECRET" not in str(raised.value) and "sqlite" in str(raised.value)
     with pytest.raises(ConfigError, match="names the rollout"):
         PromotionGate(PromotionConfig(store=f"sqlite://{tmp_path}/gate.db"))
+
+
+def test_a_process_with_another_config_leaves_one_event_in_the_trail(url: str) -> None:
+    """Workers started with different configs for one rollout: the first
+    config wins, and the audit trail says once that they disagree."""
+    first = PromotionGate.from_url(
+        url, PromotionConfig(name="configs", environment=Environment.canary(50))
+    )
+    OPEN_GATES.append(first)
+    assert first.get_history() == []
+    same = PromotionGate.from_url(
+        url, PromotionConfig(name="configs", environment=Environment.canary(50))
+    )
+    OPEN_GATES.append(same)
+    assert same.get_history() == []  # the same config: nothing to record
+    others = [
+        PromotionGate.from_url(
+            url,
+            PromotionConfig(
+                name="configs", environment=Environment.canary(10), feature_flags=["other"]
+            ),
+        )
+        for _ in range(2)
+    ]
+    OPEN_GATES.extend(others)
+    assert all(gate.environment == Environment.canary(50) for gate in others)
+    assert eventually(lambda: len(first.get_history()) == 1, 3.0)  # one, not two
+    [event] = first.get_history()
+    assert event.action == "config_difference"  # type: ignore[union-attr]
+    assert "another environment, release_flags" in event.reason
