@@ -334,6 +334,22 @@ class PromotionGate:
             self._timer = PlanTimer(self, config.evaluation_interval_seconds)
             self._timer.ensure()
         _GATES.add(self)
+        logger.info("%s", self._describe())
+
+    def _describe(self) -> str:
+        """One line for the log at start: what this process serves, from where."""
+        state = self._state
+        plan = self.plan
+        if plan is None:
+            planned = "no plan"
+        else:
+            labels = " -> ".join(step.label for step in plan.stages)
+            at = "" if state.plan is None else f", at step {state.plan.index + 1}"
+            planned = f"plan {labels}{at}"
+        return (
+            f"rollout {self.name!r} in process {this_process()}: {state.environment}, "
+            f"release {state.release}, state in {type(self._store).__name__}, {planned}"
+        )
 
     def _note_config_difference(self, config: PromotionConfig, now: float) -> None:
         """A shared rollout still as its first process seeded it, from another
@@ -787,6 +803,16 @@ class PromotionGate:
                 raise PromotionError(
                     f"cannot start a canary: a release is already in {current.environment}; "
                     "promote it or roll it back first"
+                )
+            already = sorted(flags & current.stable_flags)
+            if already:
+                # On for everyone already: a release of it would test nothing, and the
+                # status would list it twice.
+                raise ConfigError(
+                    "feature_flags",
+                    already,
+                    "flags not yet on for everyone (these are stable: disable one first to "
+                    "release it again)",
                 )
             event = PromotionEvent(
                 current.environment,

@@ -52,6 +52,7 @@ from gate_middleware.domain.naming import TOKEN_EXPECTED, valid_token
 from gate_middleware.domain.plan import ROLLBACK_HELD
 from gate_middleware.operate.admin import route_named
 from gate_middleware.operate.operators import token_sha256
+from gate_middleware.version import __version__
 
 try:
     import click
@@ -279,13 +280,24 @@ def render_status(status: dict[str, Any]) -> Group:
     """A compact view of the rollout (used by ``status`` and the demo)."""
     health = status["health"]
     verdict = str(health["verdict"])
+    seen = health["canary_requests"] + health["production_requests"]
+    slo = f"{status['slo']['compliance']:.2%}" if seen else "– (no requests yet)"
+
+    def p99(side: str) -> str:  # no request, no percentile: not "0.0 ms"
+        if not health[f"{side}_requests"]:
+            return "–"
+        return f"{health[f'{side}_p99_latency'] * 1000:.1f} ms"
+
+    def rate(side: str) -> str:
+        return f"{health[f'{side}_error_rate']:.2%}" if health[f"{side}_requests"] else "–"
+
     colour = {"HEALTHY": "green", "MONITOR": "yellow", "ROLLBACK": "red"}.get(verdict, "white")
     head = Text.assemble(
         printable(f"{status['rollout']}  ", "bold"),
         printable(environment_label(status["environment"]), "bold magenta"),
         f"   health {health['health_score']:.2f} ",
         printable(verdict, f"bold {colour}"),
-        f"   SLO {status['slo']['compliance']:.2%} (min {status['slo']['threshold']:.0%})",
+        f"   SLO {slo} (min {status['slo']['threshold']:.0%})",
     )
     table = Table(box=None, pad_edge=False)
     for column in ("variant", "requests", "error rate", "p99"):
@@ -293,14 +305,14 @@ def render_status(status: dict[str, Any]) -> Group:
     table.add_row(
         Text("canary", "dark_orange"),
         printable(health["canary_requests"]),
-        Text(f"{health['canary_error_rate']:.2%}"),
-        Text(f"{health['canary_p99_latency'] * 1000:.1f} ms"),
+        Text(rate("canary")),
+        Text(p99("canary")),
     )
     table.add_row(
         Text("production", "blue"),
         printable(health["production_requests"]),
-        Text(f"{health['production_error_rate']:.2%}"),
-        Text(f"{health['production_p99_latency'] * 1000:.1f} ms"),
+        Text(rate("production")),
+        Text(p99("production")),
     )
     flags = status["flags"]
     flag_line = printable(
@@ -403,20 +415,28 @@ def call(
     envvar="GATE_MIDDLEWARE_URL",
     default=DEFAULT_URL,
     show_default=True,
+    show_envvar=True,
     help="Where the admin API is mounted.",
 )
-@click.option("--token", envvar="GATE_MIDDLEWARE_TOKEN", help="The admin bearer token.")
+@click.option(
+    "--token",
+    envvar="GATE_MIDDLEWARE_TOKEN",
+    show_envvar=True,
+    help="The admin bearer token (its operator's role decides what it may do).",
+)
 @click.option(
     "--allow-http",
     is_flag=True,
     envvar="GATE_MIDDLEWARE_ALLOW_HTTP",
+    show_envvar=True,
     help="Send the token over plain http to a host that is not loopback.",
 )
+@click.version_option(__version__, "--version", prog_name="gate-middleware")
 @click.pass_context
 def main(ctx: click.Context, url: str, token: str | None, allow_http: bool) -> None:
     """Watch and steer a gate-middleware rollout through its admin API."""
-    if ctx.invoked_subcommand == "demo":
-        return  # the demo starts its own server and talks to it
+    if ctx.invoked_subcommand in ("demo", "hash-token"):
+        return  # the demo starts its own server; hash-token needs none
     try:
         ctx.obj = AdminClient(url, token, allow_http=allow_http)
     except InsecureURL as exc:

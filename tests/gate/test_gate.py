@@ -629,3 +629,38 @@ def test_promotion_is_refused_when_the_step_misses_the_slo(clock: FakeClock) -> 
     feed(gate, "canary", 400, duration=0.7)
     with pytest.raises(PromotionError, match="over the step's 400 canary requests"):
         gate.promote(Environment.STAGING)
+
+
+def test_a_release_of_a_flag_already_stable_is_refused(clock: FakeClock) -> None:
+    """canary 1 --flag X for a flag on for everyone: a ConfigError naming it, nothing changed."""
+    gate = PromotionGate(
+        PromotionConfig(environment=Environment.PRODUCTION, feature_flags=["new_checkout_flow"]),
+        clock=clock,
+    )
+    before = gate.state
+    with pytest.raises(ConfigError, match="new_checkout_flow") as caught:
+        gate.start_canary(1, ["new_checkout_flow", "other"])
+    assert caught.value.field == "feature_flags"
+    assert gate.state is before and gate.environment == Environment.PRODUCTION
+    gate.start_canary(1, ["other"])
+    assert gate.state.release_flags == {"other"}
+
+
+def test_a_gate_says_at_start_what_it_serves(caplog: pytest.LogCaptureFixture) -> None:
+    from gate_middleware.domain.plan import RolloutPlan
+
+    with caplog.at_level(logging.INFO, logger="gate_middleware"):
+        gate = PromotionGate(
+            PromotionConfig(
+                name="checkout",
+                environment=Environment.canary(5),
+                feature_flags=["x"],
+                plan=RolloutPlan(),
+            ),
+            plan_timer=False,
+        )
+    [line] = [r.getMessage() for r in caplog.records if "in process" in r.getMessage()]
+    assert line.startswith("rollout 'checkout' in process ")
+    assert "canary (5%), release 1, state in InMemoryStateStore" in line
+    assert "plan canary 1% -> canary 5%" in line and line.endswith("at step 2")
+    gate.close()

@@ -249,3 +249,19 @@ def test_an_answer_of_the_wrong_shape_exits_2_without_a_traceback(answer: Any) -
             result = run(f"{base}/gate", *command)
             assert result.returncode == 2, (command, result.stdout, result.stderr)
             assert "Traceback" not in result.stderr
+
+
+def test_no_data_shows_as_no_data_and_help_names_the_environment() -> None:
+    """With no request yet: no "SLO 0.00%" nor "p99 0.0 ms"; --help lists the
+    environment variables, --version answers."""
+    gate = PromotionGate(PromotionConfig(environment=Environment.canary(10), feature_flags=["x"]))
+    with serving(AdminASGIApp(gate, token=TOKEN)) as base:
+        shown = run(base, "status")
+    assert shown.returncode == 0, shown.stderr
+    assert "SLO – (no requests yet)" in shown.stdout
+    assert "0.0 ms" not in shown.stdout and "0.00%" not in shown.stdout
+    helped = run(base, "--help")
+    for variable in ("GATE_MIDDLEWARE_URL", "GATE_MIDDLEWARE_TOKEN", "GATE_MIDDLEWARE_ALLOW_HTTP"):
+        assert variable in helped.stdout
+    version = run(base, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("gate-middleware, version ")

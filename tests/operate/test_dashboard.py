@@ -314,3 +314,15 @@ def test_a_viewer_sees_no_controls_and_an_operator_only_its_own(
         ),
         "ada · admin": (set(controls), True),
     }
+
+
+def test_no_data_reads_as_no_data(page: Page) -> None:
+    """Before any request: "–", not "0.00 %" compliance or a 0.0 ms p99."""
+    gate = PromotionGate(PromotionConfig(environment=Environment.canary(10), feature_flags=["x"]))
+    app = Starlette(routes=[Mount("/gate", AdminASGIApp(gate, token=TOKEN))])
+    with serving(app) as base:
+        page.goto(f"{base}/gate/#token={TOKEN}")
+        page.wait_for_selector('#environment[data-value="canary"]')
+        for element in ("slo-compliance", "canary-p99", "production-p99", "canary-error-rate"):
+            assert page.text_content(f"#{element}") == "–", element
+    gate.close()
