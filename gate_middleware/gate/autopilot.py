@@ -358,8 +358,9 @@ class Autopilot:
         logger.info("Plan restarted at %s", target)
         return target
 
-    def skip_to(self, index: int, *, force: bool = False, actor: str = API_ACTOR) -> Environment:
-        """Move the plan on to step ``index`` now (its last step: production).
+    def skip_to(self, step: int, *, force: bool = False, actor: str = API_ACTOR) -> Environment:
+        """Move the plan on to step number ``step`` now (numbered from 1, as
+        everywhere: the plan's first canary step is 1, production the last).
 
         Refused unless the judge's verdict is HEALTHY with enough evidence,
         as ``promote`` is; ``force=True`` skips the checks.
@@ -368,15 +369,17 @@ class Autopilot:
         state, position = self._running_plan("skip a step")
         plan = self._the_plan()
         if (
-            isinstance(index, bool)
-            or not isinstance(index, int)
-            or not (position.index < index <= plan.last)
+            isinstance(step, bool)
+            or not isinstance(step, int)
+            or not (position.index + 1 < step <= plan.last + 1)
         ):
             raise ConfigError(
                 "step",
-                index,
-                f"a step after the current one ({position.index}), up to {plan.last} (production)",
+                step,
+                f"the number of a step after the current one (step {position.index + 1}): "
+                f"{position.index + 2} to {plan.last + 1} (production); steps count from 1",
             )
+        index = step - 1
         if not isinstance(force, bool):
             raise ConfigError("force", force, "True or False")
         health = self._evaluation.evaluate(act=False)[0]
@@ -392,7 +395,7 @@ class Autopilot:
         plan = self.plan
         if plan is None:
             raise PromotionError("cannot promote now: the gate has no rollout plan")
-        return self.skip_to(plan.last, force=force, actor=actor)
+        return self.skip_to(plan.last + 1, force=force, actor=actor)
 
     def plan_status(self) -> plans.PlanProgress | None:
         """The plan as an operator reads it: its steps, the current one, the

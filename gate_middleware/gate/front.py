@@ -1083,11 +1083,11 @@ class PromotionGate:
         """Start the plan again, from its first step, for the release last rolled back."""
         return self._autopilot.retry(actor=actor)
 
-    def skip_to(self, index: int, *, force: bool = False, actor: str = API_ACTOR) -> Environment:
-        """Move the plan on to step ``index`` now (its last step: production);
-        refused unless the verdict is HEALTHY with enough evidence, as
-        ``promote`` is; ``force=True`` skips the checks."""
-        return self._autopilot.skip_to(index, force=force, actor=actor)
+    def skip_to(self, step: int, *, force: bool = False, actor: str = API_ACTOR) -> Environment:
+        """Move the plan on to step number ``step`` now (from 1; the last:
+        production); refused unless the verdict is HEALTHY with enough
+        evidence, as ``promote`` is; ``force=True`` skips the checks."""
+        return self._autopilot.skip_to(step, force=force, actor=actor)
 
     def promote_now(self, *, force: bool = False, actor: str = API_ACTOR) -> Environment:
         """Skip the rest of the plan: promote to production now."""

@@ -82,6 +82,8 @@ from gate_middleware.types import Environ, Receive, Scope, Send, StartResponse
 
 MAX_BODY_BYTES = 64 * 1024
 FLAG_NAME_PATTERN = NAME_PATTERN  # the one rule (gate_middleware.domain.naming)
+#: How every operator-facing surface numbers a plan's steps.
+STEP_NUMBERS = "steps are numbered from 1: the plan's first canary step is 1, production the last"
 _DIGITS = re.compile(r"[0-9]{1,6}")  # ASCII digits only: str.isdigit() takes '²'
 MAX_NOTE = 64  # characters of a client's own note kept beside its operator's name
 _REASONS = {
@@ -836,7 +838,9 @@ ROUTES: tuple[Route, ...] = (
         role="admin",
         handler=AdminAPI._skip,
         summary="Move the plan to a later step now (no step: production); force skips the checks",
-        body=_fields({"step": {"type": "integer", "minimum": 0}, "force": _FORCE}),
+        body=_fields(
+            {"step": {"type": "integer", "minimum": 1, "description": STEP_NUMBERS}, "force": _FORCE}
+        ),
         answer=_PLAN_NOW,
     ),
 )

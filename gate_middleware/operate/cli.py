@@ -702,7 +702,9 @@ def plan_lines(plan: dict[str, Any] | None) -> list[str]:
         here = position is not None and index == position["index"]
         gate = "  (manual gate)" if step["manual"] else ""
         mark = ">" if here else " "
-        lines.append(f"{mark} {index}  {step['label']:<12} bake {step['bake_seconds']:g} s{gate}")
+        lines.append(
+            f"{mark} {index + 1}  {step['label']:<12} bake {step['bake_seconds']:g} s{gate}"
+        )
     if position is None:
         lines.append("no release is following the plan")
     else:
@@ -781,7 +783,8 @@ def plan_retry(ctx: click.Context) -> None:
 @click.option("--force", is_flag=True, help="Skip the health and SLO checks.")
 @click.pass_context
 def plan_skip(ctx: click.Context, step: int | None, force: bool) -> None:
-    """Move to STEP now (left out: production, "promote now")."""
+    """Move to step number STEP now, as `plan` lists it (from 1; left out:
+    production, "promote now")."""
     body: dict[str, Any] = {"force": force}
     if step is not None:
         body["step"] = step

@@ -280,12 +280,12 @@ def test_operator_controls(clock: FakeClock) -> None:
     clock.advance(5 * HOUR)
     gate.tick()
     assert gate.environment == Environment.canary(1)
-    with pytest.raises(ConfigError, match="step"):
-        gate.skip_to(0)
+    with pytest.raises(ConfigError, match="steps count from 1"):
+        gate.skip_to(1)  # the current step
     with pytest.raises(ConfigError, match="step"):
         gate.skip_to(9)
     healthy_traffic(gate)
-    gate.skip_to(2, actor="ops")  # the evidence is HEALTHY: allowed
+    gate.skip_to(3, actor="ops")  # step 3, 25 %: the evidence is HEALTHY, allowed
     assert gate.environment == Environment.canary(25)
     with pytest.raises(PromotionError, match="not enough data"):
         gate.promote_now()

@@ -52,11 +52,11 @@ def test_plan_controls_over_http(
     assert (
         client.post("/plan/resume", headers=AUTH).json()["plan"]["position"]["status"] == "running"
     )
-    answer = client.post("/plan/skip", json={"step": 2}, headers=AUTH)
+    answer = client.post("/plan/skip", json={"step": 3}, headers=AUTH)
     assert answer.status_code == 409 and "not enough data" in answer.json()["error"]
     answer = client.post("/plan/skip", json={"step": 9}, headers=AUTH)
     assert answer.status_code == 400 and answer.json()["field"] == "step"
-    answer = client.post("/plan/skip", json={"step": 2, "force": True}, headers=AUTH)
+    answer = client.post("/plan/skip", json={"step": 3, "force": True}, headers=AUTH)
     assert answer.json()["environment"] == {"name": "canary", "traffic_percent": 25.0}
     shown = client.get("/plan", headers=AUTH).json()["plan"]
     assert shown["current"]["label"] == "canary 25%"
@@ -130,7 +130,7 @@ def test_the_plan_answers_match_the_typed_plan_of_the_document(
     conforms(client.post("/plan/pause", json={"reason": "freeze"}, headers=AUTH))
     conforms(client.get("/plan", headers=AUTH))  # paused, with its bake and ETA
     conforms(client.post("/plan/resume", headers=AUTH))
-    conforms(client.post("/plan/skip", json={"step": 2, "force": True}, headers=AUTH))
+    conforms(client.post("/plan/skip", json={"step": 3, "force": True}, headers=AUTH))
     conforms(client.post("/plan/abort", json={"reason": "totals are wrong"}, headers=AUTH))
     conforms(client.post("/plan/retry", headers=AUTH))
     healthy_traffic(gate)

@@ -68,7 +68,7 @@ def test_wait_exits_0_in_production_through_a_manual_gate(url: str, gate: Promot
         assert waited.returncode == 3, waited.stdout + waited.stderr  # held at the manual gate
         assert "canary (25%)" in waited.stdout and "timed out after 2 s" in waited.stdout
         shown = run(url, "plan")
-        assert "> 2  canary 25%" in shown.stdout and "(manual gate)" in shown.stdout
+        assert "> 3  canary 25%" in shown.stdout and "(manual gate)" in shown.stdout
         assert run(url, "plan", "resume").returncode == 0
         waited = run(url, "status", "--wait", "--timeout", "30s", "--interval", "0.1")
         assert waited.returncode == 0, waited.stdout + waited.stderr

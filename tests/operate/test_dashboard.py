@@ -206,7 +206,7 @@ def test_the_plan_panel_shows_the_plan_and_steers_it(page: Page, clock: FakeCloc
             "#plan-steps li", "items => items.map(i => i.textContent)"
         )
         assert steps[0] == "canary 1% · bake 3600 s" and steps[-1].startswith("production")
-        assert page.get_attribute('#plan-steps li[data-step="0"]', "class") == "current"
+        assert page.get_attribute('#plan-steps li[data-step="1"]', "class") == "current"
         assert "production at the earliest" in (page.text_content("#plan-eta") or "")
         assert page.is_disabled("#btn-plan-retry") and page.is_disabled("#btn-plan-resume")
         page.click("#btn-plan-pause")
