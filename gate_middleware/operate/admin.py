@@ -26,6 +26,12 @@ says of itself in the ``X-Gate-Actor`` header (UTF-8; the CLI sends
 ``cli:<login>``) is kept beside it as its own word, e.g.
 ``alice (client note: cli:alice)``.
 
+``POST /alertmanager`` takes Prometheus Alertmanager's webhook notification
+as it comes (see ``gate_middleware.operate.alertmanager``): a firing alert
+whose ``gate_rollout`` label names this rollout rolls the release back, with
+the alert's name as the reason; anything else answers 200 saying why
+nothing was done, since Alertmanager sends again what it gets no 2xx for.
+
 Each route is declared once, in ``ROUTES``: the dispatch, the OpenAPI
 document (``GET /openapi.json``), the command line's client and the list
 below are all read from it. A body's fields are listed, ``?`` marking the
@@ -55,7 +61,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
 from gate_middleware.domain.config import validate_flag_name
-from gate_middleware.domain.environment import Environment
+from gate_middleware.domain.environment import PRODUCTION, Environment
 from gate_middleware.domain.naming import (
     MAX_REASON_LENGTH,
     NAME_PATTERN,
@@ -67,6 +73,7 @@ from gate_middleware.domain.plan import PlanProgress
 from gate_middleware.domain.state import MAX_HISTORY, GateEvent
 from gate_middleware.errors import ConfigError, PromotionError
 from gate_middleware.gate import PromotionGate
+from gate_middleware.operate import alertmanager
 from gate_middleware.operate.operators import (
     NAME,
     NAME_EXPECTED,
@@ -344,11 +351,12 @@ class AdminAPI:
         return find_operator(self.operators(), presented)
 
     @staticmethod
-    def _actor_of(operator: Operator, header: str | None) -> str:
+    def _actor_of(operator: Operator | str, header: str | None) -> str:
         """The operator's name, and beside it what the client says of itself
         (printable characters, cut to 64), marked as the client's note."""
+        name = operator if isinstance(operator, str) else operator.name
         note = "".join(c for c in header or "" if c.isprintable())[:MAX_NOTE].strip()
-        return f"{operator.name} (client note: {note})" if note else operator.name
+        return f"{name} (client note: {note})" if note else name
 
     @staticmethod
     def _payload(method: str, body: bytes | None, content_type: str | None) -> dict[str, Any]:
@@ -494,6 +502,31 @@ class AdminAPI:
         event = self.gate.rollback(self._required(payload, "reason"), actor=args["actor"])
         return _json(200, {"event": event.to_dict()})
 
+    def _alertmanager(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
+        """Roll back on a firing alert that names this rollout, while a
+        release is in progress; any other notification answers 200 with why
+        nothing was done (Alertmanager retries an answer that is not 2xx)."""
+        alertmanager.check_notification(payload)
+        label = args.get("label", alertmanager.ROLLOUT_LABEL)
+        if not alertmanager.valid_label_name(label):
+            raise ConfigError("label", label, "a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+        rollout = self.gate.name
+        ours = alertmanager.alerts_about(payload, rollout, label)
+        firing = alertmanager.firing(ours)
+        if not ours:
+            return _nothing(f"no alert has the label {label}={rollout!r}")
+        if not firing:
+            return _nothing(f"the alerts for rollout {rollout!r} are resolved")
+        if self.gate.state.environment.name == PRODUCTION:
+            return _nothing("no release in progress (the gate is in production)")
+        actor = self._actor_of(args["operator"], alertmanager.client_note(payload))
+        try:
+            event = self.gate.rollback(alertmanager.rollback_reason(firing), actor=actor)
+        except PromotionError as exc:  # the release ended meanwhile
+            return _nothing(str(exc))
+        why = f"{len(firing)} firing alert(s) for rollout {rollout!r}"
+        return _json(200, {"rolled_back": True, "why": why, "event": event.to_dict()})
+
     def _plan(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
         return _json(200, {"plan": self.gate.plan_status()})
 
@@ -562,6 +595,11 @@ class AdminAPI:
         except ConfigError as exc:  # a valid name, but no such flag is on
             raise _BadRequest(404, str(exc), exc.field) from exc
         return _json(200, {"flag": args["name"], "enabled": False, "event": event.to_dict()})
+
+
+def _nothing(why: str) -> AdminResponse:
+    """200: a valid notification that asks nothing of the rollout now."""
+    return _json(200, {"rolled_back": False, "why": why, "event": None})
 
 
 def _since(since: str) -> tuple[datetime, int]:
@@ -760,6 +798,32 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "POST",
+        "/alertmanager",
+        name="alertmanagerRollback",
+        role="operator",
+        handler=AdminAPI._alertmanager,
+        summary="Roll the release back on a firing Alertmanager alert for this rollout",
+        body=alertmanager.NOTIFICATION,
+        answer=_answer(
+            "What was done, and why (200 also when nothing was: Alertmanager retries the rest)",
+            {
+                "rolled_back": {"type": "boolean"},
+                "why": {"type": "string"},
+                "event": {"anyOf": [_EVENT, {"type": "null"}]},
+            },
+        ),
+        query={
+            "label": {
+                "type": "string",
+                "pattern": alertmanager.LABEL_NAME_PATTERN,
+                "default": alertmanager.ROLLOUT_LABEL,
+                "description": "The alert label that holds the rollout's name",
+            }
+        },
+        links={"next": _link("startCanary")},
+    ),
+    Route(
+        "POST",
         "/flags/{name}/enable",
         name="enableFlag",
         role="admin",
@@ -839,7 +903,10 @@ ROUTES: tuple[Route, ...] = (
         handler=AdminAPI._skip,
         summary="Move the plan to a later step now (no step: production); force skips the checks",
         body=_fields(
-            {"step": {"type": "integer", "minimum": 1, "description": STEP_NUMBERS}, "force": _FORCE}
+            {
+                "step": {"type": "integer", "minimum": 1, "description": STEP_NUMBERS},
+                "force": _FORCE,
+            }
         ),
         answer=_PLAN_NOW,
     ),

@@ -56,6 +56,7 @@ ROLE_TABLE = {
     "resumePlan": "operator",
     "abortPlan": "operator",
     "rollback": "operator",
+    "alertmanagerRollback": "operator",
     "disableFlag": "operator",
     "promote": "admin",
     "skipPlan": "admin",
@@ -75,6 +76,15 @@ REQUESTS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "resumePlan": ("POST", "/plan/resume", None),
     "abortPlan": ("POST", "/plan/abort", {"reason": "stop"}),
     "rollback": ("POST", "/rollback", {"reason": "bad"}),
+    "alertmanagerRollback": (
+        "POST",
+        "/alertmanager",
+        {
+            "version": "4",
+            "status": "firing",
+            "alerts": [{"status": "firing", "labels": {"gate_rollout": "default"}}],
+        },
+    ),
     "disableFlag": ("POST", "/flags/new_api/disable", None),
     "promote": ("POST", "/promote", {"force": True}),
     "skipPlan": ("POST", "/plan/skip", {"force": True}),
@@ -94,7 +104,7 @@ def auth(name: str, note: str | None = None) -> dict[str, str]:
 
 def planned_gate(clock: FakeClock) -> PromotionGate:
     gate = PromotionGate(
-        PromotionConfig(feature_flags=["new_api"], min_requests=20, plan=RolloutPlan()),
+        PromotionConfig(min_requests=20, plan=RolloutPlan()),
         clock=clock,
         wall_clock=clock,
         plan_timer=False,
@@ -133,7 +143,7 @@ def test_every_route_needs_the_role_of_the_table() -> None:
 
 
 def test_each_role_against_every_endpoint(open_client: Any) -> None:
-    """3 roles × 15 endpoints, each on a fresh gate in which an admin's
+    """3 roles × 16 endpoints, each on a fresh gate in which an admin's
     request is carried out: allowed exactly where the table says, refused
     with 403 naming the role needed, and a refused request changes nothing."""
     tried = {name: {"allowed": 0, "refused": 0} for name in TOKENS}
@@ -158,9 +168,9 @@ def test_each_role_against_every_endpoint(open_client: Any) -> None:
                 assert gate.state.version == before, (name, route)
                 tried[name]["refused"] += 1
     assert tried == {
-        "vera": {"allowed": 4, "refused": 11},
-        "otto": {"allowed": 9, "refused": 6},
-        "ada": {"allowed": 15, "refused": 0},
+        "vera": {"allowed": 4, "refused": 12},
+        "otto": {"allowed": 10, "refused": 6},
+        "ada": {"allowed": 16, "refused": 0},
     }
 
 
