@@ -23,7 +23,8 @@ other keys are the options (``gate_middleware.web.lifecycle.LifecycleOptions``)
 in capitals: ``COOKIE_NAME``, ``EXCLUDE_PATHS`` and the rest; callables may
 be given as dotted paths. A ``session_key`` callable receives the
 ``HttpRequest``. A response that sets the cookie gets ``Vary: Cookie`` and
-``Cache-Control: private``.
+``Cache-Control: private``; with ``"CACHEABLE": "public"`` a response the
+view marks ``Cache-Control: public`` gets neither, nor the cookie.
 
 The admin API and dashboard mount as URL patterns (exclude their prefix
 from the gate)::
@@ -33,7 +34,8 @@ from the gate)::
 The decision is ``request.gate``, and also ``request.META["gate_middleware.decision"]``
 under WSGI (the environ) and ``request.scope["state"]["gate"]`` under ASGI.
 The middleware is sync- and async-capable: under ASGI with async views it
-stays async. A streamed response is timed to its last chunk.
+stays async. A streamed response is timed to its last chunk (or to its
+``close()``, or, unread and unclosed, to when it is dropped).
 """
 
 from __future__ import annotations
@@ -298,7 +300,9 @@ class GateMiddleware:
         response: HttpResponseBase,
     ) -> HttpResponseBase:
         context.leave(entered)
-        if gate_request.cookie_value is not None:
+        if gate_request.cookie_value is not None and not self.lifecycle.leaves_cacheable(
+            [("Cache-Control", response["Cache-Control"])] if "Cache-Control" in response else ()
+        ):
             cookie = self.lifecycle.cookie
             response.set_cookie(
                 cookie.name,
@@ -327,8 +331,8 @@ class GateMiddleware:
         route: str | None,
     ) -> Iterator[bytes] | AsyncIterator[bytes]:
         """The streamed body, recorded after its last chunk (or when closed early)."""
-        finish = self.lifecycle.finish
         if response.is_async:
+            finish = self.lifecycle.finish
             source: Any = response.streaming_content
 
             async def timed_async() -> AsyncIterator[bytes]:
@@ -345,18 +349,52 @@ class GateMiddleware:
             return timed_async()
 
         sync_source: Iterator[bytes] = iter(response.streaming_content)  # type: ignore[arg-type]
+        return _TimedStream(sync_source, self.lifecycle, gate_request, exception, route)
 
-        def timed() -> Iterator[bytes]:
-            error = exception
-            try:
-                yield from sync_source
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                finish(gate_request, exception=error, route=route)
 
-        return timed()
+class _TimedStream:
+    """A sync streamed body: recorded after its last chunk, at ``close()``
+    (Django's ``response.close()`` calls it), or, neither read nor closed
+    (a test client's unread response), when it is dropped. Not a
+    generator: one never started runs no ``finally``."""
+
+    def __init__(
+        self,
+        source: Iterator[bytes],
+        lifecycle: RequestLifecycle,
+        request: GateRequest,
+        exception: BaseException | None,
+        route: str | None,
+    ) -> None:
+        self._source = source
+        self._lifecycle = lifecycle
+        self._request = request
+        self._error = exception
+        self._route = route
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._source)
+        except StopIteration:
+            self._finish()
+            raise
+        except BaseException as exc:
+            self._error = exc
+            self._finish()
+            raise
+
+    def close(self) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        self._lifecycle.finish(self._request, exception=self._error, route=self._route)
+
+    def __del__(self) -> None:
+        if not self._request.finished:
+            self._lifecycle.abandon(self._request, exception=self._error, route=self._route)
 
 
 def _keep_from_shared_caches(response: HttpResponseBase) -> None:

@@ -230,7 +230,7 @@ class GateProvider(AbstractProvider):
         else:
             reason = Reason.SPLIT
         if self.emit_events:
-            add_evaluation_event(flag_key, decision.variant, reason)
+            add_evaluation_event(flag_key, decision.variant, reason, value=value)
         return FlagResolutionDetails(
             value=value,
             reason=reason,

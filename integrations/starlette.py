@@ -8,6 +8,10 @@ options are those of ``gate_middleware.web.lifecycle.RequestLifecycle``; a
 ``http.route`` of a request served by a mounted app is the whole template
 (``/legacy/things/{thing_id}`` for ``app.mount("/legacy", sub)``), as
 OpenTelemetry's own instrumentation reports it.
+
+Starlette builds the middleware when the server starts the app (the
+lifespan's startup): options that cannot build it fail that startup, with
+the error's message in the server's log, and uvicorn and hypercorn exit.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ class GateMiddleware(GateASGIMiddleware):
 
     # The outermost app, before a mounted Starlette app puts itself there.
     top_app_key = _TOP_APP
+    # Starlette builds its middleware stack on its first ASGI call (the
+    # lifespan's startup): bad options fail that startup, not raise there.
+    built_on_first_call = True
 
     def session_key_input(self, scope: Scope) -> Any:
         return Request(scope)

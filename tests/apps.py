@@ -8,7 +8,9 @@ Endpoints: ``/`` (the decision as JSON), ``/flag`` ("new" or "old"),
 ``/checkout`` (tracks ``checkout_completed``, only on the stable path: a
 checkout broken on the canary without an error or a slow response),
 ``/stream`` (three chunks, 0.1 s apart), ``/healthz`` (excluded),
-``/items/{item_id}`` (a route template).
+``/items/{item_id}`` (a route template), ``/public`` (``Cache-Control:
+public, max-age=60`` and ``Vary: Accept-Encoding``, the same for every
+variant). Any other path is a 404.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from gate_middleware.domain.routing import RoutingDecision
 FRAMEWORKS = ["starlette", "fastapi", "flask", "django", "django_asgi"]
 FLAG = "new_checkout_flow"
 CHUNK_DELAY = 0.1
+PUBLIC_HEADERS = {"Cache-Control": "public, max-age=60", "Vary": "Accept-Encoding"}
 ROUTES = {
     "starlette": "/items/{item_id}",
     "fastapi": "/items/{item_id}",
@@ -88,6 +91,9 @@ def starlette_app(gate: PromotionGate, **options: Any) -> Any:
     async def item(request: Request) -> JSONResponse:
         return JSONResponse({"item_id": request.path_params["item_id"]})
 
+    async def public(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("the same for everyone", headers=PUBLIC_HEADERS)
+
     async def handled(request: Request, exc: Exception) -> PlainTextResponse:
         return PlainTextResponse(f"handled: {type(exc).__name__}", status_code=500)
 
@@ -101,6 +107,7 @@ def starlette_app(gate: PromotionGate, **options: Any) -> Any:
             Route("/stream", stream),
             Route("/healthz", healthz),
             Route("/items/{item_id}", item),
+            Route("/public", public),
         ],
         exception_handlers={Exception: handled},
     )
@@ -154,6 +161,10 @@ def fastapi_app(gate: PromotionGate, **options: Any) -> Any:
     async def item(item_id: str) -> dict[str, str]:
         return {"item_id": item_id}
 
+    @app.get("/public")
+    async def public() -> PlainTextResponse:
+        return PlainTextResponse("the same for everyone", headers=PUBLIC_HEADERS)
+
     @app.exception_handler(Exception)
     async def handled(request: Request, exc: Exception) -> PlainTextResponse:
         return PlainTextResponse(f"handled: {type(exc).__name__}", status_code=500)
@@ -167,6 +178,7 @@ def fastapi_app(gate: PromotionGate, **options: Any) -> Any:
 
 def flask_app(gate: PromotionGate, **options: Any) -> Any:
     from flask import Flask, Response, g, jsonify, request
+    from werkzeug.exceptions import HTTPException
 
     from gate_middleware.integrations.flask import GateExtension
 
@@ -211,8 +223,14 @@ def flask_app(gate: PromotionGate, **options: Any) -> Any:
     def item(item_id: str) -> Any:
         return jsonify({"item_id": item_id})
 
+    @app.get("/public")
+    def public() -> Any:
+        return ("the same for everyone", 200, PUBLIC_HEADERS)
+
     @app.errorhandler(Exception)
     def handled(exc: Exception) -> Any:
+        if isinstance(exc, HTTPException):  # a 404 stays a 404
+            return exc
         return (f"handled: {type(exc).__name__}", 500)
 
     GateExtension(gate=gate, **options).init_app(app)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
 
-from tests.apps import CHUNK_DELAY, FLAG, describe
+from tests.apps import CHUNK_DELAY, FLAG, PUBLIC_HEADERS, describe
 
 
 def raw_decision(request: HttpRequest) -> object:
@@ -68,6 +68,10 @@ async def item(request: HttpRequest, item_id: str) -> JsonResponse:
     return JsonResponse({"item_id": item_id})
 
 
+async def public(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("the same for everyone", headers=PUBLIC_HEADERS)
+
+
 def handler500(request: HttpRequest) -> HttpResponse:
     exc = sys.exc_info()[1]
     return HttpResponse(f"handled: {type(exc).__name__}", status=500)
@@ -82,4 +86,5 @@ urlpatterns = [
     path("stream", stream),
     path("healthz", healthz),
     path("items/<str:item_id>", item),
+    path("public", public),
 ]

@@ -15,12 +15,22 @@ the app is recorded as a failure (with status 500 when it came before the
 response started: the server answers 500) and re-raised unchanged.
 ``websocket`` connections are routed (the decision is there) but not timed;
 ``lifespan`` and other scopes pass straight through.
+
+Options that cannot build the lifecycle raise from ``__init__``, except in
+an adapter whose framework builds its middleware on its first ASGI call
+(``built_on_first_call``: Starlette and FastAPI, on the lifespan's startup
+message). There an exception is what uvicorn's and hypercorn's default
+lifespan mode read as "no lifespan support": they would start and answer
+every request 500. Instead the middleware keeps the error and answers the
+lifespan itself with ``lifespan.startup.failed`` and the error's message,
+which both servers log before they exit; any other call raises the error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any, ClassVar, Unpack
+from types import TracebackType
+from typing import Any, ClassVar, NoReturn, Unpack
 
 from gate_middleware.gate import PromotionGate
 from gate_middleware.types import ASGIApp, Message, Receive, Scope, Send, mypyc_attr
@@ -32,7 +42,6 @@ from gate_middleware.web.lifecycle import (
     LifecycleOptions,
     RequestLifecycle,
     check_option_names,
-    private_response_headers,
 )
 
 _COOKIE = b"cookie"
@@ -50,15 +59,32 @@ class GateASGIMiddleware:
         # Typed by LifecycleOptions: a type checker sees each option through
         # Starlette's add_middleware, and a misspelt one is a TypeError naming
         # it when the middleware is built.
-        check_option_names(options, f"{type(self).__name__}()")
         self.app = app
-        self.lifecycle = RequestLifecycle(gate, **options)
+        #: Why the options could not build the lifecycle, kept (only when
+        #: ``built_on_first_call``) to fail the startup and every call with.
+        self._build_error: Exception | None = None
+        self._build_traceback: TracebackType | None = None
+        try:
+            check_option_names(options, f"{type(self).__name__}()")
+            self.lifecycle = RequestLifecycle(gate, **options)
+        except Exception as exc:
+            if not self.built_on_first_call:
+                raise
+            self._build_error = exc
+            self._build_traceback = exc.__traceback__
 
     #: A scope key that receives ``scope["app"]`` (the outermost app) before
     #: the app runs, for an adapter's ``route_template``; ``None``: none.
     top_app_key: ClassVar[str | None] = None
 
+    #: ``True`` in an adapter whose framework builds the middleware on its
+    #: first ASGI call (the lifespan's startup): options that cannot build
+    #: it fail that startup instead of raising from ``__init__``.
+    built_on_first_call: ClassVar[bool] = False
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._build_error is not None:
+            await self._refuse_to_start(self._build_error, scope, receive, send)
         kind = scope["type"]
         lifecycle = self.lifecycle
         if (kind != "http" and kind != "websocket") or (
@@ -111,6 +137,18 @@ class GateASGIMiddleware:
                 lifecycle.finish(request, route=self.route_template(scope))
             context.leave(entered)
 
+    async def _refuse_to_start(
+        self, error: Exception, scope: Scope, receive: Receive, send: Send
+    ) -> NoReturn:
+        """Answer the lifespan's startup with ``lifespan.startup.failed`` and
+        the error's message, then raise the error (as Starlette's router does
+        with an error of its own lifespan); any other scope: raise it."""
+        if scope["type"] == "lifespan" and (await receive())["type"] == "lifespan.startup":
+            message = f"{type(self).__name__} could not be built: {type(error).__name__}: {error}"
+            await send({"type": "lifespan.startup.failed", "message": message})
+        # The traceback of the build each time, not one that grows per call.
+        raise error.with_traceback(self._build_traceback)
+
     def session_key_input(self, scope: Scope) -> Any:
         """What a ``session_key`` callable receives: the scope (adapters pass their request)."""
         return scope
@@ -153,11 +191,12 @@ class _TimedSend:
         if message_type == "http.response.start":
             request = self._request
             request.status = message["status"]
-            set_cookie = request.set_cookie
-            if set_cookie is not None:
-                headers = private_response_headers(message.get("headers", ()), raw=True)
-                headers.append((b"set-cookie", set_cookie.encode("latin-1")))
-                message = {**message, "headers": headers}
+            if request.set_cookie is not None:
+                headers = self._middleware.lifecycle.response_headers(
+                    request, message.get("headers", ()), raw=True
+                )
+                if headers is not None:
+                    message = {**message, "headers": headers}
         return self._send(message)
 
     async def _send_final(self, message: Message) -> None:

@@ -5,10 +5,18 @@ outcome -> record it in the gate -> emit metrics.
 
 ``RequestLifecycle.begin`` does the first steps and returns a small
 ``GateRequest``; the caller puts ``request.decision`` where its framework
-expects it and adds ``request.set_cookie`` to the response;
-``RequestLifecycle.finish`` does the rest, exactly once. The ASGI and WSGI
-middlewares and the Django middleware only translate their protocol into
-these two calls.
+expects it and asks ``RequestLifecycle.response_headers`` for the response's
+headers (the session cookie and the cache rule, or ``cacheable="public"``'s
+way out); ``RequestLifecycle.finish`` does the rest, exactly once. The ASGI
+and WSGI middlewares and the Django middleware only translate their protocol
+into these calls.
+
+A response that its client never finishes nor closes (a test client's
+unread response) is recorded when it is dropped: ``RequestLifecycle.abandon``,
+called from a finaliser, times it to then. A finaliser may run inside a
+garbage collection that interrupted this very thread in the gate's own
+locks, so an outcome dropped during a collection waits for the next
+request's ``begin`` instead of taking them.
 
 Fail open: an exception inside any step (routing, recording, metrics, a
 user's ``session_key`` or ``is_success``) is caught, counted in
@@ -20,11 +28,13 @@ response. Only the app's own exceptions propagate, unchanged.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, Final, TypedDict, Unpack
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, Literal, TypeAlias, TypedDict, Unpack, cast
 
 from opentelemetry.metrics import MeterProvider
 
@@ -84,6 +94,12 @@ class LifecycleOptions(TypedDict, total=False):
     #: Path prefixes neither routed nor counted (health checks, static files,
     #: the metrics endpoint): ``"/healthz"`` excludes ``/healthz`` and ``/healthz/...``.
     exclude_paths: Iterable[str]
+    #: ``"public"``: a response the app marks ``Cache-Control: public`` (and
+    #: not ``private`` or ``no-store``) gets no session cookie and keeps its
+    #: ``Cache-Control`` and ``Vary``, so shared caches may store it and
+    #: serve it to anyone. ``None``: every response that sets the cookie is
+    #: made private. Such a response must not depend on the variant.
+    cacheable: Literal["public"] | None
     #: Receives the request instruments (``None``: the global one).
     meter_provider: MeterProvider | None
 
@@ -100,11 +116,15 @@ OPTION_DEFAULTS: Final[LifecycleOptions] = {
     "override_token": None,
     "is_success": None,
     "exclude_paths": (),
+    "cacheable": None,
     "meter_provider": None,
 }
 
 #: The options' names, in their declared order.
 OPTION_NAMES: Final[tuple[str, ...]] = tuple(OPTION_DEFAULTS)
+
+#: ``cacheable``'s values besides ``None``.
+CACHEABLE_VALUES: Final[tuple[str, ...]] = ("public",)
 
 
 def check_option_names(names: Iterable[str], where: str) -> None:
@@ -159,6 +179,16 @@ class GateRequest:
         self.scheme = scheme
 
 
+#: ``[True]`` while the garbage collector runs (its finalisers included).
+_collecting = [False]
+
+
+def _note_collection(phase: str, info: dict[str, int]) -> None:
+    _collecting[0] = phase == "start"
+
+
+gc.callbacks.append(_note_collection)
+
 _UNSIGNED_WARNED: set[str] = set()
 
 
@@ -197,6 +227,9 @@ class RequestLifecycle:
         override_token = given["override_token"]
         secret = given["secret"]
         cookie_name = given["cookie_name"]
+        # Read untyped: the compiled build checks a typed read's type, and a
+        # misspelt value (True, ["public"]) must be a ConfigError, not a TypeError.
+        cacheable = cast(Mapping[str, object], given).get("cacheable")
         if not isinstance(gate, PromotionGate):
             raise ConfigError("gate", gate, "a PromotionGate")
         if session_key is not None and not callable(session_key):
@@ -209,6 +242,12 @@ class RequestLifecycle:
             )
         if override_token is not None and not valid_token(override_token):
             raise ConfigError("override_token", "<hidden>", f"None or {TOKEN_EXPECTED}")
+        if cacheable is not None and cacheable not in CACHEABLE_VALUES:
+            raise ConfigError(
+                "cacheable",
+                cacheable,
+                "None or 'public' (a response marked Cache-Control: public stays cacheable)",
+            )
         self.gate = gate
         self.cookie = SessionCookie(
             name=cookie_name,
@@ -223,6 +262,8 @@ class RequestLifecycle:
         self._override_token = None if override_token is None else override_token.encode("utf-8")
         self._is_success = is_success or default_is_success
         self.exclude_paths = self._prefixes(given["exclude_paths"])
+        #: Whether a response marked ``Cache-Control: public`` is left cacheable.
+        self.cacheable_public = cacheable == "public"
         self.metrics = RequestMetrics(gate.name, given["meter_provider"])
         self._clock = clock
         self._fault_logged: dict[str, float] = {}
@@ -261,6 +302,8 @@ class RequestLifecycle:
         set_cookie: bool = True,
     ) -> GateRequest:
         """Identify the session and route it; never raises."""
+        if _abandoned:
+            _record_abandoned()
         started = self._clock()
         scheme = "https" if https else "http"
         try:
@@ -343,12 +386,21 @@ class RequestLifecycle:
         status: int | None = None,
         exception: BaseException | None = None,
         route: str | None = None,
+        ended: float | None = None,
     ) -> None:
-        """Record the request's outcome once (later calls do nothing); never raises."""
+        """Record the request's outcome once (later calls do nothing); never raises.
+
+        ``route`` is the matched route's template; ``None`` or ``""`` (no
+        route matched: a 404) leaves ``http.route`` out, as OpenTelemetry's
+        HTTP conventions ask. ``ended``: the clock's reading when the
+        response ended (default: now).
+        """
         if request.finished:
             return
         request.finished = True
-        duration = self._clock() - request.started
+        if not route or not isinstance(route, str):
+            route = None
+        duration = (self._clock() if ended is None else ended) - request.started
         if duration < 0.0:
             duration = 0.0
         if status is None:
@@ -372,7 +424,7 @@ class RequestLifecycle:
                 duration,
                 decision.step,
                 decision.bucket,
-                route if isinstance(route, str) else None,
+                route,
                 decision.sample,
             )
         except Exception as exc:
@@ -384,6 +436,91 @@ class RequestLifecycle:
                 )
             except Exception as exc:
                 self.report_fault("metrics", exc)
+
+    def abandon(
+        self,
+        request: GateRequest,
+        *,
+        exception: BaseException | None = None,
+        route: str | None = None,
+    ) -> None:
+        """Record the outcome of a response dropped unfinished and unclosed
+        (by a client that never closes it: a test client's unread response),
+        timed to now; a finaliser calls it. Never raises, and records once.
+
+        During a garbage collection the collector may have interrupted this
+        thread anywhere, the gate's own locks held: the outcome then waits
+        for the next request's ``begin``.
+        """
+        try:
+            if request.finished:
+                return
+            ended = self._clock()
+            if _collecting[0]:
+                _abandoned.append((self, request, exception, route, ended))
+                return
+            self.finish(request, exception=exception, route=route, ended=ended)
+        except Exception as exc:  # a finaliser must not raise
+            with contextlib.suppress(Exception):
+                self.report_fault("record", exc)
+
+    # -- the response's headers: the session cookie and the cache rule --------
+
+    def leaves_cacheable(self, headers: Iterable[Any], *, raw: bool = False) -> bool:
+        """Whether a response with ``headers`` gets no session cookie and keeps
+        its caching headers: ``cacheable="public"`` and the app marked it
+        ``Cache-Control: public`` (neither ``private`` nor ``no-store``)."""
+        return self.cacheable_public and marked_public(headers, raw=raw)
+
+    def response_headers(
+        self, request: GateRequest, headers: Iterable[Any], *, raw: bool = False
+    ) -> list[tuple[Any, Any]] | None:
+        """The response's headers with the session cookie added, made
+        private (``private_response_headers``); ``None`` when they stay as
+        the app sent them: no cookie to set, or a response left cacheable
+        (``leaves_cacheable``), which then sets no cookie (the next
+        response that is not cacheable does). ``raw``: ASGI's byte strings."""
+        set_cookie = request.set_cookie
+        if set_cookie is None:
+            return None
+        if self.cacheable_public:
+            headers = list(headers)  # read twice
+            if marked_public(headers, raw=raw):
+                return None
+        result = private_response_headers(headers, raw=raw)
+        if raw:
+            result.append((b"set-cookie", set_cookie.encode("latin-1")))
+        else:
+            result.append(("Set-Cookie", set_cookie))
+        return result
+
+
+#: Outcomes dropped during a garbage collection, for the next ``begin`` of
+#: any lifecycle (the one they belong to may be gone: each of Django's test
+#: clients builds its own middleware).
+_Dropped: TypeAlias = tuple[RequestLifecycle, GateRequest, BaseException | None, str | None, float]
+_abandoned: deque[_Dropped] = deque()
+
+
+def _record_abandoned() -> None:
+    while True:
+        try:
+            lifecycle, request, exception, route, ended = _abandoned.popleft()
+        except IndexError:
+            return
+        lifecycle.finish(request, exception=exception, route=route, ended=ended)
+
+
+def marked_public(headers: Iterable[Any], *, raw: bool = False) -> bool:
+    """Whether ``headers`` say ``Cache-Control: public`` and neither
+    ``private`` nor ``no-store`` (every ``Cache-Control`` header, together)."""
+    cache_control = b"cache-control" if raw else "cache-control"
+    directives: set[str] = set()
+    for name, value in headers:
+        if name.lower() == cache_control:
+            text = value.decode("latin-1") if raw else value
+            directives.update(d.split("=", 1)[0].strip().lower() for d in text.split(","))
+    return "public" in directives and not directives & {"private", "no-store"}
 
 
 def private_response_headers(headers: Iterable[Any], *, raw: bool = False) -> list[tuple[Any, Any]]:

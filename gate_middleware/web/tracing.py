@@ -2,9 +2,11 @@
 
 Per OpenTelemetry's semantic conventions for feature flags: each flag read
 through the OpenFeature provider is a ``feature_flag.evaluation`` event with
-``feature_flag.key``, ``feature_flag.result.variant``,
-``feature_flag.result.reason`` and ``feature_flag.provider.name``; the
-request's span carries ``gate.variant``, ``gate.rollout``,
+``feature_flag.key``, ``feature_flag.result.value`` (the boolean answered),
+``feature_flag.result.variant``, ``feature_flag.result.reason`` and
+``feature_flag.provider.name``. Not ``feature_flag.context.id``: the
+evaluation context's id is the session id or the targeting key, which no
+attribute holds. The request's span carries ``gate.variant``, ``gate.rollout``,
 ``gate.environment`` and ``gate.bucket`` (so traces split by variant). The
 session id is never an attribute. ``opentelemetry-api`` only: without an SDK
 (or outside a sampled span) the span is not recording and nothing is done.
@@ -35,17 +37,20 @@ def annotate_span(decision: RoutingDecision, rollout: str) -> None:
     )
 
 
-def add_evaluation_event(flag_key: str, variant: str, reason: str) -> None:
-    """A ``feature_flag.evaluation`` event on the active span, if one is recording."""
+def add_evaluation_event(
+    flag_key: str, variant: str, reason: str, *, value: bool | None = None
+) -> None:
+    """A ``feature_flag.evaluation`` event on the active span, if one is
+    recording; ``value`` is the flag's answer (``feature_flag.result.value``)."""
     span = trace.get_current_span()
     if not span.is_recording():
         return
-    span.add_event(
-        EVALUATION_EVENT,
-        {
-            "feature_flag.key": flag_key,
-            "feature_flag.result.variant": variant,
-            "feature_flag.result.reason": reason.lower(),
-            "feature_flag.provider.name": PROVIDER_NAME,
-        },
-    )
+    attributes: dict[str, str | bool] = {
+        "feature_flag.key": flag_key,
+        "feature_flag.result.variant": variant,
+        "feature_flag.result.reason": reason.lower(),
+        "feature_flag.provider.name": PROVIDER_NAME,
+    }
+    if value is not None:
+        attributes["feature_flag.result.value"] = value
+    span.add_event(EVALUATION_EVENT, attributes)

@@ -11,13 +11,16 @@ headers when it minted an id, and wraps the response iterable: the outcome
 is recorded when the body is exhausted or closed, whichever comes first
 (still exactly once), so the time covers the whole response, streamed
 bodies included, and a test client that reads the body without closing it
-(Flask's and Werkzeug's ``client.get()``) records too. The wrapped
-iterable's own ``close()`` is called exactly once. An exception
+(Flask's and Werkzeug's ``client.get()``) records too. A response neither
+read to its end nor closed (``client.get("/").status_code`` alone) is
+recorded when it is dropped, timed to then (``RequestLifecycle.abandon``).
+The wrapped iterable's own ``close()`` is called exactly once. An exception
 from the app (or from its body) is recorded as a failure and re-raised
 unchanged. A body that is not an iterable of bytes (``None``, a ``str``, a
 ``str`` chunk: PEP 3333 forbids them, and the server answers 500) is
 recorded as a failure with status 500. A response that sets the cookie also
-gets ``Vary: Cookie`` and ``Cache-Control: private``. A framework that
+gets ``Vary: Cookie`` and ``Cache-Control: private`` (unless
+``cacheable="public"`` leaves it cacheable, without the cookie). A framework that
 knows the matched route template may put it in
 ``environ["gate_middleware.route"]``.
 """
@@ -42,7 +45,6 @@ from gate_middleware.web.lifecycle import (
     LifecycleOptions,
     RequestLifecycle,
     check_option_names,
-    private_response_headers,
 )
 
 DECISION_KEY = "gate_middleware.decision"
@@ -93,7 +95,9 @@ class GateWSGIMiddleware:
             except (ValueError, TypeError):
                 request.status = None
             if set_cookie is not None:
-                headers = [*private_response_headers(headers), ("Set-Cookie", set_cookie)]
+                changed = lifecycle.response_headers(request, headers)
+                if changed is not None:
+                    headers = changed
             return start_response(status, headers, exc_info)
 
         try:
@@ -197,6 +201,14 @@ class _TimedBody:
             raise
         finally:
             self._finish()
+
+    def __del__(self) -> None:
+        # Dropped neither exhausted nor closed: a client that never closes
+        # (a test client's unread response). PEP 3333 servers always close.
+        if not self._request.finished:
+            self._lifecycle.abandon(
+                self._request, exception=self._error, route=self._environ.get(ROUTE_KEY)
+            )
 
     def _finish(self) -> None:
         if not self._request.finished:  # the body ran out, then close(): once

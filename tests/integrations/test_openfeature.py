@@ -10,6 +10,7 @@ instrumentation, with and without OpenFeature's ``TracingHook``.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import queue
 from collections.abc import Iterator
@@ -347,6 +348,9 @@ def test_traces_under_opentelemetrys_own_instrumentation(
     assert event["feature_flag.result.variant"] == body["variant"]
     assert event["feature_flag.provider.name"] == "gate-middleware"
     assert event["feature_flag.result.reason"] == "split"
+    # The answer itself: ours a boolean, OpenFeature's TracingHook the JSON of it.
+    value = event["feature_flag.result.value"]
+    assert value == (json.dumps(body["value"]) if hook else body["value"])
     assert not any("gate_session" in str(v) for v in [*attributes.values(), *event.values()])
 
 

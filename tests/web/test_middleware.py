@@ -345,3 +345,49 @@ def test_a_rotated_secret_moves_nobody(make_client: MakeClient) -> None:
     again = current_only.get("/", headers={"Cookie": f"gate_session={new_value}"})
     assert again.json()["bucket"] == first.json()["bucket"]
     assert set_cookie_headers(again) == []
+
+
+def test_a_path_no_route_matches_has_no_http_route(
+    make_client: MakeClient, metric_reader: InMemoryMetricReader
+) -> None:
+    # OpenTelemetry's HTTP conventions leave http.route out when no route matched.
+    client = make_client()
+    assert client.get("/no-such-page").status_code == 404
+    [point] = metric_points(metric_reader)["gate_middleware.request.duration"]
+    attributes = dict(point.attributes)
+    assert "http.route" not in attributes
+    assert attributes["http.response.status_code"] == 404
+
+
+def test_cacheable_public_leaves_a_public_response_cacheable(
+    make_client: MakeClient, gate: PromotionGate
+) -> None:
+    # A cookieless client (a CDN, a crawler) of a page the view marks public:
+    # no cookie, the app's Cache-Control and Vary as they were; still counted.
+    client = make_client(secret=SECRET, cacheable="public")
+    for _ in range(3):
+        response = client.get("/public")
+        assert response.text == "the same for everyone"
+        assert set_cookie_headers(response) == []
+        assert response.headers.get_list("cache-control") == ["public, max-age=60"]
+        assert response.headers.get_list("vary") == ["Accept-Encoding"]
+    assert "gate_session" not in client.cookies
+    assert sum(counts(gate)) == 3
+    # The first page that is not cacheable sets the cookie, kept from shared caches.
+    page = client.get("/")
+    assert len(set_cookie_headers(page)) == 1
+    assert "private" in page.headers["cache-control"]
+    again = client.get("/public")  # with the cookie: nothing to set, nothing changed
+    assert set_cookie_headers(again) == []
+    assert again.headers["cache-control"] == "public, max-age=60"
+
+
+def test_without_cacheable_a_public_response_that_sets_the_cookie_is_made_private(
+    make_client: MakeClient,
+) -> None:
+    client = make_client(secret=SECRET)
+    response = client.get("/public")
+    assert set_cookie_headers(response)
+    assert response.headers["cache-control"] == "private, max-age=60"
+    vary = {v.strip() for h in response.headers.get_list("vary") for v in h.split(",")}
+    assert vary == {"Accept-Encoding", "Cookie"}

@@ -59,15 +59,37 @@ def wsgi(gate: PromotionGate, options: dict[str, Any]) -> RequestLifecycle:
 
 
 def starlette(gate: PromotionGate, options: dict[str, Any]) -> RequestLifecycle:
+    from starlette.applications import Starlette
+
     from gate_middleware.integrations.starlette import GateMiddleware
 
-    return GateMiddleware(asgi_app, gate=gate, **options).lifecycle
+    app = Starlette()
+    app.add_middleware(GateMiddleware, gate=gate, **options)
+    return started(app).lifecycle
 
 
 def fastapi(gate: PromotionGate, options: dict[str, Any]) -> RequestLifecycle:
+    from fastapi import FastAPI
+
     from gate_middleware.integrations.fastapi import GateMiddleware
 
-    return GateMiddleware(asgi_app, gate=gate, **options).lifecycle
+    app = FastAPI()
+    app.add_middleware(GateMiddleware, gate=gate, **options)
+    return started(app).lifecycle
+
+
+def started(app: Any) -> GateASGIMiddleware:
+    """Start a Starlette app as a server does: it builds its middleware on
+    the lifespan's startup, which options that cannot build the gate's fail
+    (raising the error). Its gate middleware."""
+    from starlette.testclient import TestClient
+
+    with TestClient(app):
+        pass
+    layer = app.middleware_stack
+    while not isinstance(layer, GateASGIMiddleware):
+        layer = layer.app
+    return layer
 
 
 def flask(gate: PromotionGate, options: dict[str, Any]) -> RequestLifecycle:
@@ -161,3 +183,10 @@ def test_the_readme_table_lists_the_declared_options() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     table = readme.split("### Options", 1)[1].split("\n\n", 2)[1]
     assert tuple(re.findall(r"^\| `(\w+)` \|", table, re.M)) == OPTION_NAMES
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+@pytest.mark.parametrize("value", ["pubic", "Public", True, ["public"]])
+def test_every_adapter_refuses_a_misspelt_cacheable(adapter: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match="cacheable"):
+        ADAPTERS[adapter](make_gate(), {"cacheable": value})

@@ -184,3 +184,175 @@ def test_a_mounted_sub_app_gets_the_whole_route_template(
     if framework == "starlette":
         expected.add("/v{version}/legacy/things/{thing_id}")
     assert routes == expected
+
+
+# -- a response its client never reads nor closes -----------------------------------
+
+
+def flask_gate_app(gate: PromotionGate, meter_provider: MeterProvider) -> Any:
+    from flask import Flask, Response
+
+    from gate_middleware.integrations.flask import GateExtension
+
+    app = Flask(__name__)
+
+    @app.get("/")
+    def index() -> str:
+        return "ok"
+
+    @app.get("/stream")
+    def stream() -> Response:
+        return Response(f"chunk{i}\n".encode() for i in range(3))
+
+    GateExtension(app, gate=gate, meter_provider=meter_provider)
+    return app
+
+
+def test_flask_test_client_records_an_unread_response_when_it_is_dropped(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    gate = make_gate(meter_provider)
+    client = flask_gate_app(gate, meter_provider).test_client()
+    for _ in range(3):
+        assert client.get("/").status_code == 200  # the body never read, never closed
+    assert outcomes(gate) == 3
+    held = client.get("/")
+    assert outcomes(gate) == 3  # not over while the test holds it
+    held.close()
+    assert outcomes(gate) == 4
+    dropped = client.get("/stream")
+    del dropped
+    assert outcomes(gate) == 5
+    del held
+    gc.collect()
+    assert outcomes(gate) == 5 and requests_counted(metric_reader) == 5
+
+
+def test_a_response_dropped_in_a_garbage_collection_is_recorded_by_the_next_request(
+    meter_provider: MeterProvider,
+) -> None:
+    # The collector may run anywhere, even inside the gate's own locks on
+    # this thread: a finaliser it runs must not take them.
+    gate = make_gate(meter_provider)
+    client = flask_gate_app(gate, meter_provider).test_client()
+    cycle: list[Any] = [client.get("/")]
+    cycle.append(cycle)
+    del cycle
+    gc.collect()
+    assert outcomes(gate) == 0
+    assert client.get("/").text == "ok"
+    assert outcomes(gate) == 2
+
+
+def test_a_real_server_records_each_response_once(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    import threading
+
+    import httpx
+    from werkzeug.serving import make_server
+
+    from tests.servers import eventually
+
+    gate = make_gate(meter_provider)
+    server = make_server("127.0.0.1", 0, flask_gate_app(gate, meter_provider), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as http:
+            for _ in range(5):
+                assert http.get("/").text == "ok"
+            assert http.head("/").status_code == 200
+            with http.stream("GET", "/stream") as streamed:
+                assert next(streamed.iter_raw())  # then the client goes away
+            assert http.get("/stream").text == "chunk0\nchunk1\nchunk2\n"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert eventually(lambda: outcomes(gate) == 8, seconds=5.0)
+    gc.collect()
+    assert outcomes(gate) == 8 and requests_counted(metric_reader) == 8
+
+
+def test_django_test_client_records_an_unread_stream(meter_provider: MeterProvider) -> None:
+    from django.test import Client
+
+    from tests.apps import django_app
+
+    gate = make_gate(meter_provider)
+    _, override = django_app(gate, meter_provider=meter_provider)
+    try:
+        assert Client().get("/stream").status_code == 200  # never read, never closed
+        gc.collect()  # Django's test response is in a cycle: dropped by the collector
+        assert Client().get("/items/7").status_code == 200  # it records the dropped one too
+        assert outcomes(gate) == 2
+        closed = Client().get("/stream")
+        closed.close()
+        assert outcomes(gate) == 3
+    finally:
+        override.disable()
+
+
+# -- http.route only when a route matched -------------------------------------------
+
+
+@pytest.mark.parametrize("middleware", ["adapter", "asgi"])
+@pytest.mark.parametrize("framework", ["starlette", "fastapi"])
+def test_a_404_under_a_mount_at_the_root_has_no_http_route(
+    framework: str,
+    middleware: str,
+    meter_provider: MeterProvider,
+    metric_reader: InMemoryMetricReader,
+) -> None:
+    # Mount("/") is a route whose template is "": a 404 inside it matched nothing.
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+    from starlette.testclient import TestClient
+
+    from gate_middleware import GateASGIMiddleware
+    from gate_middleware.integrations.starlette import GateMiddleware
+
+    async def page(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("page")
+
+    inner = Starlette(routes=[Route("/page", page)])
+    app: Any
+    if framework == "fastapi":
+        from fastapi import FastAPI
+
+        app = FastAPI()
+        app.mount("/", inner)
+    else:
+        app = Starlette(routes=[Mount("/", inner)])
+    gate = make_gate(meter_provider)
+    wrapper = GateMiddleware if middleware == "adapter" else GateASGIMiddleware
+    app.add_middleware(wrapper, gate=gate, meter_provider=meter_provider)
+    with TestClient(app) as client:
+        assert client.get("/nothing-here").status_code == 404
+        assert client.get("/page").status_code == 200
+    routes = {
+        p.attributes.get("http.route", "<absent>"): p.attributes["http.response.status_code"]
+        for p in metric_points(metric_reader)["gate_middleware.requests"]
+    }
+    assert routes == {"<absent>": 404, "/page": 200}
+
+
+def test_plain_wsgi_an_empty_route_is_no_route(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        environ["gate_middleware.route"] = ""
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"none"]
+
+    gate = make_gate(meter_provider)
+    middleware = GateWSGIMiddleware(app, gate=gate, meter_provider=meter_provider)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/x", "wsgi.url_scheme": "http"}
+    body: Any = middleware(environ, lambda status, headers, exc_info=None: None)
+    assert b"".join(body) == b"none"
+    body.close()
+    [point] = metric_points(metric_reader)["gate_middleware.requests"]
+    assert "http.route" not in point.attributes  # type: ignore[attr-defined]
