@@ -78,6 +78,7 @@ TOKEN_ENV = "GATE_DEMO_TOKEN"
 SCENARIO_ENV = "GATE_DEMO_SCENARIO"
 BAKE_ENV = "GATE_DEMO_BAKE_SECONDS"
 STORE_ENV = "GATE_DEMO_STORE"
+SECRET_ENV = "GATE_DEMO_SECRET"  # signs the session cookie, as a real app's secret does
 WORKERS = 2
 WORKER_PID = re.compile(rb'"worker":(\d+)')
 PLAN_STEPS = (5, 10, 25, 50)
@@ -155,7 +156,9 @@ def create_app() -> Starlette:
             Mount("/gate", AdminASGIApp(gate, token=os.environ.get(TOKEN_ENV))),
         ]
     )
-    app.add_middleware(GateMiddleware, gate=gate, exclude_paths=["/gate"])
+    app.add_middleware(
+        GateMiddleware, gate=gate, exclude_paths=["/gate"], secret=os.environ.get(SECRET_ENV)
+    )
     return app
 
 
@@ -258,6 +261,7 @@ def start_server(
             SCENARIO_ENV: scenario,
             BAKE_ENV: str(bake_seconds),
             STORE_ENV: store,
+            SECRET_ENV: secrets.token_urlsafe(32),
         },
         start_new_session=True,
     )
@@ -443,6 +447,9 @@ def run_demo(scenario: str, duration: float, users: int, keep_serving: bool, por
     deadline = started + duration
     traffic = Traffic(port, users)
     ok = False
+    # SIGTERM (a pipeline's timeout, kill) ends the demo as Ctrl-C does: through
+    # the finally below, which stops the server's process group.
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         wait_until_up(client, server, timeout=30)
         console.print(
@@ -485,7 +492,12 @@ def run_demo(scenario: str, duration: float, users: int, keep_serving: bool, por
         traffic.close()
         stop_server(server)
         directory.cleanup()
+        signal.signal(signal.SIGTERM, previous)
     return 0 if ok else 1
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def summarise(

@@ -91,3 +91,37 @@ def test_a_release_that_breaks_checkout_silently_is_rolled_back_by_its_metric() 
     assert once is not None, out
     assert "metric checkout_completed (sessions converting) on the canary 0 " in once.group(1)
     assert "RESULT: OK" in out
+
+
+def test_sigterm_stops_the_demo_and_its_server() -> None:
+    """demo --keep-serving killed with SIGTERM leaves nothing serving, and the
+    demo's cookie is signed (no unsigned-cookie warning)."""
+    import os
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo_run = subprocess.Popen(
+        [CLI, "demo", "--duration", "5", "--users", "5", "--keep-serving", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert demo_run.stdout is not None
+        deadline = time.monotonic() + 120
+        for line in demo_run.stdout:  # bounded by the demo's own end and the deadline
+            if "still serving" in line or time.monotonic() > deadline:
+                break
+        demo_run.send_signal(signal.SIGTERM)
+        _, err = demo_run.communicate(timeout=60)
+    finally:
+        demo_run.kill()
+    assert demo_run.returncode == 128 + signal.SIGTERM
+    with socket.socket() as probe:  # nobody serves the port any more
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+    assert "unsigned" not in err.lower()

@@ -152,3 +152,21 @@ def test_a_real_prometheus_answers_the_dashboards_queries(tmp_path: Path) -> Non
         rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=5.0, trust_env=False).json()
         loaded = {rule["name"] for group in rules["data"]["groups"] for rule in group["rules"]}
         assert "GateRolledBack" in loaded
+
+
+def test_the_dashboards_stat_panels_show_names_and_every_panel_keeps_rollouts_apart() -> None:
+    """The Verdict and Stage panels show the verdict's and the stage's name
+    (not the gauge's value, 1), and with "All" rollouts selected no panel
+    merges several rollouts' figures into one series."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = {panel["title"]: panel for panel in dashboard["panels"]}
+    for title, label in (("Verdict", "gate_verdict"), ("Stage", "gate_environment")):
+        panel = panels[title]
+        assert panel["options"]["textMode"] == "name"
+        [target] = panel["targets"]
+        assert target["legendFormat"] == "{{gate_rollout}}: {{" + label + "}}"
+        assert f"by (gate_rollout, {label})" in target["expr"]
+    for title in ("p99 request duration by variant", "Error ratio by variant"):
+        for target in panels[title]["targets"]:
+            assert "gate_rollout" in target["expr"].split("by (")[1].split(")")[0]
+            assert "{{gate_rollout}}" in target["legendFormat"]
