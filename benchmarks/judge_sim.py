@@ -774,10 +774,7 @@ def simulate_plan(case: Case, seed: int) -> tuple[float | None, bool]:
     bake = case.seconds / 8
     clock = _Clock()
     gate = PromotionGate(
-        PromotionConfig(
-            feature_flags=["new"],
-            plan=RolloutPlan(bake_seconds=bake, staging_bake_seconds=bake),
-        ),
+        PromotionConfig(plan=RolloutPlan(bake_seconds=bake, staging_bake_seconds=bake)),
         clock=clock,
         wall_clock=clock,
         plan_timer=False,
