@@ -10,6 +10,7 @@ from importlib.machinery import EXTENSION_SUFFIXES
 
 from gate_middleware import moved as _moved
 from gate_middleware.domain import routing as _routing
+from gate_middleware.domain.clock import Clock, ManualClock, SystemClock
 from gate_middleware.domain.config import PromotionConfig, SloConfig
 from gate_middleware.domain.environment import Environment
 from gate_middleware.domain.routing import RoutingDecision, compute_bucket
@@ -38,11 +39,13 @@ COMPILED: bool = (_routing.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
 __all__ = [
     "COMPILED",
     "CanaryHealth",
+    "Clock",
     "ConfigError",
     "Environment",
     "GateASGIMiddleware",
     "GateState",
     "GateWSGIMiddleware",
+    "ManualClock",
     "OutcomeUnknownError",
     "PromotionConfig",
     "PromotionError",
@@ -54,6 +57,7 @@ __all__ = [
     "RoutingDecision",
     "SloConfig",
     "StorePermissionError",
+    "SystemClock",
     "WindowStats",
     "__version__",
     "compute_bucket",

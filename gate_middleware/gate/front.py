@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 import weakref
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -41,6 +40,7 @@ from typing import Any, TypeVar
 from opentelemetry.metrics import MeterProvider
 
 from gate_middleware.domain import plan as plans
+from gate_middleware.domain.clock import Clock, SystemClock, clock_readings
 from gate_middleware.domain.codec import config_differences
 from gate_middleware.domain.config import (
     PromotionConfig,
@@ -105,6 +105,7 @@ from gate_middleware.stores.memory import InMemoryStateStore
 from gate_middleware.stores.windows import InMemoryWindowStore
 
 logger = logging.getLogger("gate_middleware")
+SYSTEM_CLOCK = SystemClock()
 
 # Every live gate, so a forked child (gunicorn --preload, multiprocessing)
 # can replace the locks it inherited: a lock held by another thread at the
@@ -212,9 +213,12 @@ def routing_table(
 class PromotionGate:
     """The promotion gate of one rollout (``PromotionGateManager`` is the same class).
 
-    ``clock`` returns seconds (monotonic); tests pass a fake one to move
-    time. ``state_store`` and ``window_store`` default to this process's
-    memory. ``meter_provider`` receives the gate's instruments (the global
+    ``clock`` is the one clock everything time-based reads
+    (``gate_middleware.Clock``: ``monotonic()`` for windows and evaluations,
+    ``time()`` for bakes, deadlines and event times); a test passes a
+    ``ManualClock`` and moves both with ``advance``. A bare callable is read
+    as the monotonic clock, beside ``wall_clock`` (``time.time``).
+    ``state_store`` and ``window_store`` default to this process's memory. ``meter_provider`` receives the gate's instruments (the global
     one by default). ``checks`` are what the judge tests the canary on
     against production (``gate_middleware.judge.statistics.Check``; their
     shares of ``false_rollback_rate`` sum to 1): errors, latency and the
@@ -226,8 +230,8 @@ class PromotionGate:
         config: PromotionConfig | None = None,
         slo: SloConfig | None = None,
         *,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        clock: Clock | Callable[[], float] = SYSTEM_CLOCK,
+        wall_clock: Callable[[], float] | None = None,
         state_store: StateStore | None = None,
         window_store: WindowStore | None = None,
         meter_provider: MeterProvider | None = None,
@@ -244,6 +248,7 @@ class PromotionGate:
         self.config = config
         self.slo = slo
         self.name = config.name
+        clock, wall_clock = clock_readings(clock, wall_clock)
         self._clock = clock
         if config.store is not None and state_store is None and window_store is None:
             _require_a_named_rollout(config)
@@ -428,7 +433,9 @@ class PromotionGate:
         if key_prefix is None:
             _require_a_named_rollout(config)
         config = PromotionConfig() if config is None else config
-        wall_clock = options.get("wall_clock", time.time)
+        _, wall_clock = clock_readings(
+            options.get("clock", SYSTEM_CLOCK), options.get("wall_clock")
+        )
         backend: dict[str, Any] = {"transition_timeout": transition_timeout}
         if key_prefix is not None:
             backend["key_prefix"] = key_prefix
