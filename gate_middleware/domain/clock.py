@@ -86,14 +86,17 @@ class ManualClock:
 
 
 def clock_readings(
-    clock: Clock | Callable[[], float], wall_clock: Callable[[], float] | None = None
+    clock: Clock | Callable[[], float] | None, wall_clock: Callable[[], float] | None = None
 ) -> tuple[Callable[[], float], Callable[[], float]]:
     """``(monotonic, wall)`` from a gate's ``clock`` and its older ``wall_clock``.
 
     A ``Clock`` gives both; a callable is the monotonic reading, with
-    ``wall_clock`` (``time.time`` by default) beside it.
+    ``wall_clock`` (``time.time`` by default) beside it; ``None`` is the
+    host's clocks (``wall_clock`` may still replace the wall reading).
     """
-    if isinstance(clock, Clock):
+    if clock is None:
+        clock = time.monotonic
+    elif isinstance(clock, Clock):
         if wall_clock is not None:
             raise ConfigError(
                 "wall_clock",

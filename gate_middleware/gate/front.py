@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 from opentelemetry.metrics import MeterProvider
 
 from gate_middleware.domain import plan as plans
-from gate_middleware.domain.clock import Clock, SystemClock, clock_readings
+from gate_middleware.domain.clock import Clock, clock_readings
 from gate_middleware.domain.codec import config_differences
 from gate_middleware.domain.config import (
     PromotionConfig,
@@ -105,7 +105,6 @@ from gate_middleware.stores.memory import InMemoryStateStore
 from gate_middleware.stores.windows import InMemoryWindowStore
 
 logger = logging.getLogger("gate_middleware")
-SYSTEM_CLOCK = SystemClock()
 
 # Every live gate, so a forked child (gunicorn --preload, multiprocessing)
 # can replace the locks it inherited: a lock held by another thread at the
@@ -217,7 +216,8 @@ class PromotionGate:
     (``gate_middleware.Clock``: ``monotonic()`` for windows and evaluations,
     ``time()`` for bakes, deadlines and event times); a test passes a
     ``ManualClock`` and moves both with ``advance``. A bare callable is read
-    as the monotonic clock, beside ``wall_clock`` (``time.time``).
+    as the monotonic clock, beside ``wall_clock`` (``time.time``); without
+    one, the host's clocks (``SystemClock``).
     ``state_store`` and ``window_store`` default to this process's memory. ``meter_provider`` receives the gate's instruments (the global
     one by default). ``checks`` are what the judge tests the canary on
     against production (``gate_middleware.judge.statistics.Check``; their
@@ -230,7 +230,7 @@ class PromotionGate:
         config: PromotionConfig | None = None,
         slo: SloConfig | None = None,
         *,
-        clock: Clock | Callable[[], float] = SYSTEM_CLOCK,
+        clock: Clock | Callable[[], float] | None = None,
         wall_clock: Callable[[], float] | None = None,
         state_store: StateStore | None = None,
         window_store: WindowStore | None = None,
@@ -433,9 +433,7 @@ class PromotionGate:
         if key_prefix is None:
             _require_a_named_rollout(config)
         config = PromotionConfig() if config is None else config
-        _, wall_clock = clock_readings(
-            options.get("clock", SYSTEM_CLOCK), options.get("wall_clock")
-        )
+        _, wall_clock = clock_readings(options.get("clock"), options.get("wall_clock"))
         backend: dict[str, Any] = {"transition_timeout": transition_timeout}
         if key_prefix is not None:
             backend["key_prefix"] = key_prefix

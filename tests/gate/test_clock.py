@@ -110,3 +110,13 @@ def test_a_manual_clock_starts_somewhere_real(start: object) -> None:
     with pytest.raises(ConfigError) as raised:
         ManualClock(start)  # type: ignore[arg-type]
     assert raised.value.field == "start"
+
+
+def test_a_wall_clock_alone_replaces_only_the_wall_reading() -> None:
+    gate = PromotionGate(
+        PromotionConfig(min_requests=100, plan=PLAN),
+        wall_clock=lambda: 2_100_000_000.0,
+        plan_timer=False,
+    )
+    gate.start_canary(feature_flags=["new_checkout"])
+    assert gate.get_history()[-1].timestamp == datetime.fromtimestamp(2_100_000_000.0, UTC)
