@@ -7,8 +7,10 @@ Now the startup fails: uvicorn logs the error's message (the ``ConfigError``
 naming the field, the ``TypeError`` naming the option) and exits non-zero,
 with the default lifespan mode and with ``--lifespan on``, for a FastAPI app
 with a lifespan of its own and a plain Starlette app without one. A
-well-configured app starts and serves. (hypercorn is not in the lock files:
-it is not tested here.)
+well-configured app starts and serves. Under hypercorn (its defaults) the
+same: its worker stops at the failed startup with the error's message and
+the server exits without ever listening (with status 0: hypercorn's own
+choice, also for an app it cannot import).
 """
 
 from __future__ import annotations
@@ -93,9 +95,24 @@ MESSAGES = {
 EXIT_SECONDS = 30.0
 
 
-def uvicorn_command(framework: str, lifespan: str, app_dir: Path, port: int) -> list[str]:
+def write_app(framework: str, app_dir: Path) -> None:
     (app_dir / "shop_options.py").write_text(OPTIONS)
     (app_dir / f"{framework}_shop.py").write_text(APPS[framework])
+
+
+def hypercorn_command(framework: str, app_dir: Path, port: int) -> list[str]:
+    write_app(framework, app_dir)
+    return python(
+        "-m",
+        "hypercorn",
+        "--bind",
+        f"127.0.0.1:{port}",
+        f"{framework}_shop:app",
+    )
+
+
+def uvicorn_command(framework: str, lifespan: str, app_dir: Path, port: int) -> list[str]:
+    write_app(framework, app_dir)
     return python(
         "-m",
         "uvicorn",
@@ -163,3 +180,49 @@ def test_a_well_configured_app_starts_and_serves(
         assert response.status_code == 200
         assert "canary" in response.text
         assert response.headers["set-cookie"].startswith("gate_session=")
+
+
+@pytest.mark.parametrize(
+    ("framework", "case"),
+    [("fastapi", "short-secret"), ("starlette", "short-secret"), ("starlette", "misspelt")],
+)
+def test_hypercorn_stops_at_startup_with_the_error(
+    framework: str, case: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        hypercorn_command(framework, tmp_path, port),
+        cwd=ROOT,
+        env={**os.environ, "GATE_CASE": case, "PYTHONPATH": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=EXIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        try:
+            served = str(httpx.get(f"http://127.0.0.1:{port}/", timeout=5.0).status_code)
+        except httpx.HTTPError as exc:
+            served = repr(exc)
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(
+            f"hypercorn still running after {EXIT_SECONDS} s (GET / -> {served}):\n{stderr}"
+        )
+    assert "LifespanFailureError: Lifespan failure in startup" in stderr
+    assert MESSAGES[case].replace("ConfigError: ", "") in stderr
+    assert "Running on" not in stderr + stdout  # it never listened
+    assert "the app's own startup ran" not in stdout
+
+
+@pytest.mark.parametrize("framework", list(APPS))
+def test_a_well_configured_app_serves_under_hypercorn(framework: str, tmp_path: Path) -> None:
+    port = free_port()
+    command = hypercorn_command(framework, tmp_path, port)
+    env = {"GATE_CASE": "good", "PYTHONPATH": str(tmp_path)}
+    with running(command, port, env=env) as base:
+        response = httpx.get(base + "/", timeout=10.0)
+        assert response.status_code == 200
+        assert "canary" in response.text
