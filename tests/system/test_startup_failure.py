@@ -100,6 +100,33 @@ def write_app(framework: str, app_dir: Path) -> None:
     (app_dir / f"{framework}_shop.py").write_text(APPS[framework])
 
 
+def run_to_exit(command: list[str], port: int, env: dict[str, str]) -> tuple[int, str, str]:
+    """(status, stdout, stderr) of a server expected to exit by itself; a
+    failure naming what GET / answered if it is still running."""
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=EXIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        try:
+            served = str(httpx.get(f"http://127.0.0.1:{port}/", timeout=5.0).status_code)
+        except httpx.HTTPError as exc:
+            served = repr(exc)
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(
+            f"{command[2:4]} still running after {EXIT_SECONDS} s (GET / -> {served}):\n{stderr}"
+        )
+    return process.returncode, stdout, stderr
+
+
 def hypercorn_command(framework: str, app_dir: Path, port: int) -> list[str]:
     write_app(framework, app_dir)
     return python(
@@ -141,26 +168,9 @@ def test_uvicorn_exits_at_startup_with_the_error(
     framework: str, lifespan: str, case: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    process = subprocess.Popen(
-        uvicorn_command(framework, lifespan, tmp_path, port),
-        cwd=ROOT,
-        env={**os.environ, "GATE_CASE": case},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=EXIT_SECONDS)
-    except subprocess.TimeoutExpired:
-        try:
-            served = str(httpx.get(f"http://127.0.0.1:{port}/", timeout=5.0).status_code)
-        except httpx.HTTPError as exc:
-            served = repr(exc)
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"uvicorn still running after {EXIT_SECONDS} s (GET / -> {served}):\n{stderr}")
-    assert process.returncode != 0, stderr
+    command = uvicorn_command(framework, lifespan, tmp_path, port)
+    returncode, stdout, stderr = run_to_exit(command, port, {"GATE_CASE": case})
+    assert returncode != 0, stderr
     assert MESSAGES[case] in stderr
     assert "Application startup failed. Exiting." in stderr
     assert "Application startup complete" not in stderr
@@ -190,27 +200,8 @@ def test_hypercorn_stops_at_startup_with_the_error(
     framework: str, case: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    process = subprocess.Popen(
-        hypercorn_command(framework, tmp_path, port),
-        cwd=ROOT,
-        env={**os.environ, "GATE_CASE": case, "PYTHONPATH": str(tmp_path)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=EXIT_SECONDS)
-    except subprocess.TimeoutExpired:
-        try:
-            served = str(httpx.get(f"http://127.0.0.1:{port}/", timeout=5.0).status_code)
-        except httpx.HTTPError as exc:
-            served = repr(exc)
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(
-            f"hypercorn still running after {EXIT_SECONDS} s (GET / -> {served}):\n{stderr}"
-        )
+    command = hypercorn_command(framework, tmp_path, port)
+    _, stdout, stderr = run_to_exit(command, port, {"GATE_CASE": case, "PYTHONPATH": str(tmp_path)})
     assert "LifespanFailureError: Lifespan failure in startup" in stderr
     assert MESSAGES[case].replace("ConfigError: ", "") in stderr
     assert "Running on" not in stderr + stdout  # it never listened
