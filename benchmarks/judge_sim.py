@@ -445,11 +445,17 @@ def _evidence(
     return evidence
 
 
+def session_buckets(name: str, seed: int, count: int) -> np.ndarray:
+    """The routing bucket under the rollout ``name`` of each of the ``count``
+    sessions of ``seed`` (session ``k``'s id is ``f"{seed}-{k}"``)."""
+    return np.array([compute_bucket(name, f"{seed}-{k}") for k in range(count)])
+
+
 def _sessions(rng: np.random.Generator, seed: int, count: int, share: float):
     weights = 1.0 / np.arange(1, count + 1, dtype=float)
     weights /= weights.sum()
     threshold = canary_threshold(share)
-    buckets = np.array([compute_bucket("sim", f"{seed}-{k}") for k in range(count)])
+    buckets = session_buckets("sim", seed, count)
     failing = rng.random(count) < 0.002
     return weights, buckets < threshold, buckets % CLUSTERS, failing
 
@@ -555,7 +561,20 @@ def simulate(
     case: Case, seed: int, settings: JudgeSettings, objective: float, window: float
 ) -> tuple[float | None, bool]:
     """(time of the rollback or None, promotable at the end) for one seed."""
-    traffic = generate(case, seed)
+    return judge_traffic(case, seed, generate(case, seed), settings, objective, window)
+
+
+def judge_traffic(
+    case: Case,
+    seed: int,
+    traffic: Traffic,
+    settings: JudgeSettings,
+    objective: float,
+    window: float,
+) -> tuple[float | None, bool]:
+    """(time of the rollback or None, promotable at the end) for the requests
+    of ``traffic`` judged as one seed of ``case``: the judge's own code fed
+    the evidence the gate would hold, every ``INTERVAL`` seconds."""
     times, canary, cluster, failed = traffic.times, traffic.canary, traffic.cluster, traffic.failed
     bad = failed | (traffic.durations > objective)
     buckets = bucket_indices(traffic.durations)
