@@ -225,10 +225,9 @@ def table(results: list[Run]) -> list[str]:
             events = sum(false_rollbacks)
             trials = len(runs) * len(healthy)
             if healthy:
-                worst = max(healthy, key=lambda k: false_rollbacks[healthy.index(k)])
-                worst_cell = (
-                    f"rollout-{worst}: {_percent(false_rollbacks[healthy.index(worst)], len(runs))}"
-                )
+                most = max(false_rollbacks)  # the first rollout with the most
+                worst = healthy[false_rollbacks.index(most)]
+                worst_cell = f"rollout-{worst}: {_percent(most, len(runs))}"
                 rate_cell = (
                     f"{_percent(events, trials)} ({events}/{trials}; "
                     f"≤ {100 * upper_bound_rate(events, trials):.1f} %)"

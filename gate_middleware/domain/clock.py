@@ -56,13 +56,7 @@ class ManualClock:
     """
 
     def __init__(self, start: float = DEFAULT_EPOCH) -> None:
-        if (
-            isinstance(start, bool)
-            or not isinstance(start, (int, float))
-            or not (math.isfinite(start) and start >= 0)
-        ):
-            raise ConfigError("start", start, "Unix seconds: a finite number >= 0")
-        self._epoch = float(start)
+        self._epoch = _seconds(start, "start", "Unix seconds: a finite number >= 0")
         self._elapsed = 0.0
 
     def monotonic(self) -> float:
@@ -73,16 +67,21 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         """Move both readings ``seconds`` on (a clock does not go back)."""
-        if (
-            isinstance(seconds, bool)
-            or not isinstance(seconds, (int, float))
-            or not (math.isfinite(seconds) and seconds >= 0)
-        ):
-            raise ConfigError("seconds", seconds, "a finite number of seconds >= 0")
-        self._elapsed += float(seconds)
+        self._elapsed += _seconds(seconds, "seconds", "a finite number of seconds >= 0")
 
     def __repr__(self) -> str:
         return f"ManualClock(monotonic={self._elapsed!r}, time={self.time()!r})"
+
+
+def _seconds(value: object, field: str, expected: str) -> float:
+    """``value`` as seconds: a finite int or float >= 0, else ``ConfigError``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (math.isfinite(value) and value >= 0)
+    ):
+        raise ConfigError(field, value, expected)
+    return float(value)
 
 
 def clock_readings(

@@ -217,12 +217,12 @@ class PromotionGate:
     ``time()`` for bakes, deadlines and event times); a test passes a
     ``ManualClock`` and moves both with ``advance``. A bare callable is read
     as the monotonic clock, beside ``wall_clock`` (``time.time``); without
-    one, the host's clocks (``SystemClock``).
-    ``state_store`` and ``window_store`` default to this process's memory. ``meter_provider`` receives the gate's instruments (the global
-    one by default). ``checks`` are what the judge tests the canary on
-    against production (``gate_middleware.judge.statistics.Check``; their
-    shares of ``false_rollback_rate`` sum to 1): errors, latency and the
-    SLO by default.
+    one, the host's clocks (``SystemClock``). ``state_store`` and
+    ``window_store`` default to this process's memory. ``meter_provider``
+    receives the gate's instruments (the global one by default). ``checks``
+    are what the judge tests the canary on against production
+    (``gate_middleware.judge.statistics.Check``; their shares of
+    ``false_rollback_rate`` sum to 1): errors, latency and the SLO by default.
     """
 
     def __init__(
