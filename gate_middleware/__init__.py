@@ -21,7 +21,7 @@ from gate_middleware.errors import (
     PromotionError,
     StorePermissionError,
 )
-from gate_middleware.gate import PromotionGate, PromotionGateManager
+from gate_middleware.gate import PromotionGate, PromotionGateManager, Rollouts
 from gate_middleware.judge.verdict import CanaryHealth, WindowStats
 from gate_middleware.version import __version__
 from gate_middleware.web.asgi import GateASGIMiddleware
@@ -54,6 +54,7 @@ __all__ = [
     "PromotionGateManager",
     "RequestLifecycle",
     "RollbackEvent",
+    "Rollouts",
     "RoutingDecision",
     "SloConfig",
     "StorePermissionError",

@@ -64,7 +64,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from gate_middleware.domain.routing import RoutingDecision
 from gate_middleware.errors import ConfigError
-from gate_middleware.gate import PromotionGate
+from gate_middleware.gate import PromotionGate, Rollouts
 from gate_middleware.operate.admin import AdminAPI, AdminResponse, read_wsgi_body, wsgi_text
 from gate_middleware.operate.operators import OperatorsLike
 from gate_middleware.web import context
@@ -96,7 +96,7 @@ def derived_secret(secret_key: str | bytes) -> str:
     ).hexdigest()
 
 
-def gate_settings() -> tuple[PromotionGate, dict[str, Any]]:
+def gate_settings() -> tuple[PromotionGate | Rollouts, dict[str, Any]]:
     """The gate and ``RequestLifecycle`` options from ``settings.GATE_MIDDLEWARE``.
 
     ``SECRET`` (absent or ``None``) defaults to a secret derived from
@@ -124,8 +124,10 @@ def gate_settings() -> tuple[PromotionGate, dict[str, Any]]:
                     f"GATE_MIDDLEWARE[{key!r}]", values[key], f"an importable dotted path ({exc})"
                 ) from exc
     gate = values.pop("GATE", None)
-    if not isinstance(gate, PromotionGate):
-        raise ConfigError("GATE_MIDDLEWARE['GATE']", gate, "a PromotionGate or its dotted path")
+    if not isinstance(gate, PromotionGate | Rollouts):
+        raise ConfigError(
+            "GATE_MIDDLEWARE['GATE']", gate, "a PromotionGate, Rollouts, or its dotted path"
+        )
     try:
         secret_key = getattr(settings, "SECRET_KEY", None)
     except ImproperlyConfigured:  # an empty SECRET_KEY raises when read
@@ -414,7 +416,7 @@ def _route(request: HttpRequest) -> str | None:
 
 
 def admin_urls(
-    gate: PromotionGate,
+    gate: PromotionGate | Rollouts,
     *,
     token: str | None = None,
     prefix: str = "gate/",

@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from gate_middleware.domain.routing import RoutingDecision
 from gate_middleware.errors import ConfigError
-from gate_middleware.gate import PromotionGate
+from gate_middleware.gate import PromotionGate, Rollouts
 from gate_middleware.types import Environ, WSGIApp
 from gate_middleware.web.lifecycle import OPTION_NAMES, LifecycleOptions, check_option_names
 from gate_middleware.web.wsgi import DECISION_KEY, ROUTE_KEY, GateWSGIMiddleware
@@ -78,7 +78,7 @@ class GateExtension:
         self,
         app: Flask | None = None,
         *,
-        gate: PromotionGate | None = None,
+        gate: PromotionGate | Rollouts | None = None,
         **options: Unpack[LifecycleOptions],
     ) -> None:
         check_option_names(options, "GateExtension()")
@@ -90,7 +90,11 @@ class GateExtension:
             self.init_app(app)
 
     def init_app(
-        self, app: Flask, *, gate: PromotionGate | None = None, **options: Unpack[LifecycleOptions]
+        self,
+        app: Flask,
+        *,
+        gate: PromotionGate | Rollouts | None = None,
+        **options: Unpack[LifecycleOptions],
     ) -> None:
         check_option_names(options, "GateExtension.init_app()")
         configured: dict[str, Any] = {}
@@ -104,11 +108,11 @@ class GateExtension:
                 configured[_CONFIG_KEYS[key]] = value
         if gate is None:
             gate = self.gate if self.gate is not None else app.config.get("GATE")
-        if not isinstance(gate, PromotionGate):
+        if not isinstance(gate, PromotionGate | Rollouts):
             raise ConfigError(
                 "gate",
                 gate,
-                "a PromotionGate, given to GateExtension(), init_app() or app.config['GATE']",
+                "a PromotionGate (or Rollouts), given to GateExtension(), init_app() or app.config['GATE']",
             )
         self.gate = gate
         wsgi_app = cast(WSGIApp, app.wsgi_app)  # typeshed's StartResponse; the same protocol

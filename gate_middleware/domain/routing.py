@@ -88,6 +88,8 @@ class RoutingDecision:
         "reason",
         "step",
         "sample",
+        "rollout",
+        "parts",
         "_feature_set",
         "_tracker",
     )
@@ -103,6 +105,8 @@ class RoutingDecision:
         step: int = -1,
         sample: int = -1,
         tracker: Tracker | None = None,
+        rollout: str = "",
+        parts: tuple[RoutingDecision, ...] = (),
     ) -> None:
         self.is_canary = is_canary
         self.variant = CANARY if is_canary else STABLE
@@ -114,6 +118,25 @@ class RoutingDecision:
         self.sample = sample
         self._feature_set = frozenset(enabled_features) if feature_set is None else feature_set
         self._tracker = tracker
+        self.rollout = rollout
+        #: One decision per rollout when several rollouts decided (else empty).
+        self.parts = parts
+
+    @property
+    def rollouts(self) -> dict[str, RoutingDecision]:
+        """Each rollout's own decision, by rollout name."""
+        if self.parts:
+            return {part.rollout: part for part in self.parts}
+        return {self.rollout: self} if self.rollout else {}
+
+    def for_rollout(self, name: str) -> RoutingDecision:
+        """The rollout ``name``'s own decision for this session; a ``KeyError``
+        naming the rollouts that decided when ``name`` is not one of them."""
+        for part in self.parts or (self,):
+            if part.rollout == name:
+                return part
+        decided = ", ".join(repr(n) for n in self.rollouts) or "none"
+        raise KeyError(f"rollout {name!r} did not decide this request; the rollouts: {decided}")
 
     def is_enabled(self, name: str) -> bool:
         """Whether the flag ``name`` is on for this session."""
@@ -128,7 +151,7 @@ class RoutingDecision:
             self._tracker(self, metric, value)
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        result: dict[str, object] = {
             "is_canary": self.is_canary,
             "variant": self.variant,
             "target_environment": self.target_environment.to_dict(),
@@ -136,6 +159,9 @@ class RoutingDecision:
             "bucket": self.bucket,
             "reason": self.reason,
         }
+        if self.parts:
+            result["rollouts"] = {part.rollout: part.to_dict() for part in self.parts}
+        return result
 
     def __repr__(self) -> str:
         return (
@@ -161,13 +187,60 @@ class RoutingDecision:
 Tracker = Callable[[RoutingDecision, str, float], None]
 
 
+def _track_each(decision: RoutingDecision, metric: str, value: float) -> None:
+    """A combined decision's ``track``: each rollout's own decision reports it."""
+    for part in decision.parts:
+        part.track(metric, value)
+
+
+def combine_decisions(
+    parts: tuple[RoutingDecision, ...], reason: str = "", tracker: Tracker | None = None
+) -> RoutingDecision:
+    """One request's decision from each rollout's own (``parts``, in the
+    rollouts' order): the flags of all, on the canary path when any part is;
+    ``tracker`` takes its ``track`` reports (default: each part reports).
+    A single part is returned as it is."""
+    if len(parts) == 1:
+        return parts[0]
+    features: list[str] = []
+    flag_set: set[str] = set()
+    canary: RoutingDecision | None = None
+    for part in parts:
+        features.extend(part.enabled_features)
+        flag_set.update(part.enabled_features)
+        if canary is None and part.is_canary:
+            canary = part
+    if not reason:
+        reason = "; ".join(f"{part.rollout}: {part.variant}" for part in parts) or "no rollout"
+    return RoutingDecision(
+        canary is not None,
+        Environment.PRODUCTION if canary is None else canary.target_environment,
+        tuple(features),
+        -1,
+        reason,
+        frozenset(flag_set),
+        tracker=_track_each if tracker is None else tracker,
+        parts=parts,
+    )
+
+
 class RoutingTable:
     """What routing needs from one gate state, made once per state change
     (the gate builds it) and read by every request without a lock.
     ``tracker`` receives the decisions' ``track`` reports; ``sampling``
-    gives each decision its session's sample key (business metrics)."""
+    gives each decision its session's sample key (business metrics);
+    ``name`` is the routing formula's salt, ``rollout`` the rollout's name."""
 
-    __slots__ = ("threshold", "canary", "stable", "step", "hasher", "tracker", "sampling")
+    __slots__ = (
+        "rollout",
+        "threshold",
+        "canary",
+        "stable",
+        "step",
+        "hasher",
+        "tracker",
+        "sampling",
+    )
 
     def __init__(
         self,
@@ -178,7 +251,9 @@ class RoutingTable:
         step: int,
         tracker: Tracker | None = None,
         sampling: bool = False,
+        rollout: str = "",
     ) -> None:
+        self.rollout = rollout
         self.threshold = threshold
         self.canary = canary
         self.stable = stable
@@ -208,7 +283,16 @@ class RoutingTable:
         # The sample key: bytes 8-15 of the same digest, independent of the bucket.
         sample = int.from_bytes(digest[8:16], "big") if self.sampling else -1
         return RoutingDecision(
-            is_canary, environment, flags, bucket, reason, flag_set, self.step, sample, self.tracker
+            is_canary,
+            environment,
+            flags,
+            bucket,
+            reason,
+            flag_set,
+            self.step,
+            sample,
+            self.tracker,
+            self.rollout,
         )
 
     def decision(self, variant: str, reason: str, bucket: int) -> RoutingDecision:
@@ -217,5 +301,14 @@ class RoutingTable:
             self.canary if variant == CANARY else self.stable
         )
         return RoutingDecision(
-            is_canary, environment, flags, bucket, reason, flag_set, self.step, -1, self.tracker
+            is_canary,
+            environment,
+            flags,
+            bucket,
+            reason,
+            flag_set,
+            self.step,
+            -1,
+            self.tracker,
+            self.rollout,
         )

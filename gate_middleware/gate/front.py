@@ -206,6 +206,7 @@ def routing_table(
         state.step,
         tracker,
         tracker is not None and tracker.sampling,
+        config.name,
     )
 
 

@@ -32,7 +32,7 @@ from collections.abc import Awaitable
 from types import TracebackType
 from typing import Any, ClassVar, NoReturn, Unpack
 
-from gate_middleware.gate import PromotionGate
+from gate_middleware.gate import PromotionGate, Rollouts
 from gate_middleware.types import ASGIApp, Message, Receive, Scope, Send, mypyc_attr
 from gate_middleware.web import context
 from gate_middleware.web.lifecycle import (
@@ -54,7 +54,7 @@ class GateASGIMiddleware:
     """Route, inject, time and record every HTTP request of an ASGI app."""
 
     def __init__(
-        self, app: ASGIApp, *, gate: PromotionGate, **options: Unpack[LifecycleOptions]
+        self, app: ASGIApp, *, gate: PromotionGate | Rollouts, **options: Unpack[LifecycleOptions]
     ) -> None:
         # Typed by LifecycleOptions: a type checker sees each option through
         # Starlette's add_middleware, and a misspelt one is a TypeError naming

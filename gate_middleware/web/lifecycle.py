@@ -42,7 +42,7 @@ from gate_middleware.domain.environment import Environment
 from gate_middleware.domain.naming import TOKEN_EXPECTED, valid_token
 from gate_middleware.domain.routing import STABLE, VARIANTS, RoutingDecision
 from gate_middleware.errors import ConfigError
-from gate_middleware.gate import PromotionGate
+from gate_middleware.gate import PromotionGate, Rollouts
 from gate_middleware.web.metrics import RequestMetrics
 from gate_middleware.web.session import SessionCookie
 from gate_middleware.web.tracing import annotate_span
@@ -210,12 +210,15 @@ class RequestLifecycle:
 
     Its options are ``LifecycleOptions`` (what each one is) with the
     defaults of ``OPTION_DEFAULTS``; an unknown one is a ``TypeError``
-    naming it. ``clock`` is for tests: it times the requests.
+    naming it. ``clock`` is for tests: it times the requests. ``gate`` is
+    one rollout's ``PromotionGate`` or several rollouts' ``Rollouts``: each
+    request is then routed and recorded in every rollout, and its metrics
+    carry each rollout's own decision.
     """
 
     def __init__(
         self,
-        gate: PromotionGate,
+        gate: PromotionGate | Rollouts,
         *,
         clock: Callable[[], float] = time.perf_counter,
         **options: Unpack[LifecycleOptions],
@@ -230,8 +233,8 @@ class RequestLifecycle:
         # Read untyped: the compiled build checks a typed read's type, and a
         # misspelt value (True, ["public"]) must be a ConfigError, not a TypeError.
         cacheable = cast(Mapping[str, object], given).get("cacheable")
-        if not isinstance(gate, PromotionGate):
-            raise ConfigError("gate", gate, "a PromotionGate")
+        if not isinstance(gate, PromotionGate | Rollouts):
+            raise ConfigError("gate", gate, "a PromotionGate, or Rollouts for several rollouts")
         if session_key is not None and not callable(session_key):
             raise ConfigError(
                 "session_key", session_key, "None or a callable(request) -> str | None"
@@ -249,6 +252,8 @@ class RequestLifecycle:
                 "None or 'public' (a response marked Cache-Control: public stays cacheable)",
             )
         self.gate = gate
+        #: The set when several rollouts are served (else ``None``: one gate).
+        self.rollouts = gate if isinstance(gate, Rollouts) else None
         self.cookie = SessionCookie(
             name=cookie_name,
             secret=secret,
@@ -265,6 +270,9 @@ class RequestLifecycle:
         #: Whether a response marked ``Cache-Control: public`` is left cacheable.
         self.cacheable_public = cacheable == "public"
         self.metrics = RequestMetrics(gate.name, given["meter_provider"])
+        self._meter_provider = given["meter_provider"]
+        #: Each rollout's request instruments, under ``Rollouts``.
+        self._rollout_metrics: dict[str, RequestMetrics] = {}
         self._clock = clock
         self._fault_logged: dict[str, float] = {}
         if secret is None and session_key is None:
@@ -417,8 +425,12 @@ class RequestLifecycle:
                 self.report_fault("is_success", exc)
                 success = default_is_success(status, exception)
         decision = request.decision
+        gate = self.gate
+        if isinstance(gate, Rollouts):
+            self._finish_rollouts(gate, request, status, exception, route, duration, success)
+            return
         try:
-            self.gate.record_outcome(
+            gate.record_outcome(
                 decision.variant,
                 success,
                 duration,
@@ -436,6 +448,39 @@ class RequestLifecycle:
                 )
             except Exception as exc:
                 self.report_fault("metrics", exc)
+
+    def _finish_rollouts(
+        self,
+        rollouts: Rollouts,
+        request: GateRequest,
+        status: int | None,
+        exception: BaseException | None,
+        route: str | None,
+        duration: float,
+        success: bool,
+    ) -> None:
+        """``finish`` under several rollouts: the outcome in each, with each one's decision."""
+        decision = request.decision
+        try:
+            rollouts.record_decision(decision, success, duration, route)
+        except Exception as exc:
+            self.report_fault("record", exc)
+        if not self.metrics.enabled:
+            return
+        try:
+            for part in decision.parts or (decision,):
+                if part.rollout:
+                    self._metrics_of(part.rollout).record(
+                        part, request.method, status, route, exception, duration, request.scheme
+                    )
+        except Exception as exc:
+            self.report_fault("metrics", exc)
+
+    def _metrics_of(self, rollout: str) -> RequestMetrics:
+        metrics = self._rollout_metrics.get(rollout)
+        if metrics is None:
+            metrics = self._rollout_metrics[rollout] = RequestMetrics(rollout, self._meter_provider)
+        return metrics
 
     def abandon(
         self,

@@ -7,7 +7,9 @@ through the OpenFeature provider is a ``feature_flag.evaluation`` event with
 ``feature_flag.provider.name``. Not ``feature_flag.context.id``: the
 evaluation context's id is the session id or the targeting key, which no
 attribute holds. The request's span carries ``gate.variant``, ``gate.rollout``,
-``gate.environment`` and ``gate.bucket`` (so traces split by variant). The
+``gate.environment`` and ``gate.bucket`` (so traces split by variant);
+under several rollouts also ``gate.rollouts`` and ``gate.canary_rollouts``
+(the rollouts that put the request on their canary path). The
 session id is never an attribute. ``opentelemetry-api`` only: without an SDK
 (or outside a sampled span) the span is not recording and nothing is done.
 """
@@ -35,6 +37,13 @@ def annotate_span(decision: RoutingDecision, rollout: str) -> None:
             "gate.bucket": decision.bucket,
         }
     )
+    if decision.parts:  # several rollouts: which decided, and which put it on a canary path
+        span.set_attributes(
+            {
+                "gate.rollouts": [part.rollout for part in decision.parts],
+                "gate.canary_rollouts": [part.rollout for part in decision.parts if part.is_canary],
+            }
+        )
 
 
 def add_evaluation_event(

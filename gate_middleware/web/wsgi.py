@@ -32,7 +32,7 @@ from contextvars import Token
 from typing import Any, Unpack
 
 from gate_middleware.domain.routing import RoutingDecision
-from gate_middleware.gate import PromotionGate
+from gate_middleware.gate import PromotionGate, Rollouts
 from gate_middleware.types import (
     Environ,
     StartResponse,
@@ -56,7 +56,7 @@ class GateWSGIMiddleware:
     """Route, inject, time and record every request of a WSGI app."""
 
     def __init__(
-        self, app: WSGIApp, *, gate: PromotionGate, **options: Unpack[LifecycleOptions]
+        self, app: WSGIApp, *, gate: PromotionGate | Rollouts, **options: Unpack[LifecycleOptions]
     ) -> None:
         # Typed by LifecycleOptions: a type checker sees each option, and a
         # misspelt one is a TypeError naming it when the middleware is built.
