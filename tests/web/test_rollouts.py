@@ -1,0 +1,226 @@
+"""Several rollouts in one app (``Rollouts``), through every framework adapter.
+
+One cookie serves every rollout; each rollout hashes it with its own name,
+so a session's assignments are independent across rollouts and each stays
+sticky. The request's decision answers for every rollout's flags, each
+outcome is recorded in every rollout with that rollout's own decision, and
+steering one rollout leaves the others alone.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from gate_middleware import (
+    ConfigError,
+    Environment,
+    PromotionConfig,
+    PromotionGate,
+    Rollouts,
+    compute_bucket,
+)
+from gate_middleware.web.session import SessionCookie
+from tests.apps import FLAG, FRAMEWORKS, client_for
+from tests.support import metric_points
+
+SECRET = "several-rollouts-secret-0123456789"
+#: rollout name -> its one flag; every rollout at 50 %.
+FLAGS = {"checkout": FLAG, "search": "new_search", "profile": "new_profile"}
+SESSIONS = 120
+
+
+def rollout(name: str, meter_provider: MeterProvider | None = None) -> PromotionGate:
+    return PromotionGate(
+        PromotionConfig(
+            name=name,
+            environment=Environment.canary(50),
+            feature_flags=[FLAGS[name]],
+            min_requests=10_000,  # no verdict acts during these tests
+        ),
+        meter_provider=meter_provider,
+    )
+
+
+@pytest.fixture
+def rollouts(meter_provider: MeterProvider) -> Rollouts:
+    return Rollouts([rollout(name, meter_provider) for name in FLAGS])
+
+
+@pytest.fixture(params=FRAMEWORKS)
+def client(
+    request: pytest.FixtureRequest, rollouts: Rollouts, meter_provider: MeterProvider
+) -> Iterator[httpx.Client]:
+    http, cleanup = client_for(
+        str(request.param), rollouts, secret=SECRET, meter_provider=meter_provider
+    )
+    try:
+        yield http
+    finally:
+        http.close()
+        if cleanup:
+            cleanup()
+
+
+def on_canary(name: str, session_id: str) -> bool:
+    return compute_bucket(name, session_id) < 50_000
+
+
+def new_session(client: httpx.Client) -> tuple[str, list[str]]:
+    """(session id, the flags answered) for a request with no cookie."""
+    client.cookies.clear()
+    response = client.get("/")
+    assert response.status_code == 200
+    value = response.cookies["gate_session"]
+    session_id = SessionCookie(secret=SECRET).read(f"gate_session={value}")
+    assert session_id is not None
+    return session_id, response.json()["flags"]
+
+
+def test_each_rollout_answers_for_its_own_bucket_and_the_assignments_are_independent(
+    client: httpx.Client, rollouts: Rollouts
+) -> None:
+    cells: Counter[tuple[bool, bool]] = Counter()
+    canary_sessions = Counter[str]()
+    for _ in range(SESSIONS):
+        session_id, flags = new_session(client)
+        expected = {name: on_canary(name, session_id) for name in FLAGS}
+        # every rollout's flag, by that rollout's own salt: one cookie serves all
+        assert {FLAGS[name] for name, on in expected.items() if on} == set(flags)
+        cells[expected["checkout"], expected["search"]] += 1
+        canary_sessions.update(name for name, on in expected.items() if on)
+    # One salt for all would put every session in the same cells (two empty ones);
+    # independent salts fill each of the four about equally (30 expected of 120).
+    assert all(cells[cell] >= 10 for cell in [(a, b) for a in (0, 1) for b in (0, 1)]), cells
+    # each outcome was recorded in every rollout, with that rollout's own decision
+    for gate in rollouts:
+        health = gate.health_snapshot()
+        assert health.canary_requests == canary_sessions[gate.name]
+        assert health.production_requests == SESSIONS - canary_sessions[gate.name]
+
+
+def test_a_session_keeps_every_rollouts_answer(client: httpx.Client) -> None:
+    client.cookies.clear()
+    first = client.get("/").json()["flags"]
+    assert all(client.get("/").json()["flags"] == first for _ in range(10))
+
+
+def test_rolling_back_one_rollout_leaves_the_others_alone(
+    client: httpx.Client, rollouts: Rollouts
+) -> None:
+    before = {name: rollouts[name].state for name in ("search", "profile")}
+    rollouts["checkout"].rollback("a checkout regression", actor="ada")
+    for _ in range(40):
+        session_id, flags = new_session(client)
+        assert FLAG not in flags
+        assert ("new_search" in flags) == on_canary("search", session_id)
+        assert ("new_profile" in flags) == on_canary("profile", session_id)
+    for name, state in before.items():
+        assert rollouts[name].state == state  # not a version moved
+
+
+def test_each_rollouts_request_metrics_carry_its_own_decision(
+    client: httpx.Client, metric_reader: InMemoryMetricReader
+) -> None:
+    canary = Counter[str]()
+    for _ in range(30):
+        session_id, _ = new_session(client)
+        canary.update(name for name in FLAGS if on_canary(name, session_id))
+    counted: Counter[tuple[str, str]] = Counter()
+    for point in metric_points(metric_reader)["gate_middleware.requests"]:
+        attributes = point.attributes  # type: ignore[attr-defined]
+        if attributes.get("http.response.status_code") == 200:
+            counted[attributes["gate.rollout"], attributes["gate.variant"]] += point.value  # type: ignore[attr-defined]
+    for name in FLAGS:
+        assert counted[name, "canary"] == canary[name]
+        assert counted[name, "stable"] == 30 - canary[name]
+
+
+def test_a_rollout_retired_while_serving_is_off_and_uncounted_until_added_again(
+    client: httpx.Client, rollouts: Rollouts
+) -> None:
+    search = rollouts.retire("search")
+    served_before = search.health_snapshot()
+    for _ in range(20):
+        _, flags = new_session(client)
+        assert "new_search" not in flags
+    after = search.health_snapshot()
+    assert (after.canary_requests, after.production_requests) == (
+        served_before.canary_requests,
+        served_before.production_requests,
+    )
+    rollouts.add(search)
+    seen = [new_session(client) for _ in range(20)]
+    assert all(("new_search" in flags) == on_canary("search", sid) for sid, flags in seen)
+    assert (
+        search.health_snapshot().canary_requests + search.health_snapshot().production_requests
+        == (served_before.canary_requests + served_before.production_requests + 20)
+    )
+
+
+# -- the set itself -------------------------------------------------------------
+
+
+def test_a_flag_claimed_by_two_rollouts_is_refused_naming_both() -> None:
+    rollouts = Rollouts([rollout("checkout"), rollout("search")])
+    thief = PromotionGate(PromotionConfig(name="billing", feature_flags=["bill", FLAGS["search"]]))
+    with pytest.raises(
+        ConfigError, match="'new_search' belongs to rollout 'search', and rollout 'billing'"
+    ):
+        rollouts.add(thief)
+    assert rollouts.names == ("checkout", "search")  # nothing changed
+    with pytest.raises(ConfigError, match="'search'"):
+        Rollouts([rollout("search"), rollout("search")])
+    with pytest.raises(ConfigError, match="rollout must be one of the set's rollouts"):
+        rollouts.retire("billing")
+
+
+def test_a_decision_names_each_rollouts_own_answer() -> None:
+    rollouts = Rollouts([rollout(name) for name in FLAGS])
+    decision = rollouts.route_request("session-42")
+    assert set(decision.rollouts) == set(FLAGS)
+    for name, flag in FLAGS.items():
+        own = decision.for_rollout(name)
+        assert own.rollout == name
+        assert own.bucket == compute_bucket(name, "session-42")
+        assert decision.is_enabled(flag) == own.is_enabled(flag) == on_canary(name, "session-42")
+    assert decision.is_canary == any(on_canary(name, "session-42") for name in FLAGS)
+    with pytest.raises(KeyError, match="'billing' did not decide"):
+        decision.for_rollout("billing")
+    assert set(decision.to_dict()["rollouts"]) == set(FLAGS)  # type: ignore[arg-type]
+    # one gate: its decision names its own rollout
+    single = rollout("checkout").route_request("session-42")
+    assert single.for_rollout("checkout") is single and single.parts == ()
+
+
+def test_track_counts_in_each_rollout_that_defines_the_metric() -> None:
+    from gate_middleware.domain.metrics import MetricDefinition
+
+    checkout = PromotionGate(
+        PromotionConfig(
+            name="checkout",
+            environment=Environment.canary(50),
+            feature_flags=[FLAG],
+            metrics=[MetricDefinition("checkout_completed")],
+        )
+    )
+    search = rollout("search")
+    rollouts = Rollouts([checkout, search])
+    for index in range(50):
+        decision = rollouts.route_request(f"session-{index}")
+        rollouts.record_decision(decision, True, 0.01, None)
+        decision.track("checkout_completed")
+    [figures] = checkout.status().to_dict()["metrics"]
+    assert figures["canary"]["sessions"] + figures["production"]["sessions"] == 50
+    assert figures["canary"]["mean"] == figures["production"]["mean"] == 1.0
+    # the other rollout defines no such metric: it is not told of it (no warning)
+    assert search._tracker.undefined_counts() == {}
+    # a metric no rollout defines reaches them all, and each counts it as undefined
+    rollouts.route_request("session-1").track("no_such_metric")
+    assert search._tracker.undefined_counts() == {"no_such_metric": 1}
+    checkout.close()
