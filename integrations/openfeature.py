@@ -83,7 +83,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from gate_middleware.domain.routing import RoutingDecision
 from gate_middleware.domain.state import GateState, RollbackEvent
 from gate_middleware.errors import ConfigError
-from gate_middleware.gate import PromotionGate
+from gate_middleware.gate import PromotionGate, Rollouts
 from gate_middleware.web.context import current_decision
 from gate_middleware.web.tracing import PROVIDER_NAME, add_evaluation_event
 
@@ -116,15 +116,39 @@ def _flags_changed(previous: GateState, state: GateState) -> list[str]:
 class GateProvider(AbstractProvider):
     """Boolean flags from the gate's routing decision."""
 
-    def __init__(self, gate: PromotionGate, *, emit_events: bool = True) -> None:
-        if not isinstance(gate, PromotionGate):
-            raise ConfigError("gate", gate, "a PromotionGate")
+    def __init__(self, gate: PromotionGate | Rollouts, *, emit_events: bool = True) -> None:
+        if not isinstance(gate, PromotionGate | Rollouts):
+            raise ConfigError("gate", gate, "a PromotionGate, or Rollouts for several rollouts")
         super().__init__()
         self.gate = gate
         self.emit_events = emit_events
-        self._declared = frozenset(gate.config.feature_flags)
-        self._known: tuple[GateState | None, frozenset[str]] = (None, frozenset())
-        gate.on_state_change(self._state_changed)
+        #: Each rollout's known flags, computed once per state: {name: (state, flags)}.
+        self._known: dict[str, tuple[GateState | None, frozenset[str]]] = {}
+        if isinstance(gate, Rollouts):
+            gate.on_state_change(self._state_changed)
+        else:
+            gate.on_state_change(lambda previous, state: self._state_changed(gate, previous, state))
+
+    def _rollout_of(self, flag_key: str) -> tuple[PromotionGate, GateState, bool] | None:
+        """(the gate of the rollout ``flag_key`` belongs to, its state, whether
+        the flag is on there for anyone), or ``None`` when no rollout knows it."""
+        gate = self.gate
+        if isinstance(gate, PromotionGate):
+            gates: tuple[PromotionGate, ...] = (gate,)
+        else:
+            owner = gate.owner(flag_key)
+            gates = (owner,) if owner is not None else gate.gates
+        for candidate in gates:
+            state = candidate.state
+            on = flag_key in state.stable_flags or flag_key in state.release_flags
+            if on or flag_key in self._known_flags(candidate, state):
+                return candidate, state, on
+        return None
+
+    def _rollout_names(self) -> str:
+        gate = self.gate
+        names = [gate.name] if isinstance(gate, PromotionGate) else list(gate.names)
+        return ", ".join(repr(name) for name in names) or "none"
 
     def get_metadata(self) -> Metadata:
         return Metadata(name=PROVIDER_NAME)
@@ -136,14 +160,18 @@ class GateProvider(AbstractProvider):
         evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[bool]:
         decision = current_decision()
-        state = self.gate.state
-        on = flag_key in state.stable_flags or flag_key in state.release_flags
-        on_here = decision is not None and decision.is_enabled(flag_key)
-        if not (on or on_here or flag_key in self._known_flags(state)):
-            raise FlagNotFoundError(
-                f"{flag_key!r} is not a flag of rollout {self.gate.name!r} (neither declared "
-                "in its config's feature_flags nor on, nor turned off by disable_feature)"
-            )
+        found = self._rollout_of(flag_key)
+        if found is None:
+            if decision is None or not decision.is_enabled(flag_key):
+                raise FlagNotFoundError(
+                    f"{flag_key!r} is not a flag of rollout {self._rollout_names()} (neither "
+                    "declared in its config's feature_flags nor on, nor turned off by "
+                    "disable_feature)"
+                )
+            return self._details(flag_key, default_value, decision, True, decision.rollout)
+        gate, _, on = found
+        if decision is not None and decision.parts:  # several rollouts decided: this one's
+            decision = decision.rollouts.get(gate.name, decision)
         if decision is None:
             key = evaluation_context.targeting_key if evaluation_context is not None else None
             if not key:
@@ -151,8 +179,8 @@ class GateProvider(AbstractProvider):
                     "outside a request, the evaluation context needs a targeting key "
                     "(the session or user id the middleware routes)"
                 )
-            decision = self.gate.route_request(key)
-        return self._details(flag_key, default_value, decision, on)
+            decision = gate.route_request(key)
+        return self._details(flag_key, default_value, decision, on, gate.name)
 
     def track(
         self,
@@ -179,10 +207,10 @@ class GateProvider(AbstractProvider):
         except Exception as exc:  # OpenFeature's track never raises
             logger.warning("track(%r) dropped: %s", tracking_event_name, exc)
 
-    def _known_flags(self, state: GateState) -> frozenset[str]:
+    def _known_flags(self, gate: PromotionGate, state: GateState) -> frozenset[str]:
         """The flags of the rollout in ``state`` (see the module's
         documentation), computed once per state."""
-        held, known = self._known
+        held, known = self._known.get(gate.name, (None, frozenset()))
         if held is state:
             return known
         plan = state.plan.release_flags if state.plan is not None else ()
@@ -191,17 +219,19 @@ class GateProvider(AbstractProvider):
             for event in state.history
             if isinstance(event, RollbackEvent) and event.feature != "all"
         ]
-        known = self._declared.union(state.stable_flags, state.release_flags, plan, disabled)
-        self._known = (state, known)
+        known = frozenset(gate.config.feature_flags).union(
+            state.stable_flags, state.release_flags, plan, disabled
+        )
+        self._known[gate.name] = (state, known)
         return known
 
-    def _state_changed(self, previous: GateState, state: GateState) -> None:
+    def _state_changed(self, gate: PromotionGate, previous: GateState, state: GateState) -> None:
         """The gate took up ``state`` (a change of this process's or, with a
         shared store, another's): tell OpenFeature which flags it changed."""
         changed = _flags_changed(previous, state)
         if not changed and previous.environment == state.environment:
             return  # a plan's hold, pause or resume: no flag answers otherwise
-        message = f"rollout {self.gate.name!r}: {state.environment}"
+        message = f"rollout {gate.name!r}: {state.environment}"
         latest = state.history[-1:]
         if latest and latest != previous.history[-1:] and latest[0].reason:
             message += f" ({latest[0].reason})"
@@ -210,7 +240,7 @@ class GateProvider(AbstractProvider):
                 flags_changed=changed,
                 message=message,
                 metadata={
-                    "gate.rollout": self.gate.name,
+                    "gate.rollout": gate.name,
                     "gate.environment": state.environment.name,
                     "gate.traffic_percent": state.environment.traffic_percent,
                     "gate.version": state.version,
@@ -219,7 +249,7 @@ class GateProvider(AbstractProvider):
         )
 
     def _details(
-        self, flag_key: str, default_value: bool, decision: RoutingDecision, on: bool
+        self, flag_key: str, default_value: bool, decision: RoutingDecision, on: bool, rollout: str
     ) -> FlagResolutionDetails[bool]:
         value = decision.is_enabled(flag_key)
         if not value and not on:  # a known flag on for no one: the caller's default
@@ -235,7 +265,7 @@ class GateProvider(AbstractProvider):
             value=value,
             reason=reason,
             variant=decision.variant,
-            flag_metadata={"gate.rollout": self.gate.name, "gate.bucket": decision.bucket},
+            flag_metadata={"gate.rollout": rollout, "gate.bucket": decision.bucket},
         )
 
     def resolve_string_details(

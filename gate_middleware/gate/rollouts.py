@@ -27,15 +27,16 @@ in its store (``add`` it again and it resumes where it was).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from gate_middleware.domain.environment import Environment
 from gate_middleware.domain.routing import VARIANTS, RoutingDecision, combine_decisions
+from gate_middleware.domain.state import GateState
 from gate_middleware.errors import ConfigError
 from gate_middleware.gate.front import PromotionGate
 
-#: The stable decision of a set that holds no rollout.
-_NO_ROLLOUT_REASON = "no rollout: every flag is off"
+#: ``callback(gate, previous, state)``: a rollout of the set took up a newer state.
+SetCallback = Callable[[PromotionGate, GateState, GateState], None]
 
 
 class Rollouts:
@@ -57,6 +58,9 @@ class Rollouts:
         self._by_name: dict[str, PromotionGate] = {}
         self._owners: dict[str, str] = {}
         self._metric_names: dict[str, frozenset[str]] = {}
+        self._state_callbacks: list[SetCallback] = []
+        #: (gate, callback) pairs already registered: a gate added again is not told twice.
+        self._registered: set[tuple[int, int]] = set()
         for gate in gates:
             self.add(gate)
 
@@ -94,7 +98,28 @@ class Rollouts:
             }
             self._by_name = {**self._by_name, gate.name: gate}
             self._gates = (*self._gates, gate)
+            callbacks = list(self._state_callbacks)
+        for callback in callbacks:
+            self._register(gate, callback)
         return gate
+
+    def on_state_change(self, callback: SetCallback) -> SetCallback:
+        """Call ``callback(gate, previous, state)`` whenever any rollout of the
+        set, now or added later, takes up a newer state
+        (``PromotionGate.on_state_change``)."""
+        with self._lock:
+            self._state_callbacks.append(callback)
+            gates = self._gates
+        for gate in gates:
+            self._register(gate, callback)
+        return callback
+
+    def _register(self, gate: PromotionGate, callback: SetCallback) -> None:
+        key = (id(gate), id(callback))
+        if key in self._registered:
+            return
+        self._registered.add(key)
+        gate.on_state_change(lambda previous, state: callback(gate, previous, state))
 
     def retire(self, name: str) -> PromotionGate:
         """Stop serving the rollout ``name`` from the next request on: its

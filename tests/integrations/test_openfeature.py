@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from gate_middleware import Environment, PromotionConfig, PromotionGate
+from gate_middleware import Environment, PromotionConfig, PromotionGate, Rollouts
 from gate_middleware.domain.plan import RolloutPlan
 from gate_middleware.integrations.openfeature import GateProvider
 from tests.support import OPEN_GATES, FakeClock, feed
@@ -46,7 +46,7 @@ def make_gate(percent: float = 50) -> PromotionGate:
     )
 
 
-def feature_client(gate: PromotionGate, *, hook: bool = False) -> OpenFeatureClient:
+def feature_client(gate: PromotionGate | Rollouts, *, hook: bool = False) -> OpenFeatureClient:
     domain = f"gate-test-{next(_domains)}"
     # ..._and_wait: READY before the first evaluation (set_provider initialises
     # on a thread, and a provider not yet ready answers PROVIDER_NOT_READY).
@@ -71,7 +71,9 @@ def server_span(exporter: InMemorySpanExporter) -> ReadableSpan:
     return span
 
 
-def starlette_app(gate: PromotionGate, client: OpenFeatureClient, flag: str = FLAG) -> Any:
+def starlette_app(
+    gate: PromotionGate | Rollouts, client: OpenFeatureClient, flag: str = FLAG
+) -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -406,3 +408,68 @@ def test_track_reports_a_business_metric_for_the_session() -> None:
     total = sum(side["sessions"] * side["mean"] for side in sides)
     assert total == pytest.approx(10 * 20.0 + 1.0)
     gate.close()
+
+
+# -- several rollouts -----------------------------------------------------------
+
+
+def two_rollouts() -> Rollouts:
+    return Rollouts(
+        [
+            PromotionGate(
+                PromotionConfig(
+                    name="api", environment=Environment.canary(50), feature_flags=[FLAG]
+                )
+            ),
+            PromotionGate(
+                PromotionConfig(
+                    name="search", environment=Environment.canary(50), feature_flags=["search_v2"]
+                )
+            ),
+        ]
+    )
+
+
+def test_several_rollouts_each_flag_answers_from_its_own_rollout() -> None:
+    from starlette.testclient import TestClient
+
+    rollouts = two_rollouts()
+    client = feature_client(rollouts)
+    # outside a request: each flag routes the key by its own rollout's salt
+    for index in range(60):
+        key = f"user-{index}"
+        context = EvaluationContext(targeting_key=key)
+        for name, flag in (("api", FLAG), ("search", "search_v2")):
+            details = client.get_boolean_details(flag, False, context)
+            own = rollouts[name].route_request(key)
+            assert details.value == own.is_enabled(flag)
+            assert details.variant == own.variant  # this rollout's path, not the other's
+            assert details.flag_metadata["gate.rollout"] == name
+            assert details.flag_metadata["gate.bucket"] == own.bucket
+    unknown = client.get_boolean_details("nobody_declares_it", True, EvaluationContext("k"))
+    assert unknown.value is True and unknown.error_code == ErrorCode.FLAG_NOT_FOUND
+    assert "'api', 'search'" in (unknown.error_message or "")
+    # in a request: the request's own decision in each rollout
+    app = starlette_app(rollouts, client, flag="search_v2")
+    with TestClient(app) as http:
+        for _ in range(30):
+            http.cookies.clear()
+            body = http.get("/").json()
+            assert body["value"] == body["decision_value"]
+
+
+def test_several_rollouts_each_rollouts_change_is_heard_a_later_one_too() -> None:
+    rollouts = two_rollouts()
+    changes = configuration_changes(feature_client(rollouts))
+    rollouts["search"].rollback("search regressed")
+    event = changes.get(timeout=5)
+    assert event.flags_changed == ["search_v2"] and event.metadata["gate.rollout"] == "search"
+    late = rollouts.add(
+        PromotionGate(
+            PromotionConfig(name="late", environment=Environment.canary(5), feature_flags=["late"])
+        )
+    )
+    late.set_traffic_percent(20)
+    event = changes.get(timeout=5)
+    assert event.flags_changed == ["late"] and event.metadata["gate.rollout"] == "late"
+    assert rollouts["api"].state.environment.traffic_percent == 50  # untouched
