@@ -1,0 +1,104 @@
+"""Several rollouts in one app, under real servers with four worker processes
+sharing one SQLite file (and one Redis): every worker answers each rollout's flag by that
+rollout's own salt; a rollback of one rollout, made by another process,
+reaches every worker and leaves the other rollout alone; both hold across a
+restart of the whole server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gate_middleware import PromotionGate, compute_bucket
+from gate_middleware.web.session import SessionCookie
+from tests.rollouts_app import FLAGS, SECRET, config
+from tests.servers import free_port, python, running
+from tests.support import OPEN_GATES
+
+WORKERS = 4
+SERVERS = {
+    "uvicorn --workers 4": lambda port: python(
+        "-m", "uvicorn", "--app-dir", "tests", "rollouts_app:app", "--host", "127.0.0.1",
+        "--port", str(port), "--workers", str(WORKERS), "--log-level", "warning",
+    ),
+    "gunicorn sync": lambda port: python(
+        "-m", "gunicorn", "-w", str(WORKERS), "--chdir", "tests", "--bind", f"127.0.0.1:{port}",
+        "--log-level", "warning", "rollouts_app:wsgi",
+    ),
+}  # fmt: skip
+
+
+@contextmanager
+def started(server: str, url: str) -> Iterator[str]:
+    port = free_port()
+    with running(SERVERS[server](port), port, env={"GATE_STORE_URL": url}) as base:
+        yield base
+
+
+def visit(base: str, count: int) -> list[dict[str, Any]]:
+    """``count`` new visitors, each on a new connection (so every worker gets some)."""
+    answers = []
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(base_url=base, timeout=5.0, limits=no_reuse) as client:
+        for _ in range(count):
+            client.cookies.clear()
+            response = client.get("/")
+            assert response.status_code == 200
+            session = SessionCookie(secret=SECRET).read(
+                f"gate_session={response.cookies['gate_session']}"
+            )
+            answers.append({**response.json(), "session": session})
+    return answers
+
+
+def by_bucket(name: str, session: str) -> bool:
+    return compute_bucket(name, session) < 50_000
+
+
+@pytest.mark.parametrize(
+    ("server", "store"),
+    [(server, "sqlite") for server in SERVERS] + [("gunicorn sync", "redis")],
+)
+def test_one_rollout_rolled_back_in_every_worker_and_after_a_restart_the_other_untouched(
+    server: str, store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if store == "redis":
+        url = request.getfixturevalue("redis_server").url
+    else:
+        url = f"sqlite://{tmp_path}/gate.db"
+    with started(server, url) as base:
+        answers = visit(base, 80)
+        assert len({answer["pid"] for answer in answers}) > 1  # several workers answered
+        for answer in answers:
+            for name, flag in FLAGS.items():
+                on = by_bucket(name, answer["session"])
+                assert (flag in answer["flags"]) == on
+                assert answer["variants"][name] == ("canary" if on else "stable")
+        # another process (an operator's script, a worker's admin API) rolls back checkout
+        operator = PromotionGate.from_url(url, config("checkout"))
+        search = PromotionGate.from_url(url, config("search"))
+        OPEN_GATES.extend([operator, search])
+        search_before = search.state
+        operator.rollback("checkout regressed", actor="ada")
+        rolled = time.monotonic()
+        deadline = rolled + 10.0
+        while True:  # until every worker agrees, bounded
+            answers = visit(base, 24)
+            if all(FLAGS["checkout"] not in answer["flags"] for answer in answers):
+                break
+            assert time.monotonic() < deadline, "a worker still serves the rolled-back rollout"
+        for answer in visit(base, 40):
+            assert FLAGS["checkout"] not in answer["flags"]
+            assert answer["variants"]["checkout"] == "stable"
+            assert (FLAGS["search"] in answer["flags"]) == by_bucket("search", answer["session"])
+        assert search.state == search_before  # the other rollout did not move
+    with started(server, url) as base:  # the whole server restarted
+        for answer in visit(base, 40):
+            assert FLAGS["checkout"] not in answer["flags"]
+            assert (FLAGS["search"] in answer["flags"]) == by_bucket("search", answer["session"])
