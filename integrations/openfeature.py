@@ -96,7 +96,9 @@ _OVERRIDE_PREFIX = "override:"
 
 def _exposure(state: GateState, flag: str) -> tuple[object, ...]:
     """Who ``flag`` is on for in ``state``: everyone, the canary path of a
-    release in an environment (its share), or no one (``()``)."""
+    release in an environment (its share), or no one (``()``: a retired rollout's too)."""
+    if state.retired:
+        return ()
     if flag in state.stable_flags:
         return ("everyone",)
     if flag in state.release_flags:
@@ -140,7 +142,9 @@ class GateProvider(AbstractProvider):
             gates = (owner,) if owner is not None else gate.gates
         for candidate in gates:
             state = candidate.state
-            on = flag_key in state.stable_flags or flag_key in state.release_flags
+            on = not state.retired and (
+                flag_key in state.stable_flags or flag_key in state.release_flags
+            )
             if on or flag_key in self._known_flags(candidate, state):
                 return candidate, state, on
         return None

@@ -107,6 +107,8 @@ def encode_state(state: GateState) -> str:
     }
     if state.carried is not None:  # absent otherwise: a configured state's text is unchanged
         data["carried"] = state.carried.to_dict()
+    if state.retired:  # the same: absent while served
+        data["retired"] = True
     return json.dumps(data, separators=(",", ":"))
 
 
@@ -128,6 +130,9 @@ def decode_state(
         release = data["release"]
         if not isinstance(release, int):
             raise ValueError(f"the release {release!r} is not an integer")
+        retired = data.get("retired", False)
+        if not isinstance(retired, bool):
+            raise ValueError(f"retired {retired!r} is not true or false")
         return GateState(
             environment=_environment(data["environment"]),
             stable_flags=frozenset(str(flag) for flag in data["stable_flags"]),
@@ -137,6 +142,7 @@ def decode_state(
             step=int(data.get("step", 0)),
             plan=None if data.get("plan") is None else PlanPosition.from_dict(data["plan"]),
             carried=_carried(data.get("carried")),
+            retired=retired,
             version=int(version),
             transition=transition,
         )

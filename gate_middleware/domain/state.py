@@ -74,7 +74,8 @@ class RollbackEvent:
 class PromotionEvent:
     """A promotion, a traffic change, the start of a release, or a step of its plan.
 
-    ``action`` is "promote", "set_traffic", "start_canary", "restore", or
+    ``action`` is "promote", "set_traffic", "start_canary", "restore",
+    "retire", "reinstate", or
     one of the plan's: "plan_step" (the plan moved on), "hold" (a baked
     step is inconclusive), "await_approval" (a manual gate is ready),
     "pause", "resume", "skip" and "retry". ``reason`` says why; ``actor``
@@ -138,6 +139,8 @@ class GateState:
     the release stands in the config's rollout plan (``None`` without one).
     ``carried`` is what the release's earlier steps carry into the judging
     of this one (``None`` in a release's first step and in production).
+    ``retired``: the rollout is no longer served (``PromotionGate.retire``):
+    its flags are off for everyone and nothing is judged, until ``reinstate``.
     """
 
     environment: Environment
@@ -150,6 +153,7 @@ class GateState:
     transition: str = ""  # a random id per change: (version, transition) is the state's identity
     plan: PlanPosition | None = None
     carried: CarriedEvidence | None = None
+    retired: bool = False
 
     @property
     def carried_log_evidence(self) -> float:
@@ -275,6 +279,7 @@ class GateStatus:
     # track() reports of metrics the config does not define, by name (counted, ignored)
     undefined_metrics: dict[str, int] = field(default_factory=dict)
     release: int = 0  # which release this is (GateState.release): one number per start
+    retired: bool = False  # not served (GateState.retired): every flag off
 
     @property
     def next_stage(self) -> str | None:
@@ -284,6 +289,7 @@ class GateStatus:
         return {
             "rollout": self.rollout,
             "release": self.release,
+            "retired": self.retired,
             "environment": self.environment.to_dict(),
             "traffic_percent": self.environment.traffic_percent,
             "next_stage": self.next_stage,

@@ -181,7 +181,11 @@ def routing_table(
     threshold = canary_threshold(min(environment.traffic_percent, limit))
     stable = tuple(sorted(state.stable_flags))
     canary = tuple(sorted(state.stable_flags | state.release_flags))
-    if environment.name == PRODUCTION:
+    if state.retired:  # no longer served: every flag off, on every path
+        threshold = 0
+        stable = canary = ()
+        reasons = ("retired: the rollout is not served, its flags are off",) * 2
+    elif environment.name == PRODUCTION:
         threshold = 0
         reasons = ("production: the release is stable for everyone",) * 2
     elif environment.name == STAGING and not holdback:
@@ -298,6 +302,7 @@ class PromotionGate:
             lambda state: self._evaluation.step_evidence(state),
         )
         self._routing = routing_table(self._transitions.state, config, self._tracker)
+        self._retired = self._transitions.state.retired
         self._evaluation = Evaluation(
             config,
             slo,
@@ -454,6 +459,7 @@ class PromotionGate:
     def _adopted(self, state: GateState, new_step: bool) -> None:
         """This process took up ``state``: route by it; a new step's evidence starts now."""
         self._routing = routing_table(state, self.config, self._tracker)
+        self._retired = state.retired
         if new_step:
             self._evaluation.step_began(self._clock())
             if self._tracking is not None:
@@ -582,6 +588,8 @@ class PromotionGate:
         if step >= 0 and step != self._routing.step:
             self.stale_outcomes += 1  # routed under another step or release
             return
+        if self._retired:
+            return  # not served: nothing to judge
         self._evaluation.record(variant, success, seconds, cluster, route, session)
 
     def track(self, session_id: str, metric: str, value: float = 1.0) -> None:
@@ -596,7 +604,10 @@ class PromotionGate:
 
     def _act(self, state: GateState, health: CanaryHealth) -> None:
         """What a verdict leads to, while a release is in progress: a rollback
-        (``auto_rollback_enabled``), else the plan's next step."""
+        (``auto_rollback_enabled``), else the plan's next step; nothing
+        while the rollout is retired."""
+        if state.retired:
+            return
         if self.config.auto_rollback_enabled and health.verdict == ROLLBACK:
             reason = f"Canary health score {health.health_score:.2f}: {health.recommendation}"
             self._roll_back(state.release, reason, health, automatic=True)
@@ -648,6 +659,7 @@ class PromotionGate:
             metrics=self._metric_figures(state),
             undefined_metrics=self._tracker.undefined_counts(),
             release=state.release,
+            retired=state.retired,
         )
 
     def metric_figures(self) -> tuple[MetricView, ...]:
@@ -966,10 +978,60 @@ class PromotionGate:
         logger.info("Feature flag disabled: %s (by %s)", name, actor)
         return result[1]
 
+    def retire(
+        self, reason: str = "retired by an operator", *, actor: str = API_ACTOR
+    ) -> PromotionEvent:
+        """Stop serving this rollout, in every process that shares its store
+        and across restarts: its flags are off for everyone (a ``Rollouts``
+        set answers them off), its outcomes are not recorded and nothing is
+        judged, until ``reinstate``. Records a ``retire`` event; a
+        ``PromotionError`` when it is retired already."""
+        return self._set_retired(True, reason, actor)
+
+    def reinstate(
+        self, reason: str = "reinstated by an operator", *, actor: str = API_ACTOR
+    ) -> PromotionEvent:
+        """Serve a retired rollout again, where it stood (a fresh step, so the
+        judge starts on new evidence); a ``PromotionError`` when it is served."""
+        return self._set_retired(False, reason, actor)
+
+    def _set_retired(self, retired: bool, reason: str, actor: str) -> PromotionEvent:
+        actor = validate_actor(actor)
+        if not isinstance(reason, str):
+            raise ConfigError("reason", reason, "a str")
+        action = "retire" if retired else "reinstate"
+
+        def change(current: GateState) -> tuple[GateState, PromotionEvent]:
+            if current.retired == retired:
+                raise PromotionError(
+                    f"rollout {self.name!r} is {'retired' if retired else 'served'} already: "
+                    f"nothing to {action}"
+                )
+            event = PromotionEvent(
+                current.environment,
+                current.environment,
+                event_time(self._wall_clock),
+                action,
+                reason=reason,
+                actor=actor,
+            )
+            return current.evolve(event, retired=retired, step=current.step + 1), event
+
+        result = self._transitions.apply(change)
+        if result is None:  # change() never declines; it raises instead
+            raise PromotionError(f"cannot {action} rollout {self.name!r}")
+        logger.info("rollout %r: %s (%s, by %s)", self.name, action, reason, actor)
+        return result[1]
+
+    @property
+    def retired(self) -> bool:
+        """Whether the rollout is retired (``retire``): not served."""
+        return self._retired
+
     def is_feature_enabled(self, name: str) -> bool:
         """Whether ``name`` is on for anyone (stable, or for canary sessions)."""
         state = self._current()
-        return name in state.stable_flags or name in state.release_flags
+        return not state.retired and (name in state.stable_flags or name in state.release_flags)
 
     # -- history and callbacks -------------------------------------------
 

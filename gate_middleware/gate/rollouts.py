@@ -19,9 +19,10 @@ own decision, so each judge compares its own canary with its own
 production; a rollback, pause or promotion of one leaves the others alone.
 
 A flag belongs to one rollout: a config that declares a flag another
-rollout of the set declares is a ``ConfigError`` naming both. ``add`` and
-``retire`` change the set while it serves; a retired rollout's state stays
-in its store (``add`` it again and it resumes where it was).
+rollout of the set declares is a ``ConfigError`` naming both. ``retire``
+stops serving a rollout in every process that shares its store (its flags
+off, nothing judged) until ``reinstate``, both recorded in its history;
+``add`` and ``remove`` change this process's set while it serves.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from collections.abc import Callable, Iterable, Iterator
 
 from gate_middleware.domain.environment import Environment
 from gate_middleware.domain.routing import VARIANTS, RoutingDecision, combine_decisions
-from gate_middleware.domain.state import GateState
+from gate_middleware.domain.state import GateState, PromotionEvent
 from gate_middleware.errors import ConfigError
+from gate_middleware.gate.autopilot import API_ACTOR
 from gate_middleware.gate.front import PromotionGate
 
 #: ``callback(gate, previous, state)``: a rollout of the set took up a newer state.
@@ -121,11 +123,12 @@ class Rollouts:
         self._registered.add(key)
         gate.on_state_change(lambda previous, state: callback(gate, previous, state))
 
-    def retire(self, name: str) -> PromotionGate:
-        """Stop serving the rollout ``name`` from the next request on: its
-        flags are off for everyone and its outcomes are no longer recorded.
-        Its state stays in its store; the gate is returned, not closed.
-        A ``ConfigError`` naming the rollouts when ``name`` is not one."""
+    def remove(self, name: str) -> PromotionGate:
+        """Take the rollout ``name`` out of this process's set (its flags are
+        then no one's; the gate is returned, not closed, and its state stays
+        in its store). Only this process: to stop serving a rollout in every
+        process, ``retire`` it. A ``ConfigError`` naming the rollouts when
+        ``name`` is not one."""
         with self._lock:
             gate = self._by_name.get(name)
             if gate is None:
@@ -133,6 +136,26 @@ class Rollouts:
             self._by_name = {key: value for key, value in self._by_name.items() if key != name}
             self._gates = tuple(g for g in self._gates if g is not gate)
             self._owners = {flag: owner for flag, owner in self._owners.items() if owner != name}
+        return gate
+
+    def retire(
+        self, name: str, reason: str = "retired by an operator", *, actor: str = API_ACTOR
+    ) -> PromotionEvent:
+        """``PromotionGate.retire`` for the rollout ``name``: not served, in
+        every process that shares its store and after restarts, until
+        ``reinstate``. It stays in the set (listed, and its flags stay its own)."""
+        return self._named(name).retire(reason, actor=actor)
+
+    def reinstate(
+        self, name: str, reason: str = "reinstated by an operator", *, actor: str = API_ACTOR
+    ) -> PromotionEvent:
+        """``PromotionGate.reinstate`` for the rollout ``name``."""
+        return self._named(name).reinstate(reason, actor=actor)
+
+    def _named(self, name: str) -> PromotionGate:
+        gate = self._by_name.get(name)
+        if gate is None:
+            raise ConfigError("rollout", name, f"one of the set's rollouts: {self._listed()}")
         return gate
 
     def _listed(self) -> str:

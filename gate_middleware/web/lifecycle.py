@@ -469,7 +469,8 @@ class RequestLifecycle:
             return
         try:
             for part in decision.parts or (decision,):
-                if part.rollout:
+                gate = rollouts.get(part.rollout)
+                if gate is not None and not gate.retired:  # a retired rollout serves nothing
                     self._metrics_of(part.rollout).record(
                         part, request.method, status, route, exception, duration, request.scheme
                     )

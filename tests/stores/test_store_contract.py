@@ -233,6 +233,31 @@ def test_carried_evidence_that_does_not_decode_is_corrupt_data(carried: Any) -> 
     assert decode_state(json.dumps(data), b"1").carried is None
 
 
+def test_a_retired_rollout_is_kept_retired_and_a_foreign_value_is_corrupt(
+    backend: Backend,
+) -> None:
+    """``GateState.retired`` (a rollout no longer served) round-trips through
+    every store, and through a reopening of a shared one; a state written
+    before it decodes as served; anything but true or false is ``CorruptData``."""
+    name = rollout()
+    one = backend(name)
+    first = one.state.load()
+    assert not first.retired
+    assert one.state.compare_and_set(first.version, first.evolve(retired=True, transition="r-1"))
+    assert one.state.load().retired
+    if backend.shared:
+        assert eventually(lambda: backend(name).state.load().retired, 5.0)
+    text = encode_state(GateState(Environment.canary(5.0), retired=True))
+    assert decode_state(text, b"1").retired
+    assert '"retired"' not in encode_state(GateState(Environment.canary(5.0)))
+    data = json.loads(text)
+    data["retired"] = "yes"
+    with pytest.raises(CorruptData, match="retired"):
+        decode_state(json.dumps(data), b"1")
+    del data["retired"]
+    assert not decode_state(json.dumps(data), b"1").retired
+
+
 def test_a_change_reaches_every_opening_of_a_shared_rollout(backend: Backend) -> None:
     name = rollout()
     one, two = backend(name), backend(name)

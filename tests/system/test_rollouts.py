@@ -2,12 +2,12 @@
 sharing one SQLite file (and one Redis): every worker answers each rollout's flag by that
 rollout's own salt; a rollback of one rollout, made by another process,
 reaches every worker and leaves the other rollout alone; both hold across a
-restart of the whole server."""
+restart of the whole server; so does retiring a rollout, until it is reinstated."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -86,19 +86,37 @@ def test_one_rollout_rolled_back_in_every_worker_and_after_a_restart_the_other_u
         OPEN_GATES.extend([operator, search])
         search_before = search.state
         operator.rollback("checkout regressed", actor="ada")
-        rolled = time.monotonic()
-        deadline = rolled + 10.0
-        while True:  # until every worker agrees, bounded
-            answers = visit(base, 24)
-            if all(FLAGS["checkout"] not in answer["flags"] for answer in answers):
-                break
-            assert time.monotonic() < deadline, "a worker still serves the rolled-back rollout"
+        agreed_within(base, lambda answer: FLAGS["checkout"] not in answer["flags"])
         for answer in visit(base, 40):
             assert FLAGS["checkout"] not in answer["flags"]
             assert answer["variants"]["checkout"] == "stable"
             assert (FLAGS["search"] in answer["flags"]) == by_bucket("search", answer["session"])
         assert search.state == search_before  # the other rollout did not move
-    with started(server, url) as base:  # the whole server restarted
+        # the other rollout retired by another process: off in every worker, checkout unmoved
+        search.retire("the search release is done", actor="ada")
+        checkout_before = operator.state
+        agreed_within(base, lambda answer: FLAGS["search"] not in answer["flags"])
+        assert operator.state == checkout_before
+    with started(server, url) as base:  # the whole server restarted: both decisions held
+        for answer in visit(base, 40):
+            assert answer["flags"] == []
+            assert answer["variants"] == {"checkout": "stable", "search": "stable"}
+        search.reinstate(actor="ada")
+        agreed_within(
+            base,
+            lambda answer: (
+                (FLAGS["search"] in answer["flags"]) == by_bucket("search", answer["session"])
+            ),
+        )
         for answer in visit(base, 40):
             assert FLAGS["checkout"] not in answer["flags"]
             assert (FLAGS["search"] in answer["flags"]) == by_bucket("search", answer["session"])
+
+
+def agreed_within(
+    base: str, holds: Callable[[dict[str, Any]], bool], seconds: float = 10.0
+) -> None:
+    """Visit until every answer of a round of 24 ``holds`` (bounded: fails after ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while not all(holds(answer) for answer in visit(base, 24)):
+        assert time.monotonic() < deadline, "a worker still answers by the earlier state"

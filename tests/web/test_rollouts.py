@@ -21,6 +21,7 @@ from gate_middleware import (
     ConfigError,
     Environment,
     PromotionConfig,
+    PromotionError,
     PromotionGate,
     Rollouts,
     compute_bucket,
@@ -141,25 +142,49 @@ def test_each_rollouts_request_metrics_carry_its_own_decision(
         assert counted[name, "stable"] == 30 - canary[name]
 
 
-def test_a_rollout_retired_while_serving_is_off_and_uncounted_until_added_again(
-    client: httpx.Client, rollouts: Rollouts
+def test_a_rollout_retired_while_serving_is_off_and_uncounted_until_reinstated(
+    client: httpx.Client, rollouts: Rollouts, metric_reader: InMemoryMetricReader
 ) -> None:
-    search = rollouts.retire("search")
+    search = rollouts["search"]
+    event = rollouts.retire("search", "the search team is done", actor="ada")
+    assert (event.action, event.actor) == ("retire", "ada")
     served_before = search.health_snapshot()
     for _ in range(20):
+        session_id, flags = new_session(client)
+        assert "new_search" not in flags
+        assert (FLAG in flags) == on_canary("checkout", session_id)  # the others still served
+    after = search.health_snapshot()
+    assert (after.canary_requests, after.production_requests) == (0, 0)  # a new step, not fed
+    assert served_before.canary_requests + served_before.production_requests == 0
+    assert not search.is_feature_enabled("new_search")
+    assert "search" in rollouts and search.status().retired
+    with pytest.raises(PromotionError, match="retired already"):
+        rollouts.retire("search")
+    rollouts.reinstate("search", actor="ada")
+    seen = [new_session(client) for _ in range(20)]
+    assert all(("new_search" in flags) == on_canary("search", sid) for sid, flags in seen)
+    health = search.health_snapshot()
+    assert health.canary_requests + health.production_requests == 20
+    assert [e.action for e in search.get_history()[-2:]] == ["retire", "reinstate"]
+
+
+def test_a_rollout_removed_from_the_set_and_added_again(
+    client: httpx.Client, rollouts: Rollouts
+) -> None:
+    search = rollouts.remove("search")
+    assert rollouts.names == ("checkout", "profile")
+    for _ in range(10):
         _, flags = new_session(client)
         assert "new_search" not in flags
-    after = search.health_snapshot()
-    assert (after.canary_requests, after.production_requests) == (
-        served_before.canary_requests,
-        served_before.production_requests,
+    assert (
+        search.health_snapshot().production_requests + search.health_snapshot().canary_requests == 0
     )
     rollouts.add(search)
     seen = [new_session(client) for _ in range(20)]
     assert all(("new_search" in flags) == on_canary("search", sid) for sid, flags in seen)
     assert (
         search.health_snapshot().canary_requests + search.health_snapshot().production_requests
-        == (served_before.canary_requests + served_before.production_requests + 20)
+        == 20
     )
 
 
@@ -176,6 +201,8 @@ def test_a_flag_claimed_by_two_rollouts_is_refused_naming_both() -> None:
     assert rollouts.names == ("checkout", "search")  # nothing changed
     with pytest.raises(ConfigError, match="'search'"):
         Rollouts([rollout("search"), rollout("search")])
+    with pytest.raises(ConfigError, match="rollout must be one of the set's rollouts"):
+        rollouts.remove("billing")
     with pytest.raises(ConfigError, match="rollout must be one of the set's rollouts"):
         rollouts.retire("billing")
 
