@@ -332,7 +332,7 @@ class RequestLifecycle:
         except Exception as exc:
             decision = self.fail_open("route", exc)
         try:
-            annotate_span(decision, self.gate.name)
+            annotate_span(decision, decision.rollout or self.gate.name)
         except Exception as exc:
             self.report_fault("trace", exc)
         return GateRequest(decision, session_id, value, header, method, started, scheme)

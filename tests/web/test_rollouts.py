@@ -251,3 +251,25 @@ def test_track_counts_in_each_rollout_that_defines_the_metric() -> None:
     rollouts.route_request("session-1").track("no_such_metric")
     assert search._tracker.undefined_counts() == {"no_such_metric": 1}
     checkout.close()
+
+
+def test_the_span_names_every_rollout_and_those_that_put_it_on_a_canary_path() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from gate_middleware import RequestLifecycle
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    lifecycle = RequestLifecycle(Rollouts([rollout(name) for name in FLAGS]), secret=SECRET)
+    with provider.get_tracer("test").start_as_current_span("request"):
+        request = lifecycle.begin(method="GET", cookie_header=None, https=False, request=None)
+    [span] = exporter.get_finished_spans()
+    attributes = dict(span.attributes or {})
+    assert list(attributes["gate.rollouts"]) == list(FLAGS)  # type: ignore[arg-type]
+    canary = [name for name in FLAGS if request.decision.for_rollout(name).is_canary]
+    assert list(attributes["gate.canary_rollouts"]) == canary  # type: ignore[arg-type]
+    assert attributes["gate.variant"] == ("canary" if canary else "stable")
+    provider.shutdown()
