@@ -203,22 +203,22 @@ def combine_decisions(
     if len(parts) == 1:
         return parts[0]
     features: list[str] = []
-    flag_set: set[str] = set()
     canary: RoutingDecision | None = None
     for part in parts:
         features.extend(part.enabled_features)
-        flag_set.update(part.enabled_features)
         if canary is None and part.is_canary:
             canary = part
     if not reason:
-        reason = "; ".join(f"{part.rollout}: {part.variant}" for part in parts) or "no rollout"
+        reason = "; ".join([f"{part.rollout}: {part.variant}" for part in parts]) or "no rollout"
+    # The flag set from the list once, rather than a set updated per part:
+    # this runs on every request, once per rollout of a set.
     return RoutingDecision(
         canary is not None,
         Environment.PRODUCTION if canary is None else canary.target_environment,
         tuple(features),
         -1,
         reason,
-        frozenset(flag_set),
+        frozenset(features),
         tracker=_track_each if tracker is None else tracker,
         parts=parts,
     )

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate, compute_bucket
-from gate_middleware.domain.routing import canary_threshold
+from gate_middleware.domain.routing import RoutingDecision, canary_threshold, combine_decisions
 
 VECTORS = Path(__file__).resolve().parents[1] / "data" / "bucket_vectors.csv"
 
@@ -157,3 +157,32 @@ def test_strange_session_ids_still_route() -> None:
     gate = gate_at(50)
     for session in ["", "\x00", "\ud800", "é" * 5000, " ", "=;,"]:
         assert gate.route_request(session).variant in ("canary", "stable")
+
+
+def test_a_combined_decision_holds_every_parts_flags_in_order_and_the_first_canary() -> None:
+    """``combine_decisions``: the flags of all parts in the rollouts' order
+    (each answered by ``is_enabled``), the canary path of the first part on
+    one, each part's variant in the reason; one part is returned as it is."""
+    canary = Environment.canary(10)
+    parts = (
+        RoutingDecision(False, Environment.PRODUCTION, (), 7, "", rollout="a"),
+        RoutingDecision(True, canary, ("b1", "b2"), 3, "", rollout="b"),
+        RoutingDecision(True, Environment.canary(50), ("c1",), 4, "", rollout="c"),
+    )
+    combined = combine_decisions(parts)
+    assert combined.enabled_features == ("b1", "b2", "c1")
+    assert [combined.is_enabled(flag) for flag in ("b1", "b2", "c1", "a1")] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    assert combined.is_canary and combined.target_environment == canary
+    assert combined.bucket == -1
+    assert combined.reason == "a: stable; b: canary; c: canary"
+    assert combined.parts == parts
+    assert combine_decisions(parts, "given").reason == "given"
+    assert combine_decisions(parts[:1]) is parts[0]
+    nobody = combine_decisions(())
+    assert not nobody.is_canary and nobody.enabled_features == ()
+    assert nobody.reason == "no rollout"
