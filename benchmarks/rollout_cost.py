@@ -517,7 +517,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a few rounds, for a smoke test")
     args = parser.parse_args()
     started = datetime.datetime.now(datetime.UTC)
-    command = "PYTHONPATH=. python -m benchmarks.rollout_cost" + (" --quick" if args.quick else "")
+    niceness = os.nice(0)
+    command = (
+        "PYTHONPATH=. "
+        + (f"nice -n {niceness} " if niceness else "")
+        + "python -m benchmarks.rollout_cost"
+        + (" --quick" if args.quick else "")
+    )
     print(
         f"# {command} at {commit()}, {started:%Y-%m-%d %H:%M} UTC; "
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
