@@ -54,7 +54,11 @@ def starlette_app(track: bool = False) -> Any:
     return Starlette(routes=[Route("/", index)])
 
 
-def asgi_case(app: Any) -> Callable[[int], None]:
+def asgi_case(app: Any, cookies: list[bytes] | None = None) -> Callable[[int], None]:
+    """``app`` called directly with a scope, ``receive`` and ``send`` (no server,
+    no network), each request with one of ``cookies`` (default: ``COOKIES``)."""
+    sent = COOKIES if cookies is None else cookies
+
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
@@ -73,7 +77,7 @@ def asgi_case(app: Any) -> Callable[[int], None]:
                 "raw_path": b"/",
                 "root_path": "",
                 "query_string": b"",
-                "headers": [(b"host", b"bench"), (b"cookie", COOKIES[i % 1000])],
+                "headers": [(b"host", b"bench"), (b"cookie", sent[i % len(sent)])],
                 "client": ("127.0.0.1", 5000),
                 "server": ("127.0.0.1", 8000),
             }

@@ -26,7 +26,6 @@ visitors with signed cookies, no network. In one run, interleaved rounds
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import gc
 import math
@@ -44,6 +43,7 @@ from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from benchmarks import requests_bench
 from benchmarks.timing import Result, interleaved, table
 from gate_middleware import GateASGIMiddleware, PromotionConfig, PromotionGate, Rollouts
 from gate_middleware.domain.environment import Environment
@@ -198,36 +198,7 @@ async def bare_asgi_app(scope: Any, receive: Any, send: Any) -> None:
 
 def asgi_case(app: Any) -> Case:
     """``app`` called directly with a scope, ``receive`` and ``send``: no server, no network."""
-    cookies = [cookie.encode() for cookie in signed_cookies()]
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Any) -> None:
-        pass
-
-    async def many(number: int) -> None:
-        for i in range(number):
-            scope = {
-                "type": "http",
-                "asgi": {"version": "3.0"},
-                "http_version": "1.1",
-                "method": "GET",
-                "scheme": "http",
-                "path": "/",
-                "raw_path": b"/",
-                "root_path": "",
-                "query_string": b"",
-                "headers": [(b"host", b"bench"), (b"cookie", cookies[i % 1000])],
-                "client": ("127.0.0.1", 5000),
-                "server": ("127.0.0.1", 8000),
-            }
-            await app(scope, receive, send)
-
-    def run(number: int) -> None:
-        asyncio.run(many(number))
-
-    return run
+    return requests_bench.asgi_case(app, [cookie.encode() for cookie in signed_cookies()])
 
 
 # -- the measurements ----------------------------------------------------------------
