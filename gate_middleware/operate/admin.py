@@ -32,6 +32,16 @@ whose ``gate_rollout`` label names this rollout rolls the release back, with
 the alert's name as the reason; anything else answers 200 saying why
 nothing was done, since Alertmanager sends again what it gets no 2xx for.
 
+The API steers one ``PromotionGate``, or each rollout of a ``Rollouts``
+set: every route of one rollout takes ``?rollout=NAME`` (with one gate, its
+own name or nothing; under a set, required when it holds several: 400 with
+``"field": "rollout"`` listing the names, and 404 for a name that is not
+one). Under a set without ``?rollout=``, ``POST /alertmanager`` rolls back
+each rollout a firing alert's label names. ``GET /rollouts`` lists each
+rollout with its ``/status``; ``POST /rollouts/{name}/retire`` and
+``/restore`` take a rollout out of the set and serve it again (409 for one
+gate), recorded in the rollout's history with the operator.
+
 Each route is declared once, in ``ROUTES``: the dispatch, the OpenAPI
 document (``GET /openapi.json``), the command line's client and the list
 below are all read from it. A body's fields are listed, ``?`` marking the
@@ -51,7 +61,7 @@ import re
 import types
 import typing
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -61,7 +71,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
 from gate_middleware.domain.config import validate_flag_name
-from gate_middleware.domain.environment import PRODUCTION, Environment
+from gate_middleware.domain.environment import PRODUCTION, Environment, validate_traffic_percent
 from gate_middleware.domain.naming import (
     MAX_REASON_LENGTH,
     NAME_PATTERN,
@@ -72,7 +82,7 @@ from gate_middleware.domain.naming import (
 from gate_middleware.domain.plan import PlanProgress
 from gate_middleware.domain.state import MAX_HISTORY, GateEvent
 from gate_middleware.errors import ConfigError, PromotionError
-from gate_middleware.gate import PromotionGate
+from gate_middleware.gate import PromotionGate, Rollouts
 from gate_middleware.operate import alertmanager
 from gate_middleware.operate.operators import (
     NAME,
@@ -171,7 +181,16 @@ def _is_json(content_type: str | None) -> bool:
 
 # -- the route table's shape ------------------------------------------------------
 
-Handler = Callable[["AdminAPI", dict[str, Any], dict[str, str]], AdminResponse]
+#: A handler's ``args``: the path's and query's parameters, the caller
+#: (``actor``, ``operator``, ``role``) and, for a route of one rollout, the
+#: chosen rollout's gate (``gate``).
+Handler = Callable[["AdminAPI", dict[str, Any], dict[str, Any]], AdminResponse]
+
+#: How a route picks its rollout: "one" (``?rollout=``, required when the
+#: set holds several), "optional" (``?rollout=`` if given: the OpenAPI
+#: document, and the Alertmanager receiver, which the alerts' label steers
+#: without it), "set" (the route concerns the set: no ``?rollout=``).
+RolloutChoice = Literal["one", "optional", "set"]
 
 
 class Answer(NamedTuple):
@@ -194,7 +213,9 @@ class Route:
     the gate decides alone); a GET only reads. ``public``: served without
     the token (the dashboard page alone). ``not_found``: the route answers
     404 for a path that names nothing (a flag that is not on). ``role``: the
-    least role an operator needs to call it.
+    least role an operator needs to call it. ``rollout``: how it picks the
+    rollout it acts on (see ``RolloutChoice``); every route of one rollout
+    takes ``?rollout=NAME`` beside its own ``query``.
     """
 
     method: Literal["GET", "POST"]
@@ -209,9 +230,12 @@ class Route:
     public: bool = False
     role: Role = "viewer"
     query: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    rollout: RolloutChoice = "one"
     pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not self.public and self.rollout != "set":
+            object.__setattr__(self, "query", {**self.query, "rollout": _ROLLOUT_QUERY})
         parts = re.split(r"\{(\w+)\}", self.path)  # literal, name, literal, ...
         regex = "".join(
             re.escape(part) if i % 2 == 0 else f"(?P<{part}>[^/]+)" for i, part in enumerate(parts)
@@ -240,11 +264,12 @@ class Route:
 
 
 class AdminAPI:
-    """Routes admin requests to the gate; knows no protocol."""
+    """Routes admin requests to the gate, or to the rollouts of a ``Rollouts``
+    set by ``?rollout=NAME``; knows no protocol."""
 
     def __init__(
         self,
-        gate: PromotionGate,
+        gate: PromotionGate | Rollouts,
         *,
         token: str | None = None,
         token_name: str = "admin",
@@ -255,8 +280,8 @@ class AdminAPI:
         more, as ``Operator`` values or tables of their fields;
         ``operators_file``: a TOML file of them, read again when it changes.
         At least one is required: the admin API refuses to start without."""
-        if not isinstance(gate, PromotionGate):
-            raise ConfigError("gate", gate, "a PromotionGate")
+        if not isinstance(gate, PromotionGate | Rollouts):
+            raise ConfigError("gate", gate, "a PromotionGate or a Rollouts set")
         if not isinstance(token_name, str) or not NAME.fullmatch(token_name):
             raise ConfigError("token_name", token_name, NAME_EXPECTED)
         given = list(operator_set(operators))
@@ -318,16 +343,23 @@ class AdminAPI:
         try:
             if found is None:
                 raise _not_routed(method, path)
-            route, args = found
+            route, path_args = found
+            args: dict[str, Any] = dict(path_args)
             if operator is not None and not allows(operator.role, route.role):
                 return _forbidden(route.name, route.role, operator.name, operator.role)
-            alone = self.gate.decides_alone
-            if route.changes_state and alone is not None:
-                # A 200 would speak for one worker of several: refuse instead.
-                return _error(409, f"nothing changed: {alone}")
+            args.update(self._query(route, query))
             payload = self._payload(method, body, content_type)
             self._only(payload, *route.fields)
-            args.update(self._query(route, query))
+            _check_values(payload, args)  # wrong whatever the rollout: 400 before a 404
+            chosen = self._chosen(route, args)
+            if chosen is not None:
+                args["gate"] = chosen
+            if route.changes_state:
+                for gate in (chosen,) if chosen is not None else self._touched(route, args):
+                    alone = gate.decides_alone
+                    if alone is not None:
+                        # A 200 would speak for one worker of several: refuse instead.
+                        return _error(409, f"nothing changed: {alone}")
             if operator is not None:
                 args["actor"] = self._actor_of(operator, actor)
                 args["operator"] = operator.name
@@ -339,6 +371,63 @@ class AdminAPI:
             return _error(400, str(exc), exc.field)
         except PromotionError as exc:
             return _error(409, str(exc))
+
+    def _chosen(self, route: Route, args: dict[str, Any]) -> PromotionGate | None:
+        """The gate of the rollout the request acts on: ``?rollout=NAME``,
+        or the only one when there is one. ``None`` for a route of the set,
+        and for an "optional" route under a set without ``?rollout=`` (the
+        Alertmanager receiver: the alerts' label picks). 400 when a set of several needs the name,
+        404 for a name that is not one of the rollouts."""
+        name = args.pop("rollout", None)
+        if route.rollout == "set" or route.public:  # the page: no query, no rollout
+            return None
+        if isinstance(self.gate, PromotionGate):
+            if name is None or name == self.gate.name:
+                return self.gate
+            raise _BadRequest(
+                404,
+                f"no rollout {name!r}; this API steers the rollout {self.gate.name!r}",
+                "rollout",
+            )
+        if name is not None:
+            gate = self.gate.get(name)
+            if gate is None:
+                raise _BadRequest(
+                    404, f"no rollout {name!r}; the rollouts: {self._names()}", "rollout"
+                )
+            return gate
+        if route.rollout == "optional":
+            return None
+        gates = self.gate.gates
+        if len(gates) == 1:
+            return gates[0]
+        if not gates:
+            raise _BadRequest(404, f"the set holds no rollout ({self._names()})", "rollout")
+        raise _BadRequest(
+            400,
+            f"the query parameter 'rollout' is required: this API steers {len(gates)} "
+            f"rollouts: {self._names()}",
+            "rollout",
+        )
+
+    def _names(self) -> str:
+        """The rollouts, named for an error (and the retired ones)."""
+        if isinstance(self.gate, PromotionGate):
+            return repr(self.gate.name)
+        listed = ", ".join(repr(name) for name in self.gate.names) or "none"
+        if self.gate.retired:
+            listed += f" (retired: {', '.join(repr(name) for name in self.gate.retired)})"
+        return listed
+
+    def _touched(self, route: Route, args: dict[str, Any]) -> tuple[PromotionGate, ...]:
+        """The gates a change of the set or of the alerts' rollouts may change."""
+        if isinstance(self.gate, PromotionGate):
+            return (self.gate,)
+        name = args.get("name")
+        if route.rollout == "set" and isinstance(name, str):
+            found = self.gate.get(name) or self.gate.retired.get(name)
+            return () if found is None else (found,)
+        return self.gate.gates
 
     def _operator(self, authorization: str | None) -> Operator | None:
         # RFC 7235: the scheme is case-insensitive, and one or more spaces follow it.
@@ -427,48 +516,104 @@ class AdminAPI:
 
     # -- endpoints: each is named in ROUTES, which has already refused unknown fields --
 
-    def _dashboard(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
+    def _dashboard(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
         return AdminResponse(
             200, dashboard_html(), "text/html; charset=utf-8", list(DASHBOARD_HEADERS)
         )
 
-    def _status(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        status = self.gate.status().to_dict()
-        status["series"] = [sample.to_dict() for sample in self.gate.get_health_series()]
+    def _status(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        return _json(200, self._status_of(args["gate"], args))
+
+    @staticmethod
+    def _status_of(gate: PromotionGate, args: dict[str, Any]) -> dict[str, Any]:
+        """What ``GET /status`` answers for ``gate``'s rollout."""
+        status = gate.status().to_dict()
+        status["series"] = [sample.to_dict() for sample in gate.get_health_series()]
         role = args["role"]
         status["operator"] = {
             "name": args["operator"],
             "role": role,
             "may": [r.name for r in ROUTES if not r.public and allows(role, r.role)],
         }
-        return _json(200, status)
+        return status
 
-    def _history(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        events = self.gate.get_history()
+    def _gates(self) -> tuple[PromotionGate, ...]:
+        """The rollouts' gates: the one, or the set's in its order."""
+        return (self.gate,) if isinstance(self.gate, PromotionGate) else self.gate.gates
+
+    def _rollouts(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        gates = self._gates()
+        retired = [] if isinstance(self.gate, PromotionGate) else list(self.gate.retired)
+        rollouts = [{"name": gate.name, "status": self._status_of(gate, args)} for gate in gates]
+        return _json(200, {"rollouts": rollouts, "retired": retired})
+
+    def _the_set(self, what: str) -> Rollouts:
+        if isinstance(self.gate, PromotionGate):
+            raise PromotionError(
+                f"cannot {what} the rollout {self.gate.name!r}: retiring and restoring "
+                "need a Rollouts set (this API steers one PromotionGate)"
+            )
+        return self.gate
+
+    def _retire(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        rollouts = self._the_set("retire")
+        name = args["name"]
+        if name not in rollouts:
+            raise _BadRequest(404, f"no rollout {name!r}; the rollouts: {self._names()}", "name")
+        gate = rollouts.retire(name, actor=args["actor"])
+        return self._set_answer(rollouts, gate)
+
+    def _restore(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        rollouts = self._the_set("restore")
+        name = args["name"]
+        if name not in rollouts.retired:
+            retired = ", ".join(repr(key) for key in rollouts.retired) or "none"
+            raise _BadRequest(404, f"no retired rollout {name!r}; retired: {retired}", "name")
+        try:
+            gate = rollouts.restore(name, actor=args["actor"])
+        except ConfigError as exc:  # its name or a flag was taken meanwhile
+            raise PromotionError(f"cannot restore {name!r}: {exc}") from exc
+        return self._set_answer(rollouts, gate)
+
+    @staticmethod
+    def _set_answer(rollouts: Rollouts, gate: PromotionGate) -> AdminResponse:
+        events = gate.get_history()
+        return _json(
+            200,
+            {
+                "rollout": gate.name,
+                "rollouts": list(rollouts.names),
+                "retired": list(rollouts.retired),
+                "event": events[-1].to_dict() if events else None,
+            },
+        )
+
+    def _history(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        gate: PromotionGate = args["gate"]
+        events = gate.get_history()
         start: tuple[datetime, int] | None = None
         if "since" in args:
             start = _since(args["since"])
             events = _after(events, *start)
         more = False
         if "limit" in args:
-            limit = args["limit"]
-            if not _DIGITS.fullmatch(limit) or not 1 <= int(limit) <= MAX_HISTORY:
-                raise ConfigError("limit", limit, f"an integer from 1 to {MAX_HISTORY}")
+            limit = _limit(args["limit"])
             more = len(events) > int(limit)
             events = events[: int(limit)]
         answer: dict[str, Any] = {"events": [event.to_dict() for event in events]}
         answer["next"] = _cursor(events, start) if more else None  # the next page's since
         return _json(200, answer)
 
-    def _openapi(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        return _json(200, openapi_document())
+    def _openapi(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        return _json(200, openapi_document([gate.name for gate in self._gates()]))
 
-    def _promote(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
+    def _promote(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        gate: PromotionGate = args["gate"]
         if "target" in payload and not isinstance(payload["target"], str):
             raise ConfigError("target", payload["target"], "'staging' or 'production'")
         target_name = payload.get("target")
         if target_name is None:
-            target_name = self.gate.status(recent_events=0).next_stage
+            target_name = gate.status(recent_events=0).next_stage
             if target_name is None:
                 raise PromotionError(
                     "cannot promote from production: no release in progress (start one with /canary)"
@@ -478,31 +623,34 @@ class AdminAPI:
         force = payload.get("force", False)
         if not isinstance(force, bool):
             raise ConfigError("force", force, "true or false")
-        environment = self.gate.promote(
+        environment = gate.promote(
             Environment.from_name(target_name), force=force, actor=args["actor"]
         )
         return _json(200, {"environment": environment.to_dict()})
 
-    def _traffic(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        environment = self.gate.set_traffic_percent(
+    def _traffic(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        gate: PromotionGate = args["gate"]
+        environment = gate.set_traffic_percent(
             self._required(payload, "percent"), actor=args["actor"]
         )
         return _json(200, {"environment": environment.to_dict()})
 
-    def _canary(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
+    def _canary(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        gate: PromotionGate = args["gate"]
         flags = payload.get("flags", [])
         if not isinstance(flags, list):
             raise ConfigError("flags", flags, "a list of flag names")
-        environment = self.gate.start_canary(
+        environment = gate.start_canary(
             self._required(payload, "percent"), flags, actor=args["actor"]
         )
         return _json(200, {"environment": environment.to_dict()})
 
-    def _rollback(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        event = self.gate.rollback(self._required(payload, "reason"), actor=args["actor"])
+    def _rollback(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        gate: PromotionGate = args["gate"]
+        event = gate.rollback(self._required(payload, "reason"), actor=args["actor"])
         return _json(200, {"event": event.to_dict()})
 
-    def _alertmanager(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
+    def _alertmanager(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
         """Roll back on a firing alert that names this rollout, while a
         release is in progress; any other notification answers 200 with why
         nothing was done (Alertmanager retries an answer that is not 2xx)."""
@@ -510,38 +658,45 @@ class AdminAPI:
         label = args.get("label", alertmanager.ROLLOUT_LABEL)
         if not alertmanager.valid_label_name(label):
             raise ConfigError("label", label, "a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
-        rollout = self.gate.name
-        ours = alertmanager.alerts_about(payload, rollout, label)
-        firing = alertmanager.firing(ours)
-        if not ours:
-            return _nothing(f"no alert has the label {label}={rollout!r}")
-        if not firing:
-            return _nothing(f"the alerts for rollout {rollout!r} are resolved")
-        if self.gate.state.environment.name == PRODUCTION:
-            return _nothing("no release in progress (the gate is in production)")
         actor = self._actor_of(args["operator"], alertmanager.client_note(payload))
-        try:
-            event = self.gate.rollback(alertmanager.rollback_reason(firing), actor=actor)
-        except PromotionError as exc:  # the release ended meanwhile
-            return _nothing(str(exc))
-        why = f"{len(firing)} firing alert(s) for rollout {rollout!r}"
-        return _json(200, {"rolled_back": True, "why": why, "event": event.to_dict()})
+        gate: PromotionGate | None = args.get("gate")
+        if gate is not None:
+            return _json(200, _alert_answer(gate, payload, label, actor))
+        # A set, and no ?rollout=: each rollout an alert's label names.
+        named = [g for g in self._gates() if alertmanager.alerts_about(payload, g.name, label)]
+        if not named:
+            return _nothing(
+                f"no alert has the label {label} naming one of the rollouts: {self._names()}"
+            )
+        answers = [_alert_answer(g, payload, label, actor) for g in named]
+        if len(answers) == 1:
+            return _json(200, answers[0])
+        done = [answer for answer in answers if answer["rolled_back"]]
+        answer = {
+            "rolled_back": bool(done),
+            "why": "; ".join(f"{g.name}: {a['why']}" for g, a in zip(named, answers, strict=True)),
+            "event": (done or answers)[0]["event"],
+            "rollouts": {g.name: a for g, a in zip(named, answers, strict=True)},
+        }
+        return _json(200, answer)
 
-    def _plan(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        return _json(200, {"plan": self.gate.plan_status()})
+    def _plan(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        gate: PromotionGate = args["gate"]
+        return _json(200, {"plan": gate.plan_status()})
 
-    def _plan_answer(self) -> AdminResponse:
-        state = self.gate.state
-        return _json(
-            200, {"environment": state.environment.to_dict(), "plan": self.gate.plan_status()}
-        )
+    @staticmethod
+    def _plan_answer(gate: PromotionGate) -> AdminResponse:
+        state = gate.state
+        return _json(200, {"environment": state.environment.to_dict(), "plan": gate.plan_status()})
 
-    def _pause(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        self.gate.pause(payload.get("reason", "paused by an operator"), actor=args["actor"])
-        return self._plan_answer()
+    def _pause(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        gate: PromotionGate = args["gate"]
+        gate.pause(payload.get("reason", "paused by an operator"), actor=args["actor"])
+        return self._plan_answer(gate)
 
-    def _resume(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        position, plan = self.gate.state.plan, self.gate.plan
+    def _resume(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        gate: PromotionGate = args["gate"]
+        position, plan = gate.state.plan, gate.plan
         if (
             position is not None
             and plan is not None
@@ -554,52 +709,102 @@ class AdminAPI:
             return _forbidden(
                 "resumePlan at a manual step (an approval)", "admin", args["operator"], args["role"]
             )
-        self.gate.resume(actor=args["actor"])
-        return self._plan_answer()
+        gate.resume(actor=args["actor"])
+        return self._plan_answer(gate)
 
-    def _abort(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        if self.gate.plan is None:
+    def _abort(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        gate: PromotionGate = args["gate"]
+        if gate.plan is None:
             raise PromotionError("cannot abort: the gate has no rollout plan (use /rollback)")
-        self.gate.abort(self._required(payload, "reason"), actor=args["actor"])
-        return self._plan_answer()
+        gate.abort(self._required(payload, "reason"), actor=args["actor"])
+        return self._plan_answer(gate)
 
-    def _retry(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        self.gate.retry(actor=args["actor"])
-        return self._plan_answer()
+    def _retry(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        gate: PromotionGate = args["gate"]
+        gate.retry(actor=args["actor"])
+        return self._plan_answer(gate)
 
-    def _skip(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
+    def _skip(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        gate: PromotionGate = args["gate"]
         force = payload.get("force", False)
         if not isinstance(force, bool):
             raise ConfigError("force", force, "true or false")
         step = payload.get("step")
         if step is None:
-            self.gate.promote_now(force=force, actor=args["actor"])
+            gate.promote_now(force=force, actor=args["actor"])
         else:
             if isinstance(step, float) and step.is_integer():
                 step = int(step)  # JSON Schema's integer: 3.0 is 3
             if isinstance(step, bool) or not isinstance(step, int):
                 raise ConfigError("step", step, "the number of a later step of the plan")
-            self.gate.skip_to(step, force=force, actor=args["actor"])
-        return self._plan_answer()
+            gate.skip_to(step, force=force, actor=args["actor"])
+        return self._plan_answer(gate)
 
-    def _enable(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
-        event = self.gate.enable_feature(args["name"], actor=args["actor"])  # named in the path
+    def _enable(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        gate: PromotionGate = args["gate"]
+        event = gate.enable_feature(args["name"], actor=args["actor"])  # named in the path
         answer: dict[str, Any] = {"flag": args["name"], "enabled": True}
         answer["event"] = None if event is None else event.to_dict()  # None: it was on already
         return _json(200, answer)
 
-    def _disable(self, payload: dict[str, Any], args: dict[str, str]) -> AdminResponse:
+    def _disable(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        gate: PromotionGate = args["gate"]
         name = validate_flag_name(args["name"], "feature")
         try:
-            event = self.gate.disable_feature(name, actor=args["actor"])
+            event = gate.disable_feature(name, actor=args["actor"])
         except ConfigError as exc:  # a valid name, but no such flag is on
             raise _BadRequest(404, str(exc), exc.field) from exc
         return _json(200, {"flag": args["name"], "enabled": False, "event": event.to_dict()})
 
 
+def _alert_answer(
+    gate: PromotionGate, payload: dict[str, Any], label: str, actor: str
+) -> dict[str, Any]:
+    """Roll ``gate``'s release back if an alert that names its rollout fires;
+    the answer says what was done and why."""
+    rollout = gate.name
+    ours = alertmanager.alerts_about(payload, rollout, label)
+    firing = alertmanager.firing(ours)
+    if not ours:
+        return _nothing_done(f"no alert has the label {label}={rollout!r}")
+    if not firing:
+        return _nothing_done(f"the alerts for rollout {rollout!r} are resolved")
+    if gate.state.environment.name == PRODUCTION:
+        return _nothing_done("no release in progress (the gate is in production)")
+    try:
+        event = gate.rollback(alertmanager.rollback_reason(firing), actor=actor)
+    except PromotionError as exc:  # the release ended meanwhile
+        return _nothing_done(str(exc))
+    why = f"{len(firing)} firing alert(s) for rollout {rollout!r}"
+    return {"rolled_back": True, "why": why, "event": event.to_dict()}
+
+
+def _nothing_done(why: str) -> dict[str, Any]:
+    return {"rolled_back": False, "why": why, "event": None}
+
+
 def _nothing(why: str) -> AdminResponse:
     """200: a valid notification that asks nothing of the rollout now."""
     return _json(200, {"rolled_back": False, "why": why, "event": None})
+
+
+def _check_values(payload: dict[str, Any], args: dict[str, Any]) -> None:
+    """Refuse (``ConfigError``) a value no rollout would take, before the
+    rollout is looked up: a malformed request answers 400 whichever rollout
+    it names, as it did before ``?rollout=``."""
+    if "since" in args:
+        _since(args["since"])
+    if "limit" in args:
+        _limit(args["limit"])
+    if "percent" in payload:
+        validate_traffic_percent(payload["percent"])
+
+
+def _limit(limit: str) -> str:
+    """``?limit=``: ASCII digits, from 1 to ``MAX_HISTORY``."""
+    if not _DIGITS.fullmatch(limit) or not 1 <= int(limit) <= MAX_HISTORY:
+        raise ConfigError("limit", limit, f"an integer from 1 to {MAX_HISTORY}")
+    return limit
 
 
 def _since(since: str) -> tuple[datetime, int]:
@@ -657,8 +862,16 @@ _REASON = {
     "pattern": REASON_PATTERN,
 }
 _NO_FIELDS = {"type": "object", "additionalProperties": False, "maxProperties": 0}
-#: The schema of each ``{placeholder}`` a route's path may hold.
+#: The schema of each ``{placeholder}`` a route's path may hold (a flag's or
+#: a rollout's name: one rule for both).
 _PATH_PARAMETERS = {"name": _FLAG_NAME}
+#: ``?rollout=NAME``, which every route of one rollout takes.
+_ROLLOUT_QUERY = {
+    "type": "string",
+    "pattern": NAME_PATTERN,
+    "description": "The rollout to act on (required when a Rollouts set holds several; "
+    "404 for a name that is not one)",
+}
 
 
 def _fields(properties: dict[str, Any], *required: str) -> dict[str, Any]:
@@ -691,6 +904,16 @@ _PLAN_NOW = _answer(
     "The gate's environment and plan now", {"environment": _ENVIRONMENT, "plan": _PLAN}
 )
 _FLAG = {"flag": {"type": "string"}, "enabled": {"type": "boolean"}}
+_NAMES = {"type": "array", "items": {"type": "string"}}
+_SET_NOW = _answer(
+    "The rollout, the set's rollouts and the retired ones now, and the event recorded",
+    {
+        "rollout": {"type": "string"},
+        "rollouts": _NAMES,
+        "retired": _NAMES,
+        "event": {"anyOf": [_EVENT, {"type": "null"}]},
+    },
+)
 
 #: Every admin endpoint, once. A new one is a handler on ``AdminAPI`` and an
 #: entry here (a new ``{placeholder}`` also needs its schema in
@@ -742,6 +965,7 @@ ROUTES: tuple[Route, ...] = (
         handler=AdminAPI._openapi,
         summary="The OpenAPI 3.1 document of this API",
         answer=_OK,
+        rollout="optional",
     ),
     Route(
         "POST",
@@ -821,6 +1045,7 @@ ROUTES: tuple[Route, ...] = (
             }
         },
         links={"next": _link("startCanary")},
+        rollout="optional",
     ),
     Route(
         "POST",
@@ -910,6 +1135,50 @@ ROUTES: tuple[Route, ...] = (
         ),
         answer=_PLAN_NOW,
     ),
+    Route(
+        "GET",
+        "/rollouts",
+        name="getRollouts",
+        handler=AdminAPI._rollouts,
+        summary="Every rollout served, in order, each with its /status; the retired ones' names",
+        answer=_answer(
+            "The rollouts",
+            {
+                "rollouts": {
+                    "type": "array",
+                    "items": _holds({"name": {"type": "string"}, "status": {"type": "object"}}),
+                },
+                "retired": {"type": "array", "items": {"type": "string"}},
+            },
+        ),
+        rollout="set",
+    ),
+    Route(
+        "POST",
+        "/rollouts/{name}/retire",
+        name="retireRollout",
+        role="admin",
+        handler=AdminAPI._retire,
+        summary="Stop serving a rollout of the set (its flags off, its state kept; 409: one gate)",
+        body=_NO_FIELDS,
+        answer=_SET_NOW,
+        links={"restore": _link("restoreRollout", name="$response.body#/rollout")},
+        not_found=True,
+        rollout="set",
+    ),
+    Route(
+        "POST",
+        "/rollouts/{name}/restore",
+        name="restoreRollout",
+        role="admin",
+        handler=AdminAPI._restore,
+        summary="Serve a retired rollout again, where its state stands (409: one gate)",
+        body=_NO_FIELDS,
+        answer=_SET_NOW,
+        links={"retire": _link("retireRollout", name="$response.body#/rollout")},
+        not_found=True,
+        rollout="set",
+    ),
 )
 _NAMED = {route.name: route for route in ROUTES}
 
@@ -958,7 +1227,7 @@ class AdminASGIApp:
 
     def __init__(
         self,
-        gate: PromotionGate,
+        gate: PromotionGate | Rollouts,
         *,
         token: str | None = None,
         token_name: str = "admin",
@@ -1072,7 +1341,7 @@ class AdminWSGIApp:
 
     def __init__(
         self,
-        gate: PromotionGate,
+        gate: PromotionGate | Rollouts,
         *,
         token: str | None = None,
         token_name: str = "admin",
@@ -1140,14 +1409,15 @@ def dashboard_html() -> bytes:
     return _DASHBOARD
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(rollouts: Sequence[str] | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 description of the admin API, built from ``ROUTES``
     (schemathesis checks the API against it: every answer it documents, and
-    nothing it does not)."""
+    nothing it does not). ``rollouts``: the names ``?rollout=`` takes now
+    (the served document lists them; any name is a 404 otherwise)."""
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         item = paths.setdefault(route.path, {})
-        item[route.method.lower()] = _operation(route)
+        item[route.method.lower()] = _operation(route, rollouts)
         if route.pattern.groupindex:
             item["parameters"] = [
                 {"name": name, "in": "path", "required": True, "schema": _PATH_PARAMETERS[name]}
@@ -1164,7 +1434,7 @@ def openapi_document() -> dict[str, Any]:
     )
 
 
-def _operation(route: Route) -> dict[str, Any]:
+def _operation(route: Route, rollouts: Sequence[str] | None = None) -> dict[str, Any]:
     answer = route.answer
     ok: dict[str, Any] = {
         "description": answer.description,
@@ -1175,9 +1445,12 @@ def _operation(route: Route) -> dict[str, Any]:
     if route.public:
         errors: list[int] = []
     elif route.changes_state:
-        errors = [400, 401, 403, *([404] if route.not_found else []), 409, 413, 415]
+        # 404: a ?rollout= or a path that names nothing
+        found = route.not_found or route.rollout != "set"
+        errors = [400, 401, 403, *([404] if found else []), 409, 413, 415]
     else:
-        errors = [400, 401]  # 400: a query parameter the route does not take
+        # 400: a query parameter the route does not take; 404: no such ?rollout=
+        errors = [400, 401, *([404] if route.rollout != "set" else [])]
     error = {"$ref": "#/components/responses/Error"}
     operation: dict[str, Any] = {
         "operationId": route.name,
@@ -1191,7 +1464,14 @@ def _operation(route: Route) -> dict[str, Any]:
         operation["description"] = f"Needs the {route.role} role (403 for a token without it)."
     if route.query:
         operation["parameters"] = [
-            {"name": name, "in": "query", "required": False, "schema": schema}
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": schema
+                if name != "rollout" or not rollouts
+                else {**schema, "enum": list(rollouts)},
+            }
             for name, schema in route.query.items()
         ]
     if route.body is not None:

@@ -3,8 +3,11 @@
 It talks to the admin API (``--url``, or ``GATE_MIDDLEWARE_URL``) with a
 bearer token (``--token``, or ``GATE_MIDDLEWARE_TOKEN``)::
 
+    gate-middleware [--rollout NAME] COMMAND ...
     gate-middleware status [--watch] [--json]
     gate-middleware status --wait [--timeout DURATION]
+    gate-middleware rollouts [--json]
+    gate-middleware retire NAME | restore NAME
     gate-middleware plan [show|pause|resume|abort|retry|skip] ...
     gate-middleware history [--json | --jsonl] [--since TIME] [--limit N]
     gate-middleware promote [staging|production] [--force]
@@ -14,6 +17,12 @@ bearer token (``--token``, or ``GATE_MIDDLEWARE_TOKEN``)::
     gate-middleware flags enable|disable NAME
     gate-middleware demo [--scenario healthy|faulty|manual|metric]
     gate-middleware hash-token < token-file
+
+``--rollout NAME`` (or ``GATE_MIDDLEWARE_ROLLOUT``) picks one rollout of a
+``Rollouts`` set: it goes with every call as ``?rollout=NAME`` (a set of
+several needs it for every command but ``status``, ``rollouts``,
+``retire`` and ``restore``). ``status`` without it shows every rollout of
+the set; ``status --wait`` follows one, so a set of several needs it.
 
 Exit codes: 0 done, 1 refused by the gate (the reason is printed) or for
 the token's role (the role needed is printed), 2 usage or connection error. ``status --wait`` watches the rollout for a pipeline
@@ -180,12 +189,20 @@ class AdminClient:
     """A small JSON client for the admin API (standard library only)."""
 
     def __init__(
-        self, url: str, token: str | None, timeout: float = 10.0, *, allow_http: bool = False
+        self,
+        url: str,
+        token: str | None,
+        timeout: float = 10.0,
+        *,
+        allow_http: bool = False,
+        rollout: str | None = None,
     ) -> None:
         check_url(url, allow_http=allow_http)
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        #: The rollout of a set every call of one rollout names (``?rollout=``).
+        self.rollout = rollout
         self._opener = urllib.request.build_opener(_SameOriginRedirects())
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -224,6 +241,8 @@ class AdminClient:
         ``parameters`` and adding the ``query``."""
         found = route_named(route)
         path = found.url(**parameters).lstrip("/")
+        if self.rollout is not None and "rollout" in found.query:
+            query = {**(query or {}), "rollout": self.rollout}
         if query:
             path += "?" + urllib.parse.urlencode(query)
         return self.request(found.method, path, body)
@@ -431,14 +450,23 @@ def call(
     show_envvar=True,
     help="Send the token over plain http to a host that is not loopback.",
 )
+@click.option(
+    "--rollout",
+    envvar="GATE_MIDDLEWARE_ROLLOUT",
+    show_envvar=True,
+    default=None,
+    help="The rollout of a Rollouts set to watch or steer (sent as ?rollout=NAME).",
+)
 @click.version_option(__version__, "--version", prog_name="gate-middleware")
 @click.pass_context
-def main(ctx: click.Context, url: str, token: str | None, allow_http: bool) -> None:
+def main(
+    ctx: click.Context, url: str, token: str | None, allow_http: bool, rollout: str | None
+) -> None:
     """Watch and steer a gate-middleware rollout through its admin API."""
     if ctx.invoked_subcommand in ("demo", "hash-token"):
         return  # the demo starts its own server; hash-token needs none
     try:
-        ctx.obj = AdminClient(url, token, allow_http=allow_http)
+        ctx.obj = AdminClient(url, token, allow_http=allow_http, rollout=rollout)
     except InsecureURL as exc:
         _fail(str(exc), EXIT_USAGE)
 
@@ -584,25 +612,53 @@ def status(
     wait: bool,
     timeout: str,
 ) -> None:
-    """The rollout now: environment, traffic, health of both variants, SLO, flags."""
+    """The rollout now: environment, traffic, health of both variants, SLO,
+    flags (without --rollout: every rollout of a set, one after the other)."""
     if wait:
         wait_for_outcome(ctx, parse_duration(timeout), interval)
     if as_json:
-        click.echo(json.dumps(call(ctx, "getStatus"), indent=2))
+        click.echo(json.dumps(status_answer(ctx), indent=2))
         return
     console = _OUT
     if not watch:
-        console.print(render_status(call(ctx, "getStatus")))
+        console.print(render_answer(status_answer(ctx)))
         return
     count = 0
-    with Live(render_status(call(ctx, "getStatus")), console=console, auto_refresh=False) as live:
+    with Live(render_answer(status_answer(ctx)), console=console, auto_refresh=False) as live:
         try:
             while iterations <= 0 or count < iterations - 1:
                 time.sleep(interval)
-                live.update(render_status(call(ctx, "getStatus")), refresh=True)
+                live.update(render_answer(status_answer(ctx)), refresh=True)
                 count += 1
         except KeyboardInterrupt:
             pass
+
+
+def status_answer(ctx: click.Context) -> dict[str, Any]:
+    """``GET /status`` of the one rollout (``--rollout``, or the only one
+    served), or ``GET /rollouts`` when a set serves several or none."""
+    if ctx.obj.rollout is not None:
+        answer: dict[str, Any] = call(ctx, "getStatus")
+        return answer
+    listed: dict[str, Any] = call(ctx, "getRollouts")
+    if len(listed["rollouts"]) == 1 and not listed["retired"]:
+        only: dict[str, Any] = listed["rollouts"][0]["status"]
+        return only
+    return listed
+
+
+def render_answer(answer: dict[str, Any]) -> Group:
+    """One rollout's status, or each of a set's (from ``status_answer``)."""
+    if "rollouts" not in answer:
+        return render_status(answer)
+    parts: list[Any] = []
+    for rollout in answer["rollouts"]:
+        parts.extend([render_status(rollout["status"]), Text("")])
+    if not answer["rollouts"]:
+        parts.append(printable("no rollout is served"))
+    if answer["retired"]:
+        parts.append(printable(f"retired: {', '.join(answer['retired'])}", "dim"))
+    return Group(*parts)
 
 
 @main.command()
@@ -631,6 +687,50 @@ def history(
         say(event_line(event))
     if not events:
         say("no events yet")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print GET /rollouts as JSON.")
+@click.pass_context
+def rollouts(ctx: click.Context, as_json: bool) -> None:
+    """Each rollout served: its environment, canary traffic and verdict; and the retired."""
+    listed = call(ctx, "getRollouts")
+    if as_json:
+        click.echo(json.dumps(listed, indent=2))
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("rollout", "environment", "traffic", "verdict"):
+        table.add_column(column, justify="right" if column == "traffic" else "left")
+    for rollout in listed["rollouts"]:
+        status = rollout["status"]
+        environment = status["environment"]
+        table.add_row(
+            printable(rollout["name"], "bold"),
+            printable(environment["name"]),
+            printable(f"{float(environment['traffic_percent']):g}%"),
+            printable(status["health"]["verdict"]),
+        )
+    _OUT.print(table)
+    if listed["retired"]:
+        say(f"retired: {', '.join(listed['retired'])}")
+
+
+@main.command()
+@click.argument("name")
+@click.pass_context
+def retire(ctx: click.Context, name: str) -> None:
+    """Stop serving the rollout NAME of a set (its flags off, its state kept)."""
+    result = call(ctx, "retireRollout", {}, name=name)
+    say(f"rollout {name} retired; serving: {', '.join(result['rollouts']) or 'none'}")
+
+
+@main.command()
+@click.argument("name")
+@click.pass_context
+def restore(ctx: click.Context, name: str) -> None:
+    """Serve the retired rollout NAME again, where its state stands."""
+    result = call(ctx, "restoreRollout", {}, name=name)
+    say(f"rollout {name} restored; serving: {', '.join(result['rollouts'])}")
 
 
 @main.command("hash-token")

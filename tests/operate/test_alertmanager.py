@@ -347,7 +347,7 @@ def test_the_openapi_document_declares_the_notification() -> None:
     schema = operation["requestBody"]["content"]["application/json"]["schema"]
     assert set(schema["properties"]) == set(NOTIFIED)  # every key Alertmanager sends
     assert set(schema["properties"]["alerts"]["items"]["properties"]) == set(NOTIFIED["alerts"][0])
-    assert [p["name"] for p in operation["parameters"]] == ["label"]
+    assert [p["name"] for p in operation["parameters"]] == ["label", "rollout"]
 
 
 def test_the_check_agrees_with_the_schema_on_every_case_above() -> None:

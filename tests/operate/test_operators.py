@@ -29,6 +29,7 @@ from werkzeug.serving import make_server
 
 from gate_middleware import ConfigError, PromotionConfig, PromotionGate
 from gate_middleware.domain.plan import RolloutPlan
+from gate_middleware.gate import Rollouts
 from gate_middleware.operate.admin import ROUTES, AdminASGIApp, AdminWSGIApp
 from gate_middleware.operate.operators import Operator, OperatorFile, token_sha256
 from tests.servers import serving
@@ -52,6 +53,7 @@ ROLE_TABLE = {
     "getHistory": "viewer",
     "getOpenAPI": "viewer",
     "getPlan": "viewer",
+    "getRollouts": "viewer",
     "pausePlan": "operator",
     "resumePlan": "operator",
     "abortPlan": "operator",
@@ -64,6 +66,8 @@ ROLE_TABLE = {
     "setTraffic": "admin",
     "enableFlag": "admin",
     "retryPlan": "admin",
+    "retireRollout": "admin",
+    "restoreRollout": "admin",
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 #: A request for each endpoint that the gate would carry out for an admin.
@@ -92,7 +96,12 @@ REQUESTS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "setTraffic": ("POST", "/traffic", {"percent": 7}),
     "enableFlag": ("POST", "/flags/dark_mode/enable", None),
     "retryPlan": ("POST", "/plan/retry", None),
+    "getRollouts": ("GET", "/rollouts", None),
+    "retireRollout": ("POST", "/rollouts/default/retire", None),
+    "restoreRollout": ("POST", "/rollouts/default/restore", None),
 }
+#: Routes of a ``Rollouts`` set: tried on a set that holds the fresh gate.
+SET_ROUTES = {"retireRollout", "restoreRollout"}
 
 
 def auth(name: str, note: str | None = None) -> dict[str, str]:
@@ -123,7 +132,7 @@ def open_client(kind: str) -> Iterator[Any]:
     """A function that opens a client on an admin app of ``kind`` for a gate."""
     opened: list[Any] = []
 
-    def open_one(gate: PromotionGate, **options: Any) -> httpx.Client:
+    def open_one(gate: PromotionGate | Rollouts, **options: Any) -> httpx.Client:
         options.setdefault("operators", OPERATORS)
         if kind == "asgi":
             client: httpx.Client = TestClient(AdminASGIApp(gate, **options))
@@ -143,7 +152,7 @@ def test_every_route_needs_the_role_of_the_table() -> None:
 
 
 def test_each_role_against_every_endpoint(open_client: Any) -> None:
-    """3 roles × 16 endpoints, each on a fresh gate in which an admin's
+    """3 roles × 19 endpoints, each on a fresh gate in which an admin's
     request is carried out: allowed exactly where the table says, refused
     with 403 naming the role needed, and a refused request changes nothing."""
     tried = {name: {"allowed": 0, "refused": 0} for name in TOKENS}
@@ -154,8 +163,13 @@ def test_each_role_against_every_endpoint(open_client: Any) -> None:
                 gate.rollback("so that there is a release to retry")
             if route == "resumePlan":
                 gate.pause("so that there is a pause to end")
+            served: PromotionGate | Rollouts = gate
+            if route in SET_ROUTES:
+                served = Rollouts([gate])
+                if route == "restoreRollout":
+                    served.retire(gate.name)  # so that there is a rollout to restore
             before = gate.state.version
-            client = open_client(gate)
+            client = open_client(served)
             response = client.request(method, path, json=body, headers=auth(name))
             if RANK[ROLE_OF[name]] >= RANK[ROLE_TABLE[route]]:
                 assert response.status_code == 200, (name, route, response.text)
@@ -168,9 +182,9 @@ def test_each_role_against_every_endpoint(open_client: Any) -> None:
                 assert gate.state.version == before, (name, route)
                 tried[name]["refused"] += 1
     assert tried == {
-        "vera": {"allowed": 4, "refused": 12},
-        "otto": {"allowed": 10, "refused": 6},
-        "ada": {"allowed": 16, "refused": 0},
+        "vera": {"allowed": 5, "refused": 14},
+        "otto": {"allowed": 11, "refused": 8},
+        "ada": {"allowed": 19, "refused": 0},
     }
 
 
