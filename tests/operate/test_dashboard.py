@@ -326,3 +326,63 @@ def test_no_data_reads_as_no_data(page: Page) -> None:
         for element in ("slo-compliance", "canary-p99", "production-p99", "canary-error-rate"):
             assert page.text_content(f"#{element}") == "–", element
     gate.close()
+
+
+def test_a_set_of_rollouts_shows_each_in_its_own_section_and_steers_each_alone(
+    page: Page, clock: FakeClock
+) -> None:
+    """Under a Rollouts set, one page: a section per rollout with its state,
+    and each section's controls act on its own rollout only (?rollout=NAME)."""
+    from gate_middleware.gate import Rollouts
+
+    checkout = PromotionGate(
+        PromotionConfig(name="checkout", environment=Environment.canary(10), min_requests=20),
+        clock=clock,
+    )
+    search = PromotionGate(
+        PromotionConfig(name="search", environment=Environment.canary(30), min_requests=20),
+        clock=clock,
+    )
+    search.enable_feature("search_v2")
+    rollouts = Rollouts([checkout, search])
+    app = Starlette(routes=[Mount("/gate", AdminASGIApp(rollouts, token=TOKEN))])
+    page.add_init_script(COLLECT_VIOLATIONS)
+    with serving(app) as url:
+        page.goto(f"{url}/gate/#token={TOKEN}")
+        page.wait_for_selector('.rollout-view[data-rollout="search"] .badge[data-value="canary"]')
+        sections = page.eval_on_selector_all(
+            ".rollout-view", "nodes => nodes.map(n => n.dataset.rollout)"
+        )
+        assert sections == ["checkout", "search"]
+        assert page.is_hidden("#main")
+        assert page.text_content("#r0-rollout") == "checkout"
+        assert page.text_content("#r0-environment") == "canary (10%)"
+        assert page.text_content("#r1-rollout") == "search"
+        assert page.text_content("#r1-environment") == "canary (30%)"
+        flags = page.eval_on_selector_all(
+            '.rollout-view[data-rollout="search"] .flag', "nodes => nodes.map(n => n.dataset.flag)"
+        )
+        assert flags == ["search_v2"]
+
+        before = checkout.state
+        page.fill("#r1-rollback-reason", "search results are empty")
+        page.click("#r1-btn-rollback")
+        page.wait_for_selector('#r1-environment[data-value="production"]')
+        assert search.environment == Environment.PRODUCTION
+        assert search.get_rollback_history()[-1].reason == "search results are empty"
+        assert "Rolled back" in (page.text_content("#r1-message") or "")
+        assert checkout.state == before  # the other section's rollout is untouched
+        assert page.text_content("#r0-environment") == "canary (10%)"
+
+        page.fill("#r0-ramp-percent", "20")
+        page.click("#r0-btn-ramp")
+        page.wait_for_selector('#r0-traffic[data-value="20"]')
+        assert checkout.environment == Environment.canary(20)
+        assert search.environment == Environment.PRODUCTION
+
+        rollouts.retire("search")  # the page follows the set: one rollout, the plain page
+        page.wait_for_selector('#environment[data-value="canary"]:visible', timeout=10_000)
+        assert page.is_hidden("#rollouts")
+        assert page.text_content("#rollout") == "checkout"
+        assert page.text_content("#retired") == "retired: search"
+        assert page.evaluate("window.__violations") == []  # copies obey the page's CSP
