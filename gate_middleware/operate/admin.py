@@ -1206,15 +1206,17 @@ def _not_routed(method: str, path: str) -> _BadRequest:
 
 
 def route_list() -> str:
-    """``ROUTES`` as the list that ends this module's docstring."""
+    """``ROUTES`` as the list that ends this module's docstring (``?rollout=``,
+    which every route of one rollout takes, is said once, above)."""
     lines = []
     for route in ROUTES:
-        lines.append(f"    {route.method:<5} {route.path:<22} {route.summary}")
+        lines.append(f"    {route.method:<5} {route.path:<25} {route.summary}")
         if route.fields:
             fields = [f if f in route.required else f"{f}?" for f in route.fields]
-            lines.append(f"{'':<33}body {{{', '.join(fields)}}}")
-        if route.query:
-            lines.append(f"{'':<33}query ?{'&'.join(f'{q}=' for q in route.query)}")
+            lines.append(f"{'':<36}body {{{', '.join(fields)}}}")
+        query = [name for name in route.query if name != "rollout"]
+        if query:
+            lines.append(f"{'':<36}query ?{'&'.join(f'{q}=' for q in query)}")
     return "\n".join(lines) + "\n"
 
 
