@@ -39,8 +39,9 @@ own name or nothing; under a set, required when it holds several: 400 with
 one). Under a set without ``?rollout=``, ``POST /alertmanager`` rolls back
 each rollout a firing alert's label names. ``GET /rollouts`` lists each
 rollout with its ``/status``; ``POST /rollouts/{name}/retire`` and
-``/restore`` take a rollout out of the set and serve it again (409 for one
-gate), recorded in the rollout's history with the operator.
+``/reinstate`` stop serving a rollout and serve it again, in every process
+that shares its store (``PromotionGate.retire``; 409 for one gate), events
+in the rollout's history with the operator.
 
 Each route is declared once, in ``ROUTES``: the dispatch, the OpenAPI
 document (``GET /openapi.json``), the command line's client and the list
@@ -80,7 +81,7 @@ from gate_middleware.domain.naming import (
     valid_token,
 )
 from gate_middleware.domain.plan import PlanProgress
-from gate_middleware.domain.state import MAX_HISTORY, GateEvent
+from gate_middleware.domain.state import MAX_HISTORY, GateEvent, PromotionEvent
 from gate_middleware.errors import ConfigError, PromotionError
 from gate_middleware.gate import PromotionGate, Rollouts
 from gate_middleware.operate import alertmanager
@@ -411,13 +412,10 @@ class AdminAPI:
         )
 
     def _names(self) -> str:
-        """The rollouts, named for an error (and the retired ones)."""
+        """The rollouts, named for an error."""
         if isinstance(self.gate, PromotionGate):
             return repr(self.gate.name)
-        listed = ", ".join(repr(name) for name in self.gate.names) or "none"
-        if self.gate.retired:
-            listed += f" (retired: {', '.join(repr(name) for name in self.gate.retired)})"
-        return listed
+        return ", ".join(repr(name) for name in self.gate.names) or "none"
 
     def _touched(self, route: Route, args: dict[str, Any]) -> tuple[PromotionGate, ...]:
         """The gates a change of the set or of the alerts' rollouts may change."""
@@ -425,7 +423,7 @@ class AdminAPI:
             return (self.gate,)
         name = args.get("name")
         if route.rollout == "set" and isinstance(name, str):
-            found = self.gate.get(name) or self.gate.retired.get(name)
+            found = self.gate.get(name)
             return () if found is None else (found,)
         return self.gate.gates
 
@@ -543,48 +541,44 @@ class AdminAPI:
 
     def _rollouts(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
         gates = self._gates()
-        retired = [] if isinstance(self.gate, PromotionGate) else list(self.gate.retired)
+        retired = [gate.name for gate in gates if gate.retired]
         rollouts = [{"name": gate.name, "status": self._status_of(gate, args)} for gate in gates]
         return _json(200, {"rollouts": rollouts, "retired": retired})
 
     def _the_set(self, what: str) -> Rollouts:
         if isinstance(self.gate, PromotionGate):
             raise PromotionError(
-                f"cannot {what} the rollout {self.gate.name!r}: retiring and restoring "
-                "need a Rollouts set (this API steers one PromotionGate)"
+                f"cannot {what} the rollout {self.gate.name!r}: retiring and reinstating "
+                "are for a Rollouts set (this API steers one PromotionGate)"
             )
         return self.gate
 
-    def _retire(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
-        rollouts = self._the_set("retire")
+    def _named_in_set(self, what: str, args: dict[str, Any]) -> tuple[Rollouts, str]:
+        rollouts = self._the_set(what)
         name = args["name"]
         if name not in rollouts:
             raise _BadRequest(404, f"no rollout {name!r}; the rollouts: {self._names()}", "name")
-        gate = rollouts.retire(name, actor=args["actor"])
-        return self._set_answer(rollouts, gate)
+        return rollouts, name
 
-    def _restore(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
-        rollouts = self._the_set("restore")
-        name = args["name"]
-        if name not in rollouts.retired:
-            retired = ", ".join(repr(key) for key in rollouts.retired) or "none"
-            raise _BadRequest(404, f"no retired rollout {name!r}; retired: {retired}", "name")
-        try:
-            gate = rollouts.restore(name, actor=args["actor"])
-        except ConfigError as exc:  # its name or a flag was taken meanwhile
-            raise PromotionError(f"cannot restore {name!r}: {exc}") from exc
-        return self._set_answer(rollouts, gate)
+    def _retire(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        rollouts, name = self._named_in_set("retire", args)
+        event = rollouts.retire(name, actor=args["actor"])
+        return self._set_answer(rollouts, name, event)
+
+    def _reinstate(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        rollouts, name = self._named_in_set("reinstate", args)
+        event = rollouts.reinstate(name, actor=args["actor"])
+        return self._set_answer(rollouts, name, event)
 
     @staticmethod
-    def _set_answer(rollouts: Rollouts, gate: PromotionGate) -> AdminResponse:
-        events = gate.get_history()
+    def _set_answer(rollouts: Rollouts, name: str, event: PromotionEvent) -> AdminResponse:
         return _json(
             200,
             {
-                "rollout": gate.name,
+                "rollout": name,
                 "rollouts": list(rollouts.names),
-                "retired": list(rollouts.retired),
-                "event": events[-1].to_dict() if events else None,
+                "retired": [gate.name for gate in rollouts if gate.retired],
+                "event": event.to_dict(),
             },
         )
 
@@ -911,7 +905,7 @@ _SET_NOW = _answer(
         "rollout": {"type": "string"},
         "rollouts": _NAMES,
         "retired": _NAMES,
-        "event": {"anyOf": [_EVENT, {"type": "null"}]},
+        "event": _EVENT,
     },
 )
 
@@ -1140,7 +1134,7 @@ ROUTES: tuple[Route, ...] = (
         "/rollouts",
         name="getRollouts",
         handler=AdminAPI._rollouts,
-        summary="Every rollout served, in order, each with its /status; the retired ones' names",
+        summary="Every rollout of the set, in order, each with its /status; the retired ones' names",
         answer=_answer(
             "The rollouts",
             {
@@ -1159,20 +1153,20 @@ ROUTES: tuple[Route, ...] = (
         name="retireRollout",
         role="admin",
         handler=AdminAPI._retire,
-        summary="Stop serving a rollout of the set (its flags off, its state kept; 409: one gate)",
+        summary="Stop serving a rollout in every process (its flags off, nothing judged; 409: one gate)",
         body=_NO_FIELDS,
         answer=_SET_NOW,
-        links={"restore": _link("restoreRollout", name="$response.body#/rollout")},
+        links={"reinstate": _link("reinstateRollout", name="$response.body#/rollout")},
         not_found=True,
         rollout="set",
     ),
     Route(
         "POST",
-        "/rollouts/{name}/restore",
-        name="restoreRollout",
+        "/rollouts/{name}/reinstate",
+        name="reinstateRollout",
         role="admin",
-        handler=AdminAPI._restore,
-        summary="Serve a retired rollout again, where its state stands (409: one gate)",
+        handler=AdminAPI._reinstate,
+        summary="Serve a retired rollout again where it stood, in every process (409: one gate)",
         body=_NO_FIELDS,
         answer=_SET_NOW,
         links={"retire": _link("retireRollout", name="$response.body#/rollout")},

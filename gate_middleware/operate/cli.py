@@ -7,7 +7,7 @@ bearer token (``--token``, or ``GATE_MIDDLEWARE_TOKEN``)::
     gate-middleware status [--watch] [--json]
     gate-middleware status --wait [--timeout DURATION]
     gate-middleware rollouts [--json]
-    gate-middleware retire NAME | restore NAME
+    gate-middleware retire NAME | reinstate NAME
     gate-middleware plan [show|pause|resume|abort|retry|skip] ...
     gate-middleware history [--json | --jsonl] [--since TIME] [--limit N]
     gate-middleware promote [staging|production] [--force]
@@ -21,7 +21,7 @@ bearer token (``--token``, or ``GATE_MIDDLEWARE_TOKEN``)::
 ``--rollout NAME`` (or ``GATE_MIDDLEWARE_ROLLOUT``) picks one rollout of a
 ``Rollouts`` set: it goes with every call as ``?rollout=NAME`` (a set of
 several needs it for every command but ``status``, ``rollouts``,
-``retire`` and ``restore``). ``status`` without it shows every rollout of
+``retire`` and ``reinstate``). ``status`` without it shows every rollout of
 the set; ``status --wait`` follows one, so a set of several needs it.
 
 Exit codes: 0 done, 1 refused by the gate (the reason is printed) or for
@@ -641,7 +641,7 @@ def status_answer(ctx: click.Context) -> dict[str, Any]:
         answer: dict[str, Any] = call(ctx, "getStatus")
         return answer
     listed: dict[str, Any] = call(ctx, "getRollouts")
-    if len(listed["rollouts"]) == 1 and not listed["retired"]:
+    if len(listed["rollouts"]) == 1:
         only: dict[str, Any] = listed["rollouts"][0]["status"]
         return only
     return listed
@@ -693,7 +693,7 @@ def history(
 @click.option("--json", "as_json", is_flag=True, help="Print GET /rollouts as JSON.")
 @click.pass_context
 def rollouts(ctx: click.Context, as_json: bool) -> None:
-    """Each rollout served: its environment, canary traffic and verdict; and the retired."""
+    """Each rollout of the set: its environment, canary traffic and verdict (or retired)."""
     listed = call(ctx, "getRollouts")
     if as_json:
         click.echo(json.dumps(listed, indent=2))
@@ -708,7 +708,7 @@ def rollouts(ctx: click.Context, as_json: bool) -> None:
             printable(rollout["name"], "bold"),
             printable(environment["name"]),
             printable(f"{float(environment['traffic_percent']):g}%"),
-            printable(status["health"]["verdict"]),
+            printable("retired" if status.get("retired") else status["health"]["verdict"]),
         )
     _OUT.print(table)
     if listed["retired"]:
@@ -719,18 +719,18 @@ def rollouts(ctx: click.Context, as_json: bool) -> None:
 @click.argument("name")
 @click.pass_context
 def retire(ctx: click.Context, name: str) -> None:
-    """Stop serving the rollout NAME of a set (its flags off, its state kept)."""
+    """Stop serving the rollout NAME of a set in every process (its flags off)."""
     result = call(ctx, "retireRollout", {}, name=name)
-    say(f"rollout {name} retired; serving: {', '.join(result['rollouts']) or 'none'}")
+    say(f"rollout {name} retired; retired now: {', '.join(result['retired'])}")
 
 
 @main.command()
 @click.argument("name")
 @click.pass_context
-def restore(ctx: click.Context, name: str) -> None:
-    """Serve the retired rollout NAME again, where its state stands."""
-    result = call(ctx, "restoreRollout", {}, name=name)
-    say(f"rollout {name} restored; serving: {', '.join(result['rollouts'])}")
+def reinstate(ctx: click.Context, name: str) -> None:
+    """Serve the retired rollout NAME again, where it stood."""
+    call(ctx, "reinstateRollout", {}, name=name)
+    say(f"rollout {name} reinstated")
 
 
 @main.command("hash-token")

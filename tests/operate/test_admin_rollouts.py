@@ -243,7 +243,7 @@ def test_a_single_gate_takes_its_own_name_and_no_other(kind: str, clock: FakeClo
             "retired": [],
         }
         before = gate.state
-        for action in ("retire", "restore"):
+        for action in ("retire", "reinstate"):
             refused = client.post(f"/rollouts/checkout/{action}", headers=AUTH)
             assert refused.status_code == 409, refused.text
             assert "Rollouts set" in refused.json()["error"]
@@ -290,14 +290,14 @@ def test_the_openapi_document_lists_the_rollouts(client: httpx.Client) -> None:
             assert "404" in operation["responses"], route.name
 
 
-# -- roles, retire and restore ---------------------------------------------------------
+# -- roles, retire and reinstate ---------------------------------------------------------
 
 
 def test_the_set_routes_need_their_roles(client: httpx.Client, rollouts: Rollouts) -> None:
     assert client.get("/rollouts", headers={"Authorization": f"Bearer {VIEWER}"}).status_code == 200
     before = states(rollouts)
     for token in (VIEWER, OPERATOR):
-        for action in ("retire", "restore"):
+        for action in ("retire", "reinstate"):
             refused = client.post(
                 f"/rollouts/search/{action}", headers={"Authorization": f"Bearer {token}"}
             )
@@ -305,32 +305,33 @@ def test_the_set_routes_need_their_roles(client: httpx.Client, rollouts: Rollout
     assert rollouts.names == NAMES and states(rollouts) == before
 
 
-def test_retire_and_restore_a_rollout(client: httpx.Client, rollouts: Rollouts) -> None:
+def test_retire_and_reinstate_a_rollout(client: httpx.Client, rollouts: Rollouts) -> None:
     search = rollouts["search"]
     others = {name: rollouts[name].state for name in ("checkout", "profile")}
     retired = client.post("/rollouts/search/retire", headers={**AUTH, "X-Gate-Actor": "cli:ada"})
     assert retired.status_code == 200, retired.text
     answer = retired.json()
-    assert answer["rollouts"] == ["checkout", "profile"] and answer["retired"] == ["search"]
-    assert answer["event"]["action"] == "retire_rollout"
+    assert answer["rollouts"] == list(NAMES) and answer["retired"] == ["search"]
+    assert answer["event"]["action"] == "retire"
     assert answer["event"]["actor"] == "ada (client note: cli:ada)"
-    assert search.get_history()[-1].action == "retire_rollout"
-    assert rollouts.names == ("checkout", "profile") and list(rollouts.retired) == ["search"]
-    assert not rollouts.route_request("s1").is_enabled("search_v2")  # no longer served
+    assert search.get_history()[-1].action == "retire" and search.retired
+    assert rollouts.names == NAMES  # still listed and steerable, served by no one
+    assert not rollouts.route_request("s1").is_enabled("search_v2")
     listed = client.get("/rollouts", headers=AUTH).json()
-    assert [r["name"] for r in listed["rollouts"]] == ["checkout", "profile"]
+    assert [r["name"] for r in listed["rollouts"]] == list(NAMES)
     assert listed["retired"] == ["search"]
-    gone = client.get("/status", params={"rollout": "search"}, headers=AUTH)
-    assert gone.status_code == 404 and "retired: 'search'" in gone.json()["error"]
-    assert client.post("/rollouts/search/retire", headers=AUTH).status_code == 404
-    assert client.post("/rollouts/billing/restore", headers=AUTH).status_code == 404
+    status = client.get("/status", params={"rollout": "search"}, headers=AUTH)
+    assert status.status_code == 200 and status.json()["retired"] is True
+    again = client.post("/rollouts/search/retire", headers=AUTH)
+    assert again.status_code == 409 and "retired already" in again.json()["error"]
+    assert client.post("/rollouts/billing/reinstate", headers=AUTH).status_code == 404
 
-    restored = client.post("/rollouts/search/restore", headers=AUTH)
-    assert restored.status_code == 200, restored.text
-    assert restored.json()["event"]["action"] == "restore_rollout"
-    assert rollouts.names == ("checkout", "profile", "search") and not rollouts.retired
-    assert rollouts["search"] is search and search.get_history()[-1].actor == "ada"
-    assert client.post("/rollouts/search/restore", headers=AUTH).status_code == 404
+    reinstated = client.post("/rollouts/search/reinstate", headers=AUTH)
+    assert reinstated.status_code == 200, reinstated.text
+    assert reinstated.json()["event"]["action"] == "reinstate"
+    assert reinstated.json()["retired"] == [] and not search.retired
+    assert search.get_history()[-1].actor == "ada"
+    assert client.post("/rollouts/search/reinstate", headers=AUTH).status_code == 409
     assert {name: rollouts[name].state for name in ("checkout", "profile")} == others
 
 
@@ -429,17 +430,19 @@ def test_the_cli_lists_and_steers_each_rollout(url: str, rollouts: Rollouts) -> 
     assert unknown.returncode == 2 and "'billing'" in unknown.stderr
 
 
-def test_the_cli_retires_and_restores(url: str, rollouts: Rollouts) -> None:
+def test_the_cli_retires_and_reinstates(url: str, rollouts: Rollouts) -> None:
     retired = run(url, "retire", "profile")
     assert retired.returncode == 0, retired.stderr
-    assert rollouts.names == ("checkout", "search") and list(rollouts.retired) == ["profile"]
-    assert "retired: profile" in run(url, "rollouts").stdout
-    assert rollouts["checkout"].get_history()[-1].action != "retire_rollout"
-    assert rollouts.retired["profile"].get_history()[-1].actor.startswith("ada (client note: cli")
-    refused = run(url, "retire", "profile", token=OPERATOR)
+    assert rollouts["profile"].retired and rollouts.names == ("checkout", "search", "profile")
+    listing = run(url, "rollouts").stdout
+    assert "retired: profile" in listing
+    assert rollouts["checkout"].get_history()[-1].action != "retire"
+    assert rollouts["profile"].get_history()[-1].actor.startswith("ada (client note: cli")
+    refused = run(url, "reinstate", "profile", token=OPERATOR)
     assert refused.returncode == 1 and "admin role" in refused.stderr
-    assert run(url, "restore", "profile").returncode == 0
-    assert rollouts.names == ("checkout", "search", "profile")
+    assert rollouts["profile"].retired
+    assert run(url, "reinstate", "profile").returncode == 0
+    assert not rollouts["profile"].retired
 
 
 def test_the_cli_waits_for_one_rollout_of_a_set(clock: FakeClock) -> None:

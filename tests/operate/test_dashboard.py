@@ -380,9 +380,15 @@ def test_a_set_of_rollouts_shows_each_in_its_own_section_and_steers_each_alone(
         assert checkout.environment == Environment.canary(20)
         assert search.environment == Environment.PRODUCTION
 
-        rollouts.retire("search")  # the page follows the set: one rollout, the plain page
+        rollouts.retire("search", actor="ada")  # still a section, named among the retired
+        page.wait_for_selector("#retired:visible", timeout=10_000)
+        assert page.text_content("#retired") == "retired: search"
+        assert page.eval_on_selector_all(
+            ".rollout-view", "nodes => nodes.map(n => n.dataset.rollout)"
+        ) == ["checkout", "search"]
+        rollouts.remove("search")  # out of this process's set: the plain page of one rollout
         page.wait_for_selector('#environment[data-value="canary"]:visible', timeout=10_000)
         assert page.is_hidden("#rollouts")
         assert page.text_content("#rollout") == "checkout"
-        assert page.text_content("#retired") == "retired: search"
+        assert page.is_hidden("#retired")
         assert page.evaluate("window.__violations") == []  # copies obey the page's CSP

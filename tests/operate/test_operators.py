@@ -67,7 +67,7 @@ ROLE_TABLE = {
     "enableFlag": "admin",
     "retryPlan": "admin",
     "retireRollout": "admin",
-    "restoreRollout": "admin",
+    "reinstateRollout": "admin",
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 #: A request for each endpoint that the gate would carry out for an admin.
@@ -98,10 +98,10 @@ REQUESTS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "retryPlan": ("POST", "/plan/retry", None),
     "getRollouts": ("GET", "/rollouts", None),
     "retireRollout": ("POST", "/rollouts/default/retire", None),
-    "restoreRollout": ("POST", "/rollouts/default/restore", None),
+    "reinstateRollout": ("POST", "/rollouts/default/reinstate", None),
 }
 #: Routes of a ``Rollouts`` set: tried on a set that holds the fresh gate.
-SET_ROUTES = {"retireRollout", "restoreRollout"}
+SET_ROUTES = {"retireRollout", "reinstateRollout"}
 
 
 def auth(name: str, note: str | None = None) -> dict[str, str]:
@@ -166,8 +166,8 @@ def test_each_role_against_every_endpoint(open_client: Any) -> None:
             served: PromotionGate | Rollouts = gate
             if route in SET_ROUTES:
                 served = Rollouts([gate])
-                if route == "restoreRollout":
-                    served.retire(gate.name)  # so that there is a rollout to restore
+                if route == "reinstateRollout":
+                    served.retire(gate.name)  # so that there is a rollout to reinstate
             before = gate.state.version
             client = open_client(served)
             response = client.request(method, path, json=body, headers=auth(name))
