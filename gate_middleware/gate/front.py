@@ -338,6 +338,10 @@ class PromotionGate:
         else:
             self._note_config_difference(config, wall_clock())
         self.stale_outcomes = 0
+        #: Set by a ``Rollouts`` set this gate serves in: the rollout a flag
+        #: belongs to there (``None``: no other), so that no change of this
+        #: gate turns on another rollout's flag.
+        self.flag_owner: Callable[[str], str | None] | None = None
         # A shared store tells us of other processes' changes.
         self._store.subscribe(self._transitions.adopt_if_newer)
         self._timer: PlanTimer | None = None
@@ -542,6 +546,14 @@ class PromotionGate:
         if decision is not None:
             if not isinstance(decision, RoutingDecision):
                 raise ConfigError("decision", decision, "a RoutingDecision from route_request")
+            if decision.parts:  # a Rollouts set's request decision: this rollout's own
+                decision = decision.rollouts.get(self.name, decision)
+            if decision.rollout and decision.rollout != self.name:
+                raise ConfigError(
+                    "decision",
+                    f"rollout {decision.rollout!r}'s decision",
+                    f"a decision of rollout {self.name!r} (or a request's under its Rollouts set)",
+                )
             self.record_outcome(
                 decision.variant,
                 bool(success),
@@ -814,6 +826,8 @@ class PromotionGate:
             traffic_percent = self.plan.steps[0].traffic_percent
         percent = validate_traffic_percent(traffic_percent)
         flags = frozenset(validate_flag_names(feature_flags))
+        for flag in sorted(flags):
+            self._check_flag_is_ours(flag, "feature_flags")
         target = Environment.canary(percent)
 
         def change(current: GateState) -> tuple[GateState, PromotionEvent]:
@@ -924,6 +938,7 @@ class PromotionGate:
         progress, for everyone in production. Records a PromotionEvent
         (action "enable_flag"); ``None`` when the flag was on already."""
         validate_flag_name(name, "feature")
+        self._check_flag_is_ours(name, "feature")
         actor = validate_actor(actor)
 
         def change(current: GateState) -> tuple[GateState, PromotionEvent] | None:
@@ -978,6 +993,18 @@ class PromotionGate:
         logger.info("Feature flag disabled: %s (by %s)", name, actor)
         return result[1]
 
+    def _check_flag_is_ours(self, flag: str, field: str) -> None:
+        """A ``ConfigError`` when ``flag`` belongs to another rollout of the
+        ``Rollouts`` set this gate serves in."""
+        owner = self.flag_owner(flag) if self.flag_owner is not None else None
+        if owner is not None and owner != self.name:
+            raise ConfigError(
+                field,
+                flag,
+                f"a flag of rollout {self.name!r}: {flag!r} belongs to rollout {owner!r} "
+                "of the same Rollouts set",
+            )
+
     def retire(
         self, reason: str = "retired by an operator", *, actor: str = API_ACTOR
     ) -> PromotionEvent:
@@ -1015,7 +1042,21 @@ class PromotionGate:
                 reason=reason,
                 actor=actor,
             )
-            return current.evolve(event, retired=retired, step=current.step + 1), event
+            position = current.plan
+            if not retired and position is not None:
+                # The plan's clocks ran while it was retired: its step starts
+                # afresh (bake, limits, approval), as its evidence does.
+                now = self._wall_clock()
+                position = replace(
+                    position,
+                    entered_at=now,
+                    resumed_at=now,
+                    held=False,
+                    awaiting=False,
+                    approved=False,
+                )
+            state = current.evolve(event, retired=retired, step=current.step + 1, plan=position)
+            return state, event
 
         result = self._transitions.apply(change)
         if result is None:  # change() never declines; it raises instead

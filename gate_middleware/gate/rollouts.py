@@ -10,7 +10,8 @@
 
 Each rollout keeps its own config, plan, judge, history and cohort salt:
 one session cookie serves them all, and each rollout hashes it with its own
-name (``compute_bucket(name, session)``), so a session's assignments are
+salt (its name unless ``PromotionConfig.salt`` says otherwise; two rollouts
+of a set may not share one), so a session's assignments are
 independent across rollouts and each stays sticky and monotone. The
 request's decision (``request.state.gate``) answers ``is_enabled`` for
 every rollout's flags; ``decision.for_rollout(name)`` is one rollout's own
@@ -28,6 +29,7 @@ off, nothing judged) until ``reinstate``, both recorded in its history;
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 
 from gate_middleware.domain.environment import Environment
@@ -36,6 +38,12 @@ from gate_middleware.domain.state import GateState, PromotionEvent
 from gate_middleware.errors import ConfigError
 from gate_middleware.gate.autopilot import API_ACTOR
 from gate_middleware.gate.front import PromotionGate
+
+
+def _salt(gate: PromotionGate) -> str:
+    """What ``gate`` routes by: its config's ``salt``, or its name."""
+    return gate.config.salt if gate.config.salt is not None else gate.name
+
 
 #: ``callback(gate, previous, state)``: a rollout of the set took up a newer state.
 SetCallback = Callable[[PromotionGate, GateState, GateState], None]
@@ -61,8 +69,8 @@ class Rollouts:
         self._owners: dict[str, str] = {}
         self._metric_names: dict[str, frozenset[str]] = {}
         self._state_callbacks: list[SetCallback] = []
-        #: (gate, callback) pairs already registered: a gate added again is not told twice.
-        self._registered: set[tuple[int, int]] = set()
+        #: The gates given a dispatcher of the set's callbacks (once per gate).
+        self._dispatching: weakref.WeakSet[PromotionGate] = weakref.WeakSet()
         for gate in gates:
             self.add(gate)
 
@@ -71,8 +79,10 @@ class Rollouts:
     def add(self, gate: PromotionGate) -> PromotionGate:
         """Serve ``gate``'s rollout beside the others from the next request on.
 
-        A ``ConfigError`` (and no change) when the name is taken or one of
-        its declared flags belongs to another rollout of the set.
+        A ``ConfigError`` (and no change) when the name or the routing salt
+        is taken, or a flag it declares or has on belongs to another rollout
+        of the set. From then on the gate refuses to turn on another
+        rollout's flag (``enable_feature``, ``start_canary``).
         """
         if not isinstance(gate, PromotionGate):
             raise ConfigError("gate", gate, "a PromotionGate")
@@ -83,8 +93,20 @@ class Rollouts:
                     gate.name,
                     f"a rollout name not yet in the set (it holds {self._listed()})",
                 )
-            for flag in gate.config.feature_flags:
-                owner = self._owners.get(flag)
+            salt = _salt(gate)
+            for other in self._gates:
+                if _salt(other) == salt:
+                    raise ConfigError(
+                        "salt",
+                        salt,
+                        f"a routing salt of one rollout only: rollout {other.name!r} routes by "
+                        f"{salt!r} too, which would put every session on the same path in both",
+                    )
+            state = gate.state
+            for flag in sorted(
+                {*gate.config.feature_flags, *state.stable_flags, *state.release_flags}
+            ):
+                owner = self._owners.get(flag) or self._using(flag)
                 if owner is not None:
                     raise ConfigError(
                         "feature_flags",
@@ -92,18 +114,43 @@ class Rollouts:
                         f"a flag of one rollout only: {flag!r} belongs to rollout {owner!r}, "
                         f"and rollout {gate.name!r} claims it too",
                     )
-            for flag in gate.config.feature_flags:
-                self._owners[flag] = gate.name
+            self._owners = {**self._owners, **dict.fromkeys(gate.config.feature_flags, gate.name)}
             self._metric_names = {
                 **self._metric_names,
                 gate.name: frozenset(metric.name for metric in gate.config.metrics),
             }
             self._by_name = {**self._by_name, gate.name: gate}
             self._gates = (*self._gates, gate)
-            callbacks = list(self._state_callbacks)
-        for callback in callbacks:
-            self._register(gate, callback)
+            gate.flag_owner = self._owner_name
+            if gate not in self._dispatching:
+                self._dispatching.add(gate)
+                gate.on_state_change(self._dispatcher(gate))
         return gate
+
+    def _owner_name(self, flag: str) -> str | None:
+        return self._owners.get(flag)
+
+    def _using(self, flag: str) -> str | None:
+        """The rollout of the set that has ``flag`` on now without declaring it."""
+        for other in self._gates:
+            state = other.state
+            if flag in state.stable_flags or flag in state.release_flags:
+                return other.name
+        return None
+
+    def _dispatcher(self, gate: PromotionGate) -> Callable[[GateState, GateState], None]:
+        """What ``gate`` calls with each new state: the set's callbacks, while
+        it is in the set (a gate removed since is not heard)."""
+        reference = weakref.ref(gate)
+
+        def dispatch(previous: GateState, state: GateState) -> None:
+            served = reference()
+            if served is None or self._by_name.get(served.name) is not served:
+                return
+            for callback in list(self._state_callbacks):
+                callback(served, previous, state)
+
+        return dispatch
 
     def on_state_change(self, callback: SetCallback) -> SetCallback:
         """Call ``callback(gate, previous, state)`` whenever any rollout of the
@@ -111,17 +158,7 @@ class Rollouts:
         (``PromotionGate.on_state_change``)."""
         with self._lock:
             self._state_callbacks.append(callback)
-            gates = self._gates
-        for gate in gates:
-            self._register(gate, callback)
         return callback
-
-    def _register(self, gate: PromotionGate, callback: SetCallback) -> None:
-        key = (id(gate), id(callback))
-        if key in self._registered:
-            return
-        self._registered.add(key)
-        gate.on_state_change(lambda previous, state: callback(gate, previous, state))
 
     def remove(self, name: str) -> PromotionGate:
         """Take the rollout ``name`` out of this process's set (its flags are
@@ -136,6 +173,8 @@ class Rollouts:
             self._by_name = {key: value for key, value in self._by_name.items() if key != name}
             self._gates = tuple(g for g in self._gates if g is not gate)
             self._owners = {flag: owner for flag, owner in self._owners.items() if owner != name}
+            self._metric_names = {k: v for k, v in self._metric_names.items() if k != name}
+            gate.flag_owner = None
         return gate
 
     def retire(
@@ -227,6 +266,20 @@ class Rollouts:
         return combine_decisions(
             tuple(
                 gate.decision_for_variant(variant, reason=reason, bucket=bucket) for gate in gates
+            ),
+            reason,
+            self._track,
+        )
+
+    def override(self, decision: RoutingDecision, variant: str, reason: str) -> RoutingDecision:
+        """The QA override of ``decision`` (a request's under this set): every
+        rollout's ``variant``, each keeping the session's own bucket there."""
+        parts = decision.parts or (decision,)
+        buckets = {part.rollout: part.bucket for part in parts}
+        return combine_decisions(
+            tuple(
+                gate.decision_for_variant(variant, reason=reason, bucket=buckets.get(gate.name, -1))
+                for gate in self._gates
             ),
             reason,
             self._track,

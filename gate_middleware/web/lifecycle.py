@@ -356,11 +356,11 @@ class RequestLifecycle:
             return decision
         if not hmac.compare_digest(expected, token.encode("utf-8", "replace")):
             return decision
-        return self.gate.decision_for_variant(
-            variant,
-            bucket=decision.bucket,
-            reason=f"override: {variant} requested with the QA token",
-        )
+        reason = f"override: {variant} requested with the QA token"
+        gate = self.gate
+        if isinstance(gate, Rollouts):  # every rollout's variant, each with its own bucket
+            return gate.override(decision, variant, reason)
+        return gate.decision_for_variant(variant, bucket=decision.bucket, reason=reason)
 
     def fail_open(self, stage: str, exc: BaseException) -> RoutingDecision:
         """Count and log the fault, and return the stable path's decision."""

@@ -273,3 +273,112 @@ def test_the_span_names_every_rollout_and_those_that_put_it_on_a_canary_path() -
     assert list(attributes["gate.canary_rollouts"]) == canary  # type: ignore[arg-type]
     assert attributes["gate.variant"] == ("canary" if canary else "stable")
     provider.shutdown()
+
+
+# -- what a set refuses, and what it keeps straight ------------------------------------
+
+
+def test_a_reinstated_rollout_with_a_plan_starts_its_step_afresh() -> None:
+    """The plan's clocks ran while the rollout was retired: reinstated, its step
+    bakes again on new evidence instead of giving up at its first evaluation."""
+    from gate_middleware import ManualClock
+    from gate_middleware.domain.plan import RolloutPlan
+
+    clock = ManualClock()
+    plan = RolloutPlan(
+        steps=(5, 25, 50), bake_seconds=3600, inconclusive_limit_seconds=6 * 3600,
+        on_deadline="rollback",
+    )  # fmt: skip
+    gate = PromotionGate(
+        PromotionConfig(name="checkout", plan=plan, min_requests=100), clock=clock, plan_timer=False
+    )
+    gate.start_canary(feature_flags=["new_checkout"])
+    rollouts = Rollouts([gate])
+    rollouts.retire("checkout", "holiday freeze", actor="ada")
+    clock.advance(3 * 24 * 3600)
+    rollouts.reinstate("checkout", actor="ada")
+    assert gate.state.plan is not None and gate.state.plan.entered_at == clock.time()
+    for _ in range(2):
+        clock.advance(61)
+        gate.tick()
+    assert gate.environment == Environment.canary(5)  # neither rolled back nor paused
+    assert gate.state.plan.status == "running"
+    assert [event.action for event in gate.get_history()][-2:] == ["retire", "reinstate"]
+
+
+def test_no_rollout_of_a_set_turns_on_another_rollouts_flag() -> None:
+    checkout, search = rollout("checkout"), rollout("search")
+    rollouts = Rollouts([checkout, search])
+    with pytest.raises(ConfigError, match="'new_checkout_flow' belongs to rollout 'checkout'"):
+        search.enable_feature(FLAG)
+    search.rollback("so that a release may start")
+    with pytest.raises(ConfigError, match="belongs to rollout 'checkout'"):
+        search.start_canary(10, [FLAG])
+    assert not any(search.route_request(f"s{i}").is_enabled(FLAG) for i in range(50))
+    assert search.enable_feature("search_extra") is not None  # a flag no one else declares
+    # a gate that has another rollout's flag on may not join the set
+    stray = PromotionGate(PromotionConfig(name="stray", environment=Environment.canary(50)))
+    stray.enable_feature("search_extra")
+    with pytest.raises(ConfigError, match="'search_extra' belongs to rollout 'search'"):
+        rollouts.add(stray)
+    rollouts.remove("checkout")
+    assert search.enable_feature(FLAG) is not None  # out of the set, nobody's flag
+
+
+def test_two_rollouts_of_a_set_may_not_share_a_salt() -> None:
+    shared = PromotionGate(
+        PromotionConfig(
+            name="billing", salt="checkout", environment=Environment.canary(50), feature_flags=["b"]
+        )
+    )
+    with pytest.raises(ConfigError, match="rollout 'checkout' routes by 'checkout' too"):
+        Rollouts([rollout("checkout"), shared])
+
+
+def test_record_request_outcome_takes_its_own_part_of_a_requests_decision() -> None:
+    checkout, search = rollout("checkout"), rollout("search")
+    rollouts = Rollouts([checkout, search])
+    canary = 0
+    for index in range(200):
+        decision = rollouts.route_request(f"session-{index}")
+        checkout.record_request_outcome(f"session-{index}", True, 0.01, decision=decision)
+        canary += decision.for_rollout("checkout").is_canary
+    health = checkout.health_snapshot()
+    assert (health.canary_requests, health.production_requests) == (canary, 200 - canary)
+    other = search.route_request("session-1")
+    with pytest.raises(ConfigError, match="rollout 'search'"):
+        checkout.record_request_outcome("session-1", True, 0.01, decision=other)
+
+
+def test_the_sets_callbacks_hear_its_members_once_and_not_a_removed_one() -> None:
+    checkout, search = rollout("checkout"), rollout("search")
+    rollouts = Rollouts([checkout, search])
+    heard: list[str] = []
+    rollouts.on_state_change(lambda gate, previous, state: heard.append(gate.name))
+    search.set_traffic_percent(60)
+    rollouts.remove("search")
+    search.set_traffic_percent(70)  # out of the set: not heard
+    rollouts.add(search)
+    search.set_traffic_percent(80)  # added again: heard once
+    checkout.set_traffic_percent(20)
+    assert heard == ["search", "search", "checkout"]
+
+
+def test_the_qa_override_under_a_set_keeps_each_rollouts_bucket() -> None:
+    from gate_middleware import RequestLifecycle
+
+    token = "qa-token-" + "x" * 24
+    rollouts = Rollouts([rollout(name) for name in FLAGS])
+    lifecycle = RequestLifecycle(rollouts, secret=SECRET, override_token=token)
+    first = lifecycle.begin(method="GET", cookie_header=None, https=False, request=None)
+    cookie = f"gate_session={first.cookie_value}"
+    request = lifecycle.begin(
+        method="GET", cookie_header=cookie, https=False, request=None,
+        override_variant="canary", override_token=token,
+    )  # fmt: skip
+    decision = request.decision
+    assert all(decision.is_enabled(flag) for flag in FLAGS.values())  # every rollout's canary
+    assert request.session_id  # the cookie's session, read
+    for name in FLAGS:
+        assert decision.for_rollout(name).bucket == compute_bucket(name, request.session_id)
+        assert decision.for_rollout(name).is_canary
