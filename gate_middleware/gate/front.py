@@ -167,8 +167,14 @@ def routing_salt(config: PromotionConfig, release: int) -> str:
     ``cohort="release"``, ``"{salt}#{release}"``, so each release takes a
     fresh cohort instead of the previous release's sessions.
     """
-    salt = config.salt if config.salt is not None else config.name
+    salt = rollout_salt(config)
     return f"{salt}#{release}" if config.cohort == "release" else salt
+
+
+def rollout_salt(config: PromotionConfig) -> str:
+    """What the rollout routes by, before any release suffix: ``config.salt``,
+    or its name."""
+    return config.salt if config.salt is not None else config.name
 
 
 def routing_table(
@@ -1024,8 +1030,7 @@ class PromotionGate:
 
     def _set_retired(self, retired: bool, reason: str, actor: str) -> PromotionEvent:
         actor = validate_actor(actor)
-        if not isinstance(reason, str):
-            raise ConfigError("reason", reason, "a str")
+        validate_reason(reason)
         action = "retire" if retired else "reinstate"
 
         def change(current: GateState) -> tuple[GateState, PromotionEvent]:

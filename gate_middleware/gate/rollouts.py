@@ -32,18 +32,11 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 
-from gate_middleware.domain.environment import Environment
 from gate_middleware.domain.routing import VARIANTS, RoutingDecision, combine_decisions
 from gate_middleware.domain.state import GateState, PromotionEvent
 from gate_middleware.errors import ConfigError
 from gate_middleware.gate.autopilot import API_ACTOR
-from gate_middleware.gate.front import PromotionGate
-
-
-def _salt(gate: PromotionGate) -> str:
-    """What ``gate`` routes by: its config's ``salt``, or its name."""
-    return gate.config.salt if gate.config.salt is not None else gate.name
-
+from gate_middleware.gate.front import PromotionGate, rollout_salt
 
 #: ``callback(gate, previous, state)``: a rollout of the set took up a newer state.
 SetCallback = Callable[[PromotionGate, GateState, GateState], None]
@@ -93,9 +86,9 @@ class Rollouts:
                     gate.name,
                     f"a rollout name not yet in the set (it holds {self._listed()})",
                 )
-            salt = _salt(gate)
+            salt = rollout_salt(gate.config)
             for other in self._gates:
-                if _salt(other) == salt:
+                if rollout_salt(other.config) == salt:
                     raise ConfigError(
                         "salt",
                         salt,
@@ -167,9 +160,7 @@ class Rollouts:
         process, ``retire`` it. A ``ConfigError`` naming the rollouts when
         ``name`` is not one."""
         with self._lock:
-            gate = self._by_name.get(name)
-            if gate is None:
-                raise ConfigError("rollout", name, f"one of the set's rollouts: {self._listed()}")
+            gate = self._named(name)
             self._by_name = {key: value for key, value in self._by_name.items() if key != name}
             self._gates = tuple(g for g in self._gates if g is not gate)
             self._owners = {flag: owner for flag, owner in self._owners.items() if owner != name}
@@ -260,25 +251,21 @@ class Rollouts:
         """Every rollout's decision for ``variant``, combined, without hashing."""
         if variant not in VARIANTS:
             raise ConfigError("variant", variant, "'canary' or 'stable'")
-        gates = self._gates
-        if not gates:
-            return RoutingDecision(False, Environment.PRODUCTION, (), bucket, reason)
-        return combine_decisions(
-            tuple(
-                gate.decision_for_variant(variant, reason=reason, bucket=bucket) for gate in gates
-            ),
-            reason,
-            self._track,
-        )
+        return self._each_on(variant, reason, lambda name: bucket)
 
     def override(self, decision: RoutingDecision, variant: str, reason: str) -> RoutingDecision:
         """The QA override of ``decision`` (a request's under this set): every
         rollout's ``variant``, each keeping the session's own bucket there."""
-        parts = decision.parts or (decision,)
-        buckets = {part.rollout: part.bucket for part in parts}
+        buckets = {part.rollout: part.bucket for part in decision.parts or (decision,)}
+        return self._each_on(variant, reason, lambda name: buckets.get(name, -1))
+
+    def _each_on(
+        self, variant: str, reason: str, bucket_of: Callable[[str], int]
+    ) -> RoutingDecision:
+        """Every rollout's decision for ``variant`` (with ``bucket_of(its name)``), combined."""
         return combine_decisions(
             tuple(
-                gate.decision_for_variant(variant, reason=reason, bucket=buckets.get(gate.name, -1))
+                gate.decision_for_variant(variant, reason=reason, bucket=bucket_of(gate.name))
                 for gate in self._gates
             ),
             reason,

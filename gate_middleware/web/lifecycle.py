@@ -252,8 +252,6 @@ class RequestLifecycle:
                 "None or 'public' (a response marked Cache-Control: public stays cacheable)",
             )
         self.gate = gate
-        #: The set when several rollouts are served (else ``None``: one gate).
-        self.rollouts = gate if isinstance(gate, Rollouts) else None
         self.cookie = SessionCookie(
             name=cookie_name,
             secret=secret,
