@@ -183,13 +183,21 @@ class Autopilot:
         health: CanaryHealth | None,
         *,
         forced: bool = False,
+        by_hand: bool = False,
     ) -> bool:
         """Move the plan from ``position`` to step ``index``, once (``False``:
-        someone else moved it first)."""
+        someone else moved it first). ``by_hand``: a person's move, which
+        stands while the release is still at that step (a hold or a pause
+        another process marked since this one's snapshot does not undo it)."""
         target = self._target(index)
 
         def change(current: GateState) -> tuple[GateState, PromotionEvent] | None:
-            if current.plan != position or current.release != state.release:
+            if current.release != state.release or current.plan is None:
+                return None
+            if by_hand:
+                if current.plan.index != position.index:
+                    return None  # the plan moved on (or back) meanwhile
+            elif current.plan != position:
                 return None  # another process (or thread) made this step already
             event = PromotionEvent(
                 current.environment,
@@ -201,7 +209,7 @@ class Autopilot:
                 reason,
                 actor,
             )
-            return self._entered(current, index, event, position), event
+            return self._entered(current, index, event, current.plan), event
 
         if self._transitions.apply(change) is None:
             return False
@@ -258,6 +266,10 @@ class Autopilot:
 
     def _running_plan(self, what: str) -> tuple[GateState, PlanPosition]:
         state = self._transitions.current()
+        return state, self._plan_of(state, what)
+
+    def _plan_of(self, state: GateState, what: str) -> PlanPosition:
+        """``state``'s plan position, or ``PromotionError`` when it has none to ``what``."""
         if self.plan is None:
             raise PromotionError(
                 f"cannot {what}: the gate has no rollout plan (PromotionConfig.plan)"
@@ -265,47 +277,87 @@ class Autopilot:
         position = state.plan
         if position is None or state.environment.name == PRODUCTION:
             raise PromotionError(f"cannot {what}: no release is following the plan")
-        return state, position
+        return position
 
     def pause(self, reason: str = "paused by an operator", *, actor: str = API_ACTOR) -> None:
         """Stop the plan where it is (the judge still rolls back on a failing verdict)."""
         validate_reason(reason)
         actor = validate_actor(actor)
-        state, position = self._running_plan("pause the plan")
-        if position.status == plans.PAUSED:
-            return
-        self._mark_plan(state, position, "pause", reason, actor, status=plans.PAUSED, reason=reason)
+
+        def paused(position: PlanPosition) -> tuple[str, dict[str, Any]] | None:
+            if position.status == plans.PAUSED:
+                return None
+            return reason, {"status": plans.PAUSED, "reason": reason}
+
+        self._steer("pause", "pause the plan", actor, paused)
 
     def resume(self, *, actor: str = API_ACTOR) -> None:
         """Let the plan go on: after a pause, or through a manual gate (approval)."""
         actor = validate_actor(actor)
-        state, position = self._running_plan("resume the plan")
         plan = self._the_plan()
-        step = plan.step(position.index)
-        # An approval counts only at a manual step that is ready and waits for
-        # it: one given while the step still bakes would wave through evidence
-        # nobody has seen yet.
-        approving = step.manual and position.awaiting and not position.approved
-        if position.status == plans.RUNNING and not approving:
-            if step.manual and not position.approved:
-                raise PromotionError(
-                    f"cannot approve {step.label} yet: it is not ready (it bakes and needs "
-                    "a HEALTHY verdict first); resume once the plan waits for a person"
-                )
-            return
-        self._mark_plan(
-            state,
-            position,
-            "resume",
-            f"{step.label}: resumed" + (" (manual gate approved)" if approving else ""),
-            actor,
-            status=plans.RUNNING,
-            resumed_at=self._wall_clock(),
-            held=False,
-            approved=position.approved or approving,
-            reason="",
-        )
-        self._evaluation.evaluate(act=True)  # go on now if the step is ready
+
+        def resumed(position: PlanPosition) -> tuple[str, dict[str, Any]] | None:
+            step = plan.step(position.index)
+            # An approval counts only at a manual step that is ready and waits
+            # for it: one given while the step still bakes would wave through
+            # evidence nobody has seen yet.
+            approving = step.manual and position.awaiting and not position.approved
+            if position.status == plans.RUNNING and not approving:
+                if step.manual and not position.approved:
+                    raise PromotionError(
+                        f"cannot approve {step.label} yet: it is not ready (it bakes and "
+                        "needs a HEALTHY verdict first); resume once the plan waits for a person"
+                    )
+                return None
+            why = f"{step.label}: resumed" + (" (manual gate approved)" if approving else "")
+            return why, {
+                "status": plans.RUNNING,
+                "resumed_at": self._wall_clock(),
+                "held": False,
+                "approved": position.approved or approving,
+                "reason": "",
+            }
+
+        if self._steer("resume", "resume the plan", actor, resumed):
+            self._evaluation.evaluate(act=True)  # go on now if the step is ready
+
+    def _steer(
+        self,
+        action: str,
+        what: str,
+        actor: str,
+        decide: Callable[[PlanPosition], tuple[str, dict[str, Any]] | None],
+    ) -> bool:
+        """A person's change of the plan's position that keeps the step
+        (pause, resume), decided by ``decide(position)`` on the state it is
+        applied to: this process's snapshot may be older than the store's (a
+        hold or an approval wait another process marked since), and a change
+        decided on it would be lost, not made. ``decide`` returns why and the
+        position's changes, ``None`` for nothing to do, or raises."""
+
+        def change(current: GateState) -> tuple[GateState, PromotionEvent] | None:
+            decided = decide(self._plan_of(current, what))
+            if decided is None:
+                return None
+            why, changes = decided
+            event = PromotionEvent(
+                current.environment,
+                current.environment,
+                event_time(self._wall_clock),
+                action,
+                reason=why,
+                actor=actor,
+            )
+            assert current.plan is not None  # _plan_of refused a state without one
+            return current.evolve(event, plan=replace(current.plan, **changes)), event
+
+        self._running_plan(what)  # a clear refusal before any attempt
+        result = self._transitions.apply(change)
+        if result is None:
+            return False
+        level = logging.WARNING if action == "pause" else logging.INFO
+        logger.log(level, "Plan %s: %s", action, result[1].reason)
+        return True
 
     def abort(self, reason: str, *, actor: str = API_ACTOR) -> RollbackEvent:
         """Roll the release back and end its plan (``retry`` starts it again)."""
@@ -334,7 +386,13 @@ class Autopilot:
         target = self._target(0)
 
         def change(current: GateState) -> tuple[GateState, PromotionEvent] | None:
-            if current.plan != position or current.version != state.version:
+            # Decided on the state it is applied to, not this process's
+            # snapshot (which may be older): the same release, still ended.
+            if (
+                current.plan != position
+                or current.release != state.release
+                or current.environment.name != PRODUCTION
+            ):
                 raise PromotionError("cannot retry: the gate changed meanwhile")
             event = PromotionEvent(
                 current.environment,
@@ -386,7 +444,9 @@ class Autopilot:
         if not force:
             self._evaluation.require_promotable(health)
         reason = f"skipped to {plan.step(index).label}" + (" (forced)" if force else "")
-        if not self._move_plan(state, position, index, "skip", reason, actor, health, forced=force):
+        if not self._move_plan(
+            state, position, index, "skip", reason, actor, health, forced=force, by_hand=True
+        ):
             raise PromotionError("cannot skip: the plan moved meanwhile; look again")
         return self._target(index)
 

@@ -480,12 +480,15 @@ class SqliteStateStore(StateStoreBase):
                         matches = row[1] == expected_transition
                     if not matches:
                         db.execute("ROLLBACK")
-                        return False
-                    db.execute(
-                        "UPDATE gate_state SET version = ?, id = ?, state = ? WHERE rollout = ?",
-                        (new_state.version, new_state.transition, text, self._rollout),
-                    )
-                    db.execute("COMMIT")
+                        lost = True
+                    else:
+                        lost = False
+                        db.execute(
+                            "UPDATE gate_state SET version = ?, id = ?, state = ? "
+                            "WHERE rollout = ?",
+                            (new_state.version, new_state.transition, text, self._rollout),
+                        )
+                        db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
@@ -497,6 +500,12 @@ class SqliteStateStore(StateStoreBase):
                 f"({type(exc).__name__}: {exc}); try again"
             ) from exc
         self._write_trouble.recovered()
+        if lost:
+            # Another process changed the state since this one read it: read
+            # it now, so that the next attempt is decided on it (not after the
+            # follower's next look, up to refresh_seconds later).
+            self._follow()
+            return False
         self._state = new_state  # the follower sees its own identity: no second report
         return True
 

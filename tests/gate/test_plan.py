@@ -498,3 +498,83 @@ def test_progress_says_what_the_plan_waits_for(clock: FakeClock) -> None:
     shown = gate.plan_status()
     assert shown is not None and shown["waiting_for"] == "freeze"
     gate.close()
+
+
+# -- a person's plan control, from a process whose snapshot is behind -------
+
+
+def _two_processes(
+    clock: FakeClock, tmp_path: Path
+) -> tuple[PromotionGate, PromotionGate, list[object]]:
+    """Two gates on one SQLite file: ``first`` follows the file at the usual
+    pace, ``behind`` never by itself (its follower waits an hour), so its
+    snapshot is older than the file's whenever ``first`` changed something:
+    the 0.25 s during which a worker has not yet read another's change."""
+    from gate_middleware.stores.sqlite import SqliteStateStore, _Database
+    from gate_middleware.stores.windows import InMemoryWindowStore
+
+    config = PromotionConfig(name="checkout", min_requests=100, plan=PLAN)
+    path = tmp_path / "gate.db"
+    first = PromotionGate.from_url(
+        f"sqlite:///{path}", config, clock=clock, wall_clock=clock, plan_timer=False
+    )
+    first.start_canary(feature_flags=["new_checkout"], actor="alice")
+    for _ in range(2):  # 1 % and 5 %
+        healthy_traffic(first)
+        clock.advance(HOUR)
+        first.tick()
+    healthy_traffic(first)
+    clock.advance(HOUR)
+    first.tick()
+    assert first.state.plan is not None and first.state.plan.awaiting
+    database = _Database(path)
+    behind = PromotionGate(
+        config,
+        state_store=SqliteStateStore(database, "checkout", first.state, refresh_seconds=HOUR),
+        window_store=InMemoryWindowStore(config.rollback_window_seconds),
+        clock=clock,
+        wall_clock=clock,
+        plan_timer=False,
+    )
+    assert behind.state.plan == first.state.plan  # it read the file once, at the start
+    return first, behind, [database]
+
+
+def test_an_approval_from_a_process_that_has_not_seen_the_latest_change_is_made(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    """The plan waits for approval; another worker changes its position
+    without moving it (here a pause; in the demo it was a hold on a MONITOR
+    flicker), and a person's ``plan resume`` reaches a worker that has not
+    read that yet: the approval is made, not dropped with a 200."""
+    first, behind, keep = _two_processes(clock, tmp_path)
+    first.pause("a look at the dashboards", actor="bob")
+    stale = behind.state.plan
+    assert stale is not None and not stale.held and stale.status == "running"
+    behind.resume(actor="carol")
+    shared = PromotionGate.from_url(f"sqlite:///{tmp_path / 'gate.db'}", first.config)
+    position = shared.state.plan
+    assert position is not None
+    assert (position.status, position.approved) == ("running", True)
+    # (``behind`` judged its own empty windows right after: a hold may follow)
+    made = [(e.action, e.actor) for e in shared.get_history() if e.action != "hold"]
+    assert made[-2:] == [("pause", "bob"), ("resume", "carol")]
+    for gate in (first, behind, shared):
+        gate.close()
+    del keep
+
+
+def test_a_skip_from_a_process_behind_a_hold_moves_the_plan(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    """``plan skip`` decided on a snapshot that misses a pause made since
+    still moves the plan (it is still at that step), not 'moved meanwhile'."""
+    first, behind, keep = _two_processes(clock, tmp_path)
+    first.pause("a look", actor="bob")
+    assert behind.skip_to(4, force=True, actor="carol") == Environment.STAGING
+    shared = PromotionGate.from_url(f"sqlite:///{tmp_path / 'gate.db'}", first.config)
+    assert shared.environment == Environment.STAGING
+    assert shared.get_history()[-1].action == "skip"
+    for gate in (first, behind, shared):
+        gate.close()
+    del keep
