@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any
 
-from gate_middleware.domain.environment import Environment, validate_traffic_percent
+from gate_middleware.domain.environment import CANARY_STAGE, Environment, validate_traffic_percent
 from gate_middleware.domain.metrics import MetricDefinition, validate_metrics
 from gate_middleware.domain.naming import valid_name
 from gate_middleware.domain.plan import RolloutPlan
@@ -274,11 +274,52 @@ class PromotionConfig:
         table = scenarios.get(scenario)
         if not isinstance(table, dict):
             raise ConfigError("scenario", scenario, f"one of {sorted(scenarios)}")
-        return cls._from_scenario(scenario, table, overrides)
+        return cls._from_scenario(f"scenarios.{scenario}", table, overrides)
+
+    @classmethod
+    def from_table(cls, table: Any, where: str = "rollout") -> PromotionConfig:
+        """A config from a table of a scenario's keys (``from_toml``'s, as
+        JSON or a dict): what a rollout added at run time is given as and
+        kept as (``Rollouts.create``, ``POST /rollouts``). ``where`` names
+        the table in errors."""
+        if not isinstance(table, dict):
+            raise ConfigError(where, table, "a table of a scenario's keys (a JSON object)")
+        return cls._from_scenario(where, table, {})
+
+    def to_table(self) -> dict[str, Any]:
+        """This config as a table ``from_table`` reads back to an equal config
+        (JSON-ready, but for a plan's ``max_step_ratio`` of ``inf``). The
+        ``store`` is not in it: the table travels through the store."""
+        environment = self.environment
+        table: dict[str, Any] = {"name": self.name}
+        if environment.name == CANARY_STAGE:
+            percent = environment.traffic_percent
+            table["promotion_environment"] = "canary" if percent > 0 else "shadow"
+            if percent > 0:
+                table["promotion_traffic_percent"] = percent
+        else:
+            table["promotion_environment"] = environment.name
+        table.update(
+            feature_flags=list(self.feature_flags),
+            auto_rollback_enabled=self.auto_rollback_enabled,
+            slo_threshold=self.slo_threshold,
+            rollback_window_seconds=self.rollback_window_seconds,
+            min_requests=self.min_requests,
+            evaluation_interval_seconds=self.evaluation_interval_seconds,
+            holdback_percent=self.holdback_percent,
+            initial_delay_seconds=self.initial_delay_seconds,
+            cohort=self.cohort,
+            metrics=[metric.to_dict() for metric in self.metrics],
+        )
+        if self.salt is not None:
+            table["salt"] = self.salt
+        if self.plan is not None:
+            table["plan"] = self.plan.to_table()
+        return table
 
     @classmethod
     def _from_scenario(
-        cls, scenario: str, table: dict[str, Any], overrides: dict[str, Any]
+        cls, where: str, table: dict[str, Any], overrides: dict[str, Any]
     ) -> PromotionConfig:
         known = {
             "promotion_environment",
@@ -301,9 +342,7 @@ class PromotionConfig:
         }
         unknown = sorted(set(table) - known)
         if unknown:
-            raise ConfigError(
-                f"scenarios.{scenario}", unknown[0], f"one of the keys {sorted(known)}"
-            )
+            raise ConfigError(where, unknown[0], f"one of the keys {sorted(known)}")
         env_name = table.get("promotion_environment", "production")
         percent = table.get("promotion_traffic_percent")
         if env_name == "shadow":
@@ -312,14 +351,14 @@ class PromotionConfig:
             environment = Environment.canary(
                 validate_traffic_percent(
                     10.0 if percent is None else percent,
-                    f"scenarios.{scenario}.promotion_traffic_percent",
+                    f"{where}.promotion_traffic_percent",
                 )
             )
         elif env_name in ("staging", "production"):
             environment = Environment.from_name(env_name)
         else:
             raise ConfigError(
-                f"scenarios.{scenario}.promotion_environment",
+                f"{where}.promotion_environment",
                 env_name,
                 "one of 'canary', 'staging', 'production', 'shadow'",
             )
@@ -342,7 +381,7 @@ class PromotionConfig:
             if key in table:
                 fields[key] = table[key]
         if "plan" in table:
-            fields["plan"] = RolloutPlan.from_dict(table["plan"], f"scenarios.{scenario}.plan")
+            fields["plan"] = RolloutPlan.from_dict(table["plan"], f"{where}.plan")
         fields.update(overrides)
         return cls(**fields)
 

@@ -344,6 +344,32 @@ class RolloutPlan:
                 found = index
         return found
 
+    def to_table(self) -> dict[str, Any]:
+        """This plan as a table ``from_dict`` reads back to an equal plan."""
+        steps: list[dict[str, Any]] = []
+        for step in self.steps:
+            fields: dict[str, Any] = {
+                "traffic_percent": step.traffic_percent,
+                "bake_seconds": step.bake_seconds,
+                "require_healthy": step.require_healthy,
+                "manual": step.manual,
+            }
+            if step.min_requests is not None:
+                fields["min_requests"] = step.min_requests
+            steps.append(fields)
+        table: dict[str, Any] = {
+            "steps": steps,
+            "staging_bake_seconds": self.staging_bake_seconds,
+            "staging_manual": self.staging_manual,
+            "inconclusive_limit_seconds": self.inconclusive_limit_seconds,
+            "bake_seconds": self.bake_seconds,
+            "max_step_ratio": self.max_step_ratio,
+            "on_deadline": self.on_deadline,
+        }
+        if self.approval_deadline_seconds is not None:
+            table["approval_deadline_seconds"] = self.approval_deadline_seconds
+        return table
+
     def to_dict(self) -> PlanView:
         return {
             "steps": [step.to_dict() for step in self._stages],

@@ -75,7 +75,8 @@ class PromotionEvent:
     """A promotion, a traffic change, the start of a release, or a step of its plan.
 
     ``action`` is "promote", "set_traffic", "start_canary", "restore",
-    "retire", "reinstate", or
+    "retire", "reinstate", "create" (the rollout was added to a running
+    app, ``Rollouts.create``), or
     one of the plan's: "plan_step" (the plan moved on), "hold" (a baked
     step is inconclusive), "await_approval" (a manual gate is ready),
     "pause", "resume", "skip" and "retry". ``reason`` says why; ``actor``

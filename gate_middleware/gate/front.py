@@ -1069,6 +1069,26 @@ class PromotionGate:
         logger.info("rollout %r: %s (%s, by %s)", self.name, action, reason, actor)
         return result[1]
 
+    def _record(self, action: str, reason: str, actor: str) -> PromotionEvent:
+        """Record an event that changes nothing else (the rollout was
+        created at run time, by ``actor``), in its history everywhere."""
+
+        def change(current: GateState) -> tuple[GateState, PromotionEvent]:
+            event = PromotionEvent(
+                current.environment,
+                current.environment,
+                event_time(self._wall_clock),
+                action,
+                reason=reason,
+                actor=actor,
+            )
+            return current.evolve(event), event
+
+        result = self._transitions.apply(change)
+        if result is None:  # change() never declines
+            raise PromotionError(f"cannot record {action} for rollout {self.name!r}")
+        return result[1]
+
     @property
     def retired(self) -> bool:
         """Whether the rollout is retired (``retire``): not served."""

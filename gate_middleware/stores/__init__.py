@@ -10,6 +10,7 @@ from __future__ import annotations
 from gate_middleware.stores.outbox import Delivery, MemoryOutbox, Outbox
 from gate_middleware.stores.port import (
     TRANSITION_TIMEOUT_SECONDS,
+    RolloutCatalog,
     StateStore,
     StateStoreBase,
     StoreCondition,
@@ -18,13 +19,20 @@ from gate_middleware.stores.port import (
     WindowStoreBase,
     missing_members,
 )
-from gate_middleware.stores.registry import open_stores, register_store, schemes
+from gate_middleware.stores.registry import (
+    open_catalog,
+    open_stores,
+    register_catalog,
+    register_store,
+    schemes,
+)
 
 __all__ = [
     "Delivery",
     "MemoryOutbox",
     "Outbox",
     "TRANSITION_TIMEOUT_SECONDS",
+    "RolloutCatalog",
     "StateStore",
     "StateStoreBase",
     "StoreCondition",
@@ -32,7 +40,9 @@ __all__ = [
     "WindowStore",
     "WindowStoreBase",
     "missing_members",
+    "open_catalog",
     "open_stores",
+    "register_catalog",
     "register_store",
     "schemes",
 ]

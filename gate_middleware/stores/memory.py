@@ -1,5 +1,6 @@
 """The in-memory state store: one process's gate state, which dies with
-the process (the in-memory window store is ``gate_middleware.stores.windows``)."""
+the process (the in-memory window store is ``gate_middleware.stores.windows``),
+and the in-memory catalog of rollouts added at run time, as short-lived."""
 
 from __future__ import annotations
 
@@ -35,3 +36,28 @@ class InMemoryStateStore(StateStoreBase):
     def after_fork(self) -> None:
         """In a forked child: a fresh lock (the inherited one may be held)."""
         self._lock = threading.Lock()
+
+
+class InMemoryCatalog:
+    """The rollouts this process added while it runs: no other process sees
+    them, and they are gone after a restart (``shared`` is False, and the
+    set says so when one is added)."""
+
+    shared = False
+
+    def __init__(self) -> None:
+        self._entries: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def entries(self) -> dict[str, str]:
+        return dict(self._entries)
+
+    def add(self, name: str, entry: str) -> bool:
+        with self._lock:
+            if name in self._entries:
+                return False
+            self._entries = {**self._entries, name: entry}
+            return True
+
+    def close(self) -> None:
+        """Nothing to release."""

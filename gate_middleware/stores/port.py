@@ -289,6 +289,41 @@ class WindowStoreBase(ABC):
         """Nothing to stop."""
 
 
+@runtime_checkable
+class RolloutCatalog(Protocol):
+    """The rollouts added while the app runs (``Rollouts.create``, ``POST
+    /rollouts``), by name: what every process of a ``Rollouts`` set opened
+    on the same store serves beside the rollouts its code declares.
+
+    An entry is an opaque text the set writes and reads (its config, who
+    added it and when); it is never changed or taken out (a rollout is
+    retired, not deleted), so following a catalog is reading the names not
+    yet seen. A store that offers one opens it with ``open_catalog``
+    (``gate_middleware.stores.registry``).
+    """
+
+    @property
+    def shared(self) -> bool:
+        """True when other processes read the same entries (False: this
+        process's memory only, which dies with it)."""
+        ...
+
+    def entries(self) -> dict[str, str]:
+        """Every entry, by rollout name. Raises ``PromotionError`` when the
+        store cannot be read (the set then keeps what it has)."""
+        ...
+
+    def add(self, name: str, entry: str) -> bool:
+        """Keep ``entry`` under ``name`` unless the name is taken (``False``:
+        another process added it first, and nothing changed). Raises
+        ``PromotionError`` when the store cannot be written."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
 def missing_members(store: object, port: type) -> list[str]:
     """The members of ``port`` (``StateStore`` or ``WindowStore``) that
     ``store`` lacks, in declaration order."""

@@ -132,6 +132,10 @@ CREATE TABLE IF NOT EXISTS gate_outbox (
     lease_until REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS gate_outbox_order ON gate_outbox (rollout, receiver, seq);
+CREATE TABLE IF NOT EXISTS gate_catalog (
+    name TEXT PRIMARY KEY,
+    entry TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS gate_evidence (
     rollout TEXT NOT NULL,
     epoch INTEGER NOT NULL,
@@ -774,6 +778,58 @@ class SqliteWindowStore(BufferedWindowStore):
         self.flush()  # what this process counted is not lost with it
 
 
+class SqliteCatalog:
+    """The rollouts added at run time, in the file's ``gate_catalog`` table:
+    every process that opens the file reads them."""
+
+    shared = True
+
+    def __init__(self, database: _Database) -> None:
+        self._database = database
+
+    def entries(self) -> dict[str, str]:
+        self._database.file_changed()  # replaced: the next statement opens the new file
+        try:
+            with self._database.locked() as db:
+                rows = db.execute("SELECT name, entry FROM gate_catalog").fetchall()
+        except sqlite3.Error as exc:
+            raise PromotionError(
+                f"the catalog of rollouts in {self._database.path} could not be read "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        return {str(name): str(entry) for name, entry in rows}
+
+    def add(self, name: str, entry: str) -> bool:
+        try:
+            with self._database.transaction() as db:
+                added = db.execute(
+                    "INSERT OR IGNORE INTO gate_catalog (name, entry) VALUES (?, ?)",
+                    (name, entry),
+                ).rowcount
+        except sqlite3.Error as exc:
+            raise PromotionError(
+                f"nothing changed: the SQLite store {self._database.path} refused the new "
+                f"rollout ({type(exc).__name__}: {exc}); try again"
+            ) from exc
+        return bool(added)
+
+    def close(self) -> None:
+        self._database.close()
+
+
+def open_catalog(url: str, **options: Any) -> SqliteCatalog:
+    """The catalog of rollouts added at run time in the SQLite file ``url`` names."""
+    for name, value in options.items():
+        raise ConfigError(name, value, "no such option for a sqlite: catalog")
+    path = database_path(url)
+    try:
+        return SqliteCatalog(_Database(path))
+    except sqlite3.Error as exc:
+        raise ConfigError(
+            "url", url, f"a SQLite database file this process can open ({exc})"
+        ) from exc
+
+
 def open_stores(
     url: str,
     config: PromotionConfig,
@@ -801,4 +857,11 @@ def open_stores(
     )
 
 
-__all__ = ["SqliteStateStore", "SqliteWindowStore", "database_path", "open_stores"]
+__all__ = [
+    "SqliteCatalog",
+    "SqliteStateStore",
+    "SqliteWindowStore",
+    "database_path",
+    "open_catalog",
+    "open_stores",
+]
