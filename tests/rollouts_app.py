@@ -1,6 +1,7 @@
 """The multi-process test app of several rollouts: "checkout" and "search",
 each at 50 %, both in the store at GATE_STORE_URL (SQLite or Redis), served
-together by one middleware (``Rollouts``). ``/`` answers which process
+together by one middleware (``Rollouts``), with any rollout created in the
+store's catalog while it runs. ``/`` answers which process
 served it, the flags the request got and each rollout's own variant; ``app``
 is the ASGI app, ``wsgi`` the WSGI one.
 """
@@ -16,7 +17,6 @@ from gate_middleware import (
     Environment,
     GateWSGIMiddleware,
     PromotionConfig,
-    PromotionGate,
     Rollouts,
     RoutingDecision,
     current_decision,
@@ -38,7 +38,9 @@ def config(name: str) -> PromotionConfig:
 
 # Imported by the test for its constants only (no GATE_STORE_URL): an empty set.
 URL = os.environ.get("GATE_STORE_URL")
-rollouts = Rollouts([PromotionGate.from_url(URL, config(name)) for name in FLAGS] if URL else [])
+# Opened on the store: a rollout another process creates (``Rollouts.create``)
+# is served here too, within the catalog's refresh.
+rollouts = Rollouts.from_url(URL, [config(name) for name in FLAGS]) if URL else Rollouts()
 
 
 def describe(decision: RoutingDecision) -> dict[str, object]:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gate_middleware import PromotionGate, compute_bucket
+from gate_middleware import PromotionGate, Rollouts, compute_bucket
 from gate_middleware.web.session import SessionCookie
 from tests.rollouts_app import FLAGS, SECRET, config
 from tests.servers import free_port, python, running
@@ -115,8 +115,64 @@ def test_one_rollout_rolled_back_in_every_worker_and_after_a_restart_the_other_u
 
 def agreed_within(
     base: str, holds: Callable[[dict[str, Any]], bool], seconds: float = 10.0
-) -> None:
-    """Visit until every answer of a round of 24 ``holds`` (bounded: fails after ``seconds``)."""
-    deadline = time.monotonic() + seconds
+) -> float:
+    """Visit until every answer of a round of 24 ``holds`` (bounded: fails
+    after ``seconds``); the seconds it took."""
+    started_at = time.monotonic()
+    deadline = started_at + seconds
     while not all(holds(answer) for answer in visit(base, 24)):
         assert time.monotonic() < deadline, "a worker still answers by the earlier state"
+    return time.monotonic() - started_at
+
+
+REVIEWS = {
+    "name": "reviews",
+    "feature_flags": ["new_reviews"],
+    "promotion_environment": "canary",
+    "promotion_traffic_percent": 50,
+    "min_requests": 100_000,
+}
+
+
+def serves_reviews(answer: dict[str, Any]) -> bool:
+    on = by_bucket("reviews", answer["session"])
+    return ("new_reviews" in answer["flags"]) == on and answer["variants"].get("reviews") == (
+        "canary" if on else "stable"
+    )
+
+
+@pytest.mark.parametrize(
+    ("server", "store"),
+    [(server, "sqlite") for server in SERVERS] + [("gunicorn sync", "redis")],
+)
+def test_a_rollout_created_while_the_app_runs_is_served_by_every_worker_and_after_a_restart(
+    server: str, store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Another process creates a rollout in the store's catalog: every worker
+    serves it (its own salt, its own decision) within the catalog's refresh
+    (1 s), the other rollouts unmoved, and a restarted server serves it from
+    its first request."""
+    if store == "redis":
+        url = request.getfixturevalue("redis_server").url
+    else:
+        url = f"sqlite://{tmp_path}/gate.db"
+    operator = Rollouts.from_url(url, [config(name) for name in FLAGS])
+    try:
+        with started(server, url) as base:
+            assert all("reviews" not in answer["variants"] for answer in visit(base, 24))
+            before = {gate.name: gate.state for gate in operator}
+            operator.create(REVIEWS, actor="ada")
+            took = agreed_within(base, serves_reviews)
+            assert took < 10.0, f"every worker served the new rollout after {took:.2f} s"
+            for answer in visit(base, 40):
+                assert serves_reviews(answer)
+                for name, flag in FLAGS.items():
+                    assert (flag in answer["flags"]) == by_bucket(name, answer["session"])
+            assert {name: operator[name].state for name in before} == before
+        with started(server, url) as base:  # restarted: served from the first request on
+            for answer in visit(base, 40):
+                assert serves_reviews(answer)
+        events = [(e.action, e.actor) for e in operator["reviews"].get_history()]
+        assert events == [("create", "ada")]
+    finally:
+        operator.close()
