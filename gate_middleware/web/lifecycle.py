@@ -466,12 +466,18 @@ class RequestLifecycle:
         if not self.metrics.enabled:
             return
         try:
+            method, scheme = request.method, request.scheme
             for part in decision.parts or (decision,):
                 gate = rollouts.get(part.rollout)
                 if gate is not None and not gate.retired:  # a retired rollout serves nothing
                     self._metrics_of(part.rollout).record(
-                        part, request.method, status, route, exception, duration, request.scheme
+                        part, method, status, route, exception, duration, scheme, timed=False
                     )
+            # One histogram point per request, under the set's name: the
+            # point is the SDK's dearest call (see web.metrics).
+            self.metrics.record(
+                decision, method, status, route, exception, duration, scheme, counted=False
+            )
         except Exception as exc:
             self.report_fault("metrics", exc)
 

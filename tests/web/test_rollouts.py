@@ -129,9 +129,11 @@ def test_each_rollouts_request_metrics_carry_its_own_decision(
     client: httpx.Client, metric_reader: InMemoryMetricReader
 ) -> None:
     canary = Counter[str]()
+    combined_canary = 0
     for _ in range(30):
         session_id, _ = new_session(client)
         canary.update(name for name in FLAGS if on_canary(name, session_id))
+        combined_canary += any(on_canary(name, session_id) for name in FLAGS)
     counted: Counter[tuple[str, str]] = Counter()
     for point in metric_points(metric_reader)["gate_middleware.requests"]:
         attributes = point.attributes  # type: ignore[attr-defined]
@@ -140,6 +142,16 @@ def test_each_rollouts_request_metrics_carry_its_own_decision(
     for name in FLAGS:
         assert counted[name, "canary"] == canary[name]
         assert counted[name, "stable"] == 30 - canary[name]
+    # The duration histogram: one point per request, under the set's name,
+    # with the request's combined variant (canary when any rollout's canary).
+    timed: Counter[tuple[str, str]] = Counter()
+    for point in metric_points(metric_reader)["gate_middleware.request.duration"]:
+        attributes = point.attributes  # type: ignore[attr-defined]
+        if attributes.get("http.response.status_code") == 200:
+            timed[attributes["gate.rollout"], attributes["gate.variant"]] += point.count  # type: ignore[attr-defined]
+    assert set(timed) <= {("rollouts", "canary"), ("rollouts", "stable")}, timed
+    assert sum(timed.values()) == 30
+    assert timed["rollouts", "canary"] == combined_canary
 
 
 def test_a_rollout_retired_while_serving_is_off_and_uncounted_until_reinstated(
