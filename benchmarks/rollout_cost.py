@@ -15,7 +15,8 @@ visitors with signed cookies, no network. In one run, interleaved rounds
   OpenTelemetry SDK (a ``MeterProvider`` with an ``InMemoryMetricReader``);
 - its parts, measured apart: the set's ``route_request``, its
   ``record_decision``, and the request metrics of each rollout's decision
-  (``RequestMetrics.record``, SDK: the no-op meter records nothing);
+  (each rollout's count, one histogram point for the set: ``RequestMetrics.record``,
+  SDK; the no-op meter records nothing);
 - one SHA-256 of a session id as routing does it (a copy of the hasher
   fed with the salt, update, digest), the unit of the "per extra rollout"
   column;
@@ -158,15 +159,21 @@ def record_case(rollouts: Rollouts) -> Case:
 
 
 def metrics_case(rollouts: Rollouts, provider: MeterProvider) -> Case:
-    """Each rollout's request metrics for one request, as ``finish`` emits them."""
+    """The request metrics of one request, as ``finish`` emits them under a
+    set: each rollout's count of its own decision, and one histogram point
+    under the set's name."""
     decisions = [rollouts.route_request(session) for session in SESSIONS]
     instruments = {name: RequestMetrics(name, provider) for name in rollouts.names}
+    timed = RequestMetrics(rollouts.name, provider)
 
     def run(number: int) -> None:
         for i in range(number):
             decision = decisions[i % 1000]
             for part in decision.parts or (decision,):
-                instruments[part.rollout].record(part, "GET", 200, None, None, 0.002, "http")
+                instruments[part.rollout].record(
+                    part, "GET", 200, None, None, 0.002, "http", timed=False
+                )
+            timed.record(decision, "GET", 200, None, None, 0.002, "http", counted=False)
 
     return run
 
@@ -407,7 +414,7 @@ def split(report: Report) -> str:
     rows = [
         ("routing: Rollouts.route_request", routing),
         ("recording: Rollouts.record_decision", recording),
-        ("metrics: RequestMetrics.record of each part (SDK; no-op meter: none)", metrics),
+        ("metrics: each part counted, one histogram point (SDK; no-op meter: none)", metrics),
         ("routing + recording (the no-op meter's parts)", routing + recording),
         ("routing + recording + metrics (the SDK's parts)", routing + recording + metrics),
         ("begin + finish as measured, no-op meter", whole["no-op meter"]),
