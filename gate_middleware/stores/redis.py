@@ -81,6 +81,20 @@ When Redis refuses a command (an ACL)
     error reply (out of memory, a read-only replica, a failover under way)
     counts as Redis unavailable. Every command the stores send is listed in
     ``ACL_COMMANDS``.
+
+The catalog of rollouts added at run time
+    ``open_catalog`` (what ``Rollouts.from_url`` opens on a Redis URL) keeps
+    the rollouts that ``Rollouts.create`` adds while the app runs in one
+    hash, ``gate_middleware:catalog`` (``{key_prefix}catalog``): one field
+    per rollout name, so it lives in one slot of a Redis Cluster, and the
+    ACL's ``~gate_middleware:*`` already covers it. An entry is added only
+    under a name not yet taken, by a script of ``HGET`` and ``HSET``: the
+    commands of ``ACL_COMMANDS``, so a user granted them needs nothing more.
+    The catalog is the key prefix's: two apps that share a Redis and a
+    prefix share one. While Redis does not answer, refuses a command, or
+    holds something else under the key, reading and adding raise
+    ``PromotionError`` naming the cause (and, for a refusal, the rule to
+    grant), and the set keeps serving the rollouts it has.
 """
 
 from __future__ import annotations
@@ -313,6 +327,9 @@ _CONSEQUENCES = {
     "HEALTHY until they do)",
     "clear": "a new step does not reach the other processes: their windows keep the last "
     "step's outcomes (the verdict is not HEALTHY until it does)",
+    "catalog": "this process cannot read the rollouts added while the app runs and serves "
+    "the ones it has",
+    "add": "no rollout can be added while the app runs (nothing changed)",
 }
 
 # The state store's operation that a command Redis names belongs to.
@@ -1414,12 +1431,145 @@ def shared_stores(
     )
 
 
+# -- the catalog of rollouts added at run time ----------------------------------------
+
+# Keep ARGV[2] under the field ARGV[1] unless the field is taken (HSETNX,
+# written with the commands of ACL_COMMANDS: a user granted them may add).
+_ADD_ENTRY = """
+if redis.call('HGET', KEYS[1], ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# The commands of that script, named when Redis 7.0 refuses one without saying which.
+_CATALOG_SCRIPT_COMMANDS = ("+hget", "+hset")
+
+
+class RedisCatalog:
+    """The rollouts added while the app runs (``RolloutCatalog``), in the hash
+    ``{key_prefix}catalog``: every process that opens the same Redis with the
+    same ``key_prefix`` reads them (see the module's documentation).
+
+    ``url`` is where ``client`` connects: shown in errors, its password as ``***``.
+    """
+
+    shared = True
+
+    def __init__(self, client: Any, *, key_prefix: str = DEFAULT_KEY_PREFIX, url: str = "") -> None:
+        rollout_keys("catalog", key_prefix)  # validates the prefix
+        self.key = f"{key_prefix}catalog"
+        self._client = client
+        self._url = url
+        self._add_entry = client.register_script(_ADD_ENTRY)
+        self._refusals = _Refusals(f"the catalog of rollouts {self.key}", client, key_prefix)
+
+    def entries(self) -> dict[str, str]:
+        """Every entry, by rollout name; bytes that are not UTF-8 are read as
+        U+FFFD (the set then refuses that entry by name, and serves the rest)."""
+        try:
+            fields = self._client.hgetall(self.key)
+        except Unavailable as exc:
+            raise self._failed("catalog", exc) from exc
+        self._refusals.allowed("catalog")
+        return {_text(name): _text(entry) for name, entry in fields.items()}
+
+    def add(self, name: str, entry: str) -> bool:
+        """Keep ``entry`` under ``name`` unless the name is taken. A reply lost
+        after the script was sent is looked up once: ``OutcomeUnknownError``
+        when Redis does not answer that either."""
+        try:
+            added = self._add_entry(keys=[self.key], args=[name, entry])
+        except redis.ResponseError as exc:  # Redis answered: the script did not write
+            raise self._failed("add", exc) from exc
+        except Unavailable as exc:
+            if _never_sent(exc):
+                raise self._failed("add", exc) from exc
+            added = self._added_after_all(name, entry, exc)
+        self._refusals.allowed("add")
+        return bool(added)
+
+    def _added_after_all(self, name: str, entry: str, exc: Exception) -> bool:
+        """The reply to an add was lost: whether the entry is this one (True),
+        another process's (False), or not there (nothing changed)."""
+        try:
+            kept = self._client.hget(self.key, name)
+        except Unavailable as again:
+            raise OutcomeUnknownError(
+                f"whether rollout {name!r} was added is unknown: Redis ({redacted_url(self._url)}) "
+                f"stopped answering after it was sent ({self._cause(exc)}); if it was, every "
+                "process of the set serves it once it reads the catalog"
+            ) from again
+        if kept is None:
+            raise self._failed("add", exc) from exc
+        return bool(kept == entry.encode("utf-8"))
+
+    def _failed(self, operation: str, exc: BaseException) -> PromotionError:
+        """The error ``operation`` (``catalog``: reading, or ``add``) raises
+        for ``exc``: a refusal names the rule to grant; nothing changed."""
+        if _refused(exc):
+            commands = ("+hgetall",) if operation == "catalog" else _CATALOG_SCRIPT_COMMANDS
+            return StorePermissionError(self._refusals.refused(operation, exc, commands))
+        doing = (
+            "the catalog of rollouts could not be read"
+            if operation == "catalog"
+            else "nothing changed: the new rollout could not be added to the catalog"
+        )
+        if _corrupt_reply(exc):
+            return PromotionError(
+                f"{doing}: the key {self.key} in Redis ({redacted_url(self._url)}) holds what "
+                f"the catalog never writes there ({self._cause(exc)}); repair or delete it"
+            )
+        again = "" if operation == "catalog" else "; try again when it is back"
+        return PromotionError(
+            f"{doing}: Redis ({redacted_url(self._url)}) does not answer ({self._cause(exc)}){again}"
+        )
+
+    def _cause(self, exc: BaseException) -> str:
+        """``exc`` in a line, without the URL's passwords."""
+        text = _reply(str(exc))
+        if self._url:
+            text = _without_secrets(text, _split(self._url))
+        return f"{type(exc).__name__}: {text}"
+
+    def close(self) -> None:
+        """Release the client's connections (a later call opens new ones)."""
+        with contextlib.suppress(*Unavailable):
+            self._client.close()
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+def open_catalog(url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX, **options: Any) -> RedisCatalog:
+    """The catalog of rollouts added at run time on the Redis at ``url``
+    (any URL ``connect`` takes), under ``key_prefix``. A ``ConfigError``
+    names an option it does not take, a malformed URL (its password as
+    ``***``) or prefix; ``PromotionError`` when a Redis Cluster, which is
+    asked for its slots at once, does not answer."""
+    for name, value in options.items():
+        shown = "***" if "password" in name.lower() else value
+        raise ConfigError(name, shown, "no such option for a Redis catalog (key_prefix)")
+    rollout_keys("catalog", key_prefix)  # validates the prefix before connecting
+    try:
+        client = connect(url)
+    except Unavailable as exc:
+        text = _without_secrets(_reply(str(exc)), _split(url))
+        raise PromotionError(
+            f"the catalog of rollouts could not be opened: Redis ({redacted_url(url)}) does not "
+            f"answer ({type(exc).__name__}: {text})"
+        ) from exc
+    return RedisCatalog(client, key_prefix=key_prefix, url=url)
+
+
 __all__ = [
     "ACL_COMMANDS",
     "CorruptData",
+    "RedisCatalog",
     "RedisStateStore",
     "RedisWindowStore",
     "connect",
+    "open_catalog",
     "redacted_url",
     "rollout_keys",
     "shared_stores",
