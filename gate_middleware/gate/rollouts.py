@@ -130,6 +130,7 @@ class Rollouts:
         #: Catalog entries not served, by name: why (read by the admin API).
         self._refused: dict[str, str] = {}
         self._follower: BackgroundThread | None = None
+        self._catalog_down = False
         self._create_lock = threading.Lock()
         self._lock = threading.Lock()
         #: Read by every request without the lock: replaced whole on a change.
@@ -240,8 +241,11 @@ class Rollouts:
         with self._create_lock:
             self._check_addable(config.name, config, config.feature_flags)
             entry = CatalogEntry(config, actor, self._wall_clock())
-            if config.name in self._catalog.entries() or not self._catalog.add(
-                config.name, entry.encode()
+            text = entry.encode()
+            if config.name in self._catalog.entries() or not (
+                self._catalog.add(config.name, text)
+                # a retried add whose first try went through finds its own entry
+                or self._catalog.entries().get(config.name) == text
             ):
                 raise ConfigError(
                     "name",
@@ -260,6 +264,24 @@ class Rollouts:
                 config.name,
             )
         return gate
+
+    def _restore_lost(self, entries: dict[str, str]) -> None:
+        """Write back the rollouts this process serves from the catalog that
+        the catalog no longer holds (a Redis restarted without persistence,
+        flushed, or failed over before a replica had them), so that a worker
+        started later serves them too."""
+        for name, entry in self._created.items():
+            if name in entries or self._by_name.get(name) is None:
+                continue
+            try:
+                if self._catalog.add(name, entry.encode()):
+                    logger.warning(
+                        "Rollouts %r: the catalog had lost rollout %r; written back",
+                        self.name,
+                        name,
+                    )
+            except PromotionError:
+                return  # the next read tries again
 
     def _open_and_add(self, entry: CatalogEntry) -> PromotionGate:
         gate = self._open(entry.config)
@@ -282,8 +304,14 @@ class Rollouts:
         try:
             entries = self._catalog.entries()
         except PromotionError as exc:
-            logger.warning("Rollouts %r: %s; serving the rollouts it has", self.name, exc)
+            if not self._catalog_down:  # once per outage
+                self._catalog_down = True
+                logger.warning("Rollouts %r: %s; serving the rollouts it has", self.name, exc)
             return
+        if self._catalog_down:
+            self._catalog_down = False
+            logger.info("Rollouts %r: the catalog of rollouts is readable again", self.name)
+        self._restore_lost(entries)
         for name, text in entries.items():
             if name in self._created or name in self._refused:
                 continue

@@ -206,3 +206,23 @@ def test_a_config_survives_its_table_and_json(config: PromotionConfig) -> None:
     table = json.loads(json.dumps(config.to_table()))
     assert PromotionConfig.from_table(table) == config
     assert "store" not in table
+
+
+def test_a_rollout_the_catalog_lost_is_written_back_by_a_process_that_serves_it(
+    url: str, opened: list[Rollouts]
+) -> None:
+    """The catalog's row deleted behind the app's back (as a Redis restarted
+    without persistence loses its hash): a set that serves the rollout
+    writes the entry back within a refresh, who and when unchanged, so a
+    worker started later serves it too."""
+    first = open_set(opened, url)
+    first.create(REVIEWS, actor="ada")
+    kept = entries(url)["reviews"]
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        db.execute("DELETE FROM gate_catalog")
+    deadline = time.monotonic() + 5.0
+    while "reviews" not in entries(url):
+        assert time.monotonic() < deadline, "the lost entry was never written back"
+        time.sleep(0.01)
+    assert entries(url)["reviews"] == kept
+    assert "reviews" in open_set(opened, url, refresh=3600)
