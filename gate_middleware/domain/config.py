@@ -40,6 +40,58 @@ def validate_store_url(url: object) -> str:
     return str(url)
 
 
+#: The keys a scenario's table may hold (``PromotionConfig.from_toml`` and
+#: ``from_table``; the admin API's ``POST /rollouts`` body).
+SCENARIO_KEYS = frozenset(
+    {
+        "promotion_environment",
+        "promotion_traffic_percent",
+        "auto_rollback_enabled",
+        "slo_threshold",
+        "feature_flags",
+        "rollback_window_seconds",
+        "min_requests",
+        "evaluation_interval_seconds",
+        "name",
+        "description",
+        "holdback_percent",
+        "initial_delay_seconds",
+        "salt",
+        "cohort",
+        "plan",
+        "store",
+        "metrics",
+    }
+)
+
+
+def scenario_table(
+    path: str | PathLike[str], scenario: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Where in the scenario file at ``path`` the scenario ``scenario`` is
+    (``scenarios.NAME``, for errors) and its table, as the file holds it;
+    with ``scenario=None`` the file must hold exactly one. A ``ConfigError``
+    when the file is not TOML or holds no such scenario."""
+    try:
+        with open(path, "rb") as fh:
+            document = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("toml file", str(path), f"valid TOML ({exc})") from exc
+    scenarios = document.get("scenarios")
+    if not isinstance(scenarios, dict) or not scenarios:
+        raise ConfigError("scenarios", scenarios, "a [scenarios.NAME] table in the file")
+    if scenario is None:
+        if len(scenarios) != 1:
+            raise ConfigError(
+                "scenario", None, f"one of {sorted(scenarios)} (the file holds several)"
+            )
+        scenario = next(iter(scenarios))
+    table = scenarios.get(scenario)
+    if not isinstance(table, dict):
+        raise ConfigError("scenario", scenario, f"one of {sorted(scenarios)}")
+    return f"scenarios.{scenario}", table
+
+
 def validate_flag_name(name: Any, field: str = "feature flag") -> str:
     """Return ``name`` if it is a valid flag name, or raise ``ConfigError``."""
     if not valid_name(name):
@@ -257,24 +309,8 @@ class PromotionConfig:
         the file must hold exactly one scenario. Keyword ``overrides``
         replace fields after reading.
         """
-        try:
-            with open(path, "rb") as fh:
-                document = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("toml file", str(path), f"valid TOML ({exc})") from exc
-        scenarios = document.get("scenarios")
-        if not isinstance(scenarios, dict) or not scenarios:
-            raise ConfigError("scenarios", scenarios, "a [scenarios.NAME] table in the file")
-        if scenario is None:
-            if len(scenarios) != 1:
-                raise ConfigError(
-                    "scenario", None, f"one of {sorted(scenarios)} (the file holds several)"
-                )
-            scenario = next(iter(scenarios))
-        table = scenarios.get(scenario)
-        if not isinstance(table, dict):
-            raise ConfigError("scenario", scenario, f"one of {sorted(scenarios)}")
-        return cls._from_scenario(f"scenarios.{scenario}", table, overrides)
+        where, table = scenario_table(path, scenario)
+        return cls._from_scenario(where, table, overrides)
 
     @classmethod
     def from_table(cls, table: Any, where: str = "rollout") -> PromotionConfig:
@@ -321,28 +357,9 @@ class PromotionConfig:
     def _from_scenario(
         cls, where: str, table: dict[str, Any], overrides: dict[str, Any]
     ) -> PromotionConfig:
-        known = {
-            "promotion_environment",
-            "promotion_traffic_percent",
-            "auto_rollback_enabled",
-            "slo_threshold",
-            "feature_flags",
-            "rollback_window_seconds",
-            "min_requests",
-            "evaluation_interval_seconds",
-            "name",
-            "description",
-            "holdback_percent",
-            "initial_delay_seconds",
-            "salt",
-            "cohort",
-            "plan",
-            "store",
-            "metrics",
-        }
-        unknown = sorted(set(table) - known)
+        unknown = sorted(set(table) - SCENARIO_KEYS)
         if unknown:
-            raise ConfigError(where, unknown[0], f"one of the keys {sorted(known)}")
+            raise ConfigError(where, unknown[0], f"one of the keys {sorted(SCENARIO_KEYS)}")
         env_name = table.get("promotion_environment", "production")
         percent = table.get("promotion_traffic_percent")
         if env_name == "shadow":
