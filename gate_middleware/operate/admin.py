@@ -175,6 +175,20 @@ def _no_constant(name: str) -> Any:
     raise _BadRequest(400, f"the body is not valid JSON: {name} is not a JSON number")
 
 
+def _double_sized(text: str) -> int:
+    """A JSON integer of the body, refused (400) when no float holds it:
+    every number a field takes is checked as a float, and ``float()`` of a
+    larger one raises ``OverflowError``, which no check catches."""
+    number = int(text)  # ValueError past Python's digit limit: not valid JSON
+    try:
+        float(number)
+    except OverflowError:
+        raise _BadRequest(
+            400, f"the body holds a number too large for any field ({len(text)} digits)"
+        ) from None
+    return number
+
+
 def _is_json(content_type: str | None) -> bool:
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     return media_type == "application/json"
@@ -462,6 +476,7 @@ class AdminAPI:
                 body,
                 object_pairs_hook=_object_without_duplicates,
                 parse_constant=_no_constant,
+                parse_int=_double_sized,
             )
         except RecursionError as exc:
             raise _BadRequest(400, "the body is not valid JSON: nested too deeply") from exc

@@ -407,6 +407,8 @@ def test_the_bearer_scheme_is_case_insensitive(client: httpx.Client, scheme: str
         ),
         ("/traffic", b'\xff\xfe{"percent": 1}', None),
         ("/traffic", b'{"percent": 1' + b"0" * 5000 + b"}", None),  # past int's digit limit
+        ("/traffic", b'{"percent": 1' + b"0" * 400 + b"}", None),  # past a float's range
+        ("/canary", b'{"percent": 1' + b"0" * 400 + b', "flags": []}', None),
     ],
 )
 def test_loose_json_is_refused_and_changes_nothing(
