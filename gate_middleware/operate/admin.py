@@ -38,10 +38,22 @@ own name or nothing; under a set, required when it holds several: 400 with
 ``"field": "rollout"`` listing the names, and 404 for a name that is not
 one). Under a set without ``?rollout=``, ``POST /alertmanager`` rolls back
 each rollout a firing alert's label names. ``GET /rollouts`` lists each
-rollout with its ``/status``; ``POST /rollouts/{name}/retire`` and
-``/reinstate`` stop serving a rollout and serve it again, in every process
-that shares its store (``PromotionGate.retire``; 409 for one gate), events
-in the rollout's history with the operator.
+rollout with its ``/status`` and, for one added while the app ran, who
+added it and when (``created``), and the rollouts of the store's catalog
+this process does not serve, with why (``refused``);
+``POST /rollouts/{name}/retire`` and ``/reinstate`` stop serving a rollout
+and serve it again, in every process that shares its store
+(``PromotionGate.retire``; 409 for one gate), events in the rollout's
+history with the operator. ``POST /rollouts`` adds a rollout while the app
+runs (``Rollouts.create``): its body is a scenario's table as JSON (the
+keys of a scenario file's ``[scenarios.NAME]``, ``name`` required, no
+``store``), and it answers 201 with the new rollout's status. A set opened
+on a store (``Rollouts.from_url``) serves it in every process that shares
+the store, after restarts too; a set without one serves it in this process
+only, and the answer says so (``"shared": false`` and a ``warning``). An
+invalid config, a name already taken, or a flag or salt another rollout
+holds is a 400 naming the field; one gate (no set) is a 409, as is a store
+that cannot be written.
 
 Each route is declared once, in ``ROUTES``: the dispatch, the OpenAPI
 document (``GET /openapi.json``), the command line's client and the list
@@ -59,20 +71,22 @@ import hashlib
 import json
 import os
 import re
+import textwrap
 import types
 import typing
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Literal, NamedTuple
 
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
-from gate_middleware.domain.config import validate_flag_name
+from gate_middleware.domain.config import PromotionConfig, validate_flag_name
 from gate_middleware.domain.environment import PRODUCTION, Environment, validate_traffic_percent
+from gate_middleware.domain.metrics import DIRECTIONS, KINDS, MAX_METRICS
 from gate_middleware.domain.naming import (
     MAX_REASON_LENGTH,
     NAME_PATTERN,
@@ -80,10 +94,11 @@ from gate_middleware.domain.naming import (
     TOKEN_EXPECTED,
     valid_token,
 )
-from gate_middleware.domain.plan import PlanProgress
+from gate_middleware.domain.plan import ON_DEADLINE, PlanProgress
 from gate_middleware.domain.state import MAX_HISTORY, GateEvent, PromotionEvent
 from gate_middleware.errors import ConfigError, PromotionError
 from gate_middleware.gate import PromotionGate, Rollouts
+from gate_middleware.gate.rollouts import CatalogEntry
 from gate_middleware.operate import alertmanager
 from gate_middleware.operate.operators import (
     NAME,
@@ -106,6 +121,7 @@ _DIGITS = re.compile(r"[0-9]{1,6}")  # ASCII digits only: str.isdigit() takes 'Â
 MAX_NOTE = 64  # characters of a client's own note kept beside its operator's name
 _REASONS = {
     200: "OK",
+    201: "Created",
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
@@ -209,11 +225,13 @@ RolloutChoice = Literal["one", "optional", "set"]
 
 
 class Answer(NamedTuple):
-    """A route's 200 answer: what it is, and its schema."""
+    """A route's answer when it succeeds: what it is, its schema, and its
+    status (201 for a route that creates something)."""
 
     description: str
     schema: dict[str, Any]
     media_type: str = "application/json"
+    status: int = 200
 
 
 @dataclass(frozen=True)
@@ -556,21 +574,32 @@ class AdminAPI:
 
     def _rollouts(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
         gates = self._gates()
+        created = {} if isinstance(self.gate, PromotionGate) else self.gate.created
+        refused = {} if isinstance(self.gate, PromotionGate) else self.gate.refused
         retired = [gate.name for gate in gates if gate.retired]
-        rollouts = [{"name": gate.name, "status": self._status_of(gate, args)} for gate in gates]
-        return _json(200, {"rollouts": rollouts, "retired": retired})
+        rollouts = [
+            {
+                "name": gate.name,
+                "status": self._status_of(gate, args),
+                "created": _created(created.get(gate.name)),
+            }
+            for gate in gates
+        ]
+        return _json(200, {"rollouts": rollouts, "retired": retired, "refused": refused})
 
     def _the_set(self, what: str) -> Rollouts:
+        """The set the API steers; for one gate, a ``PromotionError`` (409)
+        saying it cannot ``what``."""
         if isinstance(self.gate, PromotionGate):
             raise PromotionError(
-                f"cannot {what} the rollout {self.gate.name!r}: retiring and reinstating "
-                "are for a Rollouts set (this API steers one PromotionGate)"
+                f"cannot {what}: creating, retiring and reinstating rollouts are for a "
+                f"Rollouts set (this API steers one PromotionGate, the rollout {self.gate.name!r})"
             )
         return self.gate
 
     def _named_in_set(self, what: str, args: dict[str, Any]) -> tuple[Rollouts, str]:
-        rollouts = self._the_set(what)
         name = args["name"]
+        rollouts = self._the_set(f"{what} the rollout {name!r}")
         if name not in rollouts:
             raise _BadRequest(404, f"no rollout {name!r}; the rollouts: {self._names()}", "name")
         return rollouts, name
@@ -584,6 +613,30 @@ class AdminAPI:
         rollouts, name = self._named_in_set("reinstate", args)
         event = rollouts.reinstate(name, actor=args["actor"])
         return self._set_answer(rollouts, name, event)
+
+    def _create(self, payload: dict[str, Any], args: dict[str, Any]) -> AdminResponse:
+        """Add the rollout the body describes to the set (``Rollouts.create``),
+        the operator as its creator: 201 with its status, and whether the
+        other processes serve it too."""
+        config = _scenario_config(payload)
+        rollouts = self._the_set(f"create the rollout {config.name!r}")
+        gate = rollouts.create(config, actor=args["actor"])
+        shared = rollouts.catalog_shared
+        answer: dict[str, Any] = {
+            "rollout": gate.name,
+            "status": self._status_of(gate, args),
+            "rollouts": list(rollouts.names),
+            "retired": [other.name for other in rollouts if other.retired],
+            "created": _created(rollouts.created.get(gate.name)),
+            "shared": shared,
+        }
+        if not shared:
+            answer["warning"] = (
+                f"rollout {gate.name!r} serves this process only: its set keeps no store, so "
+                "the app's other worker processes do not serve it, and it is gone after a "
+                "restart (open the set with Rollouts.from_url to share it)"
+            )
+        return _json(201, answer)
 
     @staticmethod
     def _set_answer(rollouts: Rollouts, name: str, event: PromotionEvent) -> AdminResponse:
@@ -797,6 +850,60 @@ def _nothing(why: str) -> AdminResponse:
     return _json(200, {"rolled_back": False, "why": why, "event": None})
 
 
+def _scenario_config(payload: dict[str, Any]) -> PromotionConfig:
+    """The config a ``POST /rollouts`` body describes (a scenario's table);
+    a ``ConfigError`` naming the body's field (``plan.steps[2]``) when it
+    is not one."""
+    if "name" not in payload:
+        raise _BadRequest(400, "the field 'name' is required: the new rollout's name", "name")
+    if payload.get("store") is not None:
+        raise ConfigError(
+            "store", "â€¦", "null or left out: a rollout created here is kept in its set's store"
+        )
+    try:
+        return PromotionConfig.from_table(_whole_counts(payload), "body")
+    except ConfigError as exc:
+        field = exc.field.removeprefix("body.")
+        if field == exc.field:
+            raise
+        raise ConfigError(field, exc.value, exc.expected) from None
+
+
+def _whole(value: Any) -> Any:
+    """JSON Schema's integer: 100.0 is 100 (as ``/plan/skip``'s step)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _whole_counts(payload: dict[str, Any]) -> dict[str, Any]:
+    """The body with its counts (``min_requests``, the plan's and each
+    step's) as the integers the document lets a client write as 100.0."""
+    table = dict(payload)
+    if "min_requests" in table:
+        table["min_requests"] = _whole(table["min_requests"])
+    plan = table.get("plan")
+    if isinstance(plan, dict) and isinstance(plan.get("steps"), list):
+        steps = [
+            {**step, "min_requests": _whole(step["min_requests"])}
+            if isinstance(step, dict) and "min_requests" in step
+            else step
+            for step in plan["steps"]
+        ]
+        table["plan"] = {**plan, "steps": steps}
+    return table
+
+
+def _created(entry: CatalogEntry | None) -> dict[str, str] | None:
+    """Who added a rollout while the app ran, and when (ISO 8601, UTC);
+    ``None`` for one the app's code declares."""
+    if entry is None:
+        return None
+    try:
+        added_at = datetime.fromtimestamp(entry.added_at, UTC).isoformat()
+    except (OverflowError, OSError, ValueError):  # a catalog entry's clock past year 9999
+        added_at = f"{entry.added_at!r} (Unix seconds)"
+    return {"actor": entry.actor, "added_at": added_at}
+
+
 def _check_values(payload: dict[str, Any], args: dict[str, Any]) -> None:
     """Refuse (``ConfigError``) a value no rollout would take, before the
     rollout is looked up: a malformed request answers 400 whichever rollout
@@ -922,6 +1029,115 @@ _SET_NOW = _answer(
         "retired": _NAMES,
         "event": _EVENT,
     },
+)
+#: Who added a rollout while the app ran, and when; null for one the app's code declares.
+_CREATED_BY = {
+    "anyOf": [
+        _holds({"actor": {"type": "string"}, "added_at": {"type": "string"}}),
+        {"type": "null"},
+    ]
+}
+_ROLLOUT_NAME = {"type": "string", "pattern": NAME_PATTERN}
+_SECONDS = {"type": "number", "minimum": 0}
+_POSITIVE = {"type": "number", "exclusiveMinimum": 0}
+_STEP_PERCENT = {"type": "number", "exclusiveMinimum": 0, "maximum": 100}
+#: A rollout plan's table (``RolloutPlan.from_dict``), as far as JSON Schema
+#: can say it: that the steps rise, each by at most ``max_step_ratio``, the
+#: API checks itself (400 naming the step).
+_PLAN_TABLE = _fields(
+    {
+        "steps": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "anyOf": [
+                    _STEP_PERCENT,
+                    _fields(
+                        {
+                            "traffic_percent": _STEP_PERCENT,
+                            "bake_seconds": _SECONDS,
+                            "min_requests": {"type": ["integer", "null"], "minimum": 1},
+                            "require_healthy": {"type": "boolean"},
+                            "manual": {"type": "boolean"},
+                        },
+                        "traffic_percent",
+                    ),
+                ]
+            },
+        },
+        "bake_seconds": _SECONDS,
+        "staging_bake_seconds": _SECONDS,
+        "staging_manual": {"type": "boolean"},
+        "inconclusive_limit_seconds": _SECONDS,
+        "max_step_ratio": {"type": "number", "minimum": 1},
+        "approval_deadline_seconds": {"type": ["number", "null"], "minimum": 0},
+        "on_deadline": {"enum": list(ON_DEADLINE)},
+    }
+)
+#: A business metric's table (``MetricDefinition``).
+_METRIC_TABLE = _fields(
+    {
+        "name": _ROLLOUT_NAME,
+        "kind": {"enum": list(KINDS)},
+        "bad": {"enum": list(DIRECTIONS)},
+        "tolerance": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+        "guardrail": {"type": "boolean"},
+    },
+    "name",
+)
+#: ``POST /rollouts``: a scenario's table, as JSON (``PromotionConfig.from_table``).
+_SCENARIO = {
+    **_fields(
+        {
+            "name": {**_ROLLOUT_NAME, "description": "The new rollout's name"},
+            "description": {"type": "string"},
+            "promotion_environment": {
+                "enum": ["canary", "staging", "production", "shadow"],
+                "default": "production",
+                "description": "Where the rollout starts (shadow: a canary at 0 %)",
+            },
+            "promotion_traffic_percent": {
+                **_PERCENT,
+                "default": 10,
+                "description": "The canary's share of sessions (a canary only)",
+            },
+            "feature_flags": {"type": "array", "items": _FLAG_NAME},
+            "auto_rollback_enabled": {"type": "boolean"},
+            "slo_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+            "rollback_window_seconds": _POSITIVE,
+            "min_requests": {"type": "integer", "minimum": 1},
+            "evaluation_interval_seconds": _POSITIVE,
+            "holdback_percent": {"type": "number", "minimum": 0, "maximum": 50},
+            "initial_delay_seconds": _SECONDS,
+            "salt": {"type": ["string", "null"], "pattern": NAME_PATTERN},
+            "cohort": {"enum": ["rollout", "release"]},
+            "plan": _PLAN_TABLE,
+            "metrics": {"type": "array", "maxItems": MAX_METRICS, "items": _METRIC_TABLE},
+            "store": {
+                "type": "null",
+                "description": "Left out: the new rollout is kept in its set's store",
+            },
+        },
+        "name",
+    ),
+    "description": "A scenario's table, as a scenario file's [scenarios.NAME] holds it",
+}
+_NEW_ROLLOUT_FIELDS = {
+    "rollout": {"type": "string"},
+    "status": {"type": "object"},
+    "rollouts": _NAMES,
+    "retired": _NAMES,
+    "created": _CREATED_BY,
+    "shared": {"type": "boolean"},
+}
+_NEW_ROLLOUT = Answer(
+    "The new rollout and its status, the set's rollouts now, and whether every process "
+    "of the app serves it (shared) or this one only (then a warning says so)",
+    {
+        **_holds(_NEW_ROLLOUT_FIELDS),
+        "properties": {**_NEW_ROLLOUT_FIELDS, "warning": {"type": "string"}},
+    },
+    status=201,
 )
 
 #: Every admin endpoint, once. A new one is a handler on ``AdminAPI`` and an
@@ -1149,17 +1365,38 @@ ROUTES: tuple[Route, ...] = (
         "/rollouts",
         name="getRollouts",
         handler=AdminAPI._rollouts,
-        summary="Every rollout of the set, in order, each with its /status; the retired ones' names",
+        summary="Every rollout of the set, in order, with its /status and who added it; the "
+        "retired ones; those of the catalog not served here, with why",
         answer=_answer(
             "The rollouts",
             {
                 "rollouts": {
                     "type": "array",
-                    "items": _holds({"name": {"type": "string"}, "status": {"type": "object"}}),
+                    "items": _holds(
+                        {
+                            "name": {"type": "string"},
+                            "status": {"type": "object"},
+                            "created": _CREATED_BY,
+                        }
+                    ),
                 },
                 "retired": {"type": "array", "items": {"type": "string"}},
+                "refused": {"type": "object", "additionalProperties": {"type": "string"}},
             },
         ),
+        rollout="set",
+    ),
+    Route(
+        "POST",
+        "/rollouts",
+        name="createRollout",
+        role="admin",
+        handler=AdminAPI._create,
+        summary="Add a rollout while the app runs, for every process that shares the set's "
+        "store (201; 409: one gate)",
+        body=_SCENARIO,
+        answer=_NEW_ROLLOUT,
+        links={"retire": _link("retireRollout", name="$response.body#/rollout")},
         rollout="set",
     ),
     Route(
@@ -1222,7 +1459,15 @@ def route_list() -> str:
         lines.append(f"    {route.method:<5} {route.path:<25} {route.summary}")
         if route.fields:
             fields = [f if f in route.required else f"{f}?" for f in route.fields]
-            lines.append(f"{'':<36}body {{{', '.join(fields)}}}")
+            lines.extend(
+                textwrap.wrap(
+                    f"body {{{', '.join(fields)}}}",
+                    width=99,
+                    initial_indent=" " * 36,
+                    subsequent_indent=" " * 41,
+                    break_on_hyphens=False,
+                )
+            )
         query = [name for name in route.query if name != "rollout"]
         if query:
             lines.append(f"{'':<36}query ?{'&'.join(f'{q}=' for q in query)}")
@@ -1466,7 +1711,7 @@ def _operation(route: Route, rollouts: Sequence[str] | None = None) -> dict[str,
     operation: dict[str, Any] = {
         "operationId": route.name,
         "summary": route.summary,
-        "responses": {"200": ok, **{str(status): error for status in errors}},
+        "responses": {str(answer.status): ok, **{str(status): error for status in errors}},
     }
     if route.public:
         operation["security"] = []

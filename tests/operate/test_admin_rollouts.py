@@ -1,25 +1,36 @@
 """The admin API, the CLI and the Alertmanager receiver over a ``Rollouts``
 set: each rollout listed and steered by name (``?rollout=NAME``), mounted
-in each framework, while steering one leaves the others as they were."""
+in each framework, while steering one leaves the others as they were; and
+rollouts created while the app runs (``POST /rollouts``), served at once
+here and, for a set on a store, by every set that shares it."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
+import time
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 from starlette.testclient import TestClient
 
-from gate_middleware import Environment, PromotionConfig, PromotionGate
+from gate_middleware import Environment, PromotionConfig, PromotionGate, compute_bucket
+from gate_middleware.domain.config import SCENARIO_KEYS
+from gate_middleware.domain.metrics import MetricDefinition
 from gate_middleware.domain.plan import RolloutPlan
 from gate_middleware.gate import Rollouts
-from gate_middleware.operate.admin import ROUTES, AdminASGIApp, AdminWSGIApp
+from gate_middleware.operate.admin import ROUTES, AdminASGIApp, AdminWSGIApp, route_named
 from gate_middleware.operate.operators import token_sha256
+from gate_middleware.web.session import SessionCookie
+from tests.apps import client_for
 from tests.servers import serving
 from tests.support import TOKEN, FakeClock, run
 
@@ -34,6 +45,16 @@ OPERATORS = [
 ]
 #: The routes that act on one rollout (every one but the set's own).
 ONE_ROLLOUT = [route for route in ROUTES if not route.public and route.rollout == "one"]
+SECRET = "rollouts-admin-secret-0123456789"
+#: A rollout created while the app runs: half the sessions on its canary.
+BILLING: dict[str, Any] = {
+    "name": "billing",
+    "feature_flags": ["new_billing"],
+    "promotion_environment": "canary",
+    "promotion_traffic_percent": 50,
+    "min_requests": 10_000,
+    "plan": {"steps": [50, 100], "bake_seconds": 60},
+}
 
 
 def rollout_gate(name: str, clock: FakeClock) -> PromotionGate:
@@ -50,7 +71,13 @@ def rollout_gate(name: str, clock: FakeClock) -> PromotionGate:
 
 @pytest.fixture
 def rollouts(clock: FakeClock) -> Rollouts:
-    return Rollouts([rollout_gate(name, clock) for name in NAMES])
+    # The options are what a rollout created in the set is opened with.
+    return Rollouts(
+        [rollout_gate(name, clock) for name in NAMES],
+        clock=clock,
+        wall_clock=clock,
+        plan_timer=False,
+    )
 
 
 def states(rollouts: Rollouts) -> dict[str, Any]:
@@ -238,15 +265,26 @@ def test_a_single_gate_takes_its_own_name_and_no_other(kind: str, clock: FakeClo
         listed = client.get("/rollouts", headers=AUTH).json()
         assert listed == {
             "rollouts": [
-                {"name": "checkout", "status": client.get("/status", headers=AUTH).json()}
+                {
+                    "name": "checkout",
+                    "status": client.get("/status", headers=AUTH).json(),
+                    "created": None,
+                }
             ],
             "retired": [],
+            "refused": {},
         }
         before = gate.state
         for action in ("retire", "reinstate"):
             refused = client.post(f"/rollouts/checkout/{action}", headers=AUTH)
             assert refused.status_code == 409, refused.text
             assert "Rollouts set" in refused.json()["error"]
+        # One gate has no set to add a rollout to: 409, once the body is a config.
+        refused = client.post("/rollouts", json=BILLING, headers=AUTH)
+        assert refused.status_code == 409, refused.text
+        assert "Rollouts set" in refused.json()["error"] and "'billing'" in refused.json()["error"]
+        bad = client.post("/rollouts", json={**BILLING, "min_requests": 0}, headers=AUTH)
+        assert bad.status_code == 400 and bad.json()["field"] == "min_requests"
         assert gate.state == before
 
 
@@ -297,12 +335,15 @@ def test_the_set_routes_need_their_roles(client: httpx.Client, rollouts: Rollout
     assert client.get("/rollouts", headers={"Authorization": f"Bearer {VIEWER}"}).status_code == 200
     before = states(rollouts)
     for token in (VIEWER, OPERATOR):
+        headers = {"Authorization": f"Bearer {token}"}
         for action in ("retire", "reinstate"):
-            refused = client.post(
-                f"/rollouts/search/{action}", headers={"Authorization": f"Bearer {token}"}
-            )
+            refused = client.post(f"/rollouts/search/{action}", headers=headers)
             assert refused.status_code == 403 and refused.json()["role_needed"] == "admin"
+        refused = client.post("/rollouts", json=BILLING, headers=headers)
+        assert refused.status_code == 403 and refused.json()["role_needed"] == "admin"
+        assert "createRollout" in refused.json()["error"]
     assert rollouts.names == NAMES and states(rollouts) == before
+    assert rollouts.created == {}
 
 
 def test_retire_and_reinstate_a_rollout(client: httpx.Client, rollouts: Rollouts) -> None:
@@ -333,6 +374,216 @@ def test_retire_and_reinstate_a_rollout(client: httpx.Client, rollouts: Rollouts
     assert search.get_history()[-1].actor == "ada"
     assert client.post("/rollouts/search/reinstate", headers=AUTH).status_code == 409
     assert {name: rollouts[name].state for name in ("checkout", "profile")} == others
+
+
+# -- rollouts created while the app runs ---------------------------------------------
+
+
+def served_flags(rollouts: Rollouts, sessions: int) -> list[tuple[str, list[str]]]:
+    """(session id, the flags its request got) for ``sessions`` new
+    sessions, each one request through an app the set serves."""
+    http, cleanup = client_for("starlette", rollouts, secret=SECRET)  # type: ignore[arg-type]
+    try:
+        served = []
+        for _ in range(sessions):
+            http.cookies.clear()
+            response = http.get("/")
+            assert response.status_code == 200
+            cookie = f"gate_session={response.cookies['gate_session']}"
+            session_id = SessionCookie(secret=SECRET).read(cookie)
+            assert session_id is not None
+            served.append((session_id, list(response.json()["flags"])))
+        return served
+    finally:
+        http.close()
+        if cleanup:
+            cleanup()
+
+
+def assert_billing_served(rollouts: Rollouts) -> None:
+    """Each new session's request has the flag new_billing exactly when the
+    rollout billing puts the session on its canary (half of them)."""
+    served = served_flags(rollouts, 40)
+    on_canary = [compute_bucket("billing", session_id) < 50_000 for session_id, _ in served]
+    assert [("new_billing" in flags) for _, flags in served] == on_canary
+    assert any(on_canary) and not all(on_canary)
+
+
+def answer_schema(client: httpx.Client, status: str) -> dict[str, Any]:
+    """The schema the served document gives ``POST /rollouts``'s answer ``status``."""
+    document = client.get("/openapi.json", headers=AUTH).json()
+    response = document["paths"]["/rollouts"]["post"]["responses"][status]
+    schema: dict[str, Any] = response["content"]["application/json"]["schema"]
+    return schema
+
+
+def test_the_create_body_is_a_scenarios_table() -> None:
+    route = route_named("createRollout")
+    assert set(route.fields) == SCENARIO_KEYS and route.required == ["name"]
+    assert route.role == "admin" and route.answer.status == 201
+    config = PromotionConfig(
+        name="billing",
+        environment=Environment.canary(5),
+        feature_flags=["new_billing"],
+        plan=RolloutPlan(
+            steps=[5, 10, {"traffic_percent": 25, "manual": True, "min_requests": 50}],
+            approval_deadline_seconds=600,
+        ),
+        metrics=[MetricDefinition("checkout_completed", tolerance=0.05)],
+        salt="billing-1",
+        cohort="release",
+        holdback_percent=5,
+    )
+    # What a rollout is kept as is what the body takes, and reads back the same.
+    table = config.to_table()
+    jsonschema.validate(table, route.body)
+    assert PromotionConfig.from_table(table) == config
+
+
+def test_an_admin_creates_a_rollout_that_requests_get_at_once(
+    client: httpx.Client, rollouts: Rollouts
+) -> None:
+    before = states(rollouts)
+    response = client.post("/rollouts", json=BILLING, headers={**AUTH, "X-Gate-Actor": "cli:ada"})
+    assert response.status_code == 201, response.text
+    answer = response.json()
+    jsonschema.validate(answer, answer_schema(client, "201"))
+    added = {
+        "actor": "ada (client note: cli:ada)",
+        "added_at": datetime.fromtimestamp(1000.0, UTC).isoformat(),  # the set's wall clock
+    }
+    assert answer["rollout"] == "billing" and answer["rollouts"] == [*NAMES, "billing"]
+    assert answer["created"] == added and answer["retired"] == []
+    # A set without a store: the rollout is this process's only, and the answer says so.
+    assert answer["shared"] is False and "this process only" in answer["warning"]
+    status = answer["status"]
+    assert status["rollout"] == "billing"
+    assert status["environment"] == {"name": "canary", "traffic_percent": 50.0}
+    assert status["flags"]["release"] == ["new_billing"]
+    assert status == client.get("/status", params={"rollout": "billing"}, headers=AUTH).json()
+    created = rollouts["billing"].get_history()[0]
+    assert created.action == "create" and created.actor == "ada (client note: cli:ada)"
+
+    listed = client.get("/rollouts", headers=AUTH).json()
+    assert [rollout["name"] for rollout in listed["rollouts"]] == [*NAMES, "billing"]
+    assert [rollout["created"] for rollout in listed["rollouts"]] == [None, None, None, added]
+    assert listed["refused"] == {} and listed["retired"] == []
+    assert {name: rollouts[name].state for name in NAMES} == before
+    assert_billing_served(rollouts)
+    # Steered as any rollout of the set.
+    traffic = client.post(
+        "/traffic", params={"rollout": "billing"}, json={"percent": 60}, headers=AUTH
+    )
+    assert traffic.status_code == 200 and rollouts["billing"].environment == Environment.canary(60)
+
+
+#: A body the set cannot add, and the field its 400 names.
+UNADDABLE = {
+    "a traffic percent over 100": (
+        {**BILLING, "promotion_traffic_percent": 150},
+        "promotion_traffic_percent",
+    ),
+    "an unknown key": ({**BILLING, "traffic": 5}, "traffic"),
+    "a store": ({**BILLING, "store": "sqlite:///elsewhere.db"}, "store"),
+    "no name": ({key: value for key, value in BILLING.items() if key != "name"}, "name"),
+    "a name taken": ({**BILLING, "name": "search"}, "name"),
+    "a flag another rollout has on": (
+        {**BILLING, "feature_flags": ["new_billing", "search_v2"]},
+        "feature_flags",
+    ),
+    "a salt another rollout routes by": ({**BILLING, "salt": "checkout"}, "salt"),
+    "a plan that goes backwards": (
+        {**BILLING, "plan": {"steps": [50, 20]}},
+        "plan.steps[2].traffic_percent",
+    ),
+    "a count that is not whole": ({**BILLING, "min_requests": 2.5}, "min_requests"),
+}
+
+
+def test_a_rollout_the_set_cannot_add_is_a_400_naming_the_field(
+    client: httpx.Client, rollouts: Rollouts
+) -> None:
+    before = states(rollouts)
+    for case, (body, field) in UNADDABLE.items():
+        response = client.post("/rollouts", json=body, headers=AUTH)
+        assert response.status_code == 400, (case, response.text)
+        assert response.json()["field"] == field, (case, response.json())
+    taken = client.post("/rollouts", json={**BILLING, "name": "search"}, headers=AUTH).json()
+    assert "'search'" in taken["error"] and "'checkout'" in taken["error"]
+    clash = client.post(
+        "/rollouts", json=UNADDABLE["a flag another rollout has on"][0], headers=AUTH
+    )
+    assert "'search_v2' belongs to rollout 'search'" in clash.json()["error"]
+    assert rollouts.names == NAMES and rollouts.created == {} and states(rollouts) == before
+    # 100.0 is a whole count, as the document's integer says.
+    whole = client.post("/rollouts", json={**BILLING, "min_requests": 100.0}, headers=AUTH)
+    assert whole.status_code == 201, whole.text
+    assert rollouts["billing"].config.min_requests == 100
+
+
+def test_a_store_that_refuses_the_new_rollout_answers_409(tmp_path: Path) -> None:
+    path = tmp_path / "gate.db"
+    rollouts = Rollouts.from_url(
+        f"sqlite:///{path}", [PromotionConfig(name="checkout", feature_flags=["new_checkout"])]
+    )
+    try:
+        db = sqlite3.connect(path)
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON gate_catalog "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+        db.close()
+        with TestClient(AdminASGIApp(rollouts, operators=OPERATORS)) as client:
+            refused = client.post("/rollouts", json=BILLING, headers=AUTH)
+            assert refused.status_code == 409, refused.text
+            assert "nothing changed" in refused.json()["error"]
+            assert "disk full" in refused.json()["error"]
+        assert rollouts.names == ("checkout",) and rollouts.created == {}
+    finally:
+        rollouts.close()
+
+
+def test_a_rollout_created_on_a_store_is_served_by_every_set_on_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    declared = [PromotionConfig(name="checkout", feature_flags=["new_checkout"])]
+    here = Rollouts.from_url(url, declared, refresh_seconds=0.05)
+    there = Rollouts.from_url(url, declared, refresh_seconds=0.05)
+    # A worker still on older code, one of whose own rollouts declares the flag.
+    legacy = PromotionConfig(name="legacy", feature_flags=["new_billing"])
+    older = Rollouts.from_url(url, [*declared, legacy], refresh_seconds=0.05)
+    try:
+        with TestClient(AdminASGIApp(here, operators=OPERATORS)) as client:
+            response = client.post("/rollouts", json=BILLING, headers=AUTH)
+            assert response.status_code == 201, response.text
+            answer = response.json()
+            jsonschema.validate(answer, answer_schema(client, "201"))
+        assert answer["shared"] is True and "warning" not in answer
+        assert answer["created"]["actor"] == "ada"
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (
+            "billing" in there and there["billing"].get_history() and "billing" in older.refused
+        ):
+            time.sleep(0.02)
+        assert there.names == ("checkout", "billing")
+        assert there.created["billing"].actor == "ada"
+        assert there.created["billing"].config == here["billing"].config
+        first = there["billing"].get_history()[0]
+        assert first.action == "create" and first.actor == "ada"
+        assert_billing_served(there)
+        with TestClient(AdminASGIApp(there, operators=OPERATORS)) as client:
+            listed = client.get("/rollouts", headers=AUTH).json()
+        assert [rollout["created"] for rollout in listed["rollouts"]] == [None, answer["created"]]
+
+        # The older worker serves its own rollout and says why it does not serve the new one.
+        assert older.names == ("checkout", "legacy")
+        with TestClient(AdminASGIApp(older, operators=OPERATORS)) as client:
+            listed = client.get("/rollouts", headers=AUTH).json()
+        assert list(listed["refused"]) == ["billing"]
+        assert "'new_billing' belongs to rollout 'legacy'" in listed["refused"]["billing"]
+    finally:
+        for rollouts in (here, there, older):
+            rollouts.close()
 
 
 # -- the Alertmanager receiver under a set ----------------------------------------------

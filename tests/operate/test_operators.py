@@ -30,7 +30,7 @@ from werkzeug.serving import make_server
 from gate_middleware import ConfigError, PromotionConfig, PromotionGate
 from gate_middleware.domain.plan import RolloutPlan
 from gate_middleware.gate import Rollouts
-from gate_middleware.operate.admin import ROUTES, AdminASGIApp, AdminWSGIApp
+from gate_middleware.operate.admin import ROUTES, AdminASGIApp, AdminWSGIApp, route_named
 from gate_middleware.operate.operators import Operator, OperatorFile, token_sha256
 from tests.servers import serving
 from tests.support import CLI, FakeClock
@@ -68,6 +68,7 @@ ROLE_TABLE = {
     "retryPlan": "admin",
     "retireRollout": "admin",
     "reinstateRollout": "admin",
+    "createRollout": "admin",
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 #: A request for each endpoint that the gate would carry out for an admin.
@@ -99,9 +100,10 @@ REQUESTS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "getRollouts": ("GET", "/rollouts", None),
     "retireRollout": ("POST", "/rollouts/default/retire", None),
     "reinstateRollout": ("POST", "/rollouts/default/reinstate", None),
+    "createRollout": ("POST", "/rollouts", {"name": "billing", "feature_flags": ["new_billing"]}),
 }
 #: Routes of a ``Rollouts`` set: tried on a set that holds the fresh gate.
-SET_ROUTES = {"retireRollout", "reinstateRollout"}
+SET_ROUTES = {"retireRollout", "reinstateRollout", "createRollout"}
 
 
 def auth(name: str, note: str | None = None) -> dict[str, str]:
@@ -152,7 +154,7 @@ def test_every_route_needs_the_role_of_the_table() -> None:
 
 
 def test_each_role_against_every_endpoint(open_client: Any) -> None:
-    """3 roles × 19 endpoints, each on a fresh gate in which an admin's
+    """3 roles × 20 endpoints, each on a fresh gate in which an admin's
     request is carried out: allowed exactly where the table says, refused
     with 403 naming the role needed, and a refused request changes nothing."""
     tried = {name: {"allowed": 0, "refused": 0} for name in TOKENS}
@@ -172,7 +174,8 @@ def test_each_role_against_every_endpoint(open_client: Any) -> None:
             client = open_client(served)
             response = client.request(method, path, json=body, headers=auth(name))
             if RANK[ROLE_OF[name]] >= RANK[ROLE_TABLE[route]]:
-                assert response.status_code == 200, (name, route, response.text)
+                expected = route_named(route).answer.status  # 201 for a rollout created
+                assert response.status_code == expected, (name, route, response.text)
                 tried[name]["allowed"] += 1
             else:
                 assert response.status_code == 403, (name, route, response.text)
@@ -180,11 +183,13 @@ def test_each_role_against_every_endpoint(open_client: Any) -> None:
                 assert answer["role_needed"] == ROLE_TABLE[route]
                 assert f"needs the {ROLE_TABLE[route]} role" in answer["error"]
                 assert gate.state.version == before, (name, route)
+                if isinstance(served, Rollouts):
+                    assert served.names == (gate.name,), (name, route)
                 tried[name]["refused"] += 1
     assert tried == {
-        "vera": {"allowed": 5, "refused": 14},
-        "otto": {"allowed": 11, "refused": 8},
-        "ada": {"allowed": 19, "refused": 0},
+        "vera": {"allowed": 5, "refused": 15},
+        "otto": {"allowed": 11, "refused": 9},
+        "ada": {"allowed": 20, "refused": 0},
     }
 
 
