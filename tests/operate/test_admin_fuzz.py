@@ -208,7 +208,10 @@ def test_stateful_sequences_follow_the_links(admin: tuple[Any, str], schema: Any
                 return
             super().validate_response(response, case, *args, **kwargs)
 
-    Sequences.run(settings=settings(FUZZ_SETTINGS, stateful_step_count=8))
+    # Derandomized: a random draw of sequences that never reaches a rollback
+    # failed one full run in a loaded CI; a fixed draw still fails on a 5xx
+    # or a link that stops leading there.
+    Sequences.run(settings=settings(FUZZ_SETTINGS, stateful_step_count=8, derandomize=True))
     assert not any(status >= 500 for _, status in answers)
     # The sequences reached the states that matter: releases started, ramped
     # and rolled back, flags taken away.
