@@ -216,4 +216,4 @@ def test_stateful_sequences_follow_the_links(admin: tuple[Any, str], schema: Any
     # The sequences reached the states that matter: releases started, ramped
     # and rolled back, flags taken away.
     assert answers.get(("POST /canary", 200))
-    assert answers.get(("POST /rollback", 200))
+    assert answers.get(("POST /rollback", 200)), answers
