@@ -8,6 +8,7 @@ import threading
 import time
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -505,7 +506,7 @@ def test_progress_says_what_the_plan_waits_for(clock: FakeClock) -> None:
 
 def _two_processes(
     clock: FakeClock, tmp_path: Path
-) -> tuple[PromotionGate, PromotionGate, list[object]]:
+) -> tuple[PromotionGate, PromotionGate, list[Any]]:
     """Two gates on one SQLite file: ``first`` follows the file at the usual
     pace, ``behind`` never by itself (its follower waits an hour), so its
     snapshot is older than the file's whenever ``first`` changed something:
@@ -561,7 +562,8 @@ def test_an_approval_from_a_process_that_has_not_seen_the_latest_change_is_made(
     assert made[-2:] == [("pause", "bob"), ("resume", "carol")]
     for gate in (first, behind, shared):
         gate.close()
-    del keep
+    for database in keep:
+        database.close()
 
 
 def test_a_skip_from_a_process_behind_a_hold_moves_the_plan(
@@ -577,4 +579,5 @@ def test_a_skip_from_a_process_behind_a_hold_moves_the_plan(
     assert shared.get_history()[-1].action == "skip"
     for gate in (first, behind, shared):
         gate.close()
-    del keep
+    for database in keep:
+        database.close()

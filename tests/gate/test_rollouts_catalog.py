@@ -12,6 +12,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,8 +56,15 @@ def open_set(opened: list[Rollouts], url: str, refresh: float = 0.05) -> Rollout
     return rollouts
 
 
+@contextmanager
+def connected(url: str) -> Iterator[sqlite3.Connection]:
+    """A connection of the test's own to the file, committed and closed after."""
+    with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as db, db:
+        yield db
+
+
 def entries(url: str) -> dict[str, str]:
-    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+    with connected(url) as db:
         return dict(db.execute("SELECT name, entry FROM gate_catalog").fetchall())
 
 
@@ -130,7 +138,7 @@ def test_catalog_entries_that_cannot_be_served_here_are_listed_and_the_rest_serv
     with why; the good entry is served."""
     first = open_set(opened, url)
     first.create(REVIEWS, actor="ada")
-    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+    with connected(url) as db:
         db.execute("INSERT INTO gate_catalog VALUES ('broken', '{not json')")
         clash = {
             "config": {**REVIEWS, "name": "clash", "salt": "clash"},
@@ -218,7 +226,7 @@ def test_a_rollout_the_catalog_lost_is_written_back_by_a_process_that_serves_it(
     first = open_set(opened, url)
     first.create(REVIEWS, actor="ada")
     kept = entries(url)["reviews"]
-    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+    with connected(url) as db:
         db.execute("DELETE FROM gate_catalog")
     deadline = time.monotonic() + 5.0
     while "reviews" not in entries(url):
