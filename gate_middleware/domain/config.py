@@ -63,6 +63,10 @@ SCENARIO_KEYS = frozenset(
         "metrics",
     }
 )
+#: The scenario keys read into something else than the config field of their name.
+_READ_APART = frozenset(
+    {"promotion_environment", "promotion_traffic_percent", "description", "plan"}
+)
 
 
 def scenario_table(
@@ -380,21 +384,7 @@ class PromotionConfig:
                 "one of 'canary', 'staging', 'production', 'shadow'",
             )
         fields: dict[str, Any] = {"environment": environment}
-        for key in (
-            "auto_rollback_enabled",
-            "slo_threshold",
-            "feature_flags",
-            "rollback_window_seconds",
-            "min_requests",
-            "evaluation_interval_seconds",
-            "name",
-            "holdback_percent",
-            "initial_delay_seconds",
-            "salt",
-            "cohort",
-            "store",
-            "metrics",
-        ):
+        for key in SCENARIO_KEYS - _READ_APART:
             if key in table:
                 fields[key] = table[key]
         if "plan" in table:
