@@ -97,7 +97,13 @@ class BackgroundThread:
     """Calls ``step()`` every ``interval`` seconds on a daemon thread of this
     process (``wait_first``: the first call after one interval). An exception
     from ``step`` is logged and the thread carries on; ``wake()`` makes the
-    next call now; ``close()`` stops it for good, in forked children too."""
+    next call now; ``close()`` stops it for good, in forked children too.
+
+    ``catch_up`` is called on the caller's thread by the ``ensure()`` that
+    starts the thread in a process (the thread then waits an interval before
+    its first step): what the caller reads next is no older than that call,
+    however long the process sat idle since it was started or forked before
+    it first asked. An exception from it is logged."""
 
     def __init__(
         self,
@@ -106,9 +112,11 @@ class BackgroundThread:
         interval: float,
         *,
         wait_first: bool = False,
+        catch_up: Callable[[], None] | None = None,
         on_exit: Callable[[], None] | None = None,
     ) -> None:
         self._on_exit = on_exit
+        self._catch_up = catch_up
         _threads.add(self)
         self._name = name
         self._step = step
@@ -130,8 +138,17 @@ class BackgroundThread:
         self._pid = os.getpid()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        if self._catch_up is not None:
+            try:
+                self._catch_up()
+            except Exception:  # the caller (a request) must not fail for it
+                logger.exception("%s could not catch up; its thread carries on", self._name)
+        wait_first = self._wait_first or self._catch_up is not None
         threading.Thread(
-            target=self._run, args=(self._stop, self._wake), name=self._name, daemon=True
+            target=self._run,
+            args=(self._stop, self._wake, wait_first),
+            name=self._name,
+            daemon=True,
         ).start()
 
     def exiting(self) -> None:
@@ -147,8 +164,8 @@ class BackgroundThread:
         """Call the step now rather than at the end of the interval."""
         self._wake.set()
 
-    def _run(self, stop: threading.Event, wake: threading.Event) -> None:
-        if self._wait_first:
+    def _run(self, stop: threading.Event, wake: threading.Event, wait_first: bool) -> None:
+        if wait_first:
             wake.wait(self._interval)
             wake.clear()
         while not stop.is_set():

@@ -180,9 +180,11 @@ class Rollouts:
             if not isinstance(config, PromotionConfig):
                 raise ConfigError("configs", config, "PromotionConfig objects")
             rollouts.add(rollouts._open(config))
-        rollouts._follow_catalog()
         rollouts._follower = BackgroundThread(
-            f"gate-rollouts-{name}", rollouts._follow_catalog, refresh_seconds, wait_first=True
+            f"gate-rollouts-{name}",
+            rollouts._follow_catalog,
+            refresh_seconds,
+            catch_up=rollouts._follow_catalog,  # now, and at a forked worker's first request
         )
         rollouts._follower.ensure()
         return rollouts

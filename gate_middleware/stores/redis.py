@@ -493,7 +493,11 @@ class RedisStateStore(StateStoreBase):
         self._pubsub: Any = None
         self._steps = 0
         self._clocks: list[RedisClock] = []
-        self._follower = BackgroundThread(f"gate-state-{rollout}", self._follow, refresh_seconds)
+        # (caught up by the first read in a process: a worker idle since it
+        # started serves no decision older than its first request)
+        self._follower = BackgroundThread(
+            f"gate-state-{rollout}", self._follow, refresh_seconds, catch_up=self._catch_up
+        )
         meter = get_meter("gate_middleware", meter_provider=meter_provider)
         meter.create_observable_counter(
             "gate_middleware.store.corrupt",
@@ -815,6 +819,16 @@ class RedisStateStore(StateStoreBase):
             self._outage.failed(exc)
             self._drop_pubsub()
 
+    def _catch_up(self) -> None:
+        """The stored state read now (no wait for an announcement): the first
+        read in a process, on the caller's thread."""
+        try:
+            self._sync()
+        except redis.ResponseError as exc:
+            self._answered(exc, "read")
+        except Unavailable as exc:
+            self._outage.failed(exc)
+
     def _announced(self, again: bool) -> bool:
         """Whether another process announced a change (``SUBSCRIBE``). While
         Redis refuses SUBSCRIBE, never: the follower polls, and subscribes
@@ -881,8 +895,12 @@ class RedisStateStore(StateStoreBase):
         return clock
 
     def after_fork(self) -> None:
+        """In a forked child (gunicorn ``--preload``): fresh locks, and the
+        state followed again, caught up now (threads do not survive a fork,
+        and a worker that only routes never reads the state itself)."""
         self._lock = threading.Lock()
-        self._pubsub = None  # the follower starts again in this process (the parent's is its own)
+        self._pubsub = None  # the parent's subscription is its own
+        self._follower.ensure()
 
     def close(self) -> None:
         self._follower.close()

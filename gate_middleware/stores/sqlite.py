@@ -316,7 +316,11 @@ class SqliteStateStore(StateStoreBase):
         self._write_trouble = _Trouble(f"rollout {rollout!r} state changes")
         self._corrupt = ""
         self._steps = 0
-        self._follower = BackgroundThread(f"gate-state-{rollout}", self._follow, refresh_seconds)
+        # (caught up by the first read in a process: a worker idle since it
+        # started serves no decision older than its first request)
+        self._follower = BackgroundThread(
+            f"gate-state-{rollout}", self._follow, refresh_seconds, catch_up=self._follow
+        )
         self._outbox = SqliteOutbox(database, rollout)
         try:
             with database.locked() as db:
@@ -516,6 +520,12 @@ class SqliteStateStore(StateStoreBase):
     def outbox(self) -> SqliteOutbox:
         """The rollout's webhook deliveries, in the file."""
         return self._outbox
+
+    def after_fork(self) -> None:
+        """In a forked child (gunicorn ``--preload``): follow the file again,
+        caught up now (threads do not survive a fork, and a worker that only
+        routes never reads the state itself)."""
+        self._follower.ensure()
 
     def close(self) -> None:
         self._follower.close()

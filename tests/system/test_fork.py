@@ -8,11 +8,14 @@ import signal
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import httpx
+import pytest
 
 from gate_middleware import Environment, PromotionConfig, PromotionGate
 from tests.servers import free_port, python, running
+from tests.support import OPEN_GATES
 
 
 def test_a_lock_held_at_fork_time_does_not_deadlock_the_child() -> None:
@@ -52,6 +55,61 @@ def test_a_lock_held_at_fork_time_does_not_deadlock_the_child() -> None:
             raise AssertionError("the forked child deadlocked on an inherited lock")
         time.sleep(0.01)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def waited(pid: int, seconds: float) -> int:
+    """The forked child's exit status (killed, and a failure, after ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"the forked child did not finish within {seconds} s")
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_a_forked_child_that_only_routes_follows_the_store(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A gate built before the fork (gunicorn --preload), in a child that
+    never reads the state itself: a rollback made by another process
+    reaches its routing within a second (it once never did: the child
+    served the rolled-back canary until it exited)."""
+    if store == "redis":
+        url = request.getfixturevalue("redis_server").url
+    else:
+        url = f"sqlite:///{tmp_path}/gate.db"
+    config = PromotionConfig(
+        name="checkout", environment=Environment.canary(50), min_requests=100_000
+    )
+    gate = PromotionGate.from_url(url, config)
+    OPEN_GATES.append(gate)
+    sessions = [f"forked-{n}" for n in range(200)]
+    assert any(gate.route_request(s).variant == "canary" for s in sessions)
+    ready, go = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:  # the child: routes only, until every session is stable (or 10 s)
+        try:
+            os.read(ready, 1)  # the rollback is stored
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline:
+                if all(gate.route_request(s).variant == "stable" for s in sessions):
+                    os._exit(0)
+                time.sleep(0.02)
+            os._exit(3)
+        except BaseException:
+            os._exit(4)
+    operator = PromotionGate.from_url(url, config)  # another process's, in effect
+    OPEN_GATES.append(operator)
+    operator.rollback("checkout regressed", actor="ada")
+    os.write(go, b"x")
+    assert waited(pid, 20.0) == 0, "the forked child kept routing to the rolled-back canary"
 
 
 def test_gunicorn_preload_workers_route_identically_and_record_their_own() -> None:
