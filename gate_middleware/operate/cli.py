@@ -7,6 +7,7 @@ bearer token (``--token``, or ``GATE_MIDDLEWARE_TOKEN``)::
     gate-middleware status [--watch] [--json]
     gate-middleware status --wait [--timeout DURATION]
     gate-middleware rollouts [--json]
+    gate-middleware create FILE [--scenario NAME] [--json]
     gate-middleware retire NAME | reinstate NAME
     gate-middleware plan [show|pause|resume|abort|retry|skip] ...
     gate-middleware history [--json | --jsonl] [--since TIME] [--limit N]
@@ -21,8 +22,15 @@ bearer token (``--token``, or ``GATE_MIDDLEWARE_TOKEN``)::
 ``--rollout NAME`` (or ``GATE_MIDDLEWARE_ROLLOUT``) picks one rollout of a
 ``Rollouts`` set: it goes with every call as ``?rollout=NAME`` (a set of
 several needs it for every command but ``status``, ``rollouts``,
-``retire`` and ``reinstate``). ``status`` without it shows every rollout of
-the set; ``status --wait`` follows one, so a set of several needs it.
+``create``, ``retire`` and ``reinstate``). ``status`` without it shows every
+rollout of the set; ``status --wait`` follows one, so a set of several
+needs it. ``create FILE`` adds a rollout to the set while the app runs
+(``POST /rollouts``, the admin role): the table of a scenario file's
+``[scenarios.NAME]`` (the format ``PromotionConfig.from_toml`` reads;
+``--scenario NAME`` picks one of several), its ``name`` naming the new
+rollout; a ``store`` key is left out (the rollout is kept in the set's
+store), and a set without a store serves it in that process only, which is
+printed as a warning.
 
 Exit codes: 0 done, 1 refused by the gate (the reason is printed) or for
 the token's role (the role needed is printed), 2 usage or connection error. ``status --wait`` watches the rollout for a pipeline
@@ -57,8 +65,10 @@ import urllib.request
 from http.client import HTTPMessage
 from typing import IO, Any, NoReturn
 
+from gate_middleware.domain.config import scenario_table
 from gate_middleware.domain.naming import TOKEN_EXPECTED, valid_token
 from gate_middleware.domain.plan import ROLLBACK_HELD
+from gate_middleware.errors import ConfigError
 from gate_middleware.operate.admin import route_named
 from gate_middleware.operate.operators import token_sha256
 from gate_middleware.version import __version__
@@ -699,20 +709,63 @@ def rollouts(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps(listed, indent=2))
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("rollout", "environment", "traffic", "verdict"):
+    for column in ("rollout", "environment", "traffic", "verdict", "added by"):
         table.add_column(column, justify="right" if column == "traffic" else "left")
     for rollout in listed["rollouts"]:
         status = rollout["status"]
         environment = status["environment"]
+        created = rollout.get("created")
         table.add_row(
             printable(rollout["name"], "bold"),
             printable(environment["name"]),
             printable(f"{float(environment['traffic_percent']):g}%"),
             printable("retired" if status.get("retired") else status["health"]["verdict"]),
+            printable(f"{created['actor']}, {created['added_at'][:19]}" if created else "-"),
         )
     _OUT.print(table)
     if listed["retired"]:
         say(f"retired: {', '.join(listed['retired'])}")
+    for name, why in (listed.get("refused") or {}).items():
+        say(f"not served here: {name}: {why}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True))
+@click.option(
+    "--scenario",
+    default=None,
+    help="The scenario of FILE to add ([scenarios.NAME]; left out: the file's only one).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's answer as JSON.")
+@click.pass_context
+def create(ctx: click.Context, file: str, scenario: str | None, as_json: bool) -> None:
+    """Add the rollout of a scenario FILE to the set while the app runs."""
+    try:
+        where, table = scenario_table(file, scenario)
+    except (ConfigError, OSError) as exc:
+        _fail(f"{file}: {exc}", EXIT_USAGE)
+    if "store" in table:
+        table = {key: value for key, value in table.items() if key != "store"}
+        _ERR.print(
+            printable(
+                f"note: {where}.store is not sent: the new rollout is kept in the set's store"
+            )
+        )
+    try:
+        json.dumps(table, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        _fail(f"{file}: {where} holds a value JSON cannot carry ({exc})", EXIT_USAGE)
+    result = call(ctx, "createRollout", table)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        status = result["status"]
+        say(
+            f"rollout {result['rollout']} created: {environment_label(status['environment'])}; "
+            f"the rollouts now: {', '.join(result['rollouts'])}"
+        )
+    if result.get("warning"):
+        _ERR.print(printable(f"warning: {result['warning']}"))
 
 
 @main.command()

@@ -1,8 +1,9 @@
 """The admin API, the CLI and the Alertmanager receiver over a ``Rollouts``
 set: each rollout listed and steered by name (``?rollout=NAME``), mounted
 in each framework, while steering one leaves the others as they were; and
-rollouts created while the app runs (``POST /rollouts``), served at once
-here and, for a set on a store, by every set that shares it."""
+rollouts created while the app runs (``POST /rollouts``, ``gate-middleware
+create``), served at once here and, for a set on a store, by every set
+that shares it."""
 
 from __future__ import annotations
 
@@ -581,6 +582,10 @@ def test_a_rollout_created_on_a_store_is_served_by_every_set_on_it(tmp_path: Pat
             listed = client.get("/rollouts", headers=AUTH).json()
         assert list(listed["refused"]) == ["billing"]
         assert "'new_billing' belongs to rollout 'legacy'" in listed["refused"]["billing"]
+        with serving(AdminASGIApp(older, operators=OPERATORS)) as base:
+            listing = run(base, "rollouts")
+        assert listing.returncode == 0, listing.stderr
+        assert "not served here: billing: feature_flags must be" in listing.stdout
     finally:
         for rollouts in (here, there, older):
             rollouts.close()
@@ -705,3 +710,64 @@ def test_the_cli_waits_for_one_rollout_of_a_set(clock: FakeClock) -> None:
         assert "reached production" in waited.stdout
         unnamed = run(base, "status", "--wait", "--timeout", "5s")
         assert unnamed.returncode == 2 and "rollout" in unnamed.stderr
+
+
+SCENARIOS = """
+[scenarios.billing]
+name = "billing"
+promotion_environment = "canary"
+promotion_traffic_percent = 50
+feature_flags = ["new_billing"]
+store = "sqlite:///var/lib/shop/gate.db"
+
+[scenarios.billing.plan]
+steps = [50, 100]
+bake_seconds = 60
+
+[scenarios.search]
+name = "search"
+feature_flags = ["new_search"]
+
+[scenarios.reports]
+name = "reports"
+feature_flags = ["new_reports"]
+"""
+
+
+def test_the_cli_creates_a_rollout_from_a_scenario_file(
+    url: str, rollouts: Rollouts, tmp_path: Path
+) -> None:
+    scenarios = tmp_path / "scenarios.toml"
+    scenarios.write_text(SCENARIOS, encoding="utf-8")
+    several = run(url, "create", str(scenarios))
+    assert several.returncode == 2 and "['billing', 'reports', 'search']" in several.stderr
+    refused = run(url, "create", str(scenarios), "--scenario", "billing", token=OPERATOR)
+    assert refused.returncode == 1 and "admin role" in refused.stderr
+    assert rollouts.names == NAMES
+
+    made = run(url, "create", str(scenarios), "--scenario", "billing")
+    assert made.returncode == 0, made.stderr
+    assert "rollout billing created: canary (50%)" in made.stdout
+    assert "scenarios.billing.store is not sent" in made.stderr
+    assert "warning:" in made.stderr and "this process only" in made.stderr
+    assert rollouts.names == (*NAMES, "billing")
+    # The rollout's config is the file's scenario, as from_toml reads it.
+    assert rollouts["billing"].config == PromotionConfig.from_toml(scenarios, "billing", store=None)
+    assert rollouts["billing"].get_history()[0].actor.startswith("ada (client note: cli")
+    listing = run(url, "rollouts").stdout.splitlines()
+    assert [line.split()[:4] for line in listing if line.startswith("billing")] == [
+        ["billing", "canary", "50%", "INSUFFICIENT_DATA"]
+    ]
+    assert "ada (client note: cli" in listing[-1]
+
+    taken = run(url, "create", str(scenarios), "--scenario", "search")
+    assert taken.returncode == 2 and "error 400" in taken.stderr
+    assert "name must be a rollout name not yet in the set" in taken.stderr
+    absent = run(url, "create", str(scenarios), "--scenario", "profile")
+    assert absent.returncode == 2 and "'profile'" in absent.stderr
+    assert rollouts.names == (*NAMES, "billing")
+    as_json = run(url, "create", str(scenarios), "--scenario", "reports", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    answer = json.loads(as_json.stdout)
+    assert answer["rollout"] == "reports" and answer["shared"] is False
+    assert rollouts.names == (*NAMES, "billing", "reports")
