@@ -101,6 +101,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 import threading
 import time
@@ -167,8 +168,11 @@ Unavailable = (RedisError, RedisClusterException, OSError)
 
 DEFAULT_KEY_PREFIX = "gate_middleware:"
 MAX_CLOCK_SKEW_SECONDS = 1.0  # a process further off Redis's clock is logged
-FULL_READ_EVERY = 4  # follower steps (1 s): the whole state is read and checked
-CLOCK_EVERY = 16  # follower steps (4 s): the offset to Redis's clock is measured again
+FULL_READ_EVERY = 4  # follower steps (1-2 s): the whole state is read and checked
+# The offset to Redis's clock is measured again (and what Redis refused is
+# asked again) this often, by the clock: a step can last longer than its
+# interval (it waits up to 0.2 s for an announcement).
+CLOCK_SECONDS = 4.0
 
 # Both state scripts announce a change they wrote with PUBLISH, through
 # pcall: a user that may not PUBLISH still writes (the other processes then
@@ -492,6 +496,7 @@ class RedisStateStore(StateStoreBase):
         self._refusals = _Refusals(f"rollout {rollout!r} state", client, key_prefix)
         self._pubsub: Any = None
         self._steps = 0
+        self._asked_at = -math.inf  # time.monotonic() of the follower's last "again" step
         self._clocks: list[RedisClock] = []
         # (caught up by the first read in a process: a worker idle since it
         # started serves no decision older than its first request)
@@ -793,7 +798,10 @@ class RedisStateStore(StateStoreBase):
 
     def _follow(self) -> None:
         self._steps += 1
-        again = self._steps % CLOCK_EVERY == 1  # every 4 s: the clocks, and what was refused
+        now = time.monotonic()
+        again = now - self._asked_at >= CLOCK_SECONDS  # the clocks, and what was refused
+        if again:
+            self._asked_at = now
         try:
             announced = self._announced(again)
             version, transition = self._client.hmget(self._key, "version", "id")
@@ -886,7 +894,7 @@ class RedisStateStore(StateStoreBase):
 
     def clock(self, local: Callable[[], float]) -> Callable[[], float]:
         """``local`` corrected to Redis's clock, measured now (if Redis answers)
-        and again by the follower every ``CLOCK_EVERY`` steps."""
+        and again by the follower every ``CLOCK_SECONDS``."""
         clock = RedisClock(local, self._rollout, "bakes, deadlines and event times follow")
         with contextlib.suppress(*Unavailable):
             self._measure(clock)
@@ -900,6 +908,7 @@ class RedisStateStore(StateStoreBase):
         and a worker that only routes never reads the state itself)."""
         self._lock = threading.Lock()
         self._pubsub = None  # the parent's subscription is its own
+        self._steps, self._asked_at = 0, -math.inf  # a first step of its own
         self._follower.ensure()
 
     def close(self) -> None:
