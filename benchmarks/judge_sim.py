@@ -4,7 +4,11 @@ Run it with ``python -m benchmarks.judge_sim`` (200 seeds a case, 1,000 for
 the cases with no regression, whose false-rollback rates are small;
 ``--seeds``, ``--null-seeds``, ``--quick`` for 40, ``--cases NAME,NAME`` to
 pick some). It prints, per case: runs, rolled back %, median time to the
-rollback, promotable at the end %.
+rollback, promotable at the end %; then, for each case whose canary is
+exactly production, how often it read MONITOR: the share of its
+evaluations past INSUFFICIENT_DATA, the runs that ever did, and for the
+plan cases the holds (a step baked while the verdict was not HEALTHY) and
+the delay they added to the release.
 
 The traffic model, for every case unless it says otherwise:
 
@@ -87,8 +91,10 @@ import sys
 import time
 import zlib
 from array import array
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -113,6 +119,7 @@ from gate_middleware.judge.sketch import _INV_LOG_GAMMA, _LOG_MIN, _TOP, BUCKET_
 from gate_middleware.judge.statistics import (
     DEFAULT_CHECKS,
     HEALTHY,
+    MONITOR,
     ROLLBACK,
     Check,
     JudgeSettings,
@@ -179,6 +186,20 @@ CASES = [
         "null_1",
         "canary = production, 1 % share",
         1.0,
+        target="≤ 1 %",
+    ),
+    Case(
+        "null_50_quiet",
+        "canary = production, 50 % share, 5 req/s",
+        50.0,
+        rate=5.0,
+        target="≤ 1 %",
+    ),
+    Case(
+        "null_10_load",
+        "canary = production, 10 % share, 500 req/s",
+        10.0,
+        rate=500.0,
         target="≤ 1 %",
     ),
     Case(
@@ -325,6 +346,15 @@ CASES = [
         seconds=4800.0,
         model="plan",
         rate=20.0,
+        target="≤ 1 % rolled back over its life",
+    ),
+    Case(
+        "plan_null_load",
+        "a good release through the default plan and staging, 600 s a step, 100 req/s",
+        1.0,
+        seconds=4800.0,
+        model="plan",
+        rate=100.0,
         target="≤ 1 % rolled back over its life",
     ),
     Case(
@@ -558,10 +588,17 @@ def evidence_until(
 
 
 def simulate(
-    case: Case, seed: int, settings: JudgeSettings, objective: float, window: float
+    case: Case,
+    seed: int,
+    settings: JudgeSettings,
+    objective: float,
+    window: float,
+    *,
+    seen: Counter[str] | None = None,
 ) -> tuple[float | None, bool]:
-    """(time of the rollback or None, promotable at the end) for one seed."""
-    return judge_traffic(case, seed, generate(case, seed), settings, objective, window)
+    """(time of the rollback or None, promotable at the end) for one seed;
+    each evaluation's verdict is counted in ``seen``."""
+    return judge_traffic(case, seed, generate(case, seed), settings, objective, window, seen=seen)
 
 
 def judge_traffic(
@@ -571,10 +608,13 @@ def judge_traffic(
     settings: JudgeSettings,
     objective: float,
     window: float,
+    *,
+    seen: Counter[str] | None = None,
 ) -> tuple[float | None, bool]:
     """(time of the rollback or None, promotable at the end) for the requests
     of ``traffic`` judged as one seed of ``case``: the judge's own code fed
-    the evidence the gate would hold, every ``INTERVAL`` seconds."""
+    the evidence the gate would hold, every ``INTERVAL`` seconds (each
+    verdict counted in ``seen``)."""
     times, canary, cluster, failed = traffic.times, traffic.canary, traffic.cluster, traffic.failed
     bad = failed | (traffic.durations > objective)
     buckets = bucket_indices(traffic.durations)
@@ -641,6 +681,8 @@ def judge_traffic(
                 checks=checks,
             )
             verdict = result.verdict
+            if seen is not None:
+                seen[verdict] += 1
             if verdict == ROLLBACK:
                 return (now + 1) * INTERVAL, False
     return None, verdict == HEALTHY
@@ -761,9 +803,13 @@ def simulate_gate(case: Case, seed: int) -> tuple[float | None, bool]:
     return None, gate.health_snapshot().verdict == HEALTHY
 
 
-def simulate_plan(case: Case, seed: int) -> tuple[float | None, bool]:
+def simulate_plan(
+    case: Case, seed: int, *, seen: Counter[str] | None = None
+) -> tuple[float | None, bool]:
     """(time of a rollback or None, reached production) for one seed of a
-    ``plan`` case: the release's whole life through a real ``PromotionGate``."""
+    ``plan`` case: the release's whole life through a real ``PromotionGate``.
+    ``seen`` counts the plan's ``holds`` (a step baked while the verdict was
+    not HEALTHY) and the whole ``seconds of delay`` past the plan's own bakes."""
     import logging
 
     from gate_middleware import PromotionGate
@@ -805,7 +851,11 @@ def simulate_plan(case: Case, seed: int) -> tuple[float | None, bool]:
         clock.now = t
         environment = gate.environment
         if environment.name == "production":
-            rolled = any(event.kind == "rollback" for event in gate.get_history())
+            history = gate.get_history()
+            rolled = any(event.kind == "rollback" for event in history)
+            if seen is not None and not rolled:
+                seen["holds"] += sum(getattr(e, "action", "") == "hold" for e in history)
+                seen["seconds of delay"] += round(max(0.0, t - 6 * bake))
             return (t if rolled else None), not rolled
         if case.model == "plan_sessions":
             canary = draw < canary_threshold(environment.traffic_percent)
@@ -815,24 +865,71 @@ def simulate_plan(case: Case, seed: int) -> tuple[float | None, bool]:
     return None, False
 
 
-def _run(job: tuple[Case, int]) -> tuple[str, float | None, bool, bool | None]:
+def _run(
+    job: tuple[Case, int],
+) -> tuple[str, float | None, bool, bool | None, Counter[str]]:
     case, seed = job
     fixed = fixed_horizon_rejects(case, seed) if case.metric is not None else None
-    return (*_decide(case, seed), fixed)
+    seen: Counter[str] = Counter()
+    return (*_decide(case, seed, seen), fixed, seen)
 
 
-def _decide(case: Case, seed: int) -> tuple[str, float | None, bool]:
+def _decide(case: Case, seed: int, seen: Counter[str]) -> tuple[str, float | None, bool]:
     if case.model == "gate":
         return (case.name, *simulate_gate(case, seed))
     if case.model in ("plan", "plan_sessions"):
-        return (case.name, *simulate_plan(case, seed))
+        return (case.name, *simulate_plan(case, seed, seen=seen))
     config = PromotionConfig()
     slo = SloConfig()
     settings = judge_settings(config, slo)
     rolled, promotable = simulate(
-        case, seed, settings, slo.latency_objective_seconds, config.rollback_window_seconds
+        case,
+        seed,
+        settings,
+        slo.latency_objective_seconds,
+        config.rollback_window_seconds,
+        seen=seen,
     )
     return case.name, rolled, promotable
+
+
+def monitor_lines(wanted: list[Case], results: list[Any]) -> list[str]:
+    """The false-MONITOR table: for each case with no difference at all
+    between canary and production, how often a verdict past
+    INSUFFICIENT_DATA read MONITOR, in how many runs it ever did, and (the
+    plan cases) how many steps held for it and the delay that added."""
+    lines = []
+    for case in wanted:
+        exact_null = (
+            case.canary_errors == case.production_errors
+            and case.latency_factor == 1.0
+            and case.route_errors is None
+            and case.metric_effect == 1.0
+            and case.model != "gate"
+        )
+        if not exact_null:
+            continue
+        mine = [r[4] for r in results if r[0] == case.name]
+        if case.model in ("plan", "plan_sessions"):
+            reached = [r for r in results if r[0] == case.name and r[2]]
+            holds = sum(seen["holds"] for seen in mine)
+            delays = sorted(r[4]["seconds of delay"] for r in reached)
+            median = f"{statistics.median(delays):.0f} s" if delays else "–"
+            lines.append(
+                f"| {case.description} | {len(mine)} | (the plan's view) | "
+                f"{100 * sum(1 for seen in mine if seen['holds']) / len(mine):.1f} % "
+                f"held at least once | {holds / max(1, len(reached)):.2f} holds a release, "
+                f"delay median {median}, max {max(delays, default=0):.0f} s |"
+            )
+            continue
+        judged = [seen[MONITOR] + seen[HEALTHY] + seen[ROLLBACK] for seen in mine]
+        monitor = [seen[MONITOR] for seen in mine]
+        lines.append(
+            f"| {case.description} | {len(mine)} | "
+            f"{100 * sum(monitor) / max(1, sum(judged)):.2f} % of {sum(judged)} | "
+            f"{100 * sum(1 for m in monitor if m) / len(mine):.1f} % | – |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -878,6 +975,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {case.description} | {len(mine)} | {100 * len(times) / len(mine):.1f} % | "
                 f"{100 * fixed / len(mine):.1f} % |"
             )
+    monitors = monitor_lines(wanted, results)
+    if monitors:
+        print(
+            "\n| healthy canary (= production) | runs | evaluations read MONITOR "
+            "| runs with a MONITOR | plan holds for it |"
+        )
+        print("|---|---|---|---|---|")
+        print("\n".join(monitors))
     if fixed_lines:
         print(
             "\n| metric case | runs | rolled back (looking every 5 s) | fixed horizon, one look at 30 min |"
