@@ -1189,9 +1189,11 @@ class PromotionGate:
             "(gunicorn --preload, multiprocessing)"
         )
         self._evaluation.after_fork()
-        self._store.after_fork()
         self._windows.after_fork()
         self._effects.after_fork()
+        # Last: it catches up with the store now, and a newer state it finds
+        # is adopted through the windows and effects, fresh by then.
+        self._store.after_fork()
         if self._timer is not None:
             self._timer.ensure()  # threads do not survive a fork; started once all is fresh
 
