@@ -809,7 +809,9 @@ def simulate_plan(
     """(time of a rollback or None, reached production) for one seed of a
     ``plan`` case: the release's whole life through a real ``PromotionGate``.
     ``seen`` counts the plan's ``holds`` (a step baked while the verdict was
-    not HEALTHY) and the whole ``seconds of delay`` past the plan's own bakes."""
+    not HEALTHY) and, for a release that reached production, the whole
+    ``seconds of delay`` past the plan's own bakes (at least the evaluation
+    interval's few seconds a step, hold or not)."""
     import logging
 
     from gate_middleware import PromotionGate
@@ -853,15 +855,18 @@ def simulate_plan(
         if environment.name == "production":
             history = gate.get_history()
             rolled = any(event.kind == "rollback" for event in history)
-            if seen is not None and not rolled:
+            if seen is not None:
                 seen["holds"] += sum(getattr(e, "action", "") == "hold" for e in history)
-                seen["seconds of delay"] += round(max(0.0, t - 6 * bake))
+                if not rolled:
+                    seen["seconds of delay"] += round(max(0.0, t - 6 * bake))
             return (t if rolled else None), not rolled
         if case.model == "plan_sessions":
             canary = draw < canary_threshold(environment.traffic_percent)
         else:
             canary = draw * 100.0 < environment.traffic_percent
         gate.record_outcome("canary" if canary else "stable", not fails, duration, -1, group)
+    if seen is not None:  # not in production by the end: its holds count too
+        seen["holds"] += sum(getattr(e, "action", "") == "hold" for e in gate.get_history())
     return None, False
 
 
@@ -918,8 +923,9 @@ def monitor_lines(wanted: list[Case], results: list[Any]) -> list[str]:
             lines.append(
                 f"| {case.description} | {len(mine)} | (the plan's view) | "
                 f"{100 * sum(1 for seen in mine if seen['holds']) / len(mine):.1f} % "
-                f"held at least once | {holds / max(1, len(reached)):.2f} holds a release, "
-                f"delay median {median}, max {max(delays, default=0):.0f} s |"
+                f"held at least once | {holds / len(mine):.2f} holds a release; of the "
+                f"{len(reached)} in production, delay past the bakes median {median}, "
+                f"max {max(delays, default=0):.0f} s |"
             )
             continue
         judged = [seen[MONITOR] + seen[HEALTHY] + seen[ROLLBACK] for seen in mine]

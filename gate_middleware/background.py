@@ -59,9 +59,13 @@ def finish_work(grace: float = EXIT_GRACE_SECONDS) -> None:
         background.exiting()
 
 
+_starting = threading.Lock()  # held while a thread is started
+
+
 def _forget_parents_work() -> None:
-    global _busy_lock
+    global _busy_lock, _starting
     _busy_lock = threading.Lock()
+    _starting = threading.Lock()
     _busy.clear()
 
 
@@ -95,15 +99,12 @@ def run_once(name: str, job: Callable[[], None]) -> None:
 
 class BackgroundThread:
     """Calls ``step()`` every ``interval`` seconds on a daemon thread of this
-    process (``wait_first``: the first call after one interval). An exception
-    from ``step`` is logged and the thread carries on; ``wake()`` makes the
-    next call now; ``close()`` stops it for good, in forked children too.
-
-    ``catch_up`` is called on the caller's thread by the ``ensure()`` that
-    starts the thread in a process (the thread then waits an interval before
-    its first step): what the caller reads next is no older than that call,
-    however long the process sat idle since it was started or forked before
-    it first asked. An exception from it is logged."""
+    process (``wait_first``: the first call after one interval, in the
+    process that built it; started again in a forked child, the first call
+    is at once, as the child may have been forked long after the parent's
+    last step). An exception from ``step`` is logged and the thread carries
+    on; ``wake()`` makes the next call now; ``close()`` stops it for good, in
+    forked children too."""
 
     def __init__(
         self,
@@ -112,16 +113,15 @@ class BackgroundThread:
         interval: float,
         *,
         wait_first: bool = False,
-        catch_up: Callable[[], None] | None = None,
         on_exit: Callable[[], None] | None = None,
     ) -> None:
         self._on_exit = on_exit
-        self._catch_up = catch_up
         _threads.add(self)
         self._name = name
         self._step = step
         self._interval = interval
         self._wait_first = wait_first
+        self._built_in = os.getpid()
         self._pid = -1
         self._closed = False
         self._stop = threading.Event()
@@ -135,21 +135,19 @@ class BackgroundThread:
         """Start the thread unless this process already runs it (or it is closed)."""
         if self._pid == os.getpid() or self._closed:
             return
-        self._pid = os.getpid()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        if self._catch_up is not None:
-            try:
-                self._catch_up()
-            except Exception:  # the caller (a request) must not fail for it
-                logger.exception("%s could not catch up; its thread carries on", self._name)
-        wait_first = self._wait_first or self._catch_up is not None
-        threading.Thread(
-            target=self._run,
-            args=(self._stop, self._wake, wait_first),
-            name=self._name,
-            daemon=True,
-        ).start()
+        with _starting:  # two first callers start one thread
+            if self._pid == os.getpid() or self._closed:
+                return
+            self._stop = threading.Event()
+            self._wake = threading.Event()
+            wait_first = self._wait_first and os.getpid() == self._built_in
+            threading.Thread(
+                target=self._run,
+                args=(self._stop, self._wake, wait_first),
+                name=self._name,
+                daemon=True,
+            ).start()
+            self._pid = os.getpid()  # (once started: a failed start is tried again)
 
     def exiting(self) -> None:
         """The process exits: run ``on_exit`` (an exception is logged)."""

@@ -1191,8 +1191,9 @@ class PromotionGate:
         self._evaluation.after_fork()
         self._windows.after_fork()
         self._effects.after_fork()
-        # Last: it catches up with the store now, and a newer state it finds
-        # is adopted through the windows and effects, fresh by then.
+        # Last: its follower starts again (and reads at once), and a newer
+        # state it finds is adopted through the windows and effects, fresh
+        # by then.
         self._store.after_fork()
         if self._timer is not None:
             self._timer.ensure()  # threads do not survive a fork; started once all is fresh

@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -58,6 +59,21 @@ from gate_middleware.stores.port import RolloutCatalog
 from gate_middleware.stores.registry import open_catalog
 
 logger = logging.getLogger("gate_middleware")
+
+# Every live set, so a forked child (gunicorn --preload) replaces the locks
+# it inherited: one held by the parent's catalog follower at the moment of
+# the fork would never be released in the child.
+_SETS: weakref.WeakSet[Rollouts] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for rollouts in list(_SETS):
+        rollouts._create_lock = threading.Lock()
+        rollouts._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 #: How often a set opened on a store reads its catalog for rollouts added
 #: by another process (seconds).
@@ -133,6 +149,7 @@ class Rollouts:
         self._catalog_down = False
         self._create_lock = threading.Lock()
         self._lock = threading.Lock()
+        _SETS.add(self)
         #: Read by every request without the lock: replaced whole on a change.
         self._gates: tuple[PromotionGate, ...] = ()
         self._by_name: dict[str, PromotionGate] = {}
@@ -180,11 +197,11 @@ class Rollouts:
             if not isinstance(config, PromotionConfig):
                 raise ConfigError("configs", config, "PromotionConfig objects")
             rollouts.add(rollouts._open(config))
+        rollouts._follow_catalog()
+        # (started again by a forked worker's first request, which reads the
+        # catalog at once on that thread)
         rollouts._follower = BackgroundThread(
-            f"gate-rollouts-{name}",
-            rollouts._follow_catalog,
-            refresh_seconds,
-            catch_up=rollouts._follow_catalog,  # now, and at a forked worker's first request
+            f"gate-rollouts-{name}", rollouts._follow_catalog, refresh_seconds, wait_first=True
         )
         rollouts._follower.ensure()
         return rollouts

@@ -498,11 +498,7 @@ class RedisStateStore(StateStoreBase):
         self._steps = 0
         self._asked_at = -math.inf  # time.monotonic() of the follower's last "again" step
         self._clocks: list[RedisClock] = []
-        # (caught up by the first read in a process: a worker idle since it
-        # started serves no decision older than its first request)
-        self._follower = BackgroundThread(
-            f"gate-state-{rollout}", self._follow, refresh_seconds, catch_up=self._catch_up
-        )
+        self._follower = BackgroundThread(f"gate-state-{rollout}", self._follow, refresh_seconds)
         meter = get_meter("gate_middleware", meter_provider=meter_provider)
         meter.create_observable_counter(
             "gate_middleware.store.corrupt",
@@ -827,16 +823,6 @@ class RedisStateStore(StateStoreBase):
             self._outage.failed(exc)
             self._drop_pubsub()
 
-    def _catch_up(self) -> None:
-        """The stored state read now (no wait for an announcement): the first
-        read in a process, on the caller's thread."""
-        try:
-            self._sync()
-        except redis.ResponseError as exc:
-            self._answered(exc, "read")
-        except Unavailable as exc:
-            self._outage.failed(exc)
-
     def _announced(self, again: bool) -> bool:
         """Whether another process announced a change (``SUBSCRIBE``). While
         Redis refuses SUBSCRIBE, never: the follower polls, and subscribes
@@ -904,8 +890,9 @@ class RedisStateStore(StateStoreBase):
 
     def after_fork(self) -> None:
         """In a forked child (gunicorn ``--preload``): fresh locks, and the
-        state followed again, caught up now (threads do not survive a fork,
-        and a worker that only routes never reads the state itself)."""
+        state followed again from a first step at once on the follower's
+        thread (threads do not survive a fork, and a worker that only routes
+        never reads the state itself). Nothing is read here, inside the fork."""
         self._lock = threading.Lock()
         self._pubsub = None  # the parent's subscription is its own
         self._steps, self._asked_at = 0, -math.inf  # a first step of its own

@@ -316,11 +316,7 @@ class SqliteStateStore(StateStoreBase):
         self._write_trouble = _Trouble(f"rollout {rollout!r} state changes")
         self._corrupt = ""
         self._steps = 0
-        # (caught up by the first read in a process: a worker idle since it
-        # started serves no decision older than its first request)
-        self._follower = BackgroundThread(
-            f"gate-state-{rollout}", self._follow, refresh_seconds, catch_up=self._follow
-        )
+        self._follower = BackgroundThread(f"gate-state-{rollout}", self._follow, refresh_seconds)
         self._outbox = SqliteOutbox(database, rollout)
         try:
             with database.locked() as db:
@@ -523,8 +519,9 @@ class SqliteStateStore(StateStoreBase):
 
     def after_fork(self) -> None:
         """In a forked child (gunicorn ``--preload``): follow the file again,
-        caught up now (threads do not survive a fork, and a worker that only
-        routes never reads the state itself)."""
+        from a first read at once on the follower's thread (threads do not
+        survive a fork, and a worker that only routes never reads the state
+        itself). Nothing is read here, inside the fork."""
         self._follower.ensure()
 
     def close(self) -> None:

@@ -4,10 +4,12 @@ its own outcomes; nothing the gate made before the fork is reused after it."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -57,18 +59,72 @@ def test_a_lock_held_at_fork_time_does_not_deadlock_the_child() -> None:
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
-def waited(pid: int, seconds: float) -> int:
-    """The forked child's exit status (killed, and a failure, after ``seconds``)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
+def forked(
+    child: Callable[[Callable[[], None]], str], *, seconds: float = 20.0
+) -> tuple[Callable[[], None], Callable[[], str]]:
+    """Fork a child that runs ``child(wait_for_go)`` and reports the string
+    it returns. Returns ``(go, result)``: ``go()`` lets the child past its
+    ``wait_for_go()`` (bounded: 10 s), ``result()`` reads its report (the
+    child is killed, and the test fails, after ``seconds``)."""
+    go_read, go_write = os.pipe()
+    report_read, report_write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:
+        try:
+
+            def wait_for_go() -> None:
+                if not select.select([go_read], [], [], 10.0)[0]:
+                    raise TimeoutError("the parent never said go")
+                os.read(go_read, 1)
+
+            os.write(report_write, child(wait_for_go).encode())
+            os._exit(0)
+        except BaseException as exc:
+            os.write(report_write, f"the child failed: {exc!r}".encode())
+            os._exit(4)
+    os.close(go_read)
+    os.close(report_write)
+
+    def go() -> None:
+        os.write(go_write, b"x")
+
+    def result() -> str:
+        try:
+            deadline = time.monotonic() + seconds
+            while not select.select([report_read], [], [], 0.1)[0]:
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    raise AssertionError(f"the forked child did not report within {seconds} s")
+            report = os.read(report_read, 4096).decode()
             os.waitpid(pid, 0)
-            raise AssertionError(f"the forked child did not finish within {seconds} s")
-        time.sleep(0.01)
+            return report
+        finally:
+            os.close(report_read)
+            os.close(go_write)
+
+    return go, result
+
+
+def until_all_stable(gate: PromotionGate, sessions: list[str], seconds: float = 10.0) -> str:
+    """In a child: route ``sessions`` until every one is stable (bounded);
+    the seconds it took, or "never"."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if all(gate.route_request(s).variant == "stable" for s in sessions):
+            return f"{time.monotonic() - started:.3f}"
+        time.sleep(0.02)
+    return "never"
+
+
+def canary_config() -> PromotionConfig:
+    return PromotionConfig(
+        name="checkout", environment=Environment.canary(50), min_requests=100_000
+    )
+
+
+SESSIONS = [f"forked-{n}" for n in range(200)]
 
 
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
@@ -76,40 +132,68 @@ def test_a_forked_child_that_only_routes_follows_the_store(
     store: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """A gate built before the fork (gunicorn --preload), in a child that
-    never reads the state itself: a rollback made by another process
-    reaches its routing within a second (it once never did: the child
-    served the rolled-back canary until it exited)."""
+    never reads the state itself: a rollback made by another process after
+    the fork reaches its routing within the follower's refresh (0.25 s;
+    bounded at 10 s for CI's noise). It once never did: the child served the
+    rolled-back canary until it exited."""
     if store == "redis":
         url = request.getfixturevalue("redis_server").url
     else:
         url = f"sqlite:///{tmp_path}/gate.db"
-    config = PromotionConfig(
-        name="checkout", environment=Environment.canary(50), min_requests=100_000
-    )
-    gate = PromotionGate.from_url(url, config)
+    gate = PromotionGate.from_url(url, canary_config())
     OPEN_GATES.append(gate)
-    sessions = [f"forked-{n}" for n in range(200)]
-    assert any(gate.route_request(s).variant == "canary" for s in sessions)
-    ready, go = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
-        pid = os.fork()
-    if pid == 0:  # the child: routes only, until every session is stable (or 10 s)
-        try:
-            os.read(ready, 1)  # the rollback is stored
-            deadline = time.monotonic() + 10.0
-            while time.monotonic() < deadline:
-                if all(gate.route_request(s).variant == "stable" for s in sessions):
-                    os._exit(0)
-                time.sleep(0.02)
-            os._exit(3)
-        except BaseException:
-            os._exit(4)
-    operator = PromotionGate.from_url(url, config)  # another process's, in effect
+    assert any(gate.route_request(s).variant == "canary" for s in SESSIONS)
+
+    def child(wait_for_go: Callable[[], None]) -> str:
+        wait_for_go()  # the rollback is stored
+        return until_all_stable(gate, SESSIONS)
+
+    go, result = forked(child)
+    operator = PromotionGate.from_url(url, canary_config())  # another process's, in effect
     OPEN_GATES.append(operator)
     operator.rollback("checkout regressed", actor="ada")
-    os.write(go, b"x")
-    assert waited(pid, 20.0) == 0, "the forked child kept routing to the rolled-back canary"
+    go()
+    took = result()
+    assert took != "never", "the forked child kept routing to the rolled-back canary"
+    assert float(took) < 10.0, took
+
+
+def test_a_child_forked_from_a_process_behind_the_store_reads_it_at_once(
+    tmp_path: Path,
+) -> None:
+    """The parent has not read the file since a rollback (its follower
+    waits an hour); a child forked from it reads the file at once on its own
+    follower's thread, so it does not serve the parent's stale state until
+    its first refresh (here an hour away)."""
+    from gate_middleware.stores.sqlite import SqliteStateStore, _Database
+    from gate_middleware.stores.windows import InMemoryWindowStore
+
+    url = f"sqlite:///{tmp_path}/gate.db"
+    operator = PromotionGate.from_url(url, canary_config())
+    OPEN_GATES.append(operator)
+    database = _Database(tmp_path / "gate.db")
+    behind = PromotionGate(
+        canary_config(),
+        state_store=SqliteStateStore(database, "checkout", operator.state, refresh_seconds=3600.0),
+        window_store=InMemoryWindowStore(300.0),
+    )
+    OPEN_GATES.append(behind)
+    time.sleep(0.3)  # its follower's first read is done: the next is an hour away
+    operator.rollback("checkout regressed", actor="ada")
+    time.sleep(0.3)
+    assert any(behind.route_request(s).variant == "canary" for s in SESSIONS)  # behind
+
+    def child(wait_for_go: Callable[[], None]) -> str:
+        return until_all_stable(behind, SESSIONS)
+
+    _, result = forked(child)
+    try:
+        took = result()
+        assert took != "never", "the child served its parent's stale state"
+        assert float(took) < 10.0, took
+        assert any(behind.route_request(s).variant == "canary" for s in SESSIONS)  # still behind
+    finally:
+        database.close()
 
 
 def test_gunicorn_preload_workers_route_identically_and_record_their_own() -> None:
