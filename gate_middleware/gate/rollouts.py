@@ -61,8 +61,9 @@ from gate_middleware.stores.registry import open_catalog
 logger = logging.getLogger("gate_middleware")
 
 # Every live set, so a forked child (gunicorn --preload) replaces the locks
-# it inherited: one held by the parent's catalog follower at the moment of
-# the fork would never be released in the child.
+# it inherited (one held by the parent's catalog follower at the moment of
+# the fork would never be released in the child) and reads the catalog
+# again: threads do not survive a fork.
 _SETS: weakref.WeakSet[Rollouts] = weakref.WeakSet()
 
 
@@ -70,6 +71,8 @@ def _after_fork_in_child() -> None:
     for rollouts in list(_SETS):
         rollouts._create_lock = threading.Lock()
         rollouts._lock = threading.Lock()
+        if rollouts._follower is not None:
+            rollouts._follower.ensure()  # its first read at once, on its own thread
 
 
 if hasattr(os, "register_at_fork"):
@@ -198,8 +201,6 @@ class Rollouts:
                 raise ConfigError("configs", config, "PromotionConfig objects")
             rollouts.add(rollouts._open(config))
         rollouts._follow_catalog()
-        # (started again by a forked worker's first request, which reads the
-        # catalog at once on that thread)
         rollouts._follower = BackgroundThread(
             f"gate-rollouts-{name}", rollouts._follow_catalog, refresh_seconds, wait_first=True
         )
@@ -519,8 +520,6 @@ class Rollouts:
 
     def route_request(self, session_id: str) -> RoutingDecision:
         """Each rollout's decision for ``session_id``, combined (one hash per rollout)."""
-        if self._follower is not None:
-            self._follower.ensure()  # started again in a forked worker
         return combine_decisions(
             tuple(gate.route_request(session_id) for gate in self._gates), "", self._track
         )
