@@ -337,9 +337,13 @@ class Rollouts:
                 continue
             try:
                 entry = CatalogEntry.decode(name, text)
-                if name in self._by_name:
-                    raise ConfigError("name", name, "a rollout the app's code does not declare too")
-                with self._create_lock:
+                with self._create_lock:  # (a create of this process may have added it meanwhile)
+                    if name in self._created:
+                        continue
+                    if name in self._by_name:
+                        raise ConfigError(
+                            "name", name, "a rollout the app's code does not declare too"
+                        )
                     self._check_addable(name, entry.config, entry.config.feature_flags)
                     self._open_and_add(entry)
             except ConfigError as exc:
