@@ -1191,6 +1191,7 @@ class PromotionGate:
         self._evaluation.after_fork()
         self._windows.after_fork()
         self._effects.after_fork()
+        self._transitions.after_fork()
         # Last: its follower starts again (and reads at once), and a newer
         # state it finds is adopted through the windows and effects, fresh
         # by then.

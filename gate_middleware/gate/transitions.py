@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -151,6 +152,9 @@ class Transitions:
         self._after_change = after_change
         self._step_evidence = step_evidence
         self.state = store.load()
+        # Guards taking up a state: a request thread, the store's follower and
+        # a change of this process's own can each bring one, in any order.
+        self._adopt_lock = threading.Lock()
         self.state_callbacks: list[Callable[[GateState, GateState], Any]] = []
         # Changes sent to a shared store that stopped answering, by
         # transition id: reported if they turn up applied. Replaced, never
@@ -162,7 +166,11 @@ class Transitions:
         state = self._store.load()
         if state is not self.state:
             self._adopt(state)
-        return state
+        return self.state
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (the parent's follower may have held it)."""
+        self._adopt_lock = threading.Lock()
 
     def adopt_if_newer(self, state: GateState) -> None:
         """The store's subscription: another process stored ``state``."""
@@ -172,9 +180,19 @@ class Transitions:
             self._report_if_applied(state)
 
     def _adopt(self, state: GateState) -> None:
-        previous = self.state
-        self.state = state
-        self._adopted(state, state.step != previous.step)
+        """Take up ``state`` unless the one held is newer: a state delivered
+        late (the follower's, read before a change this process made) never
+        puts an older one back. A version only grows, by one per change; the
+        same version with another identity is a foreign write to the store,
+        taken up; the same identity again is nothing new."""
+        with self._adopt_lock:
+            previous = self.state
+            if state.version < previous.version or (
+                state.version == previous.version and state.transition == previous.transition
+            ):
+                return
+            self.state = state
+            self._adopted(state, state.step != previous.step)
         for callback in list(self.state_callbacks):
             try:
                 callback(previous, state)

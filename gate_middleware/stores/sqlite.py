@@ -309,6 +309,9 @@ class SqliteStateStore(StateStoreBase):
         if not initial.transition:  # the same config gives the same identity in every process
             initial = replace(initial, transition="config-" + digest(encode_state(initial)))
         self._state = initial
+        # Guards the held state's check-and-replace: the follower's read and a
+        # compare-and-set on a request thread can finish in either order.
+        self._hold_lock = threading.Lock()
         self._listeners: list[Callable[[GateState], None]] = []
         self._trouble = _Trouble(f"rollout {rollout!r} state")
         # A write can fail while reads work (another process holds the write
@@ -447,11 +450,25 @@ class SqliteStateStore(StateStoreBase):
                 self._probe_writes()
             except sqlite3.Error as exc:
                 self._write_trouble.failed(exc, started)
-        if state is None:
+        if state is None or not self._hold(state):
             return
-        self._state = state
         for listener in list(self._listeners):
             listener(state)
+
+    def _hold(self, state: GateState) -> bool:
+        """Hold ``state`` unless the one held is newer or the same: a follower
+        read made before this process's own compare-and-set can finish after
+        it, and must not put the older state back (the Redis store's ``_set``).
+        A same version with another identity is a foreign write to the file:
+        the file's is held."""
+        with self._hold_lock:
+            held = self._state
+            if state.version < held.version or (
+                state.version == held.version and state.transition == held.transition
+            ):
+                return False
+            self._state = state
+            return True
 
     def compare_and_set(
         self, expected_version: int, new_state: GateState, *, expected_transition: str | None = None
@@ -510,7 +527,7 @@ class SqliteStateStore(StateStoreBase):
             # follower's next look, up to refresh_seconds later).
             self._follow()
             return False
-        self._state = new_state  # the follower sees its own identity: no second report
+        self._hold(new_state)  # the follower sees its own identity: no second report
         return True
 
     def outbox(self) -> SqliteOutbox:
