@@ -20,6 +20,12 @@ visitors with signed cookies, no network. In one run, interleaved rounds
 - one SHA-256 of a session id as routing does it (a copy of the hasher
   fed with the salt, update, digest), the unit of the "per extra rollout"
   column;
+- the floor of what each extra rollout must do for a request, whatever the
+  code around it: hash the session once (its own salt) and count the
+  outcome once in its window (``SlidingWindow.record_bucket``: the
+  dashboard's and the SLO's figures) and once in its judge's evidence
+  (``Evidence.add``: the session groups the judge's tests need), each
+  measured bare (no call chain, lock or decision object);
 - memory: ``tracemalloc`` growth from building N rollouts and serving
   them some traffic, less the same with an empty set, per rollout.
 """
@@ -49,6 +55,9 @@ from benchmarks.timing import Result, interleaved, table
 from gate_middleware import GateASGIMiddleware, PromotionConfig, PromotionGate, Rollouts
 from gate_middleware.domain.environment import Environment
 from gate_middleware.domain.routing import RoutingTable, compute_bucket
+from gate_middleware.judge.evidence import CLUSTERS, Evidence
+from gate_middleware.judge.sketch import bucket_index
+from gate_middleware.stores.windows import SlidingWindow
 from gate_middleware.web.lifecycle import RequestLifecycle
 from gate_middleware.web.metrics import RequestMetrics
 from gate_middleware.web.session import SessionCookie
@@ -137,6 +146,30 @@ def sha256_case() -> Case:
     return run
 
 
+def window_count_case() -> Case:
+    """One outcome counted in one variant's window, bare."""
+    window = SlidingWindow(300.0)
+    index = bucket_index(0.012)
+
+    def run(number: int) -> None:
+        for i in range(number):
+            window.record_bucket(True, True, index, 100.0 + (i & 1023) / 1024)
+
+    return run
+
+
+def evidence_count_case() -> Case:
+    """One outcome counted in one variant's evidence (its session group), bare."""
+    evidence = Evidence()
+    index = bucket_index(0.012)
+
+    def run(number: int) -> None:
+        for i in range(number):
+            evidence.add(1, False, False, index, i % CLUSTERS, None)
+
+    return run
+
+
 def route_case(rollouts: Rollouts) -> Case:
     route = rollouts.route_request
 
@@ -212,6 +245,8 @@ def asgi_case(app: Any) -> Case:
 
 NOTHING = "nothing (the loop alone)"
 SHA256 = "one SHA-256 of a session id (copy, update, digest)"
+WINDOW_COUNT = "one outcome counted in a window (SlidingWindow)"
+EVIDENCE_COUNT = "one outcome counted in the evidence (Evidence.add)"
 BARE_ASGI = "bare ASGI app"
 
 
@@ -229,7 +264,12 @@ def part_label(part: str, count: int) -> str:
 
 def component_cases() -> dict[str, Case]:
     """The lifecycle against nothing, its parts, and the SHA-256: one group."""
-    cases: dict[str, Case] = {NOTHING: nothing_case(), SHA256: sha256_case()}
+    cases: dict[str, Case] = {
+        NOTHING: nothing_case(),
+        SHA256: sha256_case(),
+        WINDOW_COUNT: window_count_case(),
+        EVIDENCE_COUNT: evidence_count_case(),
+    }
     for count in COUNTS:
         sdk = meter_provider("OpenTelemetry SDK")
         cases[part_label("route_request", count)] = route_case(
@@ -336,6 +376,15 @@ class Report:
     def part(self, name: str, count: int) -> float:
         return self.components[part_label(name, count)].median
 
+    @property
+    def floor_seconds(self) -> float:
+        """What each extra rollout must do at the least: one hash, one count
+        in its window and one in its evidence: the unit (one SHA-256, as the
+        other columns take it) and the two counts over the empty loop."""
+        loop = self.components[NOTHING].median
+        counts = sum(self.components[case].median - loop for case in (WINDOW_COUNT, EVIDENCE_COUNT))
+        return self.sha256_seconds + counts
+
 
 def measure(quick: bool = False) -> Report:
     number, repeat = (100, 3) if quick else (1_000, 15)
@@ -419,6 +468,10 @@ def split(report: Report) -> str:
         ("routing + recording + metrics (the SDK's parts)", routing + recording + metrics),
         ("begin + finish as measured, no-op meter", whole["no-op meter"]),
         ("begin + finish as measured, OpenTelemetry SDK", whole["OpenTelemetry SDK"]),
+        (
+            "the floor: one SHA-256, one window count, one evidence count (bare)",
+            report.floor_seconds,
+        ),
     ]
     lines = [
         f"Each extra rollout, by part (slope from 1 to {top} rollouts; "
@@ -440,6 +493,13 @@ def split(report: Report) -> str:
         f"{'met' if whole['OpenTelemetry SDK'] <= sha else 'NOT met'} with the SDK "
         f"({fmt(whole['OpenTelemetry SDK'] / sha, 1)}); routing alone "
         f"{'meets' if routing_met else 'does not meet'} it ({fmt(routing / sha, 1)}).",
+        f"The floor alone is {fmt(report.floor_seconds / sha, 1)} SHA-256s: "
+        + (
+            "the hash and the counting each rollout must do for every outcome exceed "
+            "the target's allowance by themselves."
+            if report.floor_seconds > sha
+            else "within the target's allowance."
+        ),
     ]
     return "\n".join(lines) + "\n"
 

@@ -52,6 +52,8 @@ def test_every_case_is_measured_in_every_round(report: rollout_cost.Report) -> N
     expected = {
         rollout_cost.NOTHING,
         rollout_cost.SHA256,
+        rollout_cost.WINDOW_COUNT,
+        rollout_cost.EVIDENCE_COUNT,
         *(
             rollout_cost.part_label(part, count)
             for part in ("route_request", "record_decision", "request metrics (SDK)")
@@ -106,3 +108,6 @@ def test_the_report_states_the_target_and_the_hash_count(report: rollout_cost.Re
     text = rollout_cost.split(report)
     assert "1 rollouts: 1, 5 rollouts: 5, 20 rollouts: 20" in text
     assert "Target, overhead grows by at most one SHA-256 per extra rollout: " in text
+    assert (
+        f"The floor alone is {report.floor_seconds / report.sha256_seconds:,.1f} SHA-256s" in text
+    )
