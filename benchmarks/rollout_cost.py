@@ -50,6 +50,7 @@ from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+import gate_middleware
 from benchmarks import requests_bench
 from benchmarks.timing import Result, interleaved, table
 from gate_middleware import GateASGIMiddleware, PromotionConfig, PromotionGate, Rollouts
@@ -564,7 +565,8 @@ def main() -> int:
     )
     print(
         f"# {command} at {commit()}, {started:%Y-%m-%d %H:%M} UTC; "
-        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"build: {'compiled (mypyc)' if gate_middleware.COMPILED else 'pure Python'}",
         flush=True,
     )
     for section in run(args.quick):
