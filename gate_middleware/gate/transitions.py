@@ -162,7 +162,8 @@ class Transitions:
         self.unknown_outcomes: dict[str, GateEvent] = {}
 
     def current(self) -> GateState:
-        """The store's state now (taken up if it is newer than the snapshot)."""
+        """The newest of the store's state now and the one this process holds
+        (the store's is taken up when newer)."""
         state = self._store.load()
         if state is not self.state:
             self._adopt(state)

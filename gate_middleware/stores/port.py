@@ -69,7 +69,9 @@ class StateStore(Protocol):
         ...
 
     def load(self) -> GateState:
-        """The current state."""
+        """The current state. Its version never goes back: a store that lost
+        its data writes back the newest state it holds (a gate never takes
+        up a state older than its own)."""
         ...
 
     def compare_and_set(

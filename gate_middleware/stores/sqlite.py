@@ -539,6 +539,7 @@ class SqliteStateStore(StateStoreBase):
         from a first read at once on the follower's thread (threads do not
         survive a fork, and a worker that only routes never reads the state
         itself). Nothing is read here, inside the fork."""
+        self._hold_lock = threading.Lock()  # the parent's follower may have held it
         self._follower.ensure()
 
     def close(self) -> None:

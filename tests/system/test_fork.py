@@ -59,6 +59,49 @@ def test_a_lock_held_at_fork_time_does_not_deadlock_the_child() -> None:
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
+def test_the_state_locks_held_at_fork_time_do_not_deadlock_the_child(tmp_path: Path) -> None:
+    """The gate's and the SQLite store's locks around taking up a state: a
+    child forked while another thread held them still changes the state."""
+    gate = PromotionGate.from_url(
+        f"sqlite:///{tmp_path / 'gate.db'}", PromotionConfig(name="fork-locks"), plan_timer=False
+    )
+    OPEN_GATES.append(gate)
+    gate.start_canary(50.0, ["f"])
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold_the_state_locks() -> None:
+        with gate._transitions._adopt_lock, gate._store._hold_lock:  # type: ignore[attr-defined]
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_state_locks)
+    holder.start()
+    assert holding.wait(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:  # the child: a reused lock would block the rollback forever
+        try:
+            gate.rollback("rolled back in the forked child")
+            os._exit(0 if gate.state.environment == Environment.PRODUCTION else 3)
+        except BaseException:
+            os._exit(4)
+    release.set()
+    holder.join()
+    deadline = time.monotonic() + 10
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child deadlocked on an inherited state lock")
+        time.sleep(0.01)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
 def forked(
     child: Callable[[Callable[[], None]], str], *, seconds: float = 20.0
 ) -> tuple[Callable[[], None], Callable[[], str]]:
