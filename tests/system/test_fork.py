@@ -46,17 +46,22 @@ def test_a_lock_held_at_fork_time_does_not_deadlock_the_child() -> None:
             os._exit(4)
     release.set()
     holder.join()
-    deadline = time.monotonic() + 5
+    assert exit_code(pid, 5.0, "the forked child deadlocked on an inherited lock") == 0
+
+
+def exit_code(pid: int, seconds: float, deadlocked: str) -> int:
+    """The forked child ``pid``'s exit code; killed, and ``deadlocked``
+    raised, if it has not exited within ``seconds``."""
+    deadline = time.monotonic() + seconds
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            break
+            return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            raise AssertionError("the forked child deadlocked on an inherited lock")
+            raise AssertionError(deadlocked)
         time.sleep(0.01)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 def test_the_state_locks_held_at_fork_time_do_not_deadlock_the_child(tmp_path: Path) -> None:
@@ -89,17 +94,7 @@ def test_the_state_locks_held_at_fork_time_do_not_deadlock_the_child(tmp_path: P
             os._exit(4)
     release.set()
     holder.join()
-    deadline = time.monotonic() + 10
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError("the forked child deadlocked on an inherited state lock")
-        time.sleep(0.01)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert exit_code(pid, 10.0, "the forked child deadlocked on an inherited state lock") == 0
 
 
 def forked(
