@@ -167,6 +167,15 @@ class GateState:
         """Which step of its release this is, from 1."""
         return 1 if self.carried is None else self.carried.step
 
+    def supersedes(self, held: GateState) -> bool:
+        """Whether a process holding ``held`` takes this state up: a newer
+        version, or the same version with another identity (a foreign write
+        to the store). A version only grows, by one per change, so an older
+        one is a read delivered late, and the same identity is nothing new."""
+        return self.version > held.version or (
+            self.version == held.version and self.transition != held.transition
+        )
+
     def evolve(self, event: GateEvent | None = None, **changes: Any) -> GateState:
         """A copy with ``changes`` applied, ``event`` appended and the next version."""
         history = self.history

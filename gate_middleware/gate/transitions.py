@@ -181,16 +181,12 @@ class Transitions:
             self._report_if_applied(state)
 
     def _adopt(self, state: GateState) -> None:
-        """Take up ``state`` unless the one held is newer: a state delivered
-        late (the follower's, read before a change this process made) never
-        puts an older one back. A version only grows, by one per change; the
-        same version with another identity is a foreign write to the store,
-        taken up; the same identity again is nothing new."""
+        """Take up ``state`` if it supersedes the one held (``GateState.supersedes``):
+        a state delivered late (the follower's, read before a change this
+        process made) never puts an older one back."""
         with self._adopt_lock:
             previous = self.state
-            if state.version < previous.version or (
-                state.version == previous.version and state.transition == previous.transition
-            ):
+            if not state.supersedes(previous):
                 return
             self.state = state
             self._adopted(state, state.step != previous.step)

@@ -690,8 +690,7 @@ class RedisStateStore(StateStoreBase):
 
     def _set(self, state: GateState) -> None:
         with self._lock:
-            current = self._state
-            if state.version < current.version or state is current:
+            if not state.supersedes(self._state):
                 return
             self._state = state
         for listener in list(self._listeners):

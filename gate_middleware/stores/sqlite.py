@@ -458,14 +458,10 @@ class SqliteStateStore(StateStoreBase):
     def _hold(self, state: GateState) -> bool:
         """Hold ``state`` unless the one held is newer or the same: a follower
         read made before this process's own compare-and-set can finish after
-        it, and must not put the older state back (the Redis store's ``_set``).
-        A same version with another identity is a foreign write to the file:
-        the file's is held."""
+        it, and must not put the older state back (``GateState.supersedes``;
+        the Redis store's ``_set`` too)."""
         with self._hold_lock:
-            held = self._state
-            if state.version < held.version or (
-                state.version == held.version and state.transition == held.transition
-            ):
+            if not state.supersedes(self._state):
                 return False
             self._state = state
             return True
